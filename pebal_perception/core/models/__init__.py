@@ -1,0 +1,80 @@
+"""Model registry: every segmentation network PEBAL can run on, by name.
+
+Each registered model maps a normalised ``N x 3 x H x W`` image batch to ``N x 20 x H x W`` logits at
+the input resolution: channels 0..18 are the Cityscapes trainIds, channel 19 is PEBAL's abstention
+channel (used by the training loss only, never for scoring).
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+import torch
+from torch import nn
+
+NUM_INLIER_CLASSES = 19
+NUM_OUTPUTS = NUM_INLIER_CLASSES + 1  # + abstention channel
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the rest of the stack needs to know about one architecture."""
+
+    name: str
+    builder: Callable[..., nn.Module]
+    # Turns whatever a third-party checkpoint file holds (already torch.load-ed) into a state dict
+    # for ``builder()`` with 20 output channels; raises CheckpointError on layouts it does not know.
+    adapt_state_dict: Callable[[Any], dict[str, torch.Tensor]]
+    description: str
+    input_size: tuple[int, int]  # default (height, width) the network runs at
+    size_divisor: int  # network input height/width must be multiples of this
+    head_prefixes: tuple[str, ...]  # parameter-name prefixes PEBAL fine-tunes (the final block)
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+_REGISTRY: dict[str, ModelSpec] = {}
+# Modules that register models on import; loaded lazily so that importing the registry stays cheap.
+_BUILTIN_MODULES = (
+    "pebal_perception.core.models.espnetv2",
+    "pebal_perception.core.models.wrn38",
+    "pebal_perception.core.models.resnet101",
+)
+_loaded_builtins = False
+
+
+def register_model(spec: ModelSpec) -> ModelSpec:
+    if spec.name in _REGISTRY and _REGISTRY[spec.name] is not spec:
+        raise ValueError(f"model {spec.name!r} is already registered")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def _load_builtins() -> None:
+    global _loaded_builtins
+    if not _loaded_builtins:
+        _loaded_builtins = True
+        for module in _BUILTIN_MODULES:
+            importlib.import_module(module)
+
+
+def list_models() -> list[str]:
+    _load_builtins()
+    return sorted(_REGISTRY)
+
+
+def get_model_spec(name: str) -> ModelSpec:
+    _load_builtins()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"unknown model {name!r}; known models: {', '.join(sorted(_REGISTRY))}") from None
+
+
+def create_model(name: str, **kwargs: Any) -> nn.Module:
+    """Builds an untrained (randomly initialised) model of the named architecture."""
+    return get_model_spec(name).builder(**kwargs)

@@ -1,0 +1,33 @@
+"""Test configuration shared by every test module.
+
+* The source tree is imported first (not an installed copy), so tests test what is checked out.
+* Every ROS process started by a test inherits loopback-only DDS discovery and a domain id of its own
+  (DDS traffic must never leave this machine, and parallel test runs must not hear each other).
+* ``shared_assets`` points at ``../shared/assets`` (real third-party data that is never copied into the
+  repository); tests that need it skip cleanly when it is absent.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+os.environ["ROS_LOCALHOST_ONLY"] = "1"
+# Domain ids 0..101 are safe on every DDS port layout; derive one from the pid unless the caller chose.
+os.environ.setdefault("ROS_DOMAIN_ID", str(1 + os.getpid() % 100))
+
+SHARED_ASSETS = Path(os.environ.get("PEBAL_SHARED_ASSETS", REPO_ROOT.parent / "shared" / "assets"))
+
+
+@pytest.fixture(scope="session")
+def shared_assets() -> Path:
+    if not SHARED_ASSETS.is_dir():
+        pytest.skip(f"shared assets not present at {SHARED_ASSETS}")
+    return SHARED_ASSETS
