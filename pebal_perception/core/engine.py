@@ -1,0 +1,136 @@
+"""The inference engine: images in, semantic map + anomaly score + obstacle mask out.
+
+ROS-free and batch-oriented. Everything from the uint8 image to the final maps runs on the model's
+device; the only host synchronisation per batch is the final copy of the results.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import scoring
+from .checkpoint import ModelMeta, load_checkpoint
+from .models import get_model_spec
+from .preprocess import network_size, normalize, to_uint8_batch
+
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """'auto' -> CUDA when available, else CPU. An explicit 'cuda' without a GPU is an error."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but no CUDA device is available (use 'auto' or 'cpu')")
+    return dev
+
+
+@dataclass
+class FrameResult:
+    """Results for one image, at the image's own resolution."""
+
+    semantic: np.ndarray  # H x W uint8 Cityscapes trainIds
+    score: np.ndarray  # H x W float32 anomaly score (smoothed free energy), higher = more anomalous
+    obstacle: np.ndarray  # H x W bool, score > threshold
+    threshold: float
+
+
+class InferenceEngine:
+    """Runs a PEBAL-scored segmentation model.
+
+    Args:
+        model: a registry model (N x 3 x h x w -> N x 20 x h x w logits).
+        meta: its metadata (normalisation, default input size, calibrated threshold).
+        device: 'auto', 'cpu', 'cuda', 'cuda:1', ...
+        precision: 'fp32', or 'fp16'/'bf16' (autocast, CUDA only; the energy is always float32).
+        input_size: (height, width) the network runs at; None = the checkpoint's, 'native' = each
+            image's own size rounded to the architecture's size divisor.
+        threshold: obstacle threshold on the score; None = the checkpoint's calibrated one.
+        smoothing: apply PEBAL's 7x7, sigma-1 Gaussian to the energy (the reference behaviour).
+    """
+
+    def __init__(self, model: nn.Module, meta: ModelMeta, device: str | torch.device = "auto",
+                 precision: str = "fp32", input_size: Sequence[int] | str | None = None,
+                 threshold: float | None = None, smoothing: bool = True,
+                 smoothing_kernel: int = scoring.DEFAULT_KERNEL_SIZE, smoothing_sigma: float = scoring.DEFAULT_SIGMA):
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+        self.device = resolve_device(device)
+        if precision != "fp32" and self.device.type != "cuda":
+            precision = "fp32"  # half precision convolutions are slow or missing on CPU
+        self.precision = precision
+        self.meta = meta
+        self.spec = get_model_spec(meta.architecture)
+        self.model = model.eval().to(self.device)
+        if self.device.type == "cuda":
+            self.model = self.model.to(memory_format=torch.channels_last)
+        if input_size is None:
+            input_size = meta.input_size
+        self.native_size = input_size == "native"
+        self.input_size = None if self.native_size else network_size((0, 0), input_size, self.spec.size_divisor)
+        self.threshold = meta.effective_threshold if threshold is None else float(threshold)
+        self.smoothing = smoothing
+        self.smoothing_kernel = smoothing_kernel
+        self.smoothing_sigma = smoothing_sigma
+        scoring.gaussian_kernel_1d(smoothing_kernel, smoothing_sigma)  # validate now, not per frame
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, model_name: str | None = None, **kwargs) -> "InferenceEngine":
+        model, meta = load_checkpoint(path, model_name)
+        return cls(model, meta, **kwargs)
+
+    def _autocast(self):
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=PRECISIONS[self.precision])
+
+    @torch.inference_mode()
+    def forward_logits(self, batch_uint8: torch.Tensor) -> torch.Tensor:
+        """uint8 N x 3 x H x W on the engine's device -> logits N x 20 x h x w at the network size."""
+        size = (network_size(tuple(batch_uint8.shape[-2:]), None, self.spec.size_divisor)
+                if self.native_size else self.input_size)
+        x = normalize(batch_uint8, self.meta.mean, self.meta.std, size)
+        if self.device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with self._autocast():
+            return self.model(x)
+
+    @torch.inference_mode()
+    def score_tensors(self, batch_uint8: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Device-side pipeline: uint8 N x 3 x H x W -> (semantic N x H x W uint8, score N x H x W float32).
+
+        Outputs are at the input image size. The energy is computed at the network size, resized
+        bilinearly to the image size and then smoothed there, so the Gaussian keeps the reference
+        code's 7-pixel meaning at full resolution; the class map is resized with nearest neighbour.
+        """
+        logits = self.forward_logits(batch_uint8)
+        out_hw = tuple(batch_uint8.shape[-2:])
+        energy = scoring.free_energy(logits)
+        semantic = scoring.semantic_prediction(logits).to(torch.uint8)
+        if tuple(energy.shape[-2:]) != out_hw:
+            energy = F.interpolate(energy.unsqueeze(1), size=out_hw, mode="bilinear", align_corners=False).squeeze(1)
+            semantic = F.interpolate(semantic.unsqueeze(1), size=out_hw, mode="nearest-exact").squeeze(1)
+        if self.smoothing:
+            energy = scoring.gaussian_smooth(energy, self.smoothing_kernel, self.smoothing_sigma)
+        return semantic, energy
+
+    def infer(self, images: Sequence[np.ndarray] | np.ndarray) -> list[FrameResult]:
+        """Runs a batch of H x W x 3 uint8 RGB images (all the same size) and returns host results."""
+        batch = to_uint8_batch(images, self.device, pin_memory=True)
+        semantic, score = self.score_tensors(batch)
+        obstacle = scoring.obstacle_mask(score, self.threshold)
+        semantic, score, obstacle = semantic.cpu().numpy(), score.cpu().numpy(), obstacle.cpu().numpy()
+        return [FrameResult(semantic[i], score[i], obstacle[i], self.threshold) for i in range(len(semantic))]
+
+    def infer_one(self, image: np.ndarray) -> FrameResult:
+        return self.infer(image[None])[0]

@@ -1,0 +1,104 @@
+"""The inference engine: device-side pipeline equals the reference computation, at input resolution."""
+import numpy as np
+import pytest
+import torch
+
+from pebal_perception.core import scoring
+from pebal_perception.core.checkpoint import ModelMeta
+from pebal_perception.core.engine import InferenceEngine, resolve_device
+from pebal_perception.core.preprocess import network_size, normalize, pil_preprocess
+
+from tiny_models import TINY, TinySegNet
+
+
+@pytest.fixture(scope="module")
+def engine():
+    torch.manual_seed(0)
+    return InferenceEngine(TinySegNet(), ModelMeta.for_architecture(TINY), device="cpu")
+
+
+def _image(h, w, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def test_results_are_at_input_resolution_with_documented_types(engine):
+    res = engine.infer_one(_image(50, 90))
+    assert res.semantic.shape == (50, 90) and res.semantic.dtype == np.uint8 and res.semantic.max() <= 18
+    assert res.score.shape == (50, 90) and res.score.dtype == np.float32
+    assert res.obstacle.dtype == bool and np.array_equal(res.obstacle, res.score > engine.threshold)
+
+
+def test_matches_reference_computation_at_network_size(engine):
+    img = _image(32, 64, seed=1)
+    res = engine.infer_one(img)
+    x = pil_preprocess(img, (32, 64), engine.meta.mean, engine.meta.std)
+    with torch.no_grad():
+        logits = engine.model(x)
+    ref = scoring.gaussian_smooth(-torch.logsumexp(logits[:, :19], dim=1))[0].numpy()
+    np.testing.assert_allclose(res.score, ref, atol=1e-4)
+    assert np.array_equal(res.semantic, logits[0, :19].argmax(0).numpy())
+
+
+def test_batch_equals_single_frames(engine):
+    imgs = [_image(40, 60, seed=s) for s in range(3)]
+    batch = engine.infer(imgs)
+    for img, b in zip(imgs, batch):
+        single = engine.infer_one(img)
+        np.testing.assert_allclose(b.score, single.score, atol=1e-5)
+        assert np.array_equal(b.semantic, single.semantic)
+
+
+def test_threshold_override_and_native_size():
+    eng = InferenceEngine(TinySegNet(), ModelMeta.for_architecture(TINY, threshold=-3.0), device="cpu")
+    assert eng.threshold == -3.0
+    eng2 = InferenceEngine(TinySegNet(), ModelMeta.for_architecture(TINY), device="cpu", threshold=1.5,
+                           input_size="native")
+    assert eng2.threshold == 1.5
+    assert eng2.infer_one(_image(30, 50)).score.shape == (30, 50)
+
+
+def test_half_precision_falls_back_to_fp32_on_cpu():
+    eng = InferenceEngine(TinySegNet(), ModelMeta.for_architecture(TINY), device="cpu", precision="fp16")
+    assert eng.precision == "fp32"
+    with pytest.raises(ValueError):
+        InferenceEngine(TinySegNet(), ModelMeta.for_architecture(TINY), device="cpu", precision="fp8")
+
+
+def test_device_resolution():
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA"):
+            resolve_device("cuda")
+
+
+def test_rejects_wrong_images(engine):
+    with pytest.raises(ValueError):
+        engine.infer(np.zeros((1, 10, 10, 4), np.uint8))
+    with pytest.raises(ValueError):
+        engine.infer(np.zeros((1, 10, 10, 3), np.float32))
+
+
+def test_network_size_rules():
+    assert network_size((1024, 2048), None, 8) == (1024, 2048)
+    assert network_size((100, 130), None, 16) == (96, 128)
+    with pytest.raises(ValueError):
+        network_size((0, 0), (500, 1000), 16)
+
+
+def test_normalize_equals_pil_reference_without_resize():
+    img = _image(16, 16, seed=3)
+    t = torch.from_numpy(img).permute(2, 0, 1)[None]
+    ours = normalize(t, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), (16, 16))
+    ref = pil_preprocess(img, (16, 16), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    assert torch.allclose(ours, ref, atol=1e-5)
+
+
+def test_antialiased_resize_is_close_to_pil():
+    img = np.asarray(np.random.default_rng(0).integers(0, 256, (64, 128, 3)), dtype=np.uint8)
+    img = np.asarray(torch.nn.functional.avg_pool2d(torch.from_numpy(img).permute(2, 0, 1)[None].float(), 3, 1, 1)
+                     [0].permute(1, 2, 0).round().byte())  # a smoother image, like a photo
+    t = torch.from_numpy(img).permute(2, 0, 1)[None]
+    ours = normalize(t, (0.5,) * 3, (0.25,) * 3, (32, 64))
+    ref = pil_preprocess(img, (32, 64), (0.5,) * 3, (0.25,) * 3)
+    assert (ours - ref).abs().max() < 2.0 / 255 / 0.25 + 1e-4  # within ~1 grey level of PIL

@@ -1,0 +1,78 @@
+"""PEBAL scoring: energy sign and channel use, the reference Gaussian, masks."""
+import math
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+from pebal_perception.core import scoring
+
+
+def test_free_energy_uses_only_the_19_inlier_channels_and_is_negative_lse():
+    logits = torch.randn(2, 20, 5, 7)
+    expected = -torch.logsumexp(logits[:, :19], dim=1)
+    assert torch.allclose(scoring.free_energy(logits), expected)
+    changed = logits.clone()
+    changed[:, 19] += 100.0  # the abstention channel must not move the score
+    assert torch.equal(scoring.free_energy(changed), scoring.free_energy(logits))
+
+
+def test_free_energy_hand_value():
+    logits = torch.zeros(1, 20, 1, 1)
+    logits[0, 3] = 2.0
+    expected = -math.log(18 * math.exp(0.0) + math.exp(2.0))
+    assert scoring.free_energy(logits).item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_confident_pixels_score_lower_than_uncertain_ones():
+    confident = torch.full((1, 20, 1, 1), -5.0)
+    confident[0, 0] = 15.0
+    uncertain = torch.zeros(1, 20, 1, 1)
+    assert scoring.free_energy(confident).item() < scoring.free_energy(uncertain).item()
+
+
+def test_fp16_logits_are_scored_in_fp32_without_overflow():
+    logits = torch.full((1, 20, 2, 2), 60000.0, dtype=torch.float16)
+    energy = scoring.free_energy(logits)
+    assert energy.dtype == torch.float32 and torch.isfinite(energy).all()
+
+
+def test_gaussian_matches_torchvision_reference():
+    x = torch.randn(3, 31, 45)
+    ours = scoring.gaussian_smooth(x)
+    ref = torchvision.transforms.GaussianBlur(7, 1.0)(x.unsqueeze(1)).squeeze(1)
+    assert torch.allclose(ours, ref, atol=1e-5)
+    assert scoring.gaussian_kernel_1d().numpy() == pytest.approx(
+        [0.00443, 0.05401, 0.24204, 0.39905, 0.24204, 0.05401, 0.00443], abs=1e-5)
+
+
+def test_gaussian_handles_2d_tiny_maps_and_rejects_bad_kernels():
+    assert scoring.gaussian_smooth(torch.ones(2, 2)).shape == (2, 2)
+    assert torch.allclose(scoring.gaussian_smooth(torch.ones(2, 2)), torch.ones(2, 2))
+    with pytest.raises(ValueError):
+        scoring.gaussian_kernel_1d(4, 1.0)
+    with pytest.raises(ValueError):
+        scoring.gaussian_kernel_1d(7, 0.0)
+
+
+def test_semantic_ignores_the_abstention_channel():
+    logits = torch.zeros(1, 20, 1, 2)
+    logits[0, 19] = 50.0
+    logits[0, 13, 0, 0] = 1.0
+    logits[0, 0, 0, 1] = 1.0
+    assert scoring.semantic_prediction(logits).tolist() == [[[13, 0]]]
+
+
+def test_obstacle_mask_threshold_and_nan():
+    score = torch.tensor([[-10.0, -8.0, float("nan")]])
+    assert scoring.obstacle_mask(score, -9.0).tolist() == [[False, True, False]]
+
+
+def test_anomaly_score_smooths_energy():
+    logits = torch.randn(1, 20, 16, 16)
+    raw = scoring.anomaly_score(logits, smoothing=False)
+    smooth = scoring.anomaly_score(logits)
+    assert torch.allclose(raw, scoring.free_energy(logits))
+    assert smooth.std() < raw.std()
+    assert np.isclose(smooth.mean().item(), raw.mean().item(), atol=0.05)
