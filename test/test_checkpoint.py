@@ -117,3 +117,18 @@ def test_malicious_pickle_is_refused_without_running(tmp_path):
     # And the raw pickle really would have run code: proves the test exercises something.
     with open(path, "rb") as f:
         assert b"system" in f.read()
+
+
+def test_numpy_scalars_beside_weights_load_but_numpy_objects_do_not(tmp_path):
+    """Training scripts store numpy scalars (NVIDIA's mean_iu); those load, numpy object arrays do not."""
+    import numpy as np
+
+    from pebal_perception.core.checkpoint import _torch_load
+
+    path = tmp_path / "nvidia_like.pth"
+    torch.save({"state_dict": TinySegNet().state_dict(), "mean_iu": np.float64(0.8), "epoch": np.int64(3)}, path)
+    loaded = _torch_load(path)
+    assert float(loaded["mean_iu"]) == 0.8 and int(loaded["epoch"]) == 3
+    torch.save({"arr": np.array([object()], dtype=object)}, path)
+    with pytest.raises(CheckpointError, match="refused"):
+        _torch_load(path)

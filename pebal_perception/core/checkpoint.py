@@ -84,13 +84,25 @@ class ModelMeta:
         return asdict(self)
 
 
+def _numpy_scalar_globals() -> list:
+    """Numpy numeric scalars that training scripts store beside weights (e.g. NVIDIA's ``mean_iu``).
+
+    Only plain numeric dtypes are allowed; object arrays and everything else stay refused.
+    """
+    import numpy as np
+
+    dtypes = [type(np.dtype(t)) for t in (np.float64, np.float32, np.float16, np.int64, np.int32, np.uint8, np.bool_)]
+    return [np._core.multiarray.scalar, np.dtype, *dtypes]
+
+
 def _torch_load(path: str | os.PathLike) -> Any:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
     try:
         # weights_only=True: a checkpoint is data; never run code from a file we did not write.
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(_numpy_scalar_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{path}: refused to load (not plain weights; weights_only=True): {first}") from None
