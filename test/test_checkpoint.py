@@ -1,6 +1,5 @@
 """Our checkpoint format, third-party loading through the same entry point, and refusal of bad files."""
 import os
-import pickle
 
 import pytest
 import torch
@@ -132,3 +131,15 @@ def test_numpy_scalars_beside_weights_load_but_numpy_objects_do_not(tmp_path):
     torch.save({"arr": np.array([object()], dtype=object)}, path)
     with pytest.raises(CheckpointError, match="refused"):
         _torch_load(path)
+
+
+def test_third_party_architecture_is_detected_from_the_keys(shared_assets):
+    _, meta = load_checkpoint(shared_assets / "espnetv2_cityscapes" / "espnetv2_s_2.0_city_1024x512.pth")
+    assert meta.architecture == "espnetv2" and meta.threshold is None
+
+
+def test_undetectable_layout_asks_for_the_model_name(tmp_path):
+    path = tmp_path / "odd.pth"
+    torch.save({"some.weight": torch.zeros(3)}, path)
+    with pytest.raises(CheckpointError, match="pass the model name"):
+        load_checkpoint(path)

@@ -19,7 +19,6 @@ import array
 import contextlib
 import math
 import os
-import re
 import subprocess
 import sys
 import tempfile

@@ -26,7 +26,7 @@ from torch import nn
 
 from .io import atomic_write_bytes
 from .models import NUM_INLIER_CLASSES, get_model_spec, list_models
-from .models.common import CheckpointError, describe_mismatch, load_state_dict_strict
+from .models.common import CheckpointError, check_against, expected_state_shapes, load_state_dict_strict
 
 FORMAT_TAG = "pebal-checkpoint"
 FORMAT_VERSION = 1
@@ -156,15 +156,10 @@ def _detect_architecture(obj: Any) -> str:
     for name in list_models():
         spec = get_model_spec(name)
         try:
-            state = spec.adapt_state_dict(obj)
+            check_against(expected_state_shapes(spec.builder), dict(spec.adapt_state_dict(obj)), "checkpoint", name)
         except CheckpointError:
             continue
-        with torch.device("meta"):  # shapes only: no memory, no init cost
-            reference = spec.builder().state_dict()
-        target = {k: v for k, v in reference.items() if not k.endswith("num_batches_tracked")}
-        given = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
-        if not describe_mismatch(target, given):
-            fits.append(name)
+        fits.append(name)
     if len(fits) != 1:
         raise CheckpointError("cannot tell which architecture this checkpoint is for; pass the model name "
                               f"(one of: {', '.join(list_models())})")

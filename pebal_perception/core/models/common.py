@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from typing import Any, Mapping
 
 import torch
+
+NUM_INLIER_CLASSES = 19
+NUM_OUTPUTS = NUM_INLIER_CLASSES + 1
 
 
 class CheckpointError(ValueError):
@@ -63,3 +66,69 @@ def load_state_dict_strict(model: torch.nn.Module, state: Mapping[str, torch.Ten
     if problem:
         raise CheckpointError(f"{source} does not fit {type(model).__name__}: {problem}")
     model.load_state_dict(state, strict=True)
+
+
+def expected_state_shapes(builder, num_classes: int = NUM_OUTPUTS) -> dict[str, torch.Size]:
+    """Key -> shape of ``builder(num_classes).state_dict()``, built on the meta device (no memory, no init)."""
+    with torch.device("meta"):
+        model = builder(num_classes)
+    return {k: v.shape for k, v in model.state_dict().items()}
+
+
+def unwrap_checkpoint(obj: Any, model_name: str) -> tuple[dict[str, torch.Tensor], str]:
+    """Finds the state dict in a loaded checkpoint: bare, or under ``state_dict`` / ``model``.
+
+    Returns the state dict with a leading ``module.`` (DataParallel/DDP) and then ``branch1.`` (PEBAL's
+    ``Network`` wrapper) removed when every key carries it, and a short description of the layout.
+    """
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"unrecognised {model_name} checkpoint: expected a dict, got {type(obj).__name__}")
+    if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        state, layout = dict(obj), "bare state dict"
+    elif isinstance(obj.get("state_dict"), Mapping):
+        state, layout = dict(obj["state_dict"]), "'state_dict' checkpoint"
+    elif isinstance(obj.get("model"), Mapping):
+        state, layout = dict(obj["model"]), "'model' checkpoint"
+    else:
+        top = ", ".join(repr(k) for k in list(obj)[:8]) or "(empty)"
+        raise CheckpointError(f"unrecognised {model_name} checkpoint layout: no state dict found (expected "
+                              f"a bare state dict or one under 'state_dict' or 'model'); top-level keys: {top}")
+    bad = [k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if bad or not state:
+        raise CheckpointError(f"unrecognised {model_name} checkpoint layout ({layout}): "
+                              + (f"entries that are not named tensors: {bad[:5]!r}" if bad else "it is empty"))
+    prefixes = []
+    for prefix in ("module.", "branch1."):
+        if all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+            prefixes.append(prefix)
+    if prefixes:
+        layout += f", keys prefixed {''.join(prefixes)!r}"
+    return state, layout
+
+
+def widen_head(state: dict[str, torch.Tensor], key: str, generator: torch.Generator | None = None,
+               bias_key: str | None = None) -> None:
+    """Widens a 19-row classifier to NUM_OUTPUTS rows in place, as PEBAL's loader does.
+
+    The abstention weight row is Kaiming-initialised (``widen_classifier``); a bias, if the head has
+    one, gets a zero abstention entry.
+    """
+    weight = state.get(key)
+    if weight is not None and weight.dim() >= 1 and weight.shape[0] == NUM_INLIER_CLASSES:
+        state[key] = widen_classifier(weight, NUM_OUTPUTS, generator=generator)
+        bias = state.get(bias_key) if bias_key else None
+        if bias is not None and bias.dim() == 1 and bias.shape[0] == NUM_INLIER_CLASSES:
+            state[bias_key] = torch.cat([bias, bias.new_zeros(NUM_OUTPUTS - NUM_INLIER_CLASSES)])
+
+
+def check_against(expected: Mapping[str, torch.Size], state: dict[str, torch.Tensor], source: str,
+                  model_name: str) -> dict[str, torch.Tensor]:
+    """Fills missing BN ``num_batches_tracked`` counters and raises CheckpointError on any other mismatch."""
+    for key in expected:
+        if key.endswith("num_batches_tracked") and key not in state:
+            state[key] = torch.zeros((), dtype=torch.long)
+    problem = describe_mismatch({k: torch.empty(s, device="meta") for k, s in expected.items()}, state)
+    if problem:
+        raise CheckpointError(f"{source} does not fit {model_name}: {problem}")
+    return {k: state[k] for k in expected}  # model order

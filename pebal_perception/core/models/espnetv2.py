@@ -15,14 +15,14 @@ still builds a model but cannot load the checkpoint.
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from . import ModelSpec, register_model
-from .common import CheckpointError, strip_prefix, widen_classifier
+from .common import unwrap_checkpoint, widen_head
 
 __all__ = ["ESPNetv2Segmentation", "adapt_state_dict"]
 
@@ -356,47 +356,18 @@ class ESPNetv2Segmentation(nn.Module):
 # --------------------------------------------------------------------------------------------------
 # Checkpoint adaptation
 # --------------------------------------------------------------------------------------------------
-def _unwrap(obj: Any) -> Any:
-    """Returns the state dict inside a training-checkpoint wrapper (``state_dict`` / ``model``)."""
-    for _ in range(2):  # e.g. {"model": {"state_dict": ...}} at most two levels deep
-        if isinstance(obj, Mapping):
-            for wrapper in ("state_dict", "model"):
-                inner = obj.get(wrapper)
-                if isinstance(inner, Mapping):
-                    obj = inner
-                    break
-            else:
-                return obj
-    return obj
-
-
 def adapt_state_dict(obj: Any) -> dict[str, torch.Tensor]:
     """Turns a ``torch.load``-ed ESPNetv2 checkpoint into a state dict for ``ESPNetv2Segmentation(20)``.
 
     Accepts a plain mapping of tensors (optionally with DataParallel's ``module.`` prefix) or one
     wrapped under ``state_dict`` / ``model``. A 19-class classifier gets a 20th (abstention) row:
-    Kaiming-initialised weight via ``widen_classifier`` (fixed seed, so loading is reproducible) and
-    a zero bias. Key/shape mismatches are reported later by ``load_state_dict_strict``.
+    Kaiming-initialised weight (fixed seed, so loading is reproducible) and a zero bias. Key/shape
+    mismatches are reported later by ``load_state_dict_strict``.
     """
-    state = _unwrap(obj)
-    if not isinstance(state, Mapping):
-        raise CheckpointError(f"ESPNetv2 checkpoint must be a mapping of tensors, got {type(obj).__name__}")
-    if not state:
-        raise CheckpointError("ESPNetv2 checkpoint holds no tensors")
-    bad = [str(k) for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
-    if bad:
-        shown = ", ".join(bad[:5]) + (f", ... ({len(bad) - 5} more)" if len(bad) > 5 else "")
-        raise CheckpointError(f"ESPNetv2 checkpoint has entries that are not tensors: {shown}")
-    out = strip_prefix(state, "module.")
-    weight_key, bias_key = f"{_CLASSIFIER_KEY}.weight", f"{_CLASSIFIER_KEY}.bias"
-    weight = out.get(weight_key)
-    if weight is not None and weight.dim() == 4 and weight.shape[0] == 19:
-        generator = torch.Generator().manual_seed(0)
-        out[weight_key] = widen_classifier(weight, 20, generator=generator)
-        bias = out.get(bias_key)
-        if bias is not None and bias.dim() == 1 and bias.shape[0] == 19:
-            out[bias_key] = torch.cat([bias, bias.new_zeros(1)])
-    return out
+    state, _ = unwrap_checkpoint(obj, "ESPNetv2")
+    widen_head(state, f"{_CLASSIFIER_KEY}.weight", torch.Generator().manual_seed(0),
+               bias_key=f"{_CLASSIFIER_KEY}.bias")
+    return state
 
 
 register_model(ModelSpec(

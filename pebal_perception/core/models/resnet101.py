@@ -36,9 +36,8 @@ import torch
 from torch import nn
 
 from . import NUM_OUTPUTS, ModelSpec, register_model
-from .common import CheckpointError
-from .wrn38 import (AtrousSpatialPyramidPooling, upsample_bilinear, check_against, expected_state_shapes,
-                    unwrap_checkpoint, widen_head)
+from .common import CheckpointError, check_against, expected_state_shapes, unwrap_checkpoint, widen_head
+from .deeplab import AtrousSpatialPyramidPooling, upsample_bilinear
 
 __all__ = ["DeepR101V3Plus", "adapt_state_dict"]
 

@@ -24,27 +24,21 @@ sees the raw mod7 output.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Mapping
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from . import NUM_INLIER_CLASSES, NUM_OUTPUTS, ModelSpec, register_model
-from .common import CheckpointError, describe_mismatch, widen_classifier
+from . import NUM_OUTPUTS, ModelSpec, register_model
+from .common import CheckpointError, check_against, expected_state_shapes, unwrap_checkpoint, widen_head
+from .deeplab import AtrousSpatialPyramidPooling, upsample_bilinear
 
-__all__ = ["DeepWV3Plus", "IdentityResidualBlock", "AtrousSpatialPyramidPooling", "adapt_state_dict",
-           "upsample_bilinear"]
+__all__ = ["DeepWV3Plus", "IdentityResidualBlock", "adapt_state_dict"]
 
 
 def _bn_relu(channels: int) -> nn.Sequential:
     """BatchNorm2d + ReLU as one Sequential, so the BN's keys read ``<name>.0.*`` as in the checkpoints."""
     return nn.Sequential(nn.BatchNorm2d(channels), nn.ReLU(inplace=True))
-
-
-def upsample_bilinear(x: torch.Tensor, size) -> torch.Tensor:
-    """Bilinear resize with align_corners=True (the convention of every resize in these networks)."""
-    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=True)
 
 
 class IdentityResidualBlock(nn.Module):
@@ -91,32 +85,6 @@ class IdentityResidualBlock(nn.Module):
         t = self.bn1(x)  # BN makes a new tensor, so the in-place ReLU never touches x
         shortcut = self.proj_conv(t) if self.proj_conv is not None else x
         return self.convs(t) + shortcut
-
-
-class AtrousSpatialPyramidPooling(nn.Module):
-    """DeepLabv3 ASPP: outputs concatenated as [image pool, 1x1, 3x3 d=r1, d=r2, d=r3].
-
-    Keys: ``features.0`` (1x1 branch), ``features.1..3`` (dilated branches), each (conv, BN, ReLU);
-    ``img_conv`` (conv, BN, ReLU) after global average pooling. No convolution has a bias.
-    """
-
-    def __init__(self, in_channels: int, out_channels: int = 256, rates: tuple[int, ...] = (12, 24, 36)):
-        super().__init__()
-        branches = [nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, bias=False),
-                                  nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True))]
-        for rate in rates:
-            branches.append(nn.Sequential(
-                nn.Conv2d(in_channels, out_channels, 3, padding=rate, dilation=rate, bias=False),
-                nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True)))
-        self.features = nn.ModuleList(branches)
-        self.img_pooling = nn.AdaptiveAvgPool2d(1)
-        self.img_conv = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, bias=False),
-                                      nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True))
-        self.out_channels = out_channels * (len(rates) + 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pooled = upsample_bilinear(self.img_conv(self.img_pooling(x)), x.shape[2:])
-        return torch.cat([pooled] + [branch(x) for branch in self.features], dim=1)
 
 
 # (blocks, channels, first-block stride, dilation, dropout) for mod2..mod7 of WiderResNetA2 [3,3,6,3,1,1]
@@ -176,67 +144,6 @@ class DeepWV3Plus(nn.Module):
         x = self.bot_aspp(self.aspp(x))
         x = torch.cat([self.bot_fine(m2), upsample_bilinear(x, m2.shape[2:])], dim=1)
         return upsample_bilinear(self.final(x), size)
-
-
-# ------------------------------------------------------------------------------------------------
-# Checkpoint adaptation (shared helpers are also used by the ResNet101 variant)
-
-def expected_state_shapes(builder, num_classes: int = NUM_OUTPUTS) -> dict[str, torch.Size]:
-    """Key -> shape of ``builder(num_classes).state_dict()``, built on the meta device (no memory, no init)."""
-    with torch.device("meta"):
-        model = builder(num_classes)
-    return {k: v.shape for k, v in model.state_dict().items()}
-
-
-def unwrap_checkpoint(obj: Any, model_name: str) -> tuple[dict[str, torch.Tensor], str]:
-    """Finds the state dict in a loaded checkpoint: bare, or under ``state_dict`` / ``model``.
-
-    Returns the state dict with a leading ``module.`` (DataParallel/DDP) and then ``branch1.`` (PEBAL's
-    ``Network`` wrapper) removed when every key carries it, and a short description of the layout.
-    """
-    if not isinstance(obj, Mapping):
-        raise CheckpointError(f"unrecognised {model_name} checkpoint: expected a dict, got {type(obj).__name__}")
-    if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-        state, layout = dict(obj), "bare state dict"
-    elif isinstance(obj.get("state_dict"), Mapping):
-        state, layout = dict(obj["state_dict"]), "'state_dict' checkpoint"
-    elif isinstance(obj.get("model"), Mapping):
-        state, layout = dict(obj["model"]), "'model' checkpoint"
-    else:
-        top = ", ".join(repr(k) for k in list(obj)[:8]) or "(empty)"
-        raise CheckpointError(f"unrecognised {model_name} checkpoint layout: no state dict found (expected "
-                              f"a bare state dict or one under 'state_dict' or 'model'); top-level keys: {top}")
-    bad = [k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
-    if bad or not state:
-        raise CheckpointError(f"unrecognised {model_name} checkpoint layout ({layout}): "
-                              + (f"entries that are not named tensors: {bad[:5]!r}" if bad else "it is empty"))
-    prefixes = []
-    for prefix in ("module.", "branch1."):
-        if all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items()}
-            prefixes.append(prefix)
-    if prefixes:
-        layout += f", keys prefixed {''.join(prefixes)!r}"
-    return state, layout
-
-
-def widen_head(state: dict[str, torch.Tensor], key: str, generator: torch.Generator | None = None) -> None:
-    """Widens a 19-row classifier weight to NUM_OUTPUTS rows in place (abstention row Kaiming-initialised)."""
-    weight = state.get(key)
-    if weight is not None and weight.dim() >= 1 and weight.shape[0] == NUM_INLIER_CLASSES:
-        state[key] = widen_classifier(weight, NUM_OUTPUTS, generator=generator)
-
-
-def check_against(expected: Mapping[str, torch.Size], state: dict[str, torch.Tensor], source: str,
-                  model_name: str) -> dict[str, torch.Tensor]:
-    """Fills missing BN ``num_batches_tracked`` counters and raises CheckpointError on any other mismatch."""
-    for key in expected:
-        if key.endswith("num_batches_tracked") and key not in state:
-            state[key] = torch.zeros((), dtype=torch.long)
-    problem = describe_mismatch({k: torch.empty(s, device="meta") for k, s in expected.items()}, state)
-    if problem:
-        raise CheckpointError(f"{source} does not fit {model_name}: {problem}")
-    return {k: state[k] for k in expected}  # model order
 
 
 _WRN_SHAPES: dict[str, torch.Size] | None = None
