@@ -102,3 +102,29 @@ def test_antialiased_resize_is_close_to_pil():
     ours = normalize(t, (0.5,) * 3, (0.25,) * 3, (32, 64))
     ref = pil_preprocess(img, (32, 64), (0.5,) * 3, (0.25,) * 3)
     assert (ours - ref).abs().max() < 2.0 / 255 / 0.25 + 1e-4  # within ~1 grey level of PIL
+
+
+@pytest.mark.parametrize("arch, size", [("tiny_test_net", (32, 64)), ("espnetv2", (64, 128))])
+def test_optimized_path_equals_plain_model(arch, size):
+    """BN folding + channels-last must not change results beyond float rounding."""
+    from pebal_perception.core.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model(arch).eval()
+    for m in model.modules():  # non-trivial BN statistics, as in a trained model
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.normal_(0, 0.2)
+            m.running_var.uniform_(0.3, 3.0)
+            m.weight.data.normal_(1.0, 0.2)
+            m.bias.data.normal_(0.0, 0.2)
+    meta = ModelMeta.for_architecture(arch, input_size=list(size))
+    plain = InferenceEngine(model, meta, device="cpu", optimize=False)
+    fast = InferenceEngine(model, meta, device="cpu", optimize=True)
+    from pebal_perception.core.optimize import count_batchnorms
+
+    assert count_batchnorms(fast.model) < count_batchnorms(plain.model)
+    img = _image(*size, seed=5)
+    a, b = plain.infer_one(img), fast.infer_one(img)
+    np.testing.assert_allclose(a.score, b.score, atol=1e-4)
+    assert (a.semantic == b.semantic).mean() > 0.999
+    assert count_batchnorms(model) == count_batchnorms(plain.model)  # the caller's model is untouched

@@ -18,6 +18,7 @@ from torch import nn
 from . import scoring
 from .checkpoint import ModelMeta, load_checkpoint
 from .models import get_model_spec
+from .optimize import fold_batchnorm
 from .preprocess import network_size, normalize, to_uint8_batch
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -57,12 +58,15 @@ class InferenceEngine:
             image's own size rounded to the architecture's size divisor.
         threshold: obstacle threshold on the score; None = the checkpoint's calibrated one.
         smoothing: apply PEBAL's 7x7, sigma-1 Gaussian to the energy (the reference behaviour).
+        optimize: fold BatchNorm into convolutions and run channels-last (outputs equal the plain
+            model's to float rounding; see ``core/optimize.py`` and test_engine.py).
     """
 
     def __init__(self, model: nn.Module, meta: ModelMeta, device: str | torch.device = "auto",
                  precision: str = "fp32", input_size: Sequence[int] | str | None = None,
                  threshold: float | None = None, smoothing: bool = True,
-                 smoothing_kernel: int = scoring.DEFAULT_KERNEL_SIZE, smoothing_sigma: float = scoring.DEFAULT_SIGMA):
+                 smoothing_kernel: int = scoring.DEFAULT_KERNEL_SIZE, smoothing_sigma: float = scoring.DEFAULT_SIGMA,
+                 optimize: bool = True):
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
         self.device = resolve_device(device)
@@ -71,9 +75,11 @@ class InferenceEngine:
         self.precision = precision
         self.meta = meta
         self.spec = get_model_spec(meta.architecture)
-        self.model = model.eval().to(self.device)
-        if self.device.type == "cuda":
-            self.model = self.model.to(memory_format=torch.channels_last)
+        model = model.eval()
+        self.optimized = optimize
+        if optimize:
+            model = fold_batchnorm(model).to(memory_format=torch.channels_last)
+        self.model = model.to(self.device)
         if input_size is None:
             input_size = meta.input_size
         self.native_size = input_size == "native"
@@ -100,7 +106,7 @@ class InferenceEngine:
         size = (network_size(tuple(batch_uint8.shape[-2:]), None, self.spec.size_divisor)
                 if self.native_size else self.input_size)
         x = normalize(batch_uint8, self.meta.mean, self.meta.std, size)
-        if self.device.type == "cuda":
+        if self.optimized:
             x = x.contiguous(memory_format=torch.channels_last)
         with self._autocast():
             return self.model(x)

@@ -56,6 +56,8 @@ def _avg_pool_half(x: torch.Tensor) -> torch.Tensor:
 class ConvBNAct(nn.Module):
     """conv -> BN -> per-channel PReLU (padding keeps the size for odd kernels)."""
 
+    conv_bn_pairs = (("conv", "bn"),)  # computes bn(conv(x)): foldable for inference
+
     def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1):
         super().__init__()
         self.conv = nn.Conv2d(cin, cout, kernel, stride, (kernel - 1) // 2, groups=groups, bias=False)
@@ -68,6 +70,8 @@ class ConvBNAct(nn.Module):
 
 class ConvBN(nn.Module):
     """conv -> BN, no activation (used where an addition follows)."""
+
+    conv_bn_pairs = (("conv", "bn"),)
 
     def __init__(self, cin: int, cout: int, kernel: int, groups: int = 1):
         super().__init__()
