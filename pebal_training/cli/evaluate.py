@@ -1,0 +1,136 @@
+"""pebal-eval: evaluate a PEBAL model on an anomaly benchmark or on Cityscapes.
+
+Anomaly datasets (fishyscapes_laf, fishyscapes_static, lostandfound, road_anomaly, smiyc_anomaly,
+smiyc_obstacle): pixel-pooled AUROC, AP and FPR@95%TPR (fractions in [0, 1]; void excluded), per-image
+metrics, SMIYC component metrics at the threshold, roc.png, pr.png and worst/NAME_overlay.png.
+cityscapes: mIoU, pixel accuracy and per-class IoU (sliding-window protocol, --split val by default).
+
+Everything goes to --output/report.json (written atomically). Images run at their native resolution
+unless --input-size says otherwise.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+PROG = "pebal-eval"
+ANOMALY_NAMES = ("fishyscapes_laf", "fishyscapes_static", "lostandfound", "road_anomaly",
+                 "smiyc_anomaly", "smiyc_obstacle")
+DATASETS = ANOMALY_NAMES + ("cityscapes",)
+
+
+class UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(message)
+
+
+def parse_size(text: str):
+    """'native' or WxH -> 'native' or (height, width)."""
+    if text == "native":
+        return "native"
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT (e.g. 2048x1024) or 'native', got {text!r}") from None
+    if w <= 0 or h <= 0:
+        raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
+    return h, w
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", type=Path, required=True, help="model checkpoint (ours or third-party)")
+    p.add_argument("--model", help="architecture of a bare third-party state dict (e.g. espnetv2)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    p.add_argument("--dataset", required=True, choices=DATASETS)
+    p.add_argument("--root", type=Path, required=True, help="dataset root folder")
+    p.add_argument("--split", help="split for cityscapes (default val) and lostandfound (default test)")
+    p.add_argument("--output", "-o", type=Path, required=True, help="output folder")
+    p.add_argument("--threshold", type=float, help="obstacle threshold for the component metrics "
+                   "(default: the checkpoint's calibrated one)")
+    p.add_argument("--limit", type=int, help="evaluate only the first N images")
+    p.add_argument("--input-size", type=parse_size, default="native",
+                   help="network input WIDTHxHEIGHT or 'native' (default; the reference protocol)")
+    p.add_argument("--no-smoothing", action="store_true", help="skip PEBAL's 7x7 Gaussian on the energy")
+    p.add_argument("--worst", type=int, default=4, help="number of worst frames rendered (default 4)")
+    p.add_argument("--crop-size", type=int, default=800,
+                   help="cityscapes: sliding-window crop (default 800, the reference); 0 = whole image")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def _error(msg: object) -> int:
+    print(f"{PROG}: error: {msg}", file=sys.stderr)
+    return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+    except UsageError as exc:
+        return _error(exc)
+    if args.limit is not None and args.limit < 1:
+        return _error("--limit must be >= 1")
+    if args.worst < 0 or args.crop_size < 0:
+        return _error("--worst and --crop-size must be >= 0")
+    if args.threshold is not None and args.threshold != args.threshold:
+        return _error("--threshold must be a number")
+
+    from pebal_perception.core.checkpoint import CheckpointError
+    from pebal_perception.core.engine import InferenceEngine
+    from pebal_training import evaluate as ev
+    from pebal_training.data.datasets import CityscapesSegmentation, DatasetError, open_anomaly_dataset
+
+    try:
+        if args.dataset == "cityscapes":
+            dataset = CityscapesSegmentation(args.root, split=args.split or "val")
+        elif args.dataset == "lostandfound":
+            dataset = open_anomaly_dataset(args.dataset, args.root, split=args.split or "test")
+        else:
+            if args.split:
+                return _error(f"--split does not apply to {args.dataset}")
+            dataset = open_anomaly_dataset(args.dataset, args.root)
+        if len(dataset) == 0:
+            raise DatasetError(f"{args.root}: no samples")
+    except DatasetError as exc:
+        return _error(exc)
+    try:
+        engine = InferenceEngine.from_checkpoint(args.checkpoint, args.model, device=args.device,
+                                                 input_size=args.input_size, threshold=args.threshold,
+                                                 smoothing=not args.no_smoothing)
+    except (CheckpointError, KeyError, ValueError) as exc:
+        return _error(exc.args[0] if isinstance(exc, KeyError) and exc.args else exc)
+    try:
+        args.output.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return _error(f"{args.output}: cannot create the output folder ({exc.strerror})")
+
+    info = {"checkpoint": str(args.checkpoint), "root": str(args.root)}
+    try:
+        if args.dataset == "cityscapes":
+            report = ev.evaluate_cityscapes(engine, dataset, args.output, limit=args.limit,
+                                            crop_size=args.crop_size, progress=not args.quiet,
+                                            extra_info={**info, "split": dataset.split})
+            print(f"{PROG}: cityscapes {report['num_images']} images: mIoU {report['miou']:.4f}, "
+                  f"pixel accuracy {report['pixel_accuracy']:.4f} -> {args.output / 'report.json'}")
+        else:
+            report = ev.evaluate_anomaly(engine, dataset, args.output, threshold=args.threshold,
+                                         limit=args.limit, worst_k=args.worst, dataset_name=args.dataset,
+                                         progress=not args.quiet, extra_info=info)
+            c = report["components"]
+            print(f"{PROG}: {args.dataset} {report['num_images']} images: AUROC {report['auroc']:.4f}, "
+                  f"AP {report['ap']:.4f}, FPR95 {report['fpr95']:.4f}; sIoU {c['siou']:.3f}, "
+                  f"PPV {c['ppv']:.3f}, mean F1 {c['mean_f1']:.3f} at threshold {report['threshold']:.4g}"
+                  f" -> {args.output / 'report.json'}")
+    except (DatasetError, ValueError) as exc:
+        return _error(exc)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,198 @@
+"""Deployment exports: a self-contained scoring module as TorchScript and ONNX, plus a JSON sidecar.
+
+:class:`ScoringModel` wraps a registry model: *normalised* image ``N x 3 x H x W`` float32 (RGB,
+``(x / 255 - mean) / std``, mean/std in the sidecar) -> ``(semantic N x H x W int64, energy
+N x H x W float32)``, where ``semantic`` is the argmax over the 19 inlier classes and ``energy`` the
+free energy ``-logsumexp`` of the inlier logits, optionally with PEBAL's 7x7 sigma-1 Gaussian
+(reflect padding). Higher energy = more anomalous; obstacle = ``energy > threshold``.
+
+Both exports are for one fixed input size (the network's ``H x W``; images must be resized to it
+first, as the engine does), batch 1 by default (``dynamic_batch=True`` keeps the ONNX batch axis
+symbolic, which only works for models without size-dependent ops such as ESPNetv2's adaptive
+pooling). ONNX uses PyTorch's classic TorchScript-based exporter (``dynamo=False``): the new exporter
+needs ``onnxscript``, which is not installed / not a dependency. ESPNetv2's pyramid pooling uses
+``adaptive_avg_pool2d`` with output sizes that do not divide the input; the classic exporter refuses
+that, so during the ONNX export it is rewritten as an exact matrix-product pooling
+(:func:`onnx_friendly_adaptive_pool`). Files are written atomically.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from pebal_perception.core import scoring
+from pebal_perception.core.checkpoint import ModelMeta
+from pebal_perception.core.io import atomic_write_bytes, atomic_write_json
+
+DEFAULT_OPSET = 17
+SIDECAR_FORMAT = "pebal-export"
+
+
+class ScoringModel(nn.Module):
+    """Normalised image -> (semantic int64, energy float32); see the module docstring."""
+
+    def __init__(self, model: nn.Module, smoothing: bool = True,
+                 kernel_size: int = scoring.DEFAULT_KERNEL_SIZE, sigma: float = scoring.DEFAULT_SIGMA,
+                 num_classes: int = scoring.NUM_INLIER_CLASSES):
+        super().__init__()
+        self.model = model
+        self.smoothing = bool(smoothing)
+        self.num_classes = int(num_classes)
+        self.kernel_size = int(kernel_size)
+        self.register_buffer("kernel", scoring.gaussian_kernel_1d(kernel_size, sigma).clone(), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.model(x)[:, : self.num_classes].float()
+        semantic = logits.argmax(dim=1)
+        energy = -torch.logsumexp(logits, dim=1)
+        if self.smoothing and self.kernel_size > 1:
+            pad = self.kernel_size // 2
+            e = nn.functional.pad(energy.unsqueeze(1), (pad, pad, pad, pad), mode="reflect")
+            e = nn.functional.conv2d(e, self.kernel.view(1, 1, 1, -1))
+            e = nn.functional.conv2d(e, self.kernel.view(1, 1, -1, 1))
+            energy = e.squeeze(1)
+        return semantic, energy
+
+
+def scoring_model(model: nn.Module, smoothing: bool = True) -> ScoringModel:
+    return ScoringModel(model.eval().cpu(), smoothing=smoothing).eval()
+
+
+def example_input(size_hw: tuple[int, int], batch: int = 1, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn((batch, 3, int(size_hw[0]), int(size_hw[1])), generator=g)
+
+
+def export_torchscript(module: ScoringModel, size_hw: tuple[int, int], path: str | Path) -> Path:
+    """``torch.jit.trace`` at ``size_hw`` (height, width); returns the written path."""
+    import warnings
+
+    buf = io.BytesIO()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # TorchScript deprecation notices
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # sizes are constants: fixed-size export
+        traced = torch.jit.trace(module, example_input(size_hw), check_trace=False)
+        torch.jit.save(traced, buf)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def _pool_matrix(n_in: int, n_out: int) -> torch.Tensor:
+    """``n_out x n_in`` matrix of adaptive average pooling along one axis (PyTorch's bins:
+    ``[floor(i * n_in / n_out), ceil((i + 1) * n_in / n_out))``)."""
+    import numpy as np
+
+    # Built in numpy so that tracing records one constant, not one op per bin.
+    m = np.zeros((n_out, n_in), dtype=np.float32)
+    for i in range(n_out):
+        start = (i * n_in) // n_out
+        end = -((-(i + 1) * n_in) // n_out)
+        m[i, start:end] = 1.0 / (end - start)
+    return torch.from_numpy(m)
+
+
+@contextlib.contextmanager
+def onnx_friendly_adaptive_pool():
+    """Temporarily routes ``F.adaptive_avg_pool2d`` (other than global pooling) through two matrix
+    products (exactly the same bins and weights, float rounding aside).
+
+    The classic ONNX exporter only maps adaptive pooling to ``AveragePool`` when every output size
+    divides the input size and the input size is known in the graph; ESPNetv2's pyramid pooling
+    (sizes ``ceil(s * scale)``, after resizes whose output shape the exporter leaves symbolic) is
+    neither. For a
+    fixed-size export the input sizes are constants, so ``P_h @ x @ P_w^T`` is an exact
+    equivalent that ONNX expresses with ``MatMul``.
+    """
+    original = nn.functional.adaptive_avg_pool2d
+
+    def pooled(x: torch.Tensor, output_size: Any) -> torch.Tensor:
+        ih, iw = int(x.shape[-2]), int(x.shape[-1])
+        oh, ow = (output_size, output_size) if isinstance(output_size, int) else tuple(output_size)
+        oh, ow = ih if oh is None else int(oh), iw if ow is None else int(ow)
+        if (oh, ow) == (1, 1):  # global pooling: GlobalAveragePool needs no sizes
+            return original(x, (oh, ow))
+        ph = _pool_matrix(ih, oh).to(x.dtype)
+        pw = _pool_matrix(iw, ow).to(x.dtype)
+        return torch.matmul(torch.matmul(ph, x), pw.t())
+
+    nn.functional.adaptive_avg_pool2d = pooled
+    try:
+        yield
+    finally:
+        nn.functional.adaptive_avg_pool2d = original
+
+
+def export_onnx(module: ScoringModel, size_hw: tuple[int, int], path: str | Path,
+                opset: int = DEFAULT_OPSET, dynamic_batch: bool = False) -> Path:
+    """ONNX (opset >= 17) through the classic exporter; input ``image``, outputs ``semantic``, ``energy``."""
+    if opset < 17:
+        raise ValueError(f"opset must be >= 17, got {opset}")
+    import warnings
+
+    buf = io.BytesIO()
+    with torch.no_grad(), warnings.catch_warnings(), onnx_friendly_adaptive_pool():
+        warnings.simplefilter("ignore")  # deprecation notice of the classic exporter, tracer warnings
+        torch.onnx.export(module, (example_input(size_hw),), buf, dynamo=False, opset_version=opset,
+                          input_names=["image"], output_names=["semantic", "energy"],
+                          dynamic_axes=({"image": {0: "batch"}, "semantic": {0: "batch"}, "energy": {0: "batch"}}
+                                        if dynamic_batch else None),
+                          do_constant_folding=True)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def sidecar(meta: ModelMeta, size_hw: tuple[int, int], smoothing: bool, files: dict[str, str],
+            opset: int | None = None, dynamic_batch: bool = False) -> dict[str, Any]:
+    batch = None if dynamic_batch else 1
+    return {
+        "format": SIDECAR_FORMAT, "format_version": 1,
+        "model_id": meta.model_id, "architecture": meta.architecture, "source": meta.source,
+        "input": {"name": "image", "shape": [batch, 3, int(size_hw[0]), int(size_hw[1])], "dtype": "float32",
+                  "batch": "TorchScript: any; ONNX: " + ("dynamic" if dynamic_batch else "fixed 1"),
+                  "layout": "NCHW", "channels": "RGB",
+                  "normalisation": "(pixel / 255 - mean) / std", "mean": list(meta.mean), "std": list(meta.std),
+                  "resize": "bilinear (antialiased when shrinking) to height x width"},
+        "input_size": [int(size_hw[0]), int(size_hw[1])],
+        "outputs": {"semantic": {"dtype": "int64", "shape": [batch, int(size_hw[0]), int(size_hw[1])],
+                                 "meaning": "argmax over the 19 Cityscapes trainIds"},
+                    "energy": {"dtype": "float32", "shape": [batch, int(size_hw[0]), int(size_hw[1])],
+                               "meaning": "free energy -logsumexp(logits[:19]), higher = more anomalous"}},
+        "smoothing": {"enabled": bool(smoothing), "kernel_size": scoring.DEFAULT_KERNEL_SIZE,
+                      "sigma": scoring.DEFAULT_SIGMA, "padding": "reflect"},
+        "threshold": meta.effective_threshold, "threshold_calibrated": meta.threshold is not None,
+        "threshold_info": meta.threshold_info, "obstacle_rule": "energy > threshold",
+        "classes": list(meta.classes), "onnx_opset": opset, "files": files,
+    }
+
+
+def export_model(model: nn.Module, meta: ModelMeta, out_dir: str | Path, name: str,
+                 formats: tuple[str, ...] = ("torchscript", "onnx"), size_hw: tuple[int, int] | None = None,
+                 smoothing: bool = True, opset: int = DEFAULT_OPSET,
+                 dynamic_batch: bool = False) -> dict[str, Path]:
+    """Writes ``name.pt`` (TorchScript), ``name.onnx`` and the sidecar ``name.json`` into ``out_dir``."""
+    from pebal_perception.core.models import get_model_spec
+
+    size_hw = tuple(int(v) for v in (size_hw or meta.input_size))
+    div = get_model_spec(meta.architecture).size_divisor
+    if size_hw[0] <= 0 or size_hw[1] <= 0 or size_hw[0] % div or size_hw[1] % div:
+        raise ValueError(f"input size {size_hw[1]}x{size_hw[0]} (WxH) must be positive multiples of {div} "
+                         f"for {meta.architecture}")
+    out = Path(out_dir)
+    module = scoring_model(model, smoothing)
+    written: dict[str, Path] = {}
+    if "torchscript" in formats:
+        written["torchscript"] = export_torchscript(module, size_hw, out / f"{name}.pt")
+    if "onnx" in formats:
+        written["onnx"] = export_onnx(module, size_hw, out / f"{name}.onnx", opset, dynamic_batch)
+    info = sidecar(meta, size_hw, smoothing, {k: p.name for k, p in written.items()},
+                   opset if "onnx" in formats else None, dynamic_batch)
+    written["sidecar"] = atomic_write_json(out / f"{name}.json", info)
+    return written
+
+
+def load_sidecar(path: str | Path) -> dict[str, Any]:
+    return json.loads(Path(path).read_text())

@@ -1,0 +1,123 @@
+"""pebal-calibrate: the threshold reaches the target rate minimally, is stored, and is used by default."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from pebal_perception.core.checkpoint import ModelMeta, load_checkpoint, save_checkpoint
+from pebal_perception.core.engine import InferenceEngine
+from pebal_training.cli import calibrate
+from pebal_training.data import synthetic_layouts as SL
+from pebal_training.data.datasets import FishyscapesDataset
+
+from tiny_models import TINY, TinySegNet
+
+SIZE = (96, 48)
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("static")
+    SL.write_fishyscapes(root, "Static", n=4, seed=7, size=SIZE)
+    return root
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    torch.manual_seed(1)
+    return save_checkpoint(tmp_path / "tiny.pt", TinySegNet(), ModelMeta.for_architecture(TINY))
+
+
+def pooled(engine, root):
+    pos, neg = [], []
+    for sample in FishyscapesDataset(root, "Static"):
+        score = engine.infer_one(sample["image"]).score
+        pos.append(score[sample["label"] == 1])
+        neg.append(score[sample["label"] == 0])
+    return np.concatenate(pos), np.concatenate(neg)
+
+
+def rate(scores, thr):
+    return float((scores > np.float32(thr)).mean())
+
+
+def test_target_tpr_is_reached_minimally_and_stored(checkpoint, data_root, capsys):
+    rc = calibrate.main(["--checkpoint", str(checkpoint), "--dataset", "fishyscapes_static", "--root",
+                         str(data_root), "--target-tpr", "0.9", "--device", "cpu", "--quiet"])
+    assert rc == 0, capsys.readouterr().err
+    _, meta = load_checkpoint(checkpoint)
+    thr = meta.threshold
+    info = meta.threshold_info
+    assert info["target"] == {"tpr": 0.9} and info["dataset"] == "fishyscapes_static"
+    assert info["num_images"] == 4 and info["date"] and info["input_size"] == [32, 64]
+
+    engine = InferenceEngine.from_checkpoint(checkpoint, device="cpu")  # the deployed default
+    assert engine.threshold == thr
+    pos, neg = pooled(engine, data_root)
+    tpr = rate(pos, thr)
+    assert tpr >= 0.9 and tpr == pytest.approx(info["achieved_tpr"], abs=0)
+    assert rate(neg, thr) == pytest.approx(info["achieved_fpr"], abs=0)
+    # minimal: the next representable (float32) threshold above misses the target
+    above = np.nextafter(np.float32(thr), np.float32(np.inf))
+    assert rate(pos, above) < 0.9
+    # the engine's obstacle mask uses that threshold
+    sample = next(iter(FishyscapesDataset(data_root, "Static")))
+    res = engine.infer_one(sample["image"])
+    assert np.array_equal(res.obstacle, res.score > np.float32(thr))
+
+
+def test_target_fpr(checkpoint, data_root):
+    assert calibrate.main(["--checkpoint", str(checkpoint), "--dataset", "fishyscapes_static", "--root",
+                           str(data_root), "--target-fpr", "0.05", "--quiet"]) == 0
+    _, meta = load_checkpoint(checkpoint)
+    pos, neg = pooled(InferenceEngine.from_checkpoint(checkpoint, device="cpu"), data_root)
+    assert rate(neg, meta.threshold) <= 0.05
+    below = np.nextafter(np.float32(meta.threshold), np.float32(-np.inf))
+    assert rate(neg, below) > 0.05  # the lowest threshold within the budget
+    assert meta.threshold_info["target"] == {"fpr": 0.05}
+
+
+def test_tie_and_rounding_rules():
+    pos = np.array([1, 2, 2, 2, 3], np.float32)
+    thr = calibrate.threshold_for_tpr(pos, 0.5)  # k = 3 -> v = 2, every tie detected
+    assert thr < 2 and np.float32(thr) == np.nextafter(np.float32(2), np.float32(-np.inf))
+    assert (pos > np.float32(thr)).mean() == 0.8
+    hundred = np.arange(100, dtype=np.float32)
+    assert (hundred > np.float32(calibrate.threshold_for_tpr(hundred, 0.95))).sum() == 95  # not 96
+    assert calibrate.threshold_for_tpr(hundred, 0.0) == 99.0
+    neg = np.arange(100, dtype=np.float32)
+    thr = calibrate.threshold_for_fpr(neg, 0.05, lowest=-1.0)
+    assert thr == 94.0 and (neg > thr).sum() == 5
+    assert calibrate.threshold_for_fpr(neg, 1.0, lowest=-1.0) < -1.0
+
+
+def test_third_party_checkpoint_needs_output(tmp_path, data_root, capsys):
+    torch.manual_seed(2)
+    bare = tmp_path / "bare.pth"
+    torch.save(TinySegNet().state_dict(), bare)
+    args = ["--checkpoint", str(bare), "--model", TINY, "--dataset", "fishyscapes_static", "--root",
+            str(data_root), "--quiet"]
+    assert calibrate.main(args) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "--output-checkpoint" in err
+    out = tmp_path / "calibrated.pt"
+    assert calibrate.main(args + ["--output-checkpoint", str(out)]) == 0
+    model, meta = load_checkpoint(out)
+    assert meta.architecture == TINY and meta.source == "bare.pth" and math.isfinite(meta.threshold)
+    assert meta.threshold_info["target"] == {"tpr": 0.95}
+    ref = torch.load(bare, weights_only=True)
+    assert all(torch.equal(ref[k], v) for k, v in model.state_dict().items())
+    assert InferenceEngine.from_checkpoint(out, device="cpu").threshold == meta.threshold
+
+
+def test_errors_are_one_line_exit_2(tmp_path, checkpoint, capsys):
+    base = ["--checkpoint", str(checkpoint), "--dataset", "fishyscapes_static"]
+    assert calibrate.main(base + ["--root", str(tmp_path / "missing")]) == 2
+    assert calibrate.main(base + ["--root", ".", "--target-tpr", "1.5"]) == 2
+    assert calibrate.main(base + ["--root", ".", "--target-tpr", "0.9", "--target-fpr", "0.1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 3 and all(line.startswith("pebal-calibrate: error: ") for line in err)
+    assert str(tmp_path / "missing") in err[0]
