@@ -1,0 +1,1 @@
+"""The ROS 2 detector node (``detector_node``) and its ROS-free frame-processing core (``processing``)."""

@@ -1,0 +1,634 @@
+"""ROS 2 node ``pebal_detector``: PEBAL road-anomaly segmentation of a camera stream.
+
+Topics (relative names, remappable)
+-----------------------------------
+Inputs (sensor-data QoS: ``qos.reliability`` best_effort by default, keep-last ``qos.depth``):
+  ``image`` (sensor_msgs/Image), ``image/compressed`` (sensor_msgs/CompressedImage, only with
+  ``subscribe_compressed``), ``camera_info`` (sensor_msgs/CameraInfo, for ground positions).
+Outputs (reliable, keep-last 5), stamped with the input image's header, at the input resolution:
+  ``~/semantic`` mono8 trainIds, ``~/energy`` 32FC1 anomaly score, ``~/obstacle_mask`` mono8 0/255,
+  ``~/result`` pebal_perception/AnomalyResult, ``~/overlay`` rgb8 (only computed while subscribed),
+  ``~/processing_time_ms`` std_msgs/Float32, and ``/diagnostics`` (~1 Hz).
+
+Threading
+---------
+The executor thread only converts incoming messages to RGB and drops them into a one-slot mailbox
+(the newest frame wins; replacing a frame that was never processed counts as a drop). A dedicated
+worker thread runs inference + post-processing on the newest frame and publishes. Nothing queues.
+
+Parameters: see ``config/detector.yaml`` (every one is documented there and in its descriptor).
+``threshold`` is a double; NaN (YAML ``.nan``) means "the checkpoint's calibrated threshold". The
+parameter is dynamically typed so that a set-parameters request may also pass a string: '' / 'nan' /
+'auto' (= calibrated) or a number. Start-up overrides should stay doubles: rcl silently drops a
+``-p`` / params-file override whose type differs from an earlier params file's value.
+"""
+from __future__ import annotations
+
+import math
+import os
+import signal
+import sys
+import threading
+import time
+from collections import deque
+from typing import Any
+
+import numpy as np
+
+NODE_NAME = "pebal_detector"
+PROG = "detector_node"
+RELIABILITIES = ("best_effort", "reliable")
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("fp32", "fp16")
+# Parameters fixed once the node runs (model, device, subscriptions): changes are refused.
+READ_ONLY = ("checkpoint", "model", "device", "precision", "input_width", "input_height",
+             "qos.depth", "qos.reliability", "subscribe_compressed")
+AUTO_THRESHOLD_STRINGS = ("", "nan", "auto", "checkpoint", "calibrated", "default")
+
+
+class StartupError(Exception):
+    """Configuration or model problem at start-up: reported as one line, exit status 1."""
+
+
+def parse_threshold(value: Any) -> float | None:
+    """Parameter value -> float threshold, or None for "the checkpoint's calibrated one".
+
+    Accepts a double/integer (NaN = calibrated), or a string: '' / 'nan' / 'auto' = calibrated, else
+    a number. Infinite values and other strings raise ValueError.
+    """
+    if isinstance(value, bool):
+        raise ValueError("threshold must be a number (or NaN / '' for the checkpoint's calibrated one)")
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in AUTO_THRESHOLD_STRINGS:
+            return None
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValueError(f"threshold {value!r} is not a number (use NaN or '' for the checkpoint's "
+                             "calibrated threshold)") from None
+    if isinstance(value, (int, float)):
+        number = float(value)
+        if math.isnan(number):
+            return None
+        if not math.isfinite(number):
+            raise ValueError(f"threshold must be finite, got {number}")
+        return number
+    raise ValueError(f"threshold must be a number, got {type(value).__name__}")
+
+
+class LatestFrameMailbox:
+    """One slot holding the newest unprocessed frame; ``put`` over an unprocessed frame drops it."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._item = None
+        self._closed = False
+        self.dropped = 0
+
+    def put(self, item: Any) -> bool:
+        """Stores ``item``; returns True when it replaced (dropped) an unprocessed frame."""
+        with self._cond:
+            replaced = self._item is not None
+            if replaced:
+                self.dropped += 1
+            self._item = item
+            self._cond.notify()
+            return replaced
+
+    def take(self, timeout: float | None = None) -> Any:
+        """Waits for a frame (or close); returns it, or None on timeout / close."""
+        with self._cond:
+            if self._item is None and not self._closed:
+                self._cond.wait(timeout)
+            item, self._item = self._item, None
+            return item
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+
+def _node_class():
+    """Builds the Node subclass (rclpy imported here, after the signal handlers are installed)."""
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+    from geometry_msgs.msg import Point
+    from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType,
+                                    SetParametersResult)
+    from rclpy.node import Node
+    from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, DurabilityPolicy
+    from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+    from std_msgs.msg import Float32
+
+    from pebal_perception.msg import AnomalyResult
+    from pebal_perception.msg import Obstacle as ObstacleMsg
+
+    from pebal_perception.geometry import scale_intrinsics
+    from pebal_perception.image_conversion import REJECT_REASONS, ImageConverter, ImageRejected
+    from pebal_perception.node.processing import GroundModel, PostProcessConfig, process_frame, validate_roi
+
+    def descriptor(description: str, type_: int, read_only: bool = False, int_range=None, float_range=None,
+                   dynamic: bool = False) -> ParameterDescriptor:
+        d = ParameterDescriptor(description=description, type=type_, read_only=read_only,
+                                dynamic_typing=dynamic)
+        if int_range is not None:
+            d.integer_range = [IntegerRange(from_value=int_range[0], to_value=int_range[1], step=1)]
+        if float_range is not None:
+            d.floating_point_range = [FloatingPointRange(from_value=float(float_range[0]),
+                                                         to_value=float(float_range[1]), step=0.0)]
+        return d
+
+    P = ParameterType
+
+    class DetectorNode(Node):
+        def __init__(self, stop_event: threading.Event, **kwargs):
+            super().__init__(NODE_NAME, **kwargs)
+            self._stop = stop_event
+            self._declare_parameters()
+            self._lock = threading.Lock()  # guards counters + config swaps
+            self._rejected = {reason: 0 for reason in sorted(REJECT_REASONS)}
+            self._rejected["internal_error"] = 0
+            self._received = 0
+            self._processed = 0
+            self._proc_times: deque[float] = deque(maxlen=200)  # (receive -> publish) ms, last window
+            self._infer_times: deque[float] = deque(maxlen=200)
+            self._last_diag = (time.monotonic(), 0, 0)
+            self._worker_error: str | None = None
+            self._camera_info: tuple[int, np.ndarray, int, int] | None = None  # sequence, K, width, height
+            self._ground_cache: tuple[Any, GroundModel | None] = (None, None)
+            self.mailbox = LatestFrameMailbox()
+            self.converter = ImageConverter()
+
+            self._load_engine()  # raises StartupError
+            self._config = self._initial_config()
+            self.add_on_set_parameters_callback(self._on_set_parameters)
+
+            depth = int(self.get_parameter("qos.depth").value)
+            reliability = str(self.get_parameter("qos.reliability").value)
+            sensor_qos = QoSProfile(
+                history=HistoryPolicy.KEEP_LAST, depth=depth, durability=DurabilityPolicy.VOLATILE,
+                reliability=(ReliabilityPolicy.RELIABLE if reliability == "reliable"
+                             else ReliabilityPolicy.BEST_EFFORT))
+            self.create_subscription(Image, "image", self._on_image, sensor_qos)
+            if bool(self.get_parameter("subscribe_compressed").value):
+                self.create_subscription(CompressedImage, "image/compressed", self._on_compressed, sensor_qos)
+            self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, sensor_qos)
+
+            out_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=5, reliability=ReliabilityPolicy.RELIABLE)
+            self.pub_semantic = self.create_publisher(Image, "~/semantic", out_qos)
+            self.pub_energy = self.create_publisher(Image, "~/energy", out_qos)
+            self.pub_mask = self.create_publisher(Image, "~/obstacle_mask", out_qos)
+            self.pub_overlay = self.create_publisher(Image, "~/overlay", out_qos)
+            self.pub_result = self.create_publisher(AnomalyResult, "~/result", out_qos)
+            self.pub_time = self.create_publisher(Float32, "~/processing_time_ms", out_qos)
+            self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+            self.create_timer(1.0, self._publish_diagnostics)
+
+            self._worker = threading.Thread(target=self._work, name="pebal-inference", daemon=True)
+            self._worker.start()
+            self.get_logger().info(
+                f"ready: model {self.model_id} on {self.engine.device} ({self.engine.precision}), network input "
+                f"{self._input_size_text()}, threshold {self._config.threshold:g}"
+                f"{' (calibrated)' if self._threshold_param is None else ''}; subscribed to "
+                f"{self.resolve_topic_name('image')} ({reliability}, depth {depth})")
+
+        # ------------------------------------------------------------------------------ parameters
+        def _declare_parameters(self) -> None:
+            nan = float("nan")
+            decl = [
+                ("checkpoint", "", descriptor(
+                    "Model checkpoint file (pebal format or a supported third-party file); '' = the embedded "
+                    "default model. Read-only.", P.PARAMETER_STRING, read_only=True)),
+                ("model", "", descriptor(
+                    "Architecture of a bare third-party state dict (espnetv2, wrn38, resnet101); '' = from the "
+                    "checkpoint. Read-only.", P.PARAMETER_STRING, read_only=True)),
+                ("device", "auto", descriptor(
+                    "Inference device: auto (CUDA when available), cuda, cuda:N or cpu. Read-only.",
+                    P.PARAMETER_STRING, read_only=True)),
+                ("precision", "fp32", descriptor(
+                    "fp32 or fp16 (autocast, CUDA only; CPU always runs fp32). Read-only.",
+                    P.PARAMETER_STRING, read_only=True)),
+                ("input_width", 0, descriptor(
+                    "Network input width in pixels (multiple of the architecture's divisor); 0 = the "
+                    "checkpoint's. Set together with input_height. Read-only.", P.PARAMETER_INTEGER,
+                    read_only=True, int_range=(0, 8192))),
+                ("input_height", 0, descriptor(
+                    "Network input height in pixels; 0 = the checkpoint's. Read-only.", P.PARAMETER_INTEGER,
+                    read_only=True, int_range=(0, 8192))),
+                ("threshold", nan, descriptor(
+                    "Obstacle threshold on the anomaly score (smoothed free energy; pixels with score > "
+                    "threshold are anomalous). NaN, '' or 'auto' = the checkpoint's calibrated threshold. "
+                    "Changeable at run time.", P.PARAMETER_DOUBLE, dynamic=True)),
+                ("smoothing", True, descriptor(
+                    "Apply PEBAL's 7x7 Gaussian (sigma 1) to the energy map. Changeable at run time.",
+                    P.PARAMETER_BOOL)),
+                ("restrict_to_drivable", True, descriptor(
+                    "Keep only obstacle pixels inside the drivable area (predicted road plus the holes it "
+                    "encloses). Changeable at run time.", P.PARAMETER_BOOL)),
+                ("roi", [0.0, 0.0, 1.0, 1.0], descriptor(
+                    "Region of interest [x0, y0, x1, y1], normalised 0..1 image coordinates (x0 < x1, "
+                    "y0 < y1); obstacle pixels outside are ignored. Changeable at run time.",
+                    P.PARAMETER_DOUBLE_ARRAY)),
+                ("min_obstacle_area", 50, descriptor(
+                    "Smallest obstacle region in pixels of the input image; smaller blobs are removed from "
+                    "the mask and not reported. Changeable at run time.", P.PARAMETER_INTEGER,
+                    int_range=(0, 100_000_000))),
+                ("qos.depth", 5, descriptor(
+                    "History depth of the input subscriptions (only the newest frame is processed). "
+                    "Read-only.", P.PARAMETER_INTEGER, read_only=True, int_range=(1, 1000))),
+                ("qos.reliability", "best_effort", descriptor(
+                    "Reliability of the input subscriptions: best_effort (sensor data; matches reliable and "
+                    "best-effort publishers) or reliable. Read-only.", P.PARAMETER_STRING, read_only=True)),
+                ("subscribe_compressed", False, descriptor(
+                    "Also subscribe to image/compressed (sensor_msgs/CompressedImage). Read-only.",
+                    P.PARAMETER_BOOL, read_only=True)),
+                ("camera.height_m", nan, descriptor(
+                    "Camera mounting height above the flat ground [m]; NaN = unknown (no ground positions). "
+                    "Changeable at run time.", P.PARAMETER_DOUBLE)),
+                ("camera.pitch_rad", nan, descriptor(
+                    "Camera pitch [rad], positive = looking down; NaN = unknown (no ground positions). "
+                    "Changeable at run time.", P.PARAMETER_DOUBLE)),
+            ]
+            for name, default, desc in decl:
+                self.declare_parameter(name, default, desc)
+
+        def _input_size_text(self) -> str:
+            size = self.engine.input_size
+            return "native" if size is None else f"{size[1]}x{size[0]}"
+
+        def _load_engine(self) -> None:
+            from pebal_perception.core.checkpoint import CheckpointError
+            from pebal_perception.core.default_model import default_checkpoint
+            from pebal_perception.core.engine import InferenceEngine
+
+            get = lambda name: self.get_parameter(name).value  # noqa: E731
+            device = str(get("device")).strip() or "auto"
+            if device.split(":")[0] not in DEVICES:
+                raise StartupError(f"parameter device={device!r}: expected auto, cpu, cuda or cuda:N")
+            precision = str(get("precision"))
+            if precision not in PRECISIONS:
+                raise StartupError(f"parameter precision={precision!r}: expected one of {', '.join(PRECISIONS)}")
+            width, height = int(get("input_width")), int(get("input_height"))
+            if (width == 0) != (height == 0):
+                raise StartupError(f"parameters input_width={width} and input_height={height}: set both or neither")
+            reliability = str(get("qos.reliability"))
+            if reliability not in RELIABILITIES:
+                raise StartupError(f"parameter qos.reliability={reliability!r}: expected best_effort or reliable")
+            try:
+                self._threshold_param = parse_threshold(get("threshold"))
+            except ValueError as exc:
+                raise StartupError(f"parameter threshold: {exc}") from None
+            checkpoint = str(get("checkpoint")).strip()
+            model = str(get("model")).strip() or None
+            if not checkpoint:
+                try:
+                    default_checkpoint()
+                except FileNotFoundError:
+                    from pebal_perception.core.default_model import DEFAULT_MODEL_PATH
+                    raise StartupError(f"parameter checkpoint is '' and the embedded default model is not "
+                                       f"installed ({DEFAULT_MODEL_PATH}); set checkpoint:=/path/to/model") from None
+            try:
+                path = checkpoint or default_checkpoint()
+                self.engine = InferenceEngine.from_checkpoint(
+                    path, model, device=device, precision=precision,
+                    input_size=(height, width) if width else None, threshold=self._threshold_param,
+                    smoothing=bool(get("smoothing")))
+            except Exception as exc:  # noqa: BLE001 - any loading problem: one line, exit status 1
+                text = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+                first = str(text).strip().splitlines()[0] if str(text).strip() else ""
+                if not isinstance(exc, (CheckpointError, FileNotFoundError, KeyError, ValueError)):
+                    first = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+                where = "" if checkpoint and checkpoint in first else f" from {checkpoint or 'the default model'}"
+                raise StartupError(f"cannot load model{where}: {first}") from None
+            self.model_id = self.engine.meta.model_id or self.engine.meta.architecture
+            self.calibrated_threshold = self.engine.meta.effective_threshold
+
+        def _initial_config(self) -> PostProcessConfig:
+            get = lambda name: self.get_parameter(name).value  # noqa: E731
+            try:
+                config = PostProcessConfig(
+                    threshold=self.engine.threshold, restrict_to_drivable=bool(get("restrict_to_drivable")),
+                    roi=validate_roi(get("roi")), min_obstacle_area=int(get("min_obstacle_area")))
+                self._check_camera(float(get("camera.height_m")), float(get("camera.pitch_rad")))
+            except ValueError as exc:
+                raise StartupError(f"invalid parameter: {exc}") from None
+            self._height_m = float(get("camera.height_m"))
+            self._pitch_rad = float(get("camera.pitch_rad"))
+            return config
+
+        @staticmethod
+        def _check_camera(height_m: float, pitch_rad: float) -> None:
+            if not math.isnan(height_m) and not (math.isfinite(height_m) and height_m > 0):
+                raise ValueError(f"camera.height_m must be > 0 (or NaN = unknown), got {height_m}")
+            if not math.isnan(pitch_rad) and not (math.isfinite(pitch_rad) and abs(pitch_rad) < math.pi / 2):
+                raise ValueError(f"camera.pitch_rad must lie in (-pi/2, pi/2) (or NaN = unknown), got {pitch_rad}")
+
+        def _on_set_parameters(self, params) -> SetParametersResult:
+            """Validates a batch of changes; applies all of them or none (rejects with a reason)."""
+            try:
+                changes: dict[str, Any] = {}
+                threshold_param = self._threshold_param
+                height_m, pitch_rad, smoothing = self._height_m, self._pitch_rad, None
+                for param in params:
+                    name, value = param.name, param.value
+                    if name in READ_ONLY:
+                        return SetParametersResult(successful=False,
+                                                   reason=f"{name} is read-only after start-up (restart the node)")
+                    if name == "threshold":
+                        threshold_param = parse_threshold(value)
+                    elif name == "restrict_to_drivable":
+                        changes["restrict_to_drivable"] = self._typed(name, value, bool)
+                    elif name == "smoothing":
+                        smoothing = self._typed(name, value, bool)
+                    elif name == "roi":
+                        changes["roi"] = validate_roi(list(value) if value is not None else [])
+                    elif name == "min_obstacle_area":
+                        area = self._typed(name, value, int)
+                        if area < 0:
+                            raise ValueError(f"min_obstacle_area must be >= 0, got {area}")
+                        changes["min_obstacle_area"] = area
+                    elif name == "camera.height_m":
+                        height_m = float(self._typed(name, value, float))
+                    elif name == "camera.pitch_rad":
+                        pitch_rad = float(self._typed(name, value, float))
+                self._check_camera(height_m, pitch_rad)
+                changes["threshold"] = self.calibrated_threshold if threshold_param is None else threshold_param
+                new_config = self._config.with_changes(**changes)
+            except ValueError as exc:
+                return SetParametersResult(successful=False, reason=str(exc))
+            except Exception as exc:  # noqa: BLE001 - never let a parameter request kill the node
+                return SetParametersResult(successful=False, reason=f"{type(exc).__name__}: {exc}")
+            with self._lock:
+                self._config = new_config
+                self._threshold_param = threshold_param
+                self._height_m, self._pitch_rad = height_m, pitch_rad
+                if smoothing is not None:
+                    self.engine.smoothing = smoothing
+            return SetParametersResult(successful=True)
+
+        @staticmethod
+        def _typed(name: str, value: Any, kind: type) -> Any:
+            if kind is float and isinstance(value, int) and not isinstance(value, bool):
+                return float(value)
+            if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+                raise ValueError(f"{name} must be of type {kind.__name__}, got {type(value).__name__}")
+            return value
+
+        # ---------------------------------------------------------------------------------- inputs
+        def _reject(self, reason: str, text: str) -> None:
+            with self._lock:
+                self._rejected[reason] = self._rejected.get(reason, 0) + 1
+            self.get_logger().error(f"rejected input image ({reason}): {text}", throttle_duration_sec=5.0)
+
+        def _accept(self, msg: Any, convert) -> None:
+            received = time.perf_counter()
+            try:
+                with self._lock:
+                    self._received += 1
+                try:
+                    rgb = convert(msg)
+                except ImageRejected as exc:
+                    self._reject(exc.reason, exc.message)
+                    return
+                self.mailbox.put((rgb, msg.header, received))
+            except Exception as exc:  # noqa: BLE001 - the node never dies on input
+                self._reject("internal_error", f"{type(exc).__name__}: {exc}")
+
+        def _on_image(self, msg: Image) -> None:
+            self._accept(msg, self.converter.to_rgb)
+
+        def _on_compressed(self, msg: CompressedImage) -> None:
+            self._accept(msg, self.converter.compressed_to_rgb)
+
+        def _on_camera_info(self, msg: CameraInfo) -> None:
+            try:
+                k = np.array([float(v) for v in msg.k], dtype=np.float64).reshape(3, 3)
+                seq = self._camera_info[0] + 1 if self._camera_info is not None else 0
+                self._camera_info = (seq, k, int(msg.width), int(msg.height))
+            except Exception as exc:  # noqa: BLE001
+                self.get_logger().error(f"ignoring camera_info: {type(exc).__name__}: {exc}",
+                                        throttle_duration_sec=5.0)
+
+        def _ground_model(self, width: int, height: int) -> GroundModel | None:
+            info = self._camera_info
+            height_m, pitch_rad = self._height_m, self._pitch_rad
+            if info is None or math.isnan(height_m) or math.isnan(pitch_rad):
+                return None
+            key = (info[0], width, height, height_m, pitch_rad)
+            if self._ground_cache[0] == key:
+                return self._ground_cache[1]
+            _, k, info_w, info_h = info
+            if info_w and info_h and (info_w, info_h) != (width, height):
+                k = scale_intrinsics(k, (info_w, info_h), (width, height))
+            model = GroundModel(K=k, height_m=height_m, pitch_rad=pitch_rad)
+            model = model if model.usable else None
+            self._ground_cache = (key, model)
+            return model
+
+        # ---------------------------------------------------------------------------------- worker
+        def _work(self) -> None:
+            import torch
+
+            from pebal_perception.core.preprocess import to_uint8_batch
+
+            torch.set_grad_enabled(False)
+            while not self._stop.is_set():
+                item = self.mailbox.take(timeout=0.2)
+                if item is None:
+                    continue
+                try:
+                    self._process(item, torch, to_uint8_batch)
+                except Exception as exc:  # noqa: BLE001 - keep serving frames
+                    with self._lock:
+                        self._worker_error = f"{type(exc).__name__}: {exc}"
+                    self.get_logger().error(f"processing failed: {type(exc).__name__}: {exc}",
+                                            throttle_duration_sec=5.0)
+
+        def _process(self, item, torch, to_uint8_batch) -> None:
+            rgb, header, received = item
+            t_infer = time.perf_counter()
+            batch = to_uint8_batch(rgb[None], self.engine.device, pin_memory=self.engine.device.type == "cuda")
+            semantic_t, score_t = self.engine.score_tensors(batch)
+            # The only host synchronisation per frame: copy the two maps back.
+            semantic = semantic_t[0].cpu().numpy()
+            score = score_t[0].float().cpu().numpy()
+            infer_ms = (time.perf_counter() - t_infer) * 1000.0
+            with self._lock:
+                config = self._config
+            h, w = score.shape
+            frame = process_frame(semantic, score, config, self._ground_model(w, h))
+            if self._stop.is_set():
+                return
+
+            def image(array, encoding):
+                return Image(header=header, **_rgb_fields(array, encoding))
+
+            self.pub_semantic.publish(image(semantic, "mono8"))
+            self.pub_energy.publish(image(score, "32FC1"))
+            self.pub_mask.publish(image(frame.mask.astype(np.uint8) * 255, "mono8"))
+            if self.pub_overlay.get_subscription_count() > 0:
+                from pebal_perception.core.visualize import overlay
+                self.pub_overlay.publish(image(overlay(rgb, semantic, frame.mask), "rgb8"))
+            result = AnomalyResult(header=header, model_id=str(self.model_id), threshold=float(config.threshold),
+                                   anomalous_fraction=float(frame.anomalous_fraction),
+                                   max_score=float(frame.max_score))
+            result.obstacles = [_obstacle_msg(o) for o in frame.obstacles]
+            elapsed_ms = (time.perf_counter() - received) * 1000.0
+            result.processing_time_ms = float(elapsed_ms)
+            self.pub_result.publish(result)
+            self.pub_time.publish(Float32(data=float(elapsed_ms)))
+            with self._lock:
+                self._processed += 1
+                self._proc_times.append(elapsed_ms)
+                self._infer_times.append(infer_ms)
+
+        # ----------------------------------------------------------------------------- diagnostics
+        def _publish_diagnostics(self) -> None:
+            try:
+                now = time.monotonic()
+                with self._lock:
+                    t0, received0, processed0 = self._last_diag
+                    received, processed = self._received, self._processed
+                    self._last_diag = (now, received, processed)
+                    proc = list(self._proc_times)
+                    infer = list(self._infer_times)
+                    self._proc_times.clear()
+                    self._infer_times.clear()
+                    rejected = dict(self._rejected)
+                    worker_error = self._worker_error
+                    threshold = self._config.threshold
+                dt = max(now - t0, 1e-6)
+                dropped = self.mailbox.dropped
+                status = DiagnosticStatus(name=f"{self.get_fully_qualified_name()}: anomaly detection",
+                                          hardware_id=str(self.engine.device))
+                status.level, status.message = DiagnosticStatus.OK, "running"
+                if worker_error:
+                    status.level, status.message = DiagnosticStatus.ERROR, f"processing failed: {worker_error}"
+                elif received == 0:
+                    status.level, status.message = DiagnosticStatus.WARN, "no input images yet"
+                elif sum(rejected.values()):
+                    status.level, status.message = DiagnosticStatus.WARN, "some input images were rejected"
+
+                def fmt(values):
+                    return f"{sum(values) / len(values):.2f}" if values else "nan"
+
+                pairs = [
+                    ("input_rate_hz", f"{(received - received0) / dt:.2f}"),
+                    ("output_rate_hz", f"{(processed - processed0) / dt:.2f}"),
+                    ("processing_time_ms", fmt(proc)),
+                    ("processing_time_max_ms", f"{max(proc):.2f}" if proc else "nan"),
+                    ("inference_time_ms", fmt(infer)),
+                    ("frames_received", str(received)),
+                    ("frames_processed", str(processed)),
+                    ("dropped_frames", str(dropped)),
+                    ("rejected_total", str(sum(rejected.values()))),
+                    *((f"rejected.{reason}", str(count)) for reason, count in sorted(rejected.items())),
+                    ("device", str(self.engine.device)),
+                    ("precision", str(self.engine.precision)),
+                    ("model_id", str(self.model_id)),
+                    ("network_input", self._input_size_text()),
+                    ("threshold", f"{threshold:g}"),
+                ]
+                status.values = [KeyValue(key=k, value=v) for k, v in pairs]
+                self.pub_diag.publish(DiagnosticArray(header=_header_now(self), status=[status]))
+            except Exception as exc:  # noqa: BLE001
+                self.get_logger().error(f"diagnostics failed: {type(exc).__name__}: {exc}",
+                                        throttle_duration_sec=10.0)
+
+        def stop(self, timeout: float = 1.5) -> None:
+            self._stop.set()
+            self.mailbox.close()
+            if self._worker.is_alive():
+                self._worker.join(timeout)
+
+    def _rgb_fields(array, encoding):
+        from pebal_perception.image_conversion import rgb_to_image_fields
+        return rgb_to_image_fields(array, encoding)
+
+    def _obstacle_msg(o) -> ObstacleMsg:
+        x, y, w, h = o.bbox
+        gx, gy, gz = o.ground_position
+        return ObstacleMsg(id=int(o.id), x_offset=int(x), y_offset=int(y), width=int(w), height=int(h),
+                           area=int(o.area), mean_score=float(o.mean_score), max_score=float(o.max_score),
+                           drivable_fraction=float(o.drivable_fraction),
+                           ground_position=Point(x=float(gx), y=float(gy), z=float(gz)))
+
+    def _header_now(node):
+        from std_msgs.msg import Header
+        return Header(stamp=node.get_clock().now().to_msg())
+
+    return DetectorNode
+
+
+def main(args: list[str] | None = None, *, fast_exit: bool | None = None) -> int:
+    """Runs the node until SIGINT/SIGTERM; returns the exit status (0, or 1 after a start-up error).
+
+    As a program (``args`` None, e.g. the ``detector_node`` launcher) the process ends with
+    ``os._exit`` once the node, its worker and ROS are shut down: the interpreter's own teardown
+    (PyTorch's alone takes over a second) would break the 2 s shutdown budget. ``fast_exit`` forces
+    either behaviour.
+    """
+    if fast_exit is None:
+        fast_exit = args is None
+    status = _run(args)
+    if fast_exit:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(status)
+    return status
+
+
+def _run(args: list[str] | None) -> int:
+    stop = threading.Event()
+
+    def on_signal(signum, _frame):
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, on_signal)
+
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.signals import SignalHandlerOptions
+
+    try:
+        rclpy.init(args=args if args is not None else sys.argv, signal_handler_options=SignalHandlerOptions.NO)
+    except Exception as exc:  # noqa: BLE001 - e.g. malformed --ros-args: one line, no traceback
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        sys.stderr.write(f"{PROG}: error: cannot initialise ROS ({type(exc).__name__}: {first})\n")
+        return 1
+    node = None
+    status = 0
+    try:
+        try:
+            node = _node_class()(stop)
+        except StartupError as exc:
+            sys.stderr.write(f"{PROG}: error: {exc}\n")
+            return 1
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        while not stop.is_set() and rclpy.ok():
+            executor.spin_once(timeout_sec=0.1)
+        executor.remove_node(node)
+    except Exception as exc:  # noqa: BLE001 - one line, no traceback
+        sys.stderr.write(f"{PROG}: error: {type(exc).__name__}: {exc}\n")
+        status = 1
+    finally:
+        if node is not None:
+            try:
+                node.stop()
+                node.destroy_node()
+            except Exception:  # noqa: BLE001
+                pass
+        try:
+            rclpy.try_shutdown()
+        except Exception:  # noqa: BLE001
+            pass
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

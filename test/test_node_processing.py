@@ -1,0 +1,194 @@
+"""ROS-free parts of the detector node: flat-ground geometry and frame post-processing.
+
+* ``pebal_perception.geometry``: back-projection checked against the synthetic scene generator's
+  independent camera model (``pebal_training.data.synthetic.Camera``) and by projecting back.
+* ``pebal_perception.node.processing``: drivable-area restriction, ROI, small-blob removal, obstacles
+  and their ground positions, parameter validation.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from pebal_perception.geometry import (camera_to_pixel, pixel_to_ground, pixel_to_ground_point, scale_intrinsics,
+                                       valid_intrinsics)
+from pebal_perception.node.detector_node import LatestFrameMailbox, parse_threshold
+from pebal_perception.node.processing import (GroundModel, PostProcessConfig, bottom_centre_pixel, drivable_mask,
+                                              obstacle_mask, process_frame, roi_mask, validate_roi)
+from pebal_training.data.synthetic import Camera, SceneConfig, generate_scene
+
+NAN = float("nan")
+
+
+def make_camera(pitch: float = 0.08, height: float = 1.4) -> Camera:
+    return Camera(fx=500.0, fy=510.0, cx=321.5, cy=239.0, height=height, pitch=pitch, image_width=640,
+                  image_height=480)
+
+
+# ------------------------------------------------------------------------------------------- geometry
+
+@pytest.mark.parametrize("pitch", [0.0, 0.08, 0.3, -0.05])
+def test_back_projection_matches_synthetic_camera(pitch):
+    cam = make_camera(pitch=pitch)
+    u, v = np.meshgrid(np.linspace(0, 639, 17), np.linspace(0, 479, 13))
+    p = pixel_to_ground(u, v, cam.K, cam.height, pitch)
+    gx, gz = cam.pixel_to_ground(u, v)
+    below = np.isfinite(gz)
+    assert below.any()
+    # Same set of pixels on the ground (NaN at/above the horizon).
+    assert np.array_equal(np.isfinite(p[..., 2]), below)
+    # The optical-frame point, rotated into the level "ground" frame, is (x, -height, z_forward).
+    c, s = math.cos(pitch), math.sin(pitch)
+    x, y, z = p[below, 0], p[below, 1], p[below, 2]
+    np.testing.assert_allclose(x, gx[below], rtol=1e-9, atol=1e-9)
+    forward = z * c - y * s
+    up = -(y * c + z * s)
+    np.testing.assert_allclose(forward, gz[below], rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(up, -cam.height, rtol=1e-9, atol=1e-9)
+
+
+def test_round_trip_ground_to_pixel_and_back():
+    cam = make_camera(pitch=0.12)
+    xs, zs = np.meshgrid(np.linspace(-6, 6, 7), np.linspace(2, 60, 9))
+    u, v = cam.ground_to_pixel(xs, zs)
+    p = pixel_to_ground(u, v, cam.K, cam.height, cam.pitch)
+    np.testing.assert_allclose(camera_to_pixel(p, cam.K), np.stack([u, v], -1), atol=1e-7)
+    np.testing.assert_allclose(cam.world_to_camera(np.stack([xs, np.zeros_like(xs), zs], -1)), p, atol=1e-9)
+
+
+def test_rays_above_horizon_and_bad_models_give_nan():
+    cam = make_camera(pitch=0.0)
+    assert all(math.isnan(c) for c in pixel_to_ground_point(320, cam.cy - 1, cam.K, 1.5, 0.0))
+    assert all(math.isnan(c) for c in pixel_to_ground_point(320, cam.cy, cam.K, 1.5, 0.0))  # horizon
+    assert math.isfinite(pixel_to_ground_point(320, cam.cy + 50, cam.K, 1.5, 0.0)[2])
+    for K, h, pitch in [(np.zeros((3, 3)), 1.5, 0.0), (cam.K, NAN, 0.0), (cam.K, -1.0, 0.0), (cam.K, 1.5, NAN),
+                        (cam.K, 1.5, math.pi / 2)]:
+        assert all(math.isnan(c) for c in pixel_to_ground_point(320, 400, K, h, pitch))
+    assert not valid_intrinsics(np.zeros(9)) and valid_intrinsics(cam.K.ravel())
+
+
+def test_scaled_intrinsics_follow_a_resized_image():
+    cam = make_camera()
+    k2 = scale_intrinsics(cam.K, (640, 480), (320, 240))
+    a = pixel_to_ground_point(400.5, 399.5, cam.K, 1.4, 0.08)
+    b = pixel_to_ground_point((400.5 + 0.5) / 2 - 0.5, (399.5 + 0.5) / 2 - 0.5, k2, 1.4, 0.08)
+    np.testing.assert_allclose(a, b, rtol=1e-9)
+
+
+# ----------------------------------------------------------------------------------------- processing
+
+def test_validate_roi():
+    assert validate_roi([0, 0.1, 1, 0.9]) == (0.0, 0.1, 1.0, 0.9)
+    for bad in ([0, 0, 1], [0.5, 0, 0.5, 1], [0, 0, 1.2, 1], [0, NAN, 1, 1], ["a", 0, 1, 1], None):
+        with pytest.raises(ValueError):
+            validate_roi(bad)
+    with pytest.raises(ValueError):
+        PostProcessConfig(threshold=NAN)
+    with pytest.raises(ValueError):
+        PostProcessConfig(threshold=0.0, min_obstacle_area=-1)
+
+
+def test_threshold_parameter_representation():
+    assert parse_threshold(NAN) is None and parse_threshold("") is None and parse_threshold("auto") is None
+    assert parse_threshold(-9) == -9.0 and parse_threshold("-8.5") == -8.5 and parse_threshold(0.25) == 0.25
+    for bad in ("abc", float("inf"), True, [1.0]):
+        with pytest.raises(ValueError):
+            parse_threshold(bad)
+
+
+def test_roi_restricts_mask():
+    score = np.zeros((40, 80), np.float32)
+    score[5:15, 5:15] = 1.0  # top-left blob
+    score[25:35, 50:70] = 1.0  # bottom-right blob
+    full = obstacle_mask(score, None, PostProcessConfig(threshold=0.5))
+    assert full.sum() == 100 + 200
+    roi = PostProcessConfig(threshold=0.5, roi=(0.5, 0.5, 1.0, 1.0))
+    mask = obstacle_mask(score, None, roi)
+    assert mask.sum() == 200 and not mask[:20].any()
+    assert roi_mask((40, 80), (0.5, 0.5, 1.0, 1.0)).sum() == 20 * 40
+
+
+def test_drivable_restriction_keeps_objects_on_the_road():
+    semantic = np.full((60, 100), 1, np.uint8)  # sidewalk
+    semantic[30:, 20:80] = 0  # road in the lower middle
+    semantic[40:50, 40:50] = 13  # a "car" lying on the road: a hole enclosed by road
+    drivable = drivable_mask(semantic)
+    assert drivable[45, 45] and drivable[55, 25] and not drivable[10, 10] and not drivable[45, 10]
+    score = np.zeros((60, 100), np.float32)
+    score[40:50, 40:50] = 1.0  # anomaly on the road
+    score[5:15, 5:15] = 1.0  # anomaly on the sidewalk
+    config = PostProcessConfig(threshold=0.5, restrict_to_drivable=True)
+    frame = process_frame(semantic, score, config)
+    assert [o.bbox for o in frame.obstacles] == [(40, 40, 10, 10)]
+    assert frame.obstacles[0].drivable_fraction == 1.0
+    assert frame.anomalous_fraction == pytest.approx(200 / 6000)  # before restrictions
+    unrestricted = process_frame(semantic, score, config.with_changes(restrict_to_drivable=False))
+    assert len(unrestricted.obstacles) == 2
+
+
+def test_small_blobs_removed_and_obstacles_listed():
+    score = np.full((50, 60), -10.0, np.float32)
+    score[10:20, 10:20] = -1.0  # 100 px
+    score[30:32, 40:42] = -2.0  # 4 px
+    score[40, 5] = np.nan
+    config = PostProcessConfig(threshold=-5.0, min_obstacle_area=10)
+    frame = process_frame(None, score, config)
+    assert frame.mask.dtype == bool and frame.mask.sum() == 100
+    assert len(frame.obstacles) == 1
+    o = frame.obstacles[0]
+    assert (o.id, o.bbox, o.area, o.mean_score, o.max_score) == (0, (10, 10, 10, 10), 100, -1.0, -1.0)
+    assert math.isnan(o.drivable_fraction) and all(math.isnan(c) for c in o.ground_position)
+    assert frame.max_score == -1.0
+    keep_all = process_frame(None, score, config.with_changes(min_obstacle_area=0))
+    assert [ob.area for ob in keep_all.obstacles] == [100, 4]
+
+
+def test_obstacle_ground_positions_on_a_synthetic_scene():
+    scene = generate_scene(3, SceneConfig(height=256, width=512, pitch_deg=4.0, anomaly_count_range=(2, 3)))
+    cam = scene.camera
+    mask = scene.anomaly == 1
+    assert mask.any()
+    score = np.where(mask, 1.0, -1.0).astype(np.float32)
+    ground = GroundModel(K=cam.K, height_m=cam.height, pitch_rad=cam.pitch)
+    frame = process_frame(scene.semantic, score, PostProcessConfig(threshold=0.0, min_obstacle_area=20), ground)
+    assert frame.obstacles
+    for o in frame.obstacles:
+        u, v = bottom_centre_pixel(o.bbox)
+        p = np.array(o.ground_position)
+        assert np.all(np.isfinite(p)) and p[2] > 0
+        np.testing.assert_allclose(camera_to_pixel(p, cam.K), (u, v), atol=1e-6)
+        gx, gz = cam.pixel_to_ground(u, v)  # independent model: same lateral offset / distance
+        assert p[0] == pytest.approx(float(gx), rel=1e-6, abs=1e-6)
+        assert (p[2] * math.cos(cam.pitch) - p[1] * math.sin(cam.pitch)) == pytest.approx(float(gz), rel=1e-6)
+    # The generator's anomalies rest on the road: the drivable restriction keeps them.
+    restricted = process_frame(scene.semantic, score, PostProcessConfig(threshold=0.0, min_obstacle_area=20,
+                                                                        restrict_to_drivable=True), ground)
+    assert restricted.mask.sum() >= 0.8 * frame.mask.sum()
+
+
+def test_mailbox_keeps_only_the_newest_frame():
+    box = LatestFrameMailbox()
+    assert box.take(timeout=0.01) is None
+    assert box.put(1) is False
+    assert box.put(2) is True and box.put(3) is True
+    assert box.dropped == 2
+    assert box.take(timeout=0.01) == 3 and box.take(timeout=0.01) is None
+    box.close()
+    assert box.take(timeout=5) is None  # returns at once when closed
+
+
+def test_processing_core_is_ros_free():
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    probe = ("import json, sys; import pebal_perception.geometry, pebal_perception.node.processing, "
+             "pebal_perception.node.detector_node; print(json.dumps(sorted(m for m in sys.modules if "
+             "m.split('.')[0] in ('rclpy', 'sensor_msgs', 'pebal_training') or m == 'pebal_perception.msg')))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
+                         cwd=str(Path(__file__).resolve().parents[1]), env=dict(__import__("os").environ))
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
