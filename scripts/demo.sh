@@ -1,35 +1,123 @@
 #!/usr/bin/env bash
-# The README's main-job command: set up (idempotent), render a few synthetic street scenes with
-# unexpected objects on the road, and run pebal-detect on them. Outputs land in out/demo/.
+# The README's main job, end to end over real ROS 2 (DDS on loopback only):
+#   1. set up (idempotent: venv, messages, launchers, console scripts);
+#   2. render a short synthetic drive (30 frames, 640x320, 10 Hz) with unexpected objects on the road
+#      into a ROS 2 bag: /camera/image_raw, /camera/camera_info, /ground_truth/anomaly;
+#   3. start the detector node exactly as launch/detector.launch.py does (installed detector_node,
+#      --params-file config/detector.yaml, the launch file's remappings, camera mounting parameters);
+#   4. replay the bag into it in real time with `pebal-bag play`, while scripts/demo_recorder.py
+#      records the node's outputs;
+#   5. write out/demo/overlay.mp4 and out/demo/summary.json (frames in/out, drops, latency
+#      percentiles, obstacle hits / misses / false alarms against the ground truth, per frame).
 #
 # Model: the embedded default (synthetic-world demo) model when the package ships one, otherwise
-# the real ESPNetv2 Cityscapes weights from ../shared/assets (never copied into the repository),
-# or whatever PEBAL_CHECKPOINT (+ PEBAL_MODEL for bare third-party files) points to.
+# the real ESPNetv2 Cityscapes weights from ../shared/assets (never copied into the repository; not
+# PEBAL-fine-tuned, its threshold uncalibrated), or whatever PEBAL_CHECKPOINT (+ PEBAL_MODEL for bare
+# third-party files) points to. Environment: PEBAL_DEMO_OUT (default out/demo), PEBAL_DEMO_FRAMES (30),
+# PEBAL_DEMO_SIZE (640x320), ROS_DOMAIN_ID (default: one per run, printed).
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# A DDS domain of its own for this run (unless the caller chose one): parallel demos/tests on this
+# machine must not hear each other. scripts/env.sh keeps discovery on loopback.
+export ROS_DOMAIN_ID="${ROS_DOMAIN_ID:-$((1 + $$ % 100))}"
 bash "$HERE/setup.sh"
 # shellcheck source=scripts/env.sh
 . "$HERE/env.sh"
 cd "$PEBAL_ROOT"
+PY="$VENV/bin/python"
 
 OUT="${PEBAL_DEMO_OUT:-out/demo}"
+FRAMES="${PEBAL_DEMO_FRAMES:-30}"
+SIZE="${PEBAL_DEMO_SIZE:-640x320}"
+FPS=10
+NS=/demo
+PREFIX="$NS/pebal_detector"
+IMAGE_TOPIC=/camera/image_raw
+INFO_TOPIC=/camera/camera_info
 SHARED_ESPNETV2="$PEBAL_ROOT/../shared/assets/espnetv2_cityscapes/espnetv2_s_2.0_city_1024x512.pth"
-model_args=()
+WIDTH="${SIZE%x*}"
+HEIGHT="${SIZE#*x}"
+
+say() { printf 'demo: %s\n' "$*"; }
+die() { printf 'demo: error: %s\n' "$*" >&2; exit 1; }
+
+# --- model ------------------------------------------------------------------------------------------
+node_params=()
 if [ -n "${PEBAL_CHECKPOINT:-}" ]; then
-  model_args=(--checkpoint "$PEBAL_CHECKPOINT")
-  [ -z "${PEBAL_MODEL:-}" ] || model_args+=(--model "$PEBAL_MODEL")
-elif "$VENV/bin/python" -c 'from pebal_perception.core.default_model import default_checkpoint as d; d()' 2>/dev/null; then
-  model_args=()
+  node_params=(-p "checkpoint:=$PEBAL_CHECKPOINT")
+  [ -z "${PEBAL_MODEL:-}" ] || node_params+=(-p "model:=$PEBAL_MODEL")
+  model_note="PEBAL_CHECKPOINT=$PEBAL_CHECKPOINT"
+elif "$PY" -c 'from pebal_perception.core.default_model import default_checkpoint as d; d()' 2>/dev/null; then
+  model_note="embedded default model (pebal_perception/data/default_model.pt)"
 elif [ -f "$SHARED_ESPNETV2" ]; then
-  echo "demo: no embedded default model yet; using the ESPNetv2 Cityscapes weights from ../shared (not PEBAL-fine-tuned, threshold uncalibrated)"
-  model_args=(--checkpoint "$SHARED_ESPNETV2" --model espnetv2)
+  say "no embedded default model yet; using the ESPNetv2 Cityscapes weights from ../shared" \
+      "(not PEBAL-fine-tuned, threshold uncalibrated: expect false alarms)"
+  node_params=(-p "checkpoint:=$SHARED_ESPNETV2" -p model:=espnetv2)
+  model_note="ESPNetv2 Cityscapes weights (../shared/assets, not PEBAL-fine-tuned, threshold uncalibrated)"
 else
-  echo "demo: error: no model: the package has no embedded default model and $SHARED_ESPNETV2 is absent; set PEBAL_CHECKPOINT" >&2
-  exit 2
+  die "no model: the package has no embedded default model and $SHARED_ESPNETV2 is absent; set PEBAL_CHECKPOINT"
 fi
 
-rm -rf "$OUT/scenes"
-pebal-synth --output "$OUT/scenes" --count 4 --seed 7 --size 1024x512 --anomalies 1:3 --quiet
-mapfile -t scenes < <(ls "$OUT"/scenes/scene_*.png | grep -Ev '_(labelTrainIds|anomaly)\.png$')
-pebal-detect "${scenes[@]}" --output "$OUT/detect" "${model_args[@]}"
-echo "demo: overlays and maps in $OUT/detect (summary: $OUT/detect/summary.json)"
+# --- processes: cleaned up on every exit ---------------------------------------------------------
+pids=()
+cleanup() {
+  local pid
+  for pid in "${pids[@]}"; do
+    kill -INT "$pid" 2>/dev/null || true
+  done
+  for pid in "${pids[@]}"; do
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+rm -rf "$OUT"
+mkdir -p "$OUT"
+say "ROS_DOMAIN_ID=$ROS_DOMAIN_ID (loopback only); outputs in $OUT"
+BAG="$OUT/drive_bag"
+
+# --- 1. synthetic drive -> bag ----------------------------------------------------------------------
+"$PY" -m pebal_training.recipes.drive_bag --output "$BAG" --frames "$FRAMES" --fps "$FPS" --size "$SIZE" \
+  --seed 7 --anomalies 2:3
+read -r CAM_HEIGHT CAM_PITCH < <("$PY" -c 'import json,sys; c=json.load(open(sys.argv[1]))["camera"]; print(c["height"], c["pitch"])' "$BAG/drive.json")
+
+# --- 2. the node, as the launch file starts it ------------------------------------------------------
+# Network input = the frame size (a multiple of ESPNetv2's 16): half the pixels of 1024x512, ~2.5x faster on CPU.
+"$VENV/lib/pebal_perception/detector_node" --ros-args --params-file config/detector.yaml \
+  "${node_params[@]}" -p "input_width:=$WIDTH" -p "input_height:=$HEIGHT" \
+  -p "camera.height_m:=$CAM_HEIGHT" -p "camera.pitch_rad:=$CAM_PITCH" \
+  -r "image:=$IMAGE_TOPIC" -r "image/compressed:=$IMAGE_TOPIC/compressed" -r "camera_info:=$INFO_TOPIC" \
+  -r "__ns:=$NS" >"$OUT/node.log" 2>&1 &
+pids+=($!)
+node_pid=$!
+
+# --- 3. recorder --------------------------------------------------------------------------------
+"$PY" "$HERE/demo_recorder.py" --out "$OUT" --prefix "$PREFIX" --expect "$FRAMES" --fps "$FPS" \
+  --done-file "$OUT/played" --timeout 150 --model-note "$model_note" >"$OUT/recorder.log" 2>&1 &
+pids+=($!)
+recorder_pid=$!
+
+for _ in $(seq 600); do
+  [ -f "$OUT/ready" ] && break
+  kill -0 "$node_pid" 2>/dev/null || { tail -n 5 "$OUT/node.log" >&2; die "the node exited during start-up (log: $OUT/node.log)"; }
+  kill -0 "$recorder_pid" 2>/dev/null || { tail -n 5 "$OUT/recorder.log" >&2; die "the recorder exited (log: $OUT/recorder.log)"; }
+  sleep 0.1
+done
+[ -f "$OUT/ready" ] || die "the node did not come up within 60 s (log: $OUT/node.log)"
+grep -m1 "ready:" "$OUT/node.log" | sed 's/^/demo: node: /' || true
+
+# --- 4. replay --------------------------------------------------------------------------------------
+pebal-bag play "$BAG" --wait-for-subscribers --wait-timeout 20 \
+  --topics "$IMAGE_TOPIC" "$INFO_TOPIC" /ground_truth/anomaly
+touch "$OUT/played"
+
+# --- 5. results ---------------------------------------------------------------------------------
+wait "$recorder_pid" || { tail -n 5 "$OUT/recorder.log" >&2; die "the recorder failed (log: $OUT/recorder.log)"; }
+cat "$OUT/recorder.log"
+rm -f "$OUT/ready" "$OUT/played"
+[ -f "$OUT/summary.json" ] || die "no summary written"
+ls "$OUT"/overlay.mp4 "$OUT"/overlay.avi 2>/dev/null | sed 's/^/demo: video: /' || true
+say "summary: $OUT/summary.json (bag: $BAG, node log: $OUT/node.log)"

@@ -124,9 +124,9 @@ def _node_class():
     from pebal_perception.msg import AnomalyResult
     from pebal_perception.msg import Obstacle as ObstacleMsg
 
-    from pebal_perception.geometry import scale_intrinsics
     from pebal_perception.image_conversion import REJECT_REASONS, ImageConverter, ImageRejected
-    from pebal_perception.node.processing import GroundModel, PostProcessConfig, process_frame, validate_roi
+    from pebal_perception.node.processing import (GroundModel, PostProcessConfig, infer_maps, make_ground_model,
+                                                  obstacle_fields, process_frame, validate_roi)
 
     def descriptor(description: str, type_: int, read_only: bool = False, int_range=None, float_range=None,
                    dynamic: bool = False) -> ParameterDescriptor:
@@ -419,10 +419,7 @@ def _node_class():
             if self._ground_cache[0] == key:
                 return self._ground_cache[1]
             _, k, info_w, info_h = info
-            if info_w and info_h and (info_w, info_h) != (width, height):
-                k = scale_intrinsics(k, (info_w, info_h), (width, height))
-            model = GroundModel(K=k, height_m=height_m, pitch_rad=pitch_rad)
-            model = model if model.usable else None
+            model = make_ground_model(k, (info_w, info_h), (width, height), height_m, pitch_rad)
             self._ground_cache = (key, model)
             return model
 
@@ -447,13 +444,8 @@ def _node_class():
 
         def _process(self, item, torch, to_uint8_batch) -> None:
             rgb, header, received = item
-            t_infer = time.perf_counter()
-            batch = to_uint8_batch(rgb[None], self.engine.device, pin_memory=self.engine.device.type == "cuda")
-            semantic_t, score_t = self.engine.score_tensors(batch)
-            # The only host synchronisation per frame: copy the two maps back.
-            semantic = semantic_t[0].cpu().numpy()
-            score = score_t[0].float().cpu().numpy()
-            infer_ms = (time.perf_counter() - t_infer) * 1000.0
+            # Shared with `pebal-bag process`: network + scoring, one host synchronisation per frame.
+            semantic, score, infer_ms = infer_maps(self.engine, rgb)
             with self._lock:
                 config = self._config
             h, w = score.shape
@@ -547,12 +539,8 @@ def _node_class():
         return rgb_to_image_fields(array, encoding)
 
     def _obstacle_msg(o) -> ObstacleMsg:
-        x, y, w, h = o.bbox
-        gx, gy, gz = o.ground_position
-        return ObstacleMsg(id=int(o.id), x_offset=int(x), y_offset=int(y), width=int(w), height=int(h),
-                           area=int(o.area), mean_score=float(o.mean_score), max_score=float(o.max_score),
-                           drivable_fraction=float(o.drivable_fraction),
-                           ground_position=Point(x=float(gx), y=float(gy), z=float(gz)))
+        fields = obstacle_fields(o)  # shared with `pebal-bag process`
+        return ObstacleMsg(ground_position=Point(**fields.pop("ground_position")), **fields)
 
     def _header_now(node):
         from std_msgs.msg import Header

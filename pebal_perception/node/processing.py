@@ -150,3 +150,48 @@ def process_frame(semantic: np.ndarray | None, score: np.ndarray, config: PostPr
     max_score = float(score[finite].max()) if finite.any() else float("nan")
     fraction = float(raw.mean()) if raw.size else 0.0
     return ProcessedFrame(mask=mask, obstacles=obstacles, anomalous_fraction=fraction, max_score=max_score)
+
+
+# ------------------------------------------------------------------------------------------------------
+# Shared by the node (pebal_perception/node/detector_node.py) and offline bag processing
+# (``pebal-bag process``), so that both produce the same outputs for the same frame.
+
+def infer_maps(engine: Any, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """One H x W x 3 uint8 RGB frame through ``engine`` (an InferenceEngine) -> (semantic H x W uint8
+    trainIds, score H x W float32, inference milliseconds). The only host synchronisation is the copy
+    of the two maps."""
+    import time
+
+    from pebal_perception.core.preprocess import to_uint8_batch
+
+    t0 = time.perf_counter()
+    batch = to_uint8_batch(rgb[None], engine.device, pin_memory=engine.device.type == "cuda")
+    semantic_t, score_t = engine.score_tensors(batch)
+    semantic = semantic_t[0].cpu().numpy()
+    score = score_t[0].float().cpu().numpy()
+    return semantic, score, (time.perf_counter() - t0) * 1000.0
+
+
+def make_ground_model(k: np.ndarray, info_size: tuple[int, int], image_size: tuple[int, int],
+                      height_m: float, pitch_rad: float) -> GroundModel | None:
+    """Ground model for an image of ``image_size`` (w, h) from camera_info intrinsics ``k`` given for
+    ``info_size`` (w, h; zeros = same size), or None when unknown/unusable (NaN mounting etc.)."""
+    from pebal_perception.geometry import scale_intrinsics
+
+    if math.isnan(height_m) or math.isnan(pitch_rad):
+        return None
+    info_w, info_h = info_size
+    if info_w and info_h and (info_w, info_h) != tuple(image_size):
+        k = scale_intrinsics(k, (info_w, info_h), tuple(image_size))
+    model = GroundModel(K=k, height_m=height_m, pitch_rad=pitch_rad)
+    return model if model.usable else None
+
+
+def obstacle_fields(o: Obstacle) -> dict[str, Any]:
+    """The fields of a ``pebal_perception/Obstacle`` message (ground_position as an x/y/z dict)."""
+    x, y, w, h = o.bbox
+    gx, gy, gz = o.ground_position
+    return dict(id=int(o.id), x_offset=int(x), y_offset=int(y), width=int(w), height=int(h), area=int(o.area),
+                mean_score=float(o.mean_score), max_score=float(o.max_score),
+                drivable_fraction=float(o.drivable_fraction),
+                ground_position=dict(x=float(gx), y=float(gy), z=float(gz)))

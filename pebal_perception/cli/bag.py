@@ -1,0 +1,471 @@
+"""``pebal-bag``: replay a ROS 2 bag into the detector node, or run the detector over a bag offline.
+
+    pebal-bag play BAG [--rate F] [--loop] [--topics T ...] [--remap OLD:=NEW ...] [--wait-for-subscribers]
+    pebal-bag process BAG --output OUT [--topic /camera/image_raw] [--checkpoint C --model M --device D]
+                      [--params-file config/detector.yaml] [--param NAME:=VALUE ...] [--overlay]
+                      [--storage sqlite3|mcap] [--prefix /pebal_detector]
+
+``play`` publishes every message (sqlite3 or mcap bags) at its recorded time offset (the bag's own
+timestamps, scaled by ``--rate``) as the raw serialized bytes (nothing is deserialised) with rclpy
+publishers of the recorded types and QoS. Ctrl-C stops it cleanly (exit 0).
+
+``process`` runs the node's own pipeline (``InferenceEngine`` + ``node/processing.py``: the same
+functions the node calls, with the same parameters read from the same params file) over every image
+of ``--topic`` and writes a version-8 bag (readable by rosbag2 on Humble and later) with
+``<prefix>/semantic`` (mono8), ``<prefix>/energy`` (32FC1), ``<prefix>/obstacle_mask`` (mono8),
+``<prefix>/result`` (pebal_perception/AnomalyResult) and, with ``--overlay``, ``<prefix>/overlay``
+(rgb8); every output carries the input image's header and bag timestamp. The bag is written under a
+temporary name and renamed when complete: after any failure (corrupt message, Ctrl-C) the output path
+does not exist. ``summary.json`` is written inside the output bag directory. Images the node would
+reject (unsupported encoding, inconsistent size) are skipped and counted, as the node does.
+
+Problems with the input (missing, truncated, corrupt, empty bag; missing topic) are reported as one
+line ``pebal-bag: error: BAG: ...`` with exit status 1 (2 for usage errors).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+PROG = "pebal-bag"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+class CliError(Exception):
+    """One-line error, exit status 1."""
+
+
+# --------------------------------------------------------------------------------------------- parser
+
+def _remap(text: str) -> tuple[str, str]:
+    if ":=" not in text:
+        raise argparse.ArgumentTypeError(f"expected OLD:=NEW, got {text!r}")
+    old, new = text.split(":=", 1)
+    if not old or not new:
+        raise argparse.ArgumentTypeError(f"expected OLD:=NEW, got {text!r}")
+    return old, new
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description="Replay or process ROS 2 bags (sqlite3 / mcap).")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    play = sub.add_parser("play", help="publish a bag at its recorded rate (raw serialized messages)")
+    play.add_argument("bag", type=Path)
+    play.add_argument("--rate", type=_positive, default=1.0, help="playback speed factor (default 1)")
+    play.add_argument("--loop", action="store_true", help="start again at the end (until Ctrl-C)")
+    play.add_argument("--topics", nargs="+", metavar="TOPIC", help="only these topics (default: all)")
+    play.add_argument("--remap", type=_remap, action="append", default=[], metavar="OLD:=NEW",
+                      help="publish topic OLD as NEW (repeatable)")
+    play.add_argument("--wait-for-subscribers", action="store_true",
+                      help="before playing, wait until every topic has a subscriber (at most --wait-timeout)")
+    play.add_argument("--wait-timeout", type=_positive, default=15.0, help="seconds (default 15)")
+    play.add_argument("--delay", type=float, default=0.0, help="seconds to wait after creating the publishers")
+    play.add_argument("--quiet", "-q", action="store_true")
+
+    proc = sub.add_parser("process", help="run the detector offline over a bag, write an output bag")
+    proc.add_argument("bag", type=Path)
+    proc.add_argument("--output", "-o", type=Path, required=True, help="output bag directory (must not exist)")
+    proc.add_argument("--topic", default="/camera/image_raw",
+                      help="sensor_msgs/Image or CompressedImage topic (default /camera/image_raw)")
+    proc.add_argument("--camera-info-topic", default=None,
+                      help="camera_info topic for ground positions (default: camera_info next to --topic)")
+    proc.add_argument("--checkpoint", default=None, help="model checkpoint (default: params file / embedded)")
+    proc.add_argument("--model", default=None, help="architecture of a bare state dict (espnetv2, wrn38, ...)")
+    proc.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (default: params file)")
+    proc.add_argument("--params-file", type=Path, default=None,
+                      help="the node's parameters (default: config/detector.yaml of this package)")
+    proc.add_argument("--param", "-p", action="append", default=[], metavar="NAME:=VALUE",
+                      help="override one node parameter, like the node's -p (repeatable)")
+    proc.add_argument("--prefix", default="/pebal_detector",
+                      help="output topic prefix, i.e. the node's namespace + name (default /pebal_detector)")
+    proc.add_argument("--overlay", action="store_true", help="also write <prefix>/overlay (rgb8)")
+    proc.add_argument("--storage", choices=("sqlite3", "mcap"), default="sqlite3")
+    proc.add_argument("--overwrite", action="store_true", help="replace an existing output (at the end)")
+    proc.add_argument("--quiet", "-q", action="store_true")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "play":
+            return play(args)
+        return process(args)
+    except CliError as exc:
+        sys.stderr.write(f"{PROG}: error: {exc}\n")
+        return 1
+    except KeyboardInterrupt:  # before the handlers are installed (e.g. while loading the model)
+        sys.stderr.write(f"{PROG}: interrupted\n")
+        return 130
+    except Exception as exc:  # noqa: BLE001 - BagError and anything unexpected: one line
+        from pebal_perception.bag import BagError
+
+        if isinstance(exc, BagError):
+            sys.stderr.write(f"{PROG}: error: {exc}\n")
+        else:
+            sys.stderr.write(f"{PROG}: error: {args.bag}: {type(exc).__name__}: {exc}\n".splitlines()[0] + "\n")
+        return 1
+
+
+class _Interrupt:
+    """SIGINT/SIGTERM -> an event (restores the previous handlers on exit)."""
+
+    def __init__(self):
+        self.event = threading.Event()
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> threading.Event:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, lambda *_: self.event.set())
+        return self.event
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+
+# ----------------------------------------------------------------------------------------------- play
+
+def _import_type(msgtype: str) -> Any:
+    import importlib
+
+    pkg, kind, name = msgtype.split("/")
+    return getattr(importlib.import_module(f"{pkg}.{kind}"), name)
+
+
+def _rclpy_qos(profiles: list[Any]) -> Any:
+    """rclpy QoSProfile matching the recorded (offered) profiles; reliable keep-last 10 if none."""
+    from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+
+    reliable = all(getattr(p.reliability, "name", "") != "BEST_EFFORT" for p in profiles)
+    latched = bool(profiles) and all(getattr(p.durability, "name", "") == "TRANSIENT_LOCAL" for p in profiles)
+    depth = max([10] + [int(p.depth) for p in profiles if int(p.depth) > 0])
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth,
+                      reliability=ReliabilityPolicy.RELIABLE if reliable else ReliabilityPolicy.BEST_EFFORT,
+                      durability=DurabilityPolicy.TRANSIENT_LOCAL if latched else DurabilityPolicy.VOLATILE)
+
+
+def play(args: argparse.Namespace) -> int:
+    from pebal_perception.bag import open_bag, qos_of
+
+    remap = dict(args.remap)
+    with open_bag(args.bag) as reader:
+        conns = reader.connections
+        if args.topics:
+            reader.require_topics(args.topics)
+            conns = [c for c in conns if c.topic in args.topics]
+        try:
+            import rclpy
+            from rclpy.signals import SignalHandlerOptions
+        except ImportError as exc:
+            raise CliError(f"play needs rclpy (ROS 2): {exc}; run scripts/setup.sh") from None
+
+        with _Interrupt() as stop:
+            context = rclpy.Context()
+            rclpy.init(args=[PROG], context=context, signal_handler_options=SignalHandlerOptions.NO)
+            node = None
+            try:
+                node = rclpy.create_node(f"pebal_bag_player_{os.getpid()}", context=context,
+                                         start_parameter_services=False)
+                publishers: dict[str, Any] = {}
+                for conn in conns:
+                    if conn.topic in publishers:
+                        continue
+                    try:
+                        msg_type = _import_type(conn.msgtype)
+                    except (ImportError, AttributeError, ValueError):
+                        sys.stderr.write(f"{PROG}: warning: {args.bag}: skipping {conn.topic}: message type "
+                                         f"{conn.msgtype} is not installed\n")
+                        continue
+                    publishers[conn.topic] = node.create_publisher(msg_type, remap.get(conn.topic, conn.topic),
+                                                                   _rclpy_qos(qos_of(conn)))
+                if not publishers:
+                    raise CliError(f"{args.bag}: no topic to play")
+                if args.wait_for_subscribers:
+                    deadline = time.monotonic() + args.wait_timeout
+                    while not stop.is_set() and time.monotonic() < deadline:
+                        if all(p.get_subscription_count() > 0 for p in publishers.values()):
+                            break
+                        time.sleep(0.05)
+                    else:
+                        if not stop.is_set():
+                            lonely = [p.topic_name for p in publishers.values() if p.get_subscription_count() == 0]
+                            sys.stderr.write(f"{PROG}: warning: no subscriber on {', '.join(lonely)} after "
+                                             f"{args.wait_timeout:g} s; playing anyway\n")
+                if args.delay > 0:
+                    stop.wait(args.delay)
+                if not args.quiet:
+                    print(f"{PROG}: playing {args.bag} ({reader.message_count} messages, "
+                          f"{len(publishers)} topics) at rate {args.rate:g}{' in a loop' if args.loop else ''}",
+                          flush=True)
+                published = 0
+                while not stop.is_set():
+                    start_wall = time.monotonic()
+                    first = None
+                    for conn, timestamp, data in reader.messages(list(publishers)):
+                        if first is None:
+                            first = timestamp
+                        due = start_wall + (timestamp - first) / 1e9 / args.rate
+                        while not stop.is_set():
+                            left = due - time.monotonic()
+                            if left <= 0:
+                                break
+                            stop.wait(min(left, 0.1))
+                        if stop.is_set():
+                            break
+                        publishers[conn.topic].publish(data)
+                        published += 1
+                    if not args.loop:
+                        break
+                if not stop.is_set():
+                    stop.wait(0.5)  # let reliable deliveries of the last messages finish
+                if not args.quiet:
+                    print(f"{PROG}: published {published} messages{' (interrupted)' if stop.is_set() else ''}",
+                          flush=True)
+            finally:
+                if node is not None:
+                    node.destroy_node()
+                context.try_shutdown()
+    return 0
+
+
+# -------------------------------------------------------------------------------------------- process
+
+def _default_params_file() -> Path | None:
+    from pebal_perception.bag import find_msg_dir
+
+    candidates = [REPO_ROOT / "config" / "detector.yaml"]
+    msg_dir = find_msg_dir()
+    if msg_dir is not None:
+        candidates.append(msg_dir.parent / "config" / "detector.yaml")
+    return next((p for p in candidates if p.is_file()), None)
+
+
+def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
+    if isinstance(value, dict):
+        for key, sub in value.items():
+            _flatten(f"{prefix}.{key}" if prefix else str(key), sub, out)
+    else:
+        out[prefix] = value
+
+
+def load_parameters(params_file: Path | None, overrides: Sequence[str], node_name: str = "pebal_detector") -> dict:
+    """The node's parameters as the node would see them: declared defaults (config/detector.yaml's
+    values), then the params file's ``/**`` and ``<node>`` sections, then ``NAME:=VALUE`` overrides
+    (values parsed as YAML, like rcl does)."""
+    import yaml
+
+    params: dict[str, Any] = {}
+    if params_file is not None:
+        try:
+            doc = yaml.safe_load(params_file.read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise CliError(f"cannot read params file {params_file}: {str(exc).splitlines()[0]}") from None
+        for key, section in doc.items():
+            name = str(key).strip("/").split("/")[-1]
+            if (key == "/**" or name == node_name) and isinstance(section, dict):
+                _flatten("", section.get("ros__parameters", {}), params)
+    for item in overrides:
+        if ":=" not in item:
+            raise CliError(f"--param expects NAME:=VALUE, got {item!r}")
+        name, text = item.split(":=", 1)
+        try:
+            params[name] = yaml.safe_load(text) if text else ""
+        except yaml.YAMLError:
+            params[name] = text
+    return params
+
+
+def _engine_and_config(args: argparse.Namespace, params: dict) -> tuple[Any, Any, dict]:
+    from pebal_perception.core.default_model import default_checkpoint
+    from pebal_perception.core.engine import InferenceEngine
+    from pebal_perception.node.detector_node import parse_threshold
+    from pebal_perception.node.processing import PostProcessConfig, validate_roi
+
+    get = params.get
+    checkpoint = args.checkpoint if args.checkpoint is not None else str(get("checkpoint", "") or "")
+    model = args.model if args.model is not None else (str(get("model", "") or "") or None)
+    device = args.device or str(get("device", "auto") or "auto")
+    width, height = int(get("input_width", 0) or 0), int(get("input_height", 0) or 0)
+    if (width == 0) != (height == 0):
+        raise CliError(f"parameters input_width={width} and input_height={height}: set both or neither")
+    try:
+        threshold = parse_threshold(get("threshold", float("nan")))
+    except ValueError as exc:
+        raise CliError(f"parameter threshold: {exc}") from None
+    try:
+        path = checkpoint or default_checkpoint()
+    except FileNotFoundError as exc:
+        raise CliError(str(exc)) from None
+    try:
+        engine = InferenceEngine.from_checkpoint(
+            path, model or None, device=device, precision=str(get("precision", "fp32")),
+            input_size=(height, width) if width else None, threshold=threshold,
+            smoothing=bool(get("smoothing", True)))
+    except Exception as exc:  # noqa: BLE001 - one line
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CliError(f"cannot load model from {path}: {text}") from None
+    try:
+        config = PostProcessConfig(threshold=engine.threshold,
+                                   restrict_to_drivable=bool(get("restrict_to_drivable", True)),
+                                   roi=validate_roi(get("roi", [0.0, 0.0, 1.0, 1.0])),
+                                   min_obstacle_area=int(get("min_obstacle_area", 50)))
+    except (TypeError, ValueError) as exc:
+        raise CliError(f"invalid parameter: {exc}") from None
+    mounting = {"height_m": float(get("camera.height_m", float("nan"))),
+                "pitch_rad": float(get("camera.pitch_rad", float("nan")))}
+    return engine, config, mounting
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    import numpy as np
+
+    return round(float(np.percentile(values, q)), 3)
+
+
+def process(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    from pebal_perception.bag import AtomicBagWriter, BagError, deserialize, image_msg, msg_class, open_bag, \
+        qos_profile
+    from pebal_perception.image_conversion import ImageConverter, ImageRejected, rgb_to_image_fields
+    from pebal_perception.node.processing import infer_maps, make_ground_model, obstacle_fields, process_frame
+
+    image_topic = args.topic
+    info_topic = args.camera_info_topic or f"{image_topic.rsplit('/', 1)[0]}/camera_info"
+    prefix = "/" + args.prefix.strip("/") if args.prefix.strip("/") else ""
+    if args.output.exists() and not args.overwrite:
+        raise CliError(f"{args.output}: output exists already (choose another path, or --overwrite)")
+
+    with open_bag(args.bag) as reader:
+        reader.require_topics([image_topic])
+        image_type = reader.topics()[image_topic]
+        if image_type not in ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage"):
+            raise BagError(f"{args.bag}: topic {image_topic} has type {image_type}, expected "
+                           "sensor_msgs/msg/Image or sensor_msgs/msg/CompressedImage")
+        has_info = reader.topics().get(info_topic) == "sensor_msgs/msg/CameraInfo"
+        params_file = args.params_file or _default_params_file()
+        params = load_parameters(params_file, args.param)
+        engine, config, mounting = _engine_and_config(args, params)
+        model_id = engine.meta.model_id or engine.meta.architecture
+        converter = ImageConverter()
+        to_rgb = converter.to_rgb if image_type.endswith("/Image") else converter.compressed_to_rgb
+        torch.set_grad_enabled(False)
+
+        Result = msg_class("pebal_perception/msg/AnomalyResult")  # noqa: N806
+        ObstacleMsg = msg_class("pebal_perception/msg/Obstacle")  # noqa: N806
+        Point = msg_class("geometry_msgs/msg/Point")  # noqa: N806
+        out_qos = [qos_profile(reliable=True, depth=5)]  # the node's output QoS
+        outputs = ["semantic", "energy", "obstacle_mask", "result"] + (["overlay"] if args.overlay else [])
+        topics = {name: f"{prefix}/{name}" for name in outputs}
+        stats: dict[str, Any] = {"frames_in": 0, "frames_out": 0, "rejected": {}, "obstacles": 0,
+                                 "frames_with_obstacles": 0}
+        times: list[float] = []
+        infer_times: list[float] = []
+        camera_info = None
+        started = time.monotonic()
+
+        with _Interrupt() as stop, AtomicBagWriter(args.output, storage=args.storage,
+                                                   overwrite=args.overwrite) as writer:
+            for name in outputs:
+                writer.add_topic(topics[name], "pebal_perception/msg/AnomalyResult" if name == "result"
+                                 else "sensor_msgs/msg/Image", out_qos)
+            wanted = [image_topic] + ([info_topic] if has_info else [])
+            for index, (conn, timestamp, data) in enumerate(reader.messages(wanted)):
+                if stop.is_set():
+                    raise CliError(f"{args.bag}: interrupted; no output written")
+                try:
+                    msg = deserialize(data, conn.msgtype)
+                except Exception as exc:  # noqa: BLE001 - corrupt CDR
+                    raise BagError(f"{args.bag}: message {index} on {conn.topic} (t={timestamp} ns) cannot be "
+                                   f"decoded as {conn.msgtype} ({type(exc).__name__}: {exc}); no output "
+                                   "written".replace("\n", " ")) from None
+                if conn.topic == info_topic:
+                    k = np.asarray(msg.k, dtype=np.float64).reshape(3, 3)
+                    camera_info = (k, int(msg.width), int(msg.height))
+                    continue
+                stats["frames_in"] += 1
+                received = time.perf_counter()
+                try:
+                    rgb = to_rgb(msg)
+                except ImageRejected as exc:
+                    stats["rejected"][exc.reason] = stats["rejected"].get(exc.reason, 0) + 1
+                    continue
+                semantic, score, infer_ms = infer_maps(engine, rgb)
+                h, w = score.shape
+                ground = None
+                if camera_info is not None:
+                    ground = make_ground_model(camera_info[0], camera_info[1:], (w, h), mounting["height_m"],
+                                               mounting["pitch_rad"])
+                frame = process_frame(semantic, score, config, ground)
+                hdr = msg.header
+                writer.write_msg(topics["semantic"], timestamp, image_msg(rgb_to_image_fields(semantic, "mono8"), hdr))
+                writer.write_msg(topics["energy"], timestamp, image_msg(rgb_to_image_fields(score, "32FC1"), hdr))
+                writer.write_msg(topics["obstacle_mask"], timestamp,
+                                 image_msg(rgb_to_image_fields(frame.mask.astype(np.uint8) * 255, "mono8"), hdr))
+                if args.overlay:
+                    from pebal_perception.core.visualize import overlay
+                    writer.write_msg(topics["overlay"], timestamp,
+                                     image_msg(rgb_to_image_fields(overlay(rgb, semantic, frame.mask), "rgb8"), hdr))
+                obstacles = []
+                for o in frame.obstacles:
+                    fields = obstacle_fields(o)
+                    obstacles.append(ObstacleMsg(ground_position=Point(**fields.pop("ground_position")), **fields))
+                elapsed_ms = (time.perf_counter() - received) * 1000.0
+                writer.write_msg(topics["result"], timestamp, Result(
+                    header=hdr, model_id=str(model_id), threshold=float(config.threshold),
+                    anomalous_fraction=float(frame.anomalous_fraction), max_score=float(frame.max_score),
+                    processing_time_ms=float(elapsed_ms), obstacles=obstacles))
+                stats["frames_out"] += 1
+                stats["obstacles"] += len(obstacles)
+                stats["frames_with_obstacles"] += bool(obstacles)
+                times.append(elapsed_ms)
+                infer_times.append(infer_ms)
+            if stats["frames_in"] == 0:
+                raise BagError(f"{args.bag}: no messages on {image_topic}")
+            summary = {
+                "input_bag": str(args.bag), "output_bag": str(args.output), "storage": args.storage,
+                "image_topic": image_topic, "camera_info_topic": info_topic if has_info else None,
+                "params_file": str(params_file) if params_file else None, "param_overrides": list(args.param),
+                "model_id": str(model_id), "device": str(engine.device), "threshold": float(config.threshold),
+                "network_input": None if engine.input_size is None else [engine.input_size[1], engine.input_size[0]],
+                **stats, "rejected_total": sum(stats["rejected"].values()),
+                "output_topics": {topics[n]: writer.counts[topics[n]] for n in outputs},
+                "processing_time_ms": {"mean": round(sum(times) / len(times), 3) if times else None,
+                                       "p50": _percentile(times, 50), "p95": _percentile(times, 95)},
+                "inference_time_ms": {"p50": _percentile(infer_times, 50), "p95": _percentile(infer_times, 95)},
+                "wall_s": round(time.monotonic() - started, 3),
+            }
+            writer.commit(extra_files={"summary.json": json.dumps(summary, indent=1) + "\n"})
+    if not args.quiet:
+        print(f"{PROG}: wrote {args.output} ({stats['frames_out']} of {stats['frames_in']} frames, "
+              f"{stats['obstacles']} obstacles, p50 {summary['processing_time_ms']['p50']} ms/frame); "
+              f"summary: {args.output / 'summary.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,412 @@
+"""ROS 2 bags: the synthetic drive recipe, ``pebal-bag process`` (offline detector) and ``pebal-bag play``.
+
+* The drive recipe writes version-8 bags (sqlite3 and mcap) that read back with ``rosbags``.
+* ``pebal-bag process`` writes a complete version-8 bag whose outputs carry the input stamps, decode,
+  and equal what the live node publishes for the same frames (the node is started exactly as the
+  launch file starts it, and the bag is replayed into it with ``pebal-bag play``).
+* Bad inputs (missing, truncated, corrupt, empty bag; missing topic) give one error line and a
+  non-zero exit; a failure in the middle (an undecodable message) leaves no output bag behind.
+
+Small frames (256 x 128) and a random-init ESPNetv2 at 128 x 256 keep this fast.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+os.environ["ROS_LOCALHOST_ONLY"] = "1"
+
+pytest.importorskip("rosbags")
+
+from pebal_perception.bag import AtomicBagWriter, BagError, deserialize, image_msg, open_bag, serialize  # noqa: E402
+from pebal_perception.cli import bag as bag_cli  # noqa: E402
+from pebal_perception.image_conversion import image_to_rgb, rgb_to_image_fields  # noqa: E402
+from pebal_training.recipes.drive_bag import GT_TOPIC, IMAGE_TOPIC, INFO_TOPIC, write_drive_bag  # noqa: E402
+
+FRAMES = 4
+SIZE = (256, 128)
+FPS = 10.0
+START = 1_700_000_000.0
+PREFIX = "/pebal_detector"
+OUTPUTS = {"semantic": "sensor_msgs/msg/Image", "energy": "sensor_msgs/msg/Image",
+           "obstacle_mask": "sensor_msgs/msg/Image", "result": "pebal_perception/msg/AnomalyResult"}
+COMMON_PARAMS = ["min_obstacle_area:=20", "restrict_to_drivable:=false"]
+
+
+def make_checkpoint(path: Path) -> Path:
+    import torch
+
+    from pebal_perception.core.checkpoint import ModelMeta, save_checkpoint
+    from pebal_perception.core.models import get_model_spec
+
+    torch.manual_seed(0)
+    model = get_model_spec("espnetv2").builder()
+    save_checkpoint(path, model, ModelMeta.for_architecture("espnetv2", input_size=[128, 256]))
+    return path
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("bags")
+
+
+@pytest.fixture(scope="module")
+def checkpoint(work) -> Path:
+    return make_checkpoint(work / "tiny_espnetv2.pt")
+
+
+@pytest.fixture(scope="module")
+def drive_bags(work) -> dict[str, Path]:
+    bags = {}
+    for storage, encoding in (("sqlite3", "rgb8"), ("mcap", "bgr8")):
+        bags[storage] = work / f"drive_{storage}"
+        write_drive_bag(bags[storage], frames=FRAMES, fps=FPS, size=SIZE, seed=3, anomalies=(1, 2),
+                        storage=storage, encoding=encoding, start_time=START)
+    return bags
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    rc = bag_cli.main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return rc, captured.out, captured.err
+
+
+def read_all(bag: Path) -> dict[str, list[tuple[int, object]]]:
+    out: dict[str, list] = {}
+    with open_bag(bag) as reader:
+        for conn, timestamp, data in reader.messages():
+            out.setdefault(conn.topic, []).append((timestamp, deserialize(data, conn.msgtype)))
+    return out
+
+
+def stamp(msg) -> int:
+    return int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
+
+
+def array(msg) -> np.ndarray:
+    if msg.encoding == "32FC1":
+        return np.frombuffer(bytes(msg.data), "<f4").reshape(msg.height, msg.width)
+    return np.frombuffer(bytes(msg.data), np.uint8).reshape(msg.height, msg.width)
+
+
+def metadata(bag: Path) -> dict:
+    import yaml
+
+    return yaml.safe_load((bag / "metadata.yaml").read_text())["rosbag2_bagfile_information"]
+
+
+# ------------------------------------------------------------------------------------------- the recipe
+
+@pytest.mark.parametrize("storage", ["sqlite3", "mcap"])
+def test_drive_bag_reads_back(drive_bags, storage):
+    bag = drive_bags[storage]
+    meta = metadata(bag)
+    assert meta["version"] == 8 and meta["storage_identifier"] == storage
+    for topic in meta["topics_with_message_count"]:
+        assert isinstance(topic["topic_metadata"]["offered_qos_profiles"], str)  # version-8 QoS format
+    msgs = read_all(bag)
+    assert {t: len(v) for t, v in msgs.items()} == {IMAGE_TOPIC: FRAMES, INFO_TOPIC: FRAMES, GT_TOPIC: FRAMES}
+    drive = json.loads((bag / "drive.json").read_text())
+    expected = [int(START * 1e9) + i * 100_000_000 for i in range(FRAMES)]
+    for topic in (IMAGE_TOPIC, INFO_TOPIC, GT_TOPIC):
+        assert [t for t, _ in msgs[topic]] == expected
+        assert [stamp(m) for _, m in msgs[topic]] == expected
+    assert [f["stamp_ns"] for f in drive["frames"]] == expected
+    for _, img in msgs[IMAGE_TOPIC]:
+        assert img.encoding == ("rgb8" if storage == "sqlite3" else "bgr8")
+        rgb = image_to_rgb(img.encoding, img.height, img.width, img.step, img.is_bigendian, img.data)
+        assert rgb.shape == (SIZE[1], SIZE[0], 3) and rgb.std() > 5
+    gt_values = set(np.unique(np.concatenate([array(m).ravel() for _, m in msgs[GT_TOPIC]])).tolist())
+    assert gt_values <= {0, 1, 255} and 1 in gt_values
+    info = msgs[INFO_TOPIC][0][1]
+    cam = drive["camera"]
+    assert (info.width, info.height) == SIZE
+    np.testing.assert_allclose(info.k, [cam["fx"], 0, cam["cx"], 0, cam["fy"], cam["cy"], 0, 0, 1])
+
+
+def test_custom_message_hashes_match_rosidl():
+    from pebal_perception.bag import typestore
+
+    share = Path(sys.prefix) / "share" / "pebal_perception" / "msg"
+    if not (share / "AnomalyResult.json").is_file():
+        pytest.skip("messages not built (scripts/setup.sh)")
+    for name in ("AnomalyResult", "Obstacle"):
+        rosidl = json.loads((share / f"{name}.json").read_text())["type_hashes"][0]["hash_string"]
+        assert typestore().hash_rihs01(f"pebal_perception/msg/{name}") == rosidl
+
+
+# ------------------------------------------------------------------------------------------------ process
+
+def _process(work: Path, checkpoint: Path, bag: Path, storage_out: str) -> tuple[Path, int, str]:
+    out = work / f"processed_{bag.name}_{storage_out}"
+    if out.exists():  # shared between tests (inference is the slow part)
+        return out, 0, ""
+    rc = bag_cli.main([str(a) for a in ("process", bag, "--output", out, "--checkpoint", checkpoint, "--device",
+                                        "cpu", "--storage", storage_out, "--overlay", "-q",
+                                        *[a for p in COMMON_PARAMS for a in ("-p", p)])])
+    return out, rc, ""
+
+
+@pytest.mark.parametrize("storage_in,storage_out", [("sqlite3", "mcap"), ("mcap", "sqlite3")])
+def test_process_writes_complete_bag(capsys, work, checkpoint, drive_bags, storage_in, storage_out):
+    from pebal_perception.node.processing import PostProcessConfig, process_frame
+
+    out, rc, _ = _process(work, checkpoint, drive_bags[storage_in], storage_out)
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert not list(work.glob(f".{out.name}.partial-*"))
+    meta = metadata(out)
+    assert meta["version"] == 8 and meta["storage_identifier"] == storage_out
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["frames_in"] == summary["frames_out"] == FRAMES
+    msgs = read_all(out)
+    types = {**OUTPUTS, "overlay": "sensor_msgs/msg/Image"}
+    with open_bag(out) as reader:
+        assert reader.topics() == {f"{PREFIX}/{k}": v for k, v in types.items()}
+    inputs = read_all(drive_bags[storage_in])[IMAGE_TOPIC]
+    for name in types:
+        got = msgs[f"{PREFIX}/{name}"]
+        assert len(got) == FRAMES
+        assert [t for t, _ in got] == [t for t, _ in inputs]
+        assert [stamp(m) for _, m in got] == [stamp(m) for _, m in inputs]
+        assert all(m.header.frame_id == "camera_optical_frame" for _, m in got)
+    threshold = summary["threshold"]
+    config = PostProcessConfig(threshold=threshold, restrict_to_drivable=False, min_obstacle_area=20)
+    for (_, sem), (_, energy), (_, mask), (_, result), (_, ov) in zip(
+            *(msgs[f"{PREFIX}/{n}"] for n in ("semantic", "energy", "obstacle_mask", "result", "overlay"))):
+        assert (sem.encoding, energy.encoding, mask.encoding, ov.encoding) == ("mono8", "32FC1", "mono8", "rgb8")
+        assert array(sem).shape == (SIZE[1], SIZE[0]) and array(sem).max() < 19
+        frame = process_frame(array(sem), array(energy), config)
+        np.testing.assert_array_equal(array(mask), frame.mask.astype(np.uint8) * 255)
+        assert result.threshold == pytest.approx(threshold)
+        assert len(result.obstacles) == len(frame.obstacles)
+        assert result.model_id
+
+
+def test_process_matches_live_node(capsys, work, checkpoint, drive_bags):
+    """Offline outputs == the live node's outputs (same frames, replayed with pebal-bag play)."""
+    try:
+        import rclpy
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.qos import QoSProfile, ReliabilityPolicy
+        from sensor_msgs.msg import Image
+
+        from pebal_perception.msg import AnomalyResult
+    except ImportError as exc:
+        pytest.skip(f"ROS 2 not available ({exc}); run scripts/setup.sh")
+    launcher = Path(sys.prefix) / "lib" / "pebal_perception" / "detector_node"
+    player = Path(sys.prefix) / "bin" / "pebal-bag"
+    if not launcher.exists() or not player.exists():
+        pytest.skip("detector_node / pebal-bag not installed; run scripts/setup.sh")
+    bag = drive_bags["sqlite3"]
+
+    # A threshold inside the random network's energy range, so that there are obstacles to compare.
+    probe, rc, _ = _process(work, checkpoint, bag, "mcap")
+    assert rc == 0, capsys.readouterr().err
+    energy = array(read_all(probe)[f"{PREFIX}/energy"][0][1])
+    threshold = float(np.percentile(energy, 90))
+    params = [*COMMON_PARAMS, f"threshold:={threshold!r}"]
+
+    offline = work / "offline"
+    rc, _, err = run_cli(capsys, "process", bag, "-o", offline, "--checkpoint", checkpoint, "--device", "cpu",
+                         "--prefix", "/t_bag/pebal_detector", *[a for p in params for a in ("-p", p)])
+    assert rc == 0, err
+    expected = {name: {stamp(m): m for _, m in read_all(offline)[f"/t_bag/pebal_detector/{name}"]}
+                for name in OUTPUTS}
+    assert sum(len(m.obstacles) for m in expected["result"].values()) > 0
+
+    tag = uuid.uuid4().hex[:6]
+    image_topic, info_topic = f"/cam_{tag}/image", f"/cam_{tag}/camera_info"
+    cmd = [str(launcher), "--ros-args", "--params-file", str(REPO_ROOT / "config" / "detector.yaml"),
+           "-p", f"checkpoint:={checkpoint}", "-p", "device:=cpu", *[a for p in params for a in ("-p", p)],
+           "-r", f"image:={image_topic}", "-r", f"image/compressed:={image_topic}/compressed",
+           "-r", f"camera_info:={info_topic}", "-r", "__ns:=/t_bag"]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    log = work / f"node-{tag}.log"
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    node = rclpy.create_node(f"test_bag_peer_{tag}", context=context)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(node)
+    live: dict[str, dict[int, object]] = {name: {} for name in OUTPUTS}
+    lock = threading.Lock()
+    qos = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
+    for name, msg_type in (("semantic", Image), ("energy", Image), ("obstacle_mask", Image),
+                           ("result", AnomalyResult)):
+        def callback(msg, name=name):
+            with lock:
+                live[name][stamp(msg)] = msg
+        node.create_subscription(msg_type, f"/t_bag/pebal_detector/{name}", callback, qos)
+    stop = threading.Event()
+    spinner = threading.Thread(target=lambda: [executor.spin_once(timeout_sec=0.05) for _ in iter(stop.is_set, True)],
+                               daemon=True)
+    spinner.start()
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                cwd=str(REPO_ROOT))
+    try:
+        play = subprocess.run(
+            [str(player), "play", str(bag), "--topics", IMAGE_TOPIC, INFO_TOPIC, "--remap",
+             f"{IMAGE_TOPIC}:={image_topic}", "--remap", f"{INFO_TOPIC}:={info_topic}", "--rate", "0.5",
+             "--wait-for-subscribers", "--wait-timeout", "60"],
+            env=env, capture_output=True, text=True, timeout=120)
+        assert play.returncode == 0, play.stderr
+        assert f"published {2 * FRAMES} messages" in play.stdout, play.stdout + play.stderr
+        assert "warning" not in play.stderr, play.stderr
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            with lock:
+                if all(len(v) == FRAMES for v in live.values()):
+                    break
+            time.sleep(0.1)
+    finally:
+        proc.send_signal(2)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        stop.set()
+        spinner.join(5)
+        node.destroy_node()
+        context.try_shutdown()
+    with lock:
+        got = {name: dict(v) for name, v in live.items()}
+    common = set(got["result"]) & set(got["semantic"]) & set(got["energy"]) & set(got["obstacle_mask"])
+    # The node keeps only the newest frame (a busy CPU makes it drop some), but the first frame (idle
+    # node) and the last one (newest) are always processed.
+    assert len(common) >= 2, (sorted(common), log.read_text()[-2000:])
+    assert common <= set(expected["result"])
+    for s in sorted(common):
+        np.testing.assert_array_equal(array(got["semantic"][s]), array(expected["semantic"][s]))
+        np.testing.assert_allclose(array(got["energy"][s]), array(expected["energy"][s]), atol=1e-4, rtol=0)
+        np.testing.assert_array_equal(array(got["obstacle_mask"][s]), array(expected["obstacle_mask"][s]))
+        live_result, off_result = got["result"][s], expected["result"][s]
+        assert live_result.model_id == off_result.model_id
+        assert live_result.threshold == pytest.approx(off_result.threshold)
+        assert live_result.anomalous_fraction == pytest.approx(off_result.anomalous_fraction, abs=1e-4)
+        boxes = lambda r: [(o.x_offset, o.y_offset, o.width, o.height, o.area) for o in r.obstacles]  # noqa: E731
+        assert boxes(live_result) == boxes(off_result)
+
+
+# ------------------------------------------------------------------------------------------- bad inputs
+
+def _copy_bag(src: Path, dst: Path) -> Path:
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _storage_file(bag: Path) -> Path:
+    return next(p for p in bag.iterdir() if p.suffix in (".db3", ".mcap"))
+
+
+def _bad_bag(kind: str, work: Path, drive_bags: dict[str, Path]) -> Path:
+    bag = work / f"bad_{kind}"
+    if kind == "missing":
+        return bag
+    if kind == "not_a_bag":
+        bag.mkdir()
+        return bag
+    if kind == "empty":
+        with AtomicBagWriter(bag) as writer:
+            writer.add_topic(IMAGE_TOPIC, "sensor_msgs/msg/Image")
+        return bag
+    storage = "mcap" if kind.endswith("mcap") else "sqlite3"
+    _copy_bag(drive_bags[storage], bag)
+    data_file = _storage_file(bag)
+    blob = data_file.read_bytes()
+    if kind.startswith("truncated"):
+        data_file.write_bytes(blob[: len(blob) // 2])
+    elif kind.startswith("corrupt"):
+        data_file.write_bytes(b"\xde\xad\xbe\xef" * 64 + blob[256:])
+    elif kind == "no_storage_file":
+        data_file.unlink()
+    return bag
+
+
+BAD_KINDS = ["missing", "not_a_bag", "empty", "truncated_sqlite3", "truncated_mcap", "corrupt_sqlite3",
+             "corrupt_mcap", "no_storage_file"]
+
+
+@pytest.mark.parametrize("kind", BAD_KINDS)
+def test_bad_bag_one_line_error(capsys, work, checkpoint, drive_bags, kind):
+    bag = _bad_bag(kind, work, drive_bags)
+    out = work / f"out_{kind}"
+    rc, _, err = run_cli(capsys, "process", bag, "--output", out, "--checkpoint", checkpoint, "--device", "cpu")
+    assert rc != 0
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("pebal-bag: error: "), err
+    assert str(bag) in lines[0]
+    assert not out.exists()
+    assert not list(work.glob(f".{out.name}.partial-*"))
+
+
+def test_missing_topic(capsys, work, checkpoint, drive_bags):
+    out = work / "out_missing_topic"
+    rc, _, err = run_cli(capsys, "process", drive_bags["sqlite3"], "-o", out, "--topic", "/nope/image",
+                         "--checkpoint", checkpoint)
+    assert rc != 0
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("pebal-bag: error: "), err
+    assert "/nope/image" in lines[0] and str(drive_bags["sqlite3"]) in lines[0]
+    assert not out.exists()
+
+
+def test_console_script_bad_bag(work):
+    """The installed console script (subprocess): one line, exit 1, for process and play."""
+    script = Path(sys.prefix) / "bin" / "pebal-bag"
+    if not script.exists():
+        pytest.skip("pebal-bag not installed; run scripts/setup.sh")
+    for command in (["process", str(work / "nothing_here"), "-o", str(work / "never")],
+                    ["play", str(work / "nothing_here")]):
+        proc = subprocess.run([str(script), *command], capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 1, proc.stderr
+        assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("pebal-bag: error: "), proc.stderr
+        assert str(work / "nothing_here") in proc.stderr
+
+
+def test_corrupt_message_midway_leaves_no_output(capsys, work, checkpoint, drive_bags):
+    """Decision: a failure part-way through (here an undecodable message) writes nothing at --output:
+    the partial bag is removed, the output path is either absent or (on success) a complete bag."""
+    source = read_all(drive_bags["sqlite3"])[IMAGE_TOPIC]
+    garbage = b"\x00\x01\x00\x00" + b"\x01\x00\x00\x00" * 2 + b"\xf0\xff\xff\x7f" + b"\xff" * 24
+    with pytest.raises(Exception):
+        deserialize(garbage, "sensor_msgs/msg/Image")
+    bag = work / "corrupt_message"
+    with AtomicBagWriter(bag) as writer:
+        writer.add_topic(IMAGE_TOPIC, "sensor_msgs/msg/Image")
+        for i, (timestamp, msg) in enumerate(source):
+            writer.write(IMAGE_TOPIC, timestamp, garbage if i == 1 else serialize(msg, "sensor_msgs/msg/Image"))
+    out = work / "out_corrupt_message"
+    rc, _, err = run_cli(capsys, "process", bag, "-o", out, "--checkpoint", checkpoint, "--device", "cpu")
+    assert rc != 0
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "message 1" in lines[0] and "cannot be decoded" in lines[0], err
+    assert not out.exists()
+    assert not list(work.glob(f".{out.name}.partial-*"))
+
+
+def test_atomic_writer_abort_and_refuse_existing(work):
+    out = work / "atomic"
+    with pytest.raises(RuntimeError):
+        with AtomicBagWriter(out) as writer:
+            writer.add_topic("/x", "sensor_msgs/msg/Image")
+            writer.write_msg("/x", 1, image_msg(rgb_to_image_fields(np.zeros((2, 2), np.uint8), "mono8"), 1))
+            raise RuntimeError("boom")
+    assert not out.exists() and not list(work.glob(".atomic.partial-*"))
+    out.mkdir()
+    with pytest.raises(BagError, match="exists"):
+        AtomicBagWriter(out)
