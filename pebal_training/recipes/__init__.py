@@ -1,0 +1,1 @@
+"""Ready-made fine-tuning runs (see cityscapes_smoke)."""
