@@ -1,0 +1,426 @@
+"""Fine-tuning loop, config and CLI (pebal_training.trainer / config / cli.finetune).
+
+Everything runs on CPU with ``tiny_test_net`` and 64 x 128 synthetic scenes, so each test takes
+seconds. The DDP test spawns two gloo processes on 127.0.0.1.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+
+import tiny_models  # noqa: F401  (registers tiny_test_net)
+from pebal_perception.core.checkpoint import _torch_load, load_checkpoint
+from pebal_training.cli.finetune import main as finetune_main
+from pebal_training.config import ConfigError, FinetuneConfig, config_from_dict, load_config
+from pebal_training.losses import pebal_loss
+from pebal_training.trainer import (PolySchedule, TrainingDiverged, build_model, capture_rng_state,
+                                    find_resume_checkpoint, freeze_all_but, loss_statistics, partial_pebal_loss,
+                                    reinit_abstention_row, restore_rng_state, set_train_mode, train)
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = tiny_models.TINY
+
+
+def tiny_overrides(output: Path, **extra: object) -> list[str]:
+    base = {
+        "model.name": TINY,
+        "data.kind": "synthetic",
+        "data.synthetic.num_scenes": 8,
+        "data.synthetic.height": 64,
+        "data.synthetic.width": 128,
+        "data.synthetic.num_outliers": 4,
+        "data.outliers.fraction": 0.25,
+        "data.crop_size": 64,
+        "train.epochs": 2,
+        "train.batch_size": 4,
+        "train.progress": False,
+        "train.tensorboard": False,
+        "train.keep_checkpoints": 0,
+        "optim.lr": 1e-3,
+        "output": str(output),
+    }
+    base.update(extra)
+    return [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in base.items()]
+
+
+def tiny_cfg(output: Path, **extra: object) -> FinetuneConfig:
+    return config_from_dict({}, tiny_overrides(output, **extra))
+
+
+def final_state(run: Path) -> dict[str, torch.Tensor]:
+    return _torch_load(run / "model_final.pt")["state_dict"]
+
+
+def read_log(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+
+
+# --------------------------------------------------------------------------------------------------
+# config
+
+
+def test_config_file_defaults_match_spec():
+    cfg = load_config(REPO / "config" / "finetune.yaml")
+    assert cfg.optim.lr == 1e-5 and cfg.optim.betas == [0.9, 0.999] and cfg.optim.weight_decay == 0.0
+    assert cfg.lr_schedule.power == 0.9 and cfg.lr_schedule.total_iters_mode == "exact"
+    assert (cfg.train.batch_size, cfg.train.epochs, cfg.train.seed, cfg.train.bn_mode) == (8, 40, 666, "train")
+    assert cfg.data.crop_size == 900 and cfg.data.outliers.fraction == 0.1
+    assert (cfg.loss.energy_weight, cfg.loss.m_in, cfg.loss.m_out, cfg.loss.pal_variant) == (0.1, -12.0, -6.0, "code")
+    assert cfg.train.amp == "off"
+    # the YAML file holds every key of the dataclasses (documented defaults = built-in defaults)
+    assert cfg.to_dict() == FinetuneConfig().to_dict()
+
+
+def test_config_overrides_are_typed():
+    cfg = load_config(None, ["optim.lr=2e-5", "train.epochs=3", "optim.betas=[0.8, 0.99]", "train.amp=bf16",
+                             "model.init_checkpoint=null", "data.crop_size=[64, 128]", "loss.m_in=-10",
+                             "data.synthetic.height=96", "train.amp=off"])
+    assert cfg.optim.lr == 2e-5 and cfg.train.epochs == 3 and cfg.optim.betas == [0.8, 0.99]
+    assert cfg.loss.m_in == -10.0 and isinstance(cfg.loss.m_in, float)
+    assert cfg.data.crop_size == [64, 128] and cfg.data.synthetic.height == 96 and cfg.train.amp == "off"
+
+
+@pytest.mark.parametrize("override, fragment", [
+    ("optim.lrr=1", "optim.lrr: unknown key"),
+    ("nosuch.key=1", "nosuch: unknown section"),
+    ("train.epochs=abc", "train.epochs: expected an integer"),
+    ("train.epochs=1.5", "train.epochs: expected an integer"),
+    ("optim.lr=fast", "optim.lr: expected a number"),
+    ("train.progress=3", "train.progress: expected true/false"),
+    ("train.bn_mode=sometimes", "train.bn_mode: 'sometimes' is not one of"),
+    ("lr_schedule.total_iters_mode=foo", "lr_schedule.total_iters_mode"),
+    ("data.kind=cityscapes", "data.root: required"),
+    ("train.epochs", "expected key=value"),
+])
+def test_config_errors_name_the_key(override, fragment):
+    with pytest.raises(ConfigError, match=None) as info:
+        load_config(None, [override])
+    assert fragment in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_config_file_unknown_key(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("train:\n  epochs: 2\n  batchsize: 4\n")
+    with pytest.raises(ConfigError, match="train.batchsize: unknown key"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "missing.yaml")
+
+
+# --------------------------------------------------------------------------------------------------
+# loss decomposition (what makes DDP equal to one process)
+
+
+def _batch(seed: int = 0, n: int = 4, h: int = 12, w: int = 16):
+    g = torch.Generator().manual_seed(seed)
+    logits = (torch.randn(n, 20, h, w, generator=g, dtype=torch.float64) * 3).requires_grad_(True)
+    labels = torch.randint(0, 19, (n, h, w), generator=g)
+    labels[0, :3] = 255
+    labels[1, 2:6, 3:9] = 254  # images 1 and 2 hold outliers, 0 and 3 do not
+    labels[2, :2, :4] = 254
+    labels[3, -2:] = 255
+    return logits, labels
+
+
+@pytest.mark.parametrize("variant", ["code", "paper"])
+def test_partial_loss_sums_to_global_loss(variant):
+    cfg = FinetuneConfig().loss
+    cfg.pal_variant = variant
+    logits, labels = _batch()
+    ref, ref_comps = pebal_loss(logits, labels, pal_variant=variant)
+    (g_ref,) = torch.autograd.grad(ref, logits)
+    # one rank
+    one, _ = partial_pebal_loss(logits, labels, loss_statistics(logits, labels), cfg)
+    torch.testing.assert_close(one, ref, rtol=1e-12, atol=1e-12)
+    # two "ranks" holding halves of the batch, normalised with the summed statistics
+    halves = [(logits[:2], labels[:2]), (logits[2:], labels[2:])]
+    stats = sum(loss_statistics(x, y) for x, y in halves)
+    total = sum(partial_pebal_loss(x, y, stats, cfg)[0] for x, y in halves)
+    (g_split,) = torch.autograd.grad(total, logits)
+    torch.testing.assert_close(total, ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(g_split, g_ref, rtol=1e-10, atol=1e-12)
+
+
+# --------------------------------------------------------------------------------------------------
+# schedule, model set-up
+
+
+def test_poly_schedule_follows_reference():
+    s = PolySchedule(1e-5, 100, 0.9, 1e-8)
+    assert s.lr_for_step(0) == 1e-5 and s.lr_for_step(1) == 1e-5  # step t uses lr(t - 1)
+    assert s.lr_for_step(51) == pytest.approx(1e-5 * 0.5 ** 0.9)
+    assert s.lr_for_step(101) == 1e-8 and s.lr_for_step(500) == 1e-8  # past T_tot: clipped
+    code = tiny_cfg(Path("/tmp/unused"), **{"lr_schedule.total_iters_mode": "code"})
+    assert code.lr_schedule.total_iters_mode == "code"
+
+
+def test_code_mode_total_iters_uses_inlier_count(tmp_path):
+    # 8 inlier scenes + 2 OE samples, batch 4: exact T_tot = 2 x (10 // 4) = 4, code = 2 x (8 // 4) = 4;
+    # with batch 3: exact 2 x 3 = 6, code 2 x 2 = 4 -> lr at the last step differs.
+    logs = {}
+    for mode in ("exact", "code"):
+        run = tmp_path / mode
+        train(tiny_cfg(run, **{"lr_schedule.total_iters_mode": mode, "train.batch_size": 3}))
+        logs[mode] = [r["lr"] for r in read_log(run)]
+    assert len(logs["exact"]) == len(logs["code"]) == 6
+    assert logs["code"][5] == 1e-8 < logs["exact"][5]  # code: T_tot = 4 reached before the end
+
+
+def test_reinit_abstention_touches_only_row_19():
+    model, _ = build_model(tiny_cfg(Path("/tmp/unused")))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    reinit_abstention_row(model, ("classifier.",), seed=1)
+    after = model.state_dict()
+    w0, w1 = before["classifier.weight"], after["classifier.weight"]
+    assert torch.equal(w0[:19], w1[:19]) and not torch.equal(w0[19], w1[19])
+    assert after["classifier.bias"][19] == 0 and torch.equal(before["classifier.bias"][:19], after["classifier.bias"][:19])
+    assert all(torch.equal(before[k], after[k]) for k in before if not k.startswith("classifier."))
+
+
+def test_bn_modes():
+    model, _ = build_model(tiny_cfg(Path("/tmp/unused")))
+    freeze_all_but(model, ("classifier.",))
+    set_train_mode(model, "train")
+    assert model.body[1].training
+    set_train_mode(model, "frozen")
+    assert not model.body[1].training and model.training
+
+
+def test_only_head_parameters_change(tmp_path):
+    cfg = tiny_cfg(tmp_path / "run", **{"optim.lr": 1e-2, "train.epochs": 1, "train.bn_mode": "frozen"})
+    initial, _ = build_model(cfg)  # same seed as the run: identical initial weights
+    torch.manual_seed(cfg.train.seed)
+    initial, _ = build_model(cfg)
+    train(cfg)
+    final = final_state(tmp_path / "run")
+    for key, value in initial.state_dict().items():
+        if key.startswith("classifier."):
+            assert not torch.equal(value, final[key]), key
+        else:  # frozen weights and (bn_mode frozen) BN statistics are bit-identical
+            assert torch.equal(value, final[key]), key
+
+
+def test_bn_mode_train_updates_running_stats_but_not_weights(tmp_path):
+    cfg = tiny_cfg(tmp_path / "run", **{"train.epochs": 1})
+    torch.manual_seed(cfg.train.seed)
+    initial, _ = build_model(cfg)
+    train(cfg)
+    final = final_state(tmp_path / "run")
+    assert torch.equal(initial.state_dict()["body.0.weight"], final["body.0.weight"])
+    assert torch.equal(initial.state_dict()["body.1.weight"], final["body.1.weight"])
+    assert not torch.equal(initial.state_dict()["body.1.running_mean"], final["body.1.running_mean"])
+
+
+def test_loss_decreases_on_fixed_batch():
+    cfg = tiny_cfg(Path("/tmp/unused"))
+    torch.manual_seed(0)
+    model, _ = build_model(cfg)
+    params = freeze_all_but(model, ("classifier.",))
+    set_train_mode(model, "frozen")
+    opt = torch.optim.Adam(params, lr=5e-2)
+    _, labels = _batch(n=4, h=16, w=16)
+    images = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    losses = []
+    for _ in range(30):
+        logits = model(images)
+        loss, _ = partial_pebal_loss(logits, labels, loss_statistics(logits, labels), cfg.loss)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.85 * losses[0]
+    assert sum(losses[-5:]) < sum(losses[:5])
+
+
+def test_outlier_view_subset_and_scale():
+    from pebal_training.trainer import OutlierView, SyntheticOutliers
+
+    src = SyntheticOutliers(4, size=64, seed=3)
+    view = OutlierView(src, ["blob_0003", "blob_0001"], scale=0.5)
+    assert view.names == ["blob_0003", "blob_0001"] and len(view) == 2
+    rgb, mask = view[0]
+    full_rgb, full_mask = src[3]
+    assert mask.shape == (round(full_mask.shape[0] * 0.5), round(full_mask.shape[1] * 0.5)) == rgb.shape[:2]
+    assert mask.dtype == bool and mask.any()
+    from pebal_training.data.datasets import DatasetError
+
+    with pytest.raises(DatasetError, match="blob_0009"):
+        OutlierView(src, ["blob_0009"])
+
+
+def test_amp_is_cuda_only():
+    from pebal_training.trainer import _amp_setup
+
+    cfg = tiny_cfg(Path("/tmp/unused"), **{"train.amp": "fp16"})
+    context, scaler = _amp_setup(cfg, torch.device("cpu"))
+    assert scaler is None
+    with context():
+        assert not torch.is_autocast_enabled()
+
+
+def test_rng_state_round_trip_is_weights_only(tmp_path):
+    import random
+
+    import numpy as np
+
+    state = capture_rng_state()
+    path = tmp_path / "rng.pt"
+    torch.save(state, path)
+    loaded = torch.load(path, weights_only=True)
+    expect = (random.random(), float(np.random.rand()), float(torch.rand(())))
+    restore_rng_state(loaded)
+    assert (random.random(), float(np.random.rand()), float(torch.rand(()))) == expect
+
+
+# --------------------------------------------------------------------------------------------------
+# outputs, resume, NaN
+
+
+def test_run_folder_outputs(tmp_path):
+    run = tmp_path / "run"
+    cfg = tiny_cfg(run, **{"validation.kind": "synthetic", "validation.num_scenes": 2, "train.tensorboard": True,
+                           "train.image_every": 2, "train.log_every": 1})
+    summary = train(cfg)
+    assert summary["global_step"] == 4  # 2 epochs x (10 samples // 4)
+    assert load_config(run / "config.yaml").to_dict() == cfg.to_dict()
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert {"ap", "auroc", "fpr95"} <= set(metrics) and metrics["num_pos"] > 0
+    model, meta = load_checkpoint(run / "model_final.pt", TINY)
+    assert meta.training_config == cfg.to_dict() and meta.metrics["ap"] == metrics["ap"]
+    assert any((run / "tensorboard").iterdir())
+    ckpt = _torch_load(sorted((run / "checkpoints").glob("step_*.pt"))[-1])  # weights_only load
+    ts = ckpt["training_state"]
+    assert (ts["epoch"], ts["iteration"], ts["global_step"]) == (2, 0, 4)
+    assert set(ts["rng"][0]) == {"python", "numpy", "torch", "cuda"}
+
+
+def test_kill_and_resume_is_bit_exact(tmp_path):
+    extra = {"train.epochs": 3, "train.checkpoint_every": 2}
+    full, broken = tmp_path / "full", tmp_path / "broken"
+    train(tiny_cfg(full, **extra))
+    # "killed" right after global step 4 (5 steps done); the newest checkpoint is step 4 (epoch 2,
+    # iteration 0 is step 4 -> checkpoint at 4 steps = end of epoch 1); step 4 is re-run after resume.
+    summary = train(tiny_cfg(broken, **extra, **{"debug.stop_at_step": 4}))
+    assert summary["stopped_early"] and summary["global_step"] == 5
+    ckpts = broken / "checkpoints"
+    assert [p.name for p in sorted(ckpts.glob("step_*.pt"))][-1] == "step_000000004.pt"
+    # a torn write (temp file of the atomic writer) and a damaged "newer" file are both ignored
+    (ckpts / ".step_000000009.pt.x1y2.tmp").write_bytes(b"partial")
+    (ckpts / "step_000000008.pt").write_bytes(b"\x80\x02garbage")
+    assert find_resume_checkpoint(broken).name == "step_000000004.pt"
+    (ckpts / "step_000000008.pt").unlink()
+    summary = train(tiny_cfg(broken, **extra), resume="auto")
+    assert summary["resumed_from"].endswith("step_000000004.pt") and summary["global_step"] == 6
+    a, b = final_state(full), final_state(broken)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert read_log(full) == read_log(broken)  # same losses and lrs, step for step
+
+
+def test_resume_mid_epoch_is_bit_exact(tmp_path):
+    extra = {"train.epochs": 2, "train.checkpoint_every": 1, "train.batch_size": 3}  # 3 iterations per epoch
+    full, broken = tmp_path / "full", tmp_path / "broken"
+    train(tiny_cfg(full, **extra))
+    train(tiny_cfg(broken, **extra, **{"debug.stop_at_step": 4}))  # checkpoint at 5 steps: epoch 1, it 2
+    summary = train(tiny_cfg(broken, **extra), resume="auto")
+    assert summary["resumed_from"].endswith("step_000000005.pt")
+    ts = _torch_load(broken / "checkpoints" / "step_000000005.pt")["training_state"]
+    assert (ts["epoch"], ts["iteration"]) == (1, 2)
+    a, b = final_state(full), final_state(broken)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert read_log(full) == read_log(broken)
+
+
+def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path, capsys):
+    run = tmp_path / "run"
+    with pytest.raises(TrainingDiverged, match="global step 3"):
+        train(tiny_cfg(run, **{"train.checkpoint_every": 1, "debug.nan_at_step": 3}))
+    last = sorted((run / "checkpoints").glob("step_*.pt"))[-1]
+    assert last.name == "step_000000003.pt"
+    model, _ = load_checkpoint(last, TINY)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert not (run / "model_final.pt").exists()
+    # through the CLI: exit status 1 and one line naming the step
+    rc = finetune_main(tiny_overrides(tmp_path / "cli", **{"debug.nan_at_step": 2}))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and len(err) == 1 and "global step 2" in err[0]
+
+
+# --------------------------------------------------------------------------------------------------
+# CLI
+
+
+def test_cli_missing_data_folder_is_one_line(tmp_path, capsys):
+    missing = tmp_path / "no_cityscapes_here"
+    rc = finetune_main(["--config", str(REPO / "config" / "finetune.yaml"), "data.kind=cityscapes",
+                        f"data.root={missing}", "--output", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc != 0 and len(err) == 1 and str(missing) in err[0]
+    rc = finetune_main(tiny_overrides(tmp_path / "run2", **{"data.outliers.kind": "yolo",
+                                                            "data.outliers.root": str(missing)}))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc != 0 and len(err) == 1 and str(missing) in err[0]
+    assert not (tmp_path / "run").exists()
+
+
+def test_cli_config_error_and_success(tmp_path, capsys):
+    assert finetune_main(["train.epochz=1"]) == 2
+    assert "train.epochz: unknown key" in capsys.readouterr().err
+    run = tmp_path / "run"
+    assert finetune_main(tiny_overrides(run, **{"train.epochs": 1}) + ["--output", str(run)]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["final_checkpoint"] == str(run / "model_final.pt") and out["global_step"] == 2
+    assert finetune_main(["--print-config", "train.epochs=7"]) == 0
+    assert "epochs: 7" in capsys.readouterr().out
+    # interrupted run continued with --resume auto through the CLI
+    run2 = tmp_path / "run2"
+    overrides = tiny_overrides(run2, **{"train.epochs": 1, "train.checkpoint_every": 1})
+    assert finetune_main(overrides + ["debug.stop_at_step=0"]) == 0
+    assert not (run2 / "model_final.pt").exists()
+    assert finetune_main(overrides) == 2  # a fresh run into a folder holding another run's checkpoints
+    assert "--resume auto" in capsys.readouterr().err
+    assert finetune_main(["--resume", "auto"] + overrides) == 0
+    assert "resuming from" in capsys.readouterr().err
+    assert all(torch.equal(v, final_state(run)[k]) for k, v in final_state(run2).items())
+
+
+# --------------------------------------------------------------------------------------------------
+# DDP
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank: int, world: int, port: int, overrides: list[str]) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    train(config_from_dict({}, overrides))
+
+
+def test_ddp_two_processes_match_one_process(tmp_path):
+    import torch.multiprocessing as mp
+
+    extra = {"train.bn_mode": "frozen", "train.epochs": 2, "optim.lr": 1e-2}
+    single, ddp = tmp_path / "single", tmp_path / "ddp"
+    torch.set_num_threads(1)
+    train(tiny_cfg(single, **extra))
+    mp.start_processes(_ddp_worker, args=(2, _free_port(), tiny_overrides(ddp, **extra)), nprocs=2,
+                       join=True, start_method="spawn")
+    a, b = read_log(single), read_log(ddp)
+    assert len(a) == len(b) == 4
+    for ra, rb in zip(a, b):
+        assert ra["lr"] == rb["lr"]
+        assert rb["loss"] == pytest.approx(ra["loss"], rel=1e-5, abs=1e-6)
+        assert rb["pal"] == pytest.approx(ra["pal"], rel=1e-5, abs=1e-6)
+    sa, sb = final_state(single), final_state(ddp)
+    for k in sa:
+        torch.testing.assert_close(sb[k], sa[k], rtol=1e-4, atol=1e-6)
