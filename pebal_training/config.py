@@ -113,6 +113,9 @@ class LRScheduleConfig:
 
 @dataclass
 class LossConfig:
+    #: pebal (the PEBAL objective) | cross_entropy (closed-set training of the 19 inlier classes,
+    #: e.g. to pre-train a backbone from scratch before PEBAL fine-tuning; 254/255 pixels ignored)
+    objective: str = "pebal"
     energy_weight: float = 0.1
     m_in: float = -12.0
     m_out: float = -6.0
@@ -191,6 +194,7 @@ class FinetuneConfig:
         _choice("data.outliers.kind", self.data.outliers.kind, ("none", "synthetic", "coco_json", "yolo", "ood_seg"))
         _choice("lr_schedule.total_iters_mode", self.lr_schedule.total_iters_mode, ("exact", "code"))
         _choice("loss.pal_variant", self.loss.pal_variant, ("code", "paper"))
+        _choice("loss.objective", self.loss.objective, ("pebal", "cross_entropy"))
         _choice("train.bn_mode", self.train.bn_mode, ("train", "frozen"))
         _choice("train.amp", self.train.amp, ("off", "fp16", "bf16"))
         if self.data.kind == "cityscapes" and not self.data.root:

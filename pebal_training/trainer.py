@@ -72,7 +72,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from pebal_perception.core.checkpoint import (ModelMeta, _torch_load, is_pebal_checkpoint, load_checkpoint,
                                               save_checkpoint)
 from pebal_perception.core.io import atomic_write, atomic_write_json
-from pebal_perception.core.models import NUM_OUTPUTS, create_model, get_model_spec
+from pebal_perception.core.models import NUM_INLIER_CLASSES, NUM_OUTPUTS, create_model, get_model_spec
 from pebal_perception.core.models.common import CheckpointError, load_state_dict_strict
 from pebal_perception.core.scoring import anomaly_score, gaussian_smooth
 from pebal_training.config import FinetuneConfig
@@ -431,6 +431,23 @@ def partial_pebal_loss(logits: torch.Tensor, labels: torch.Tensor, stats: torch.
     comps.update(pal=pal, energy=ebm, energy_in=l_in, energy_out=l_out, energy_sparse=sparse,
                  energy_smooth=smooth, energy_weighted=cfg_loss.energy_weight * ebm, total=total)
     return total, {k: v.detach() for k, v in comps.items()}
+
+
+def partial_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ctx: "DistContext"
+                          ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """This rank's share of the global-batch cross-entropy over the 19 inlier classes.
+
+    Pixels labelled 254 (outlier) or 255 (void) are ignored; the abstention channel takes no part.
+    The sum is divided by the number of labelled pixels of the whole global batch, so the shares
+    of all ranks add up to the single-process mean (as for :func:`partial_pebal_loss`).
+    """
+    valid = labels < NUM_INLIER_CLASSES
+    count = ctx.all_reduce_sum(valid.sum().double().reshape(1)).clamp_min(1.0)[0]
+    with torch.autocast(device_type=logits.device.type, enabled=False):
+        target = torch.where(valid, labels, torch.full_like(labels, IGNORE_LABEL)).long()
+        total = F.cross_entropy(logits[:, :NUM_INLIER_CLASSES].float(), target, ignore_index=IGNORE_LABEL,
+                                reduction="sum") / count.to(logits.device).float()
+    return total, {"total": total.detach(), "cross_entropy": total.detach()}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -840,8 +857,11 @@ def _train(cfg: FinetuneConfig, resume: str | None, ctx: DistContext) -> dict[st
                 labels = labels.to(device, non_blocking=True)
                 with autocast():
                     logits = train_model(images)
-                stats = ctx.all_reduce_sum(loss_statistics(logits, labels))
-                loss, comps = partial_pebal_loss(logits, labels, stats, cfg.loss)
+                if cfg.loss.objective == "cross_entropy":
+                    loss, comps = partial_cross_entropy(logits, labels, ctx)
+                else:
+                    stats = ctx.all_reduce_sum(loss_statistics(logits, labels))
+                    loss, comps = partial_pebal_loss(logits, labels, stats, cfg.loss)
                 if global_step == cfg.debug.nan_at_step:
                     loss = loss * float("nan")
                     comps["total"] = comps["total"] * float("nan")

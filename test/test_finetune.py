@@ -424,3 +424,33 @@ def test_ddp_two_processes_match_one_process(tmp_path):
     sa, sb = final_state(single), final_state(ddp)
     for k in sa:
         torch.testing.assert_close(sb[k], sa[k], rtol=1e-4, atol=1e-6)
+
+
+def test_cross_entropy_objective_is_the_closed_set_mean_and_splits_across_ranks():
+    from pebal_training.trainer import DistContext, partial_cross_entropy
+
+    logits, labels = _batch()
+    total, comps = partial_cross_entropy(logits, labels, DistContext())
+    target = labels.clone()
+    target[target >= 19] = 255  # outliers (254) and void are ignored
+    expected = torch.nn.functional.cross_entropy(logits[:, :19], target, ignore_index=255)
+    assert torch.allclose(total, expected.float(), atol=1e-6) and torch.equal(comps["total"], total.detach())
+
+    class TwoRanks(DistContext):  # each half sees the global labelled-pixel count, as all_reduce gives it
+        def all_reduce_sum(self, tensor):
+            return tensor * 0 + (labels < 19).sum().double()
+
+    halves = [partial_cross_entropy(logits[i:i + 2], labels[i:i + 2], TwoRanks())[0] for i in (0, 2)]
+    assert torch.allclose(sum(halves), expected.float(), atol=1e-6)
+
+
+def test_cross_entropy_pretraining_trains_every_parameter(tmp_path):
+    cfg = tiny_cfg(tmp_path / "run", **{"loss.objective": "cross_entropy", "model.trainable_prefixes": [""],
+                                        "data.outliers.kind": "none", "train.epochs": 1, "optim.lr": 1e-2})
+    torch.manual_seed(cfg.train.seed)
+    initial, _ = build_model(cfg)
+    train(cfg)
+    final = final_state(tmp_path / "run")
+    assert not torch.equal(initial.state_dict()["body.0.weight"], final["body.0.weight"])
+    assert not torch.equal(initial.state_dict()["classifier.weight"], final["classifier.weight"])
+    assert read_log(tmp_path / "run")[0]["cross_entropy"] > 0
