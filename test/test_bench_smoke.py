@@ -1,0 +1,110 @@
+"""Smoke test of the benchmark suite (bench/): every module imports and its cheapest piece runs at tiny
+sizes, so the suite does not rot. No timing assertions here: speed targets live in the benchmarks."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from bench import common
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: on a shared machine 2 OpenMP threads stall on every op (see BENCHMARKS.md)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _check_figure(fig: dict) -> None:
+    assert isinstance(fig["name"], str) and fig["name"]
+    if fig.get("skipped"):
+        assert fig["reason"]
+        assert "value" not in fig
+        return
+    assert math.isfinite(fig["value"]) and fig["value"] > 0
+    assert isinstance(fig["unit"], str)
+    line = common.format_figure(fig)
+    assert line.startswith(fig["name"] + ": ")
+    json.dumps(fig)  # must be storable
+
+
+def test_common_helpers():
+    calls = []
+    samples = common.interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=3,
+                                 warmup=1)
+    assert [len(v) for v in samples.values()] == [3, 3]
+    assert calls[:2] == ["a", "b"] and calls[2:4] == ["a", "b"] and calls[4:6] == ["b", "a"]  # rotated rounds
+    assert common.median([3.0, 1.0, 2.0]) == 2.0
+    fig = common.figure("x", 0.5, "s", 1.0, target=1.3)
+    assert fig["ratio"] == pytest.approx(2.0) and fig["meets_target"] is True
+    rate = common.figure("r", 3.0, "images/s", 2.0, higher_is_better=True, target=1.5)
+    assert rate["ratio"] == pytest.approx(1.5) and rate["meets_target"] is True
+    assert common.format_figure(common.skipped("y", "why")) == "y: skipped (why)"
+    mid = common.machine_id()
+    assert mid and all(c.isalnum() or c in "-_." for c in mid)
+
+
+def test_forward_tiny():
+    from bench import bench_forward
+
+    figs = bench_forward.run(quick=True, plan=[("espnetv2", (128, 64), 0, 1)], try_compile=False, verbose=False)
+    assert [f["name"] for f in figs] == ["forward_espnetv2_128x64_ours", "forward_espnetv2_128x64_ours_vs_no_grad"]
+    for fig in figs:
+        _check_figure(fig)
+    assert figs[0]["outputs_match"], figs[0]["max_rel_diff"]
+
+
+def test_frame_tiny():
+    from bench import bench_frame
+
+    figs = bench_frame.run(quick=True, width=128, height=64, warmup=0, repeats=1, verbose=False)
+    for fig in figs:
+        _check_figure(fig)
+    share = figs[1]
+    assert 0.0 < share["value"] < 100.0
+    assert set(figs[0]["stages_ms"]) == set(bench_frame.STAGES)
+
+
+def test_training_tiny():
+    from bench import bench_training
+
+    figs = bench_training.run(quick=True, workers=0, batch_size=1, crop_wh=(64, 32), num_scenes=1, batches=2,
+                              step_repeats=1, scene_wh=(128, 64), verbose=False)
+    for fig in figs:
+        _check_figure(fig)
+
+
+def test_node_and_metrics_modules_report(monkeypatch):
+    from bench import bench_metrics, bench_node
+
+    # The node figure itself starts a ROS node on a 1024x512 model (far too slow for a smoke test):
+    # check its prerequisite probe and its DDS isolation only.
+    reason = bench_node.prerequisites()
+    assert reason is None or reason.startswith("node not available")
+    monkeypatch.delenv("PEBAL_BENCH_ROS_DOMAIN_ID", raising=False)
+    for key in ("ROS_AUTOMATIC_DISCOVERY_RANGE", "ROS_LOCALHOST_ONLY", "ROS_DOMAIN_ID"):
+        monkeypatch.setenv(key, "x")  # restored by monkeypatch after the test
+    env = bench_node.local_ros_env()
+    assert env["ROS_AUTOMATIC_DISCOVERY_RANGE"] == "LOCALHOST" and env["ROS_LOCALHOST_ONLY"] == "1"
+    assert 0 < int(env["ROS_DOMAIN_ID"]) <= 101
+    figs = bench_metrics.run(quick=True, pixels=20_000, verbose=False)
+    _check_figure(figs[0])
+
+
+def test_runner_lists_every_module(tmp_path, capsys, monkeypatch):
+    from bench import bench_node
+    from bench import run as bench_run
+
+    monkeypatch.setattr(bench_node, "run", lambda quick: [common.skipped("node_fake", "stubbed in the smoke test")])
+    figs, ok, path = bench_run.run_suite(quick=True, only=["node"], results_dir=tmp_path)
+    assert ok and path is not None and path.parent == tmp_path
+    stored = json.loads(path.read_text())
+    assert [f["name"] for f in stored["figures"]] == ["node_fake"]
+    assert set(bench_run.MODULES) == {"forward", "frame", "node", "metrics", "training"}
+    assert "node_fake: skipped (stubbed in the smoke test)" in capsys.readouterr().out
