@@ -86,3 +86,25 @@ def test_errors_are_one_line_and_nonzero(tmp_path, checkpoint, capsys, argv, mes
     rc = detect.main([*argv, "-o", str(tmp_path / "out")])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and message in err and len(err.splitlines()) == 1 and err.startswith("pebal-detect: error:")
+
+
+def test_default_model_is_used_without_a_checkpoint(tmp_path):
+    from pebal_perception.core.checkpoint import load_checkpoint
+    from pebal_perception.core.default_model import DEFAULT_MODEL_PATH
+
+    if not DEFAULT_MODEL_PATH.is_file():
+        pytest.skip("no embedded default model in this checkout")
+    _, meta = load_checkpoint(DEFAULT_MODEL_PATH)
+    assert meta.threshold is not None and meta.threshold_info, "the embedded model must be calibrated"
+    _write_image(tmp_path / "x.png", 160, 320)
+    assert detect.main([str(tmp_path / "x.png"), "-o", str(tmp_path / "out")]) == 0
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["model"] == meta.model_id and summary["threshold_source"] == "calibrated"
+
+
+def test_missing_default_model_is_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("PEBAL_DEFAULT_MODEL", str(tmp_path / "absent.pt"))
+    _write_image(tmp_path / "x.png")
+    assert detect.main([str(tmp_path / "x.png"), "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("pebal-detect: error: no default model at") and len(err.splitlines()) == 1

@@ -84,7 +84,8 @@ def make_checkpoint(path: Path) -> Path:
 class NodeProcess:
     """The detector node as a subprocess (full environment inherited), output into files."""
 
-    def __init__(self, workdir: Path, *ros_args: str, namespace: str = NS, checkpoint: Path | str | None = None):
+    def __init__(self, workdir: Path, *ros_args: str, namespace: str = NS, checkpoint: Path | str | None = None,
+                 extra_env: dict[str, str] | None = None):
         self.workdir = workdir
         tag = uuid.uuid4().hex[:8]
         self.stdout_path = workdir / f"node-{tag}.out"
@@ -97,7 +98,7 @@ class NodeProcess:
                 "-r", f"camera_info:={INFO_TOPIC}", "-r", f"__ns:={namespace}"]
         env = dict(os.environ)
         env.update(ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", ROS_LOCALHOST_ONLY="1", ROS_PYTHON_CHECK_FIELDS="1",
-                   PYTHONUNBUFFERED="1")
+                   PYTHONUNBUFFERED="1", **(extra_env or {}))
         self.cmd = cmd
         with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
             self.proc = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env,
@@ -662,11 +663,9 @@ def test_startup_failure_is_one_clear_line(workdir, case):
         bad = workdir / "corrupt.pt"
         bad.write_bytes(b"this is not a checkpoint" * 10)
         proc = NodeProcess(workdir, namespace="/bad_ns", checkpoint=bad)
-    else:
-        from pebal_perception.core.default_model import DEFAULT_MODEL_PATH
-        if DEFAULT_MODEL_PATH.is_file():
-            pytest.skip("the embedded default model is installed")
-        proc = NodeProcess(workdir, namespace="/bad_ns", checkpoint="")
+    else:  # no checkpoint parameter and no default model where PEBAL_DEFAULT_MODEL points
+        proc = NodeProcess(workdir, namespace="/bad_ns", checkpoint="",
+                           extra_env={"PEBAL_DEFAULT_MODEL": str(workdir / "no_such_default.pt")})
     try:
         rc = proc.proc.wait(60)
     finally:
@@ -676,3 +675,30 @@ def test_startup_failure_is_one_clear_line(workdir, case):
     assert len(lines) == 1, proc.stderr()
     assert lines[0].startswith("detector_node: error:") and "Traceback" not in proc.output()
     assert ("corrupt.pt" in lines[0]) if case == "corrupt" else ("checkpoint" in lines[0])
+
+
+def test_starts_with_the_embedded_default_model(workdir, peer):
+    """No checkpoint parameter: the node runs the embedded default model with its calibrated threshold."""
+    from pebal_perception.core.checkpoint import load_checkpoint
+    from pebal_perception.core.default_model import DEFAULT_MODEL_PATH
+
+    if not DEFAULT_MODEL_PATH.is_file():
+        pytest.skip("no embedded default model in this checkout")
+    _, meta = load_checkpoint(DEFAULT_MODEL_PATH)
+    name = "/default_ns/pebal_detector"
+    proc = NodeProcess(workdir, namespace="/default_ns", checkpoint="")
+    outputs = peer.outputs(name)
+    rgb = scene_image(size=(160, 320))
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            assert proc.alive(), proc.output()
+            try:
+                _, result = send_and_wait(peer, outputs, lambda: image_msg(rgb), timeout=2.0, retry=1.0)
+                break
+            except AssertionError:
+                assert time.monotonic() < deadline, proc.output()
+        assert result.model_id == meta.model_id
+        assert result.threshold == pytest.approx(meta.threshold)
+    finally:
+        proc.stop(signal.SIGTERM)

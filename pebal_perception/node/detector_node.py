@@ -284,10 +284,8 @@ def _node_class():
             if not checkpoint:
                 try:
                     default_checkpoint()
-                except FileNotFoundError:
-                    from pebal_perception.core.default_model import DEFAULT_MODEL_PATH
-                    raise StartupError(f"parameter checkpoint is '' and the embedded default model is not "
-                                       f"installed ({DEFAULT_MODEL_PATH}); set checkpoint:=/path/to/model") from None
+                except FileNotFoundError as exc:
+                    raise StartupError(f"parameter checkpoint is '' and {exc}") from None
             try:
                 path = checkpoint or default_checkpoint()
                 self.engine = InferenceEngine.from_checkpoint(
