@@ -104,8 +104,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from pebal_training.cli.calibrate import main as calibrate_main
 
+    from pebal_perception.core.checkpoint import update_checkpoint_meta
+
     calibrated = out / "default_model.pt"
     shutil.copyfile(final, calibrated)
+    # Deployed at the resolution it was trained on (a larger frame is resized down to it).
+    update_checkpoint_meta(calibrated, input_size=[height, width], model_id="pebal-demo-synthetic-espnetv2",
+                           source="pebal_training.recipes.default_model")
     rc = calibrate_main(["--checkpoint", str(calibrated), "--dataset", "fishyscapes_laf", "--root", str(calib_root),
                          "--target-tpr", "0.95", "--device", "cpu", "--input-size", "native"])
     if rc != 0:
