@@ -87,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         write_fishyscapes(calib_root, "LostAndFound", n=args.eval_scenes, seed=20_000 + args.seed,
                           size=(width, height))
 
-    common = [f"data.kind=synthetic", f"data.synthetic.num_scenes={args.scenes}",
+    common = ["data.kind=synthetic", f"data.synthetic.num_scenes={args.scenes}",
               f"data.synthetic.height={height}", f"data.synthetic.width={width}", f"data.synthetic.seed={args.seed}",
               f"data.crop_size={args.crop}", "data.scales=[0.75, 1.0, 1.25, 1.5]", f"train.batch_size={args.batch}",
               f"train.seed={args.seed}", "train.device=cpu", "train.image_every=0", "model.name=espnetv2"]
