@@ -40,7 +40,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--scenes", type=int, default=512, help="synthetic training scenes")
     p.add_argument("--pretrain-epochs", type=int, default=6)
     p.add_argument("--pretrain-lr", type=float, default=2e-3)
-    p.add_argument("--finetune-epochs", type=int, default=2)
+    p.add_argument("--finetune-epochs", type=int, default=6)
     p.add_argument("--finetune-lr", type=float, default=1e-3)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--crop", type=int, default=256)
