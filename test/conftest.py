@@ -31,3 +31,14 @@ def shared_assets() -> Path:
     if not SHARED_ASSETS.is_dir():
         pytest.skip(f"shared assets not present at {SHARED_ASSETS}")
     return SHARED_ASSETS
+
+
+@pytest.fixture(autouse=True)
+def _grad_mode_is_not_leaked():
+    """A test (or code it calls in-process) must not switch autograd off for the tests after it."""
+    yield
+    import torch
+
+    leaked = not torch.is_grad_enabled()
+    torch.set_grad_enabled(True)
+    assert not leaked, "autograd was left disabled (torch.set_grad_enabled(False) outside a context)"

@@ -347,7 +347,6 @@ def _percentile(values: list[float], q: float) -> float | None:
 
 def process(args: argparse.Namespace) -> int:
     import numpy as np
-    import torch
 
     from pebal_perception.bag import AtomicBagWriter, BagError, deserialize, image_msg, msg_class, open_bag, \
         qos_profile
@@ -373,7 +372,6 @@ def process(args: argparse.Namespace) -> int:
         model_id = engine.meta.model_id or engine.meta.architecture
         converter = ImageConverter()
         to_rgb = converter.to_rgb if image_type.endswith("/Image") else converter.compressed_to_rgb
-        torch.set_grad_enabled(False)
 
         Result = msg_class("pebal_perception/msg/AnomalyResult")  # noqa: N806
         ObstacleMsg = msg_class("pebal_perception/msg/Obstacle")  # noqa: N806
