@@ -454,3 +454,39 @@ def test_cross_entropy_pretraining_trains_every_parameter(tmp_path):
     assert not torch.equal(initial.state_dict()["body.0.weight"], final["body.0.weight"])
     assert not torch.equal(initial.state_dict()["classifier.weight"], final["classifier.weight"])
     assert read_log(tmp_path / "run")[0]["cross_entropy"] > 0
+
+
+@pytest.mark.parametrize("kill_after_checkpoints", [1, 3])
+def test_sigkill_mid_run_then_resume_reproduces_the_uninterrupted_run(tmp_path, kill_after_checkpoints):
+    """A real `pebal-finetune` process is SIGKILLed (wherever it is: mid-step or mid-save); `--resume
+    auto` continues from the newest complete checkpoint and ends with the uninterrupted run's weights."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    extra = {"train.epochs": 12, "train.checkpoint_every": 1}
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    code = ("import sys, tiny_models; from pebal_training.cli.finetune import main; "
+            "sys.exit(main(sys.argv[1:]))")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), str(Path(__file__).parents[1]),
+                                                       os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.Popen([sys.executable, "-c", code, *tiny_overrides(killed, **extra)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while len(list((killed / "checkpoints").glob("step_*.pt"))) < kill_after_checkpoints:
+            assert proc.poll() is None, "the run ended before it could be killed"
+            assert time.monotonic() < deadline, "no checkpoint within 120 s"
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert not (killed / "model_final.pt").exists(), "killed too late to test anything"
+    summary = train(tiny_cfg(killed, **extra), resume="auto")
+    assert summary["resumed_from"] is not None
+    train(tiny_cfg(full, **extra))
+    a, b = final_state(full), final_state(killed)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
