@@ -19,6 +19,8 @@ from typing import Iterator
 import cv2
 import numpy as np
 
+from pebal_perception.cli.args import image_size_or_native
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"}
 PROG = "pebal-detect"
@@ -26,16 +28,6 @@ PROG = "pebal-detect"
 
 class InputError(Exception):
     """A frame that could not be read; processing goes on with the next one."""
-
-
-def parse_size(text: str) -> tuple[int, int] | str:
-    if text == "native":
-        return "native"
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT (e.g. 1024x512) or 'native', got {text!r}") from None
-    return h, w
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"), help="CUDA only")
     p.add_argument("--threshold", type=float, help="obstacle threshold on the score (default: the checkpoint's "
                    "calibrated one)")
-    p.add_argument("--input-size", type=parse_size, help="network input WIDTHxHEIGHT or 'native' "
+    p.add_argument("--input-size", type=image_size_or_native, help="network input WIDTHxHEIGHT or 'native' "
                    "(default: the checkpoint's)")
     p.add_argument("--no-smoothing", action="store_true", help="skip PEBAL's 7x7 Gaussian on the energy")
     p.add_argument("--min-area", type=int, default=50, help="smallest obstacle region (pixels) listed in summary.json")

@@ -30,7 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pebal_training.cli.evaluate import ANOMALY_NAMES, UsageError, _Parser, parse_size
+from pebal_perception.cli.args import image_size_or_native
+from pebal_training.cli.evaluate import ANOMALY_NAMES, UsageError, _Parser
 
 PROG = "pebal-calibrate"
 _EPS = 1e-9  # tolerance when turning a rate into a pixel count (0.95 * 100 must give 95, not 96)
@@ -75,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--target-fpr", type=float, help="allowed false-positive rate")
     p.add_argument("--output-checkpoint", type=Path, help="write the calibrated checkpoint here (required for "
                    "third-party files; default: update --checkpoint in place)")
-    p.add_argument("--input-size", type=parse_size, help="network input WIDTHxHEIGHT or 'native' "
+    p.add_argument("--input-size", type=image_size_or_native, help="network input WIDTHxHEIGHT or 'native' "
                    "(default: the checkpoint's, as deployed)")
     p.add_argument("--limit", type=int, help="use only the first N images")
     p.add_argument("--no-smoothing", action="store_true")

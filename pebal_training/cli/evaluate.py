@@ -14,6 +14,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from pebal_perception.cli.args import image_size_or_native
+
 PROG = "pebal-eval"
 ANOMALY_NAMES = ("fishyscapes_laf", "fishyscapes_static", "lostandfound", "road_anomaly",
                  "smiyc_anomaly", "smiyc_obstacle")
@@ -29,19 +31,6 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-def parse_size(text: str):
-    """'native' or WxH -> 'native' or (height, width)."""
-    if text == "native":
-        return "native"
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT (e.g. 2048x1024) or 'native', got {text!r}") from None
-    if w <= 0 or h <= 0:
-        raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
-    return h, w
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", type=Path, required=True, help="model checkpoint (ours or third-party)")
@@ -54,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, help="obstacle threshold for the component metrics "
                    "(default: the checkpoint's calibrated one)")
     p.add_argument("--limit", type=int, help="evaluate only the first N images")
-    p.add_argument("--input-size", type=parse_size, default="native",
+    p.add_argument("--input-size", type=image_size_or_native, default="native",
                    help="network input WIDTHxHEIGHT or 'native' (default; the reference protocol)")
     p.add_argument("--no-smoothing", action="store_true", help="skip PEBAL's 7x7 Gaussian on the energy")
     p.add_argument("--worst", type=int, default=4, help="number of worst frames rendered (default 4)")

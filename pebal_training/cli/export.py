@@ -14,19 +14,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from pebal_perception.cli.args import image_size
 from pebal_training.cli.evaluate import UsageError, _Parser
 
 PROG = "pebal-export"
-
-
-def _size(text: str) -> tuple[int, int]:
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT (e.g. 1024x512), got {text!r}") from None
-    if w <= 0 or h <= 0:
-        raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
-    return h, w
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output folder (torchscript/onnx/both) or checkpoint file (pebal)")
     p.add_argument("--format", default="both", choices=("torchscript", "onnx", "both", "pebal"))
     p.add_argument("--name", help="base name of the exported files (default: the checkpoint's stem)")
-    p.add_argument("--input-size", type=_size, help="WIDTHxHEIGHT the export runs at (default: the checkpoint's)")
+    p.add_argument("--input-size", type=image_size, help="WIDTHxHEIGHT the export runs at (default: the checkpoint's)")
     p.add_argument("--no-smoothing", action="store_true", help="leave PEBAL's Gaussian out of the graph")
     p.add_argument("--dynamic-batch", action="store_true",
                    help="ONNX: symbolic batch axis (not possible for ESPNetv2's adaptive pooling)")

@@ -1,0 +1,22 @@
+"""Argument types shared by the command-line tools."""
+from __future__ import annotations
+
+import argparse
+
+
+def image_size(text: str, allow_native: bool = False) -> tuple[int, int] | str:
+    """'WIDTHxHEIGHT' -> (height, width); also 'native' when ``allow_native``. For argparse ``type=``."""
+    if allow_native and text == "native":
+        return "native"
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        hint = " or 'native'" if allow_native else ""
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT (e.g. 1024x512){hint}, got {text!r}") from None
+    if w <= 0 or h <= 0:
+        raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
+    return h, w
+
+
+def image_size_or_native(text: str) -> tuple[int, int] | str:
+    return image_size(text, allow_native=True)
