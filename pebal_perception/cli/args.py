@@ -20,3 +20,14 @@ def image_size(text: str, allow_native: bool = False) -> tuple[int, int] | str:
 
 def image_size_or_native(text: str) -> tuple[int, int] | str:
     return image_size(text, allow_native=True)
+
+
+class UsageError(Exception):
+    """A command-line usage error; the tools print it as one ``prog: error: ...`` line, exit 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    """ArgumentParser that raises UsageError instead of printing usage and exiting."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(message)

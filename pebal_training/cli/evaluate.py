@@ -14,21 +14,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from pebal_perception.cli.args import image_size_or_native
+from pebal_perception.cli.args import Parser as _Parser
+from pebal_perception.cli.args import UsageError, image_size_or_native
 
 PROG = "pebal-eval"
 ANOMALY_NAMES = ("fishyscapes_laf", "fishyscapes_static", "lostandfound", "road_anomaly",
                  "smiyc_anomaly", "smiyc_obstacle")
 DATASETS = ANOMALY_NAMES + ("cityscapes",)
-
-
-class UsageError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise UsageError(message)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -23,17 +23,11 @@ import json
 import sys
 from typing import Sequence
 
+from pebal_perception.cli.args import Parser as _Parser
+from pebal_perception.cli.args import UsageError as _UsageError
+
 PROG = "pebal-finetune"
 DEFAULT_CONFIG = "config/finetune.yaml"
-
-
-class _UsageError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise _UsageError(message)
 
 
 def build_parser() -> argparse.ArgumentParser:

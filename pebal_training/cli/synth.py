@@ -21,16 +21,10 @@ import tempfile
 from pathlib import Path
 from typing import Sequence
 
+from pebal_perception.cli.args import Parser as _Parser
+from pebal_perception.cli.args import UsageError as _UsageError
+
 PROG = "pebal-synth"
-
-
-class _UsageError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise _UsageError(message)
 
 
 def _size(text: str) -> tuple[int, int]:
