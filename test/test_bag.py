@@ -410,3 +410,77 @@ def test_atomic_writer_abort_and_refuse_existing(work):
     out.mkdir()
     with pytest.raises(BagError, match="exists"):
         AtomicBagWriter(out)
+
+
+def test_replaying_a_10hz_bag_into_a_slower_node_drops_frames_with_bounded_latency(work, checkpoint):
+    """A 10 Hz bag played at its recorded rate into a node that needs far more than 100 ms per frame:
+    frames are dropped (only the newest is processed) and the latency of processed frames does not grow."""
+    try:
+        import rclpy
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.qos import QoSProfile, ReliabilityPolicy
+
+        from pebal_perception.msg import AnomalyResult
+    except ImportError as exc:
+        pytest.skip(f"ROS 2 not available ({exc}); run scripts/setup.sh")
+    launcher = Path(sys.prefix) / "lib" / "pebal_perception" / "detector_node"
+    player = Path(sys.prefix) / "bin" / "pebal-bag"
+    if not launcher.exists() or not player.exists():
+        pytest.skip("detector_node / pebal-bag not installed; run scripts/setup.sh")
+    frames = 40
+    bag = work / "drive_10hz"
+    write_drive_bag(bag, frames=frames, fps=10.0, size=(512, 256), seed=5, anomalies=(1, 2), storage="sqlite3",
+                    encoding="rgb8", start_time=START)
+    tag = uuid.uuid4().hex[:6]
+    image_topic = f"/slow_{tag}/image"
+    # Network input 1024x512: several hundred ms per frame on this CPU, far slower than 10 Hz.
+    cmd = [str(launcher), "--ros-args", "--params-file", str(REPO_ROOT / "config" / "detector.yaml"),
+           "-p", f"checkpoint:={checkpoint}", "-p", "device:=cpu", "-p", "input_width:=1024",
+           "-p", "input_height:=512", "-p", "qos.reliability:=reliable", "-r", f"image:={image_topic}",
+           "-r", "__ns:=/t_slow"]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    node = rclpy.create_node(f"test_slow_peer_{tag}", context=context)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(node)
+    results: list[tuple[float, AnomalyResult]] = []
+    node.create_subscription(AnomalyResult, "/t_slow/pebal_detector/result",
+                             lambda msg: results.append((time.monotonic(), msg)),
+                             QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE))
+    stop = threading.Event()
+    spinner = threading.Thread(target=lambda: [executor.spin_once(timeout_sec=0.05) for _ in iter(stop.is_set, True)],
+                               daemon=True)
+    spinner.start()
+    log = work / f"node-slow-{tag}.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                cwd=str(REPO_ROOT))
+    try:
+        play = subprocess.run([str(player), "play", str(bag), "--topics", IMAGE_TOPIC, "--remap",
+                               f"{IMAGE_TOPIC}:={image_topic}", "--wait-for-subscribers", "--wait-timeout", "60"],
+                              env=env, capture_output=True, text=True, timeout=120)
+        assert play.returncode == 0, play.stderr
+        played_at = time.monotonic()
+        while time.monotonic() < played_at + 10 and (not results or results[-1][0] > time.monotonic() - 2):
+            time.sleep(0.1)  # until the node has been idle for 2 s (its last frame is out)
+    finally:
+        proc.send_signal(2)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        stop.set()
+        spinner.join(5)
+        node.destroy_node()
+        context.try_shutdown()
+    latencies = [msg.processing_time_ms for _, msg in results]  # receipt -> publish, mailbox wait included
+    assert 2 <= len(results) < frames, (len(results), log.read_text()[-2000:])  # frames were dropped
+    per_frame = float(np.median(latencies))
+    assert per_frame > 100.0, per_frame  # the node really is slower than the 10 Hz bag
+    # Newest-frame-only: no frame waits behind a queue, so every latency stays within about two
+    # frame times, while a queue would make the k-th frame wait k frame times.
+    assert max(latencies) < 2.5 * per_frame + 200.0, latencies
+    third = max(1, len(latencies) // 3)
+    assert np.mean(latencies[-third:]) < 1.5 * np.mean(latencies[:third]) + 200.0, latencies
