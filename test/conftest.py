@@ -34,11 +34,16 @@ def shared_assets() -> Path:
 
 
 @pytest.fixture(autouse=True)
-def _grad_mode_is_not_leaked():
-    """A test (or code it calls in-process) must not switch autograd off for the tests after it."""
-    yield
+def _torch_global_state_is_not_leaked():
+    """A test (or code it calls in-process) must not change autograd mode or the intra-op thread count
+    for the tests after it (bit-exactness tests compare runs that must use the same thread count)."""
     import torch
 
-    leaked = not torch.is_grad_enabled()
+    threads = torch.get_num_threads()
+    yield
+    leaked_grad = not torch.is_grad_enabled()
+    leaked_threads = torch.get_num_threads() != threads
     torch.set_grad_enabled(True)
-    assert not leaked, "autograd was left disabled (torch.set_grad_enabled(False) outside a context)"
+    torch.set_num_threads(threads)
+    assert not leaked_grad, "autograd was left disabled (torch.set_grad_enabled(False) outside a context)"
+    assert not leaked_threads, "torch.set_num_threads was changed and not restored"

@@ -411,8 +411,12 @@ def test_ddp_two_processes_match_one_process(tmp_path):
 
     extra = {"train.bn_mode": "frozen", "train.epochs": 2, "optim.lr": 1e-2}
     single, ddp = tmp_path / "single", tmp_path / "ddp"
-    torch.set_num_threads(1)
-    train(tiny_cfg(single, **extra))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the workers: same float reduction order
+    try:
+        train(tiny_cfg(single, **extra))
+    finally:
+        torch.set_num_threads(threads)
     mp.start_processes(_ddp_worker, args=(2, _free_port(), tiny_overrides(ddp, **extra)), nprocs=2,
                        join=True, start_method="spawn")
     a, b = read_log(single), read_log(ddp)
@@ -467,8 +471,9 @@ def test_sigkill_mid_run_then_resume_reproduces_the_uninterrupted_run(tmp_path, 
 
     extra = {"train.epochs": 12, "train.checkpoint_every": 1}
     full, killed = tmp_path / "full", tmp_path / "killed"
-    code = ("import sys, tiny_models; from pebal_training.cli.finetune import main; "
-            "sys.exit(main(sys.argv[1:]))")
+    # Same intra-op thread count in both processes: bit-exactness needs the same float reduction order.
+    code = (f"import sys, torch, tiny_models; torch.set_num_threads({torch.get_num_threads()}); "
+            "from pebal_training.cli.finetune import main; sys.exit(main(sys.argv[1:]))")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), str(Path(__file__).parents[1]),
                                                        os.environ.get("PYTHONPATH", "")]))
     proc = subprocess.Popen([sys.executable, "-c", code, *tiny_overrides(killed, **extra)], env=env,
