@@ -11,6 +11,7 @@ Small frames (256 x 128) and a random-init ESPNetv2 at 128 x 256 keep this fast.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -194,21 +195,64 @@ def test_process_writes_complete_bag(capsys, work, checkpoint, drive_bags, stora
         assert result.model_id
 
 
-def test_process_matches_live_node(capsys, work, checkpoint, drive_bags):
-    """Offline outputs == the live node's outputs (same frames, replayed with pebal-bag play)."""
+def _ros_or_skip():
+    """rclpy, our messages and the installed executables, or a skip saying what to run."""
     try:
-        import rclpy
-        from rclpy.executors import SingleThreadedExecutor
-        from rclpy.qos import QoSProfile, ReliabilityPolicy
-        from sensor_msgs.msg import Image
+        import rclpy  # noqa: F401
 
-        from pebal_perception.msg import AnomalyResult
+        from pebal_perception.msg import AnomalyResult  # noqa: F401
     except ImportError as exc:
         pytest.skip(f"ROS 2 not available ({exc}); run scripts/setup.sh")
     launcher = Path(sys.prefix) / "lib" / "pebal_perception" / "detector_node"
     player = Path(sys.prefix) / "bin" / "pebal-bag"
     if not launcher.exists() or not player.exists():
         pytest.skip("detector_node / pebal-bag not installed; run scripts/setup.sh")
+    return launcher, player
+
+
+@contextlib.contextmanager
+def _node_and_peer(cmd: list[str], log: Path, tag: str, subscribe):
+    """A spinning rclpy peer node, ``subscribe(peer)`` called on it, then the detector node (``cmd``,
+    output to ``log``) started. On exit the node gets SIGINT (killed if it hangs) and the peer shuts down."""
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    peer = rclpy.create_node(f"test_bag_peer_{tag}", context=context)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(peer)
+    subscribe(peer)  # before the node starts, so no output can be missed
+    stop = threading.Event()
+    spinner = threading.Thread(target=lambda: [executor.spin_once(timeout_sec=0.05) for _ in iter(stop.is_set, True)],
+                               daemon=True)
+    spinner.start()
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                cwd=str(REPO_ROOT))
+    try:
+        yield
+    finally:
+        proc.send_signal(2)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        stop.set()
+        spinner.join(5)
+        peer.destroy_node()
+        context.try_shutdown()
+
+
+def test_process_matches_live_node(capsys, work, checkpoint, drive_bags):
+    """Offline outputs == the live node's outputs (same frames, replayed with pebal-bag play)."""
+    launcher, player = _ros_or_skip()
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import Image
+
+    from pebal_perception.msg import AnomalyResult
     bag = drive_bags["sqlite3"]
 
     # A threshold inside the random network's energy range, so that there are obstacles to compare.
@@ -234,28 +278,19 @@ def test_process_matches_live_node(capsys, work, checkpoint, drive_bags):
            "-r", f"camera_info:={info_topic}", "-r", "__ns:=/t_bag"]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     log = work / f"node-{tag}.log"
-    context = rclpy.Context()
-    rclpy.init(context=context)
-    node = rclpy.create_node(f"test_bag_peer_{tag}", context=context)
-    executor = SingleThreadedExecutor(context=context)
-    executor.add_node(node)
     live: dict[str, dict[int, object]] = {name: {} for name in OUTPUTS}
     lock = threading.Lock()
     qos = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
-    for name, msg_type in (("semantic", Image), ("energy", Image), ("obstacle_mask", Image),
-                           ("result", AnomalyResult)):
-        def callback(msg, name=name):
-            with lock:
-                live[name][stamp(msg)] = msg
-        node.create_subscription(msg_type, f"/t_bag/pebal_detector/{name}", callback, qos)
-    stop = threading.Event()
-    spinner = threading.Thread(target=lambda: [executor.spin_once(timeout_sec=0.05) for _ in iter(stop.is_set, True)],
-                               daemon=True)
-    spinner.start()
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                cwd=str(REPO_ROOT))
-    try:
+
+    def subscribe(peer):
+        for name, msg_type in (("semantic", Image), ("energy", Image), ("obstacle_mask", Image),
+                               ("result", AnomalyResult)):
+            def callback(msg, name=name):
+                with lock:
+                    live[name][stamp(msg)] = msg
+            peer.create_subscription(msg_type, f"/t_bag/pebal_detector/{name}", callback, qos)
+
+    with _node_and_peer(cmd, log, tag, subscribe):
         play = subprocess.run(
             [str(player), "play", str(bag), "--topics", IMAGE_TOPIC, INFO_TOPIC, "--remap",
              f"{IMAGE_TOPIC}:={image_topic}", "--remap", f"{INFO_TOPIC}:={info_topic}", "--rate", "0.5",
@@ -270,17 +305,6 @@ def test_process_matches_live_node(capsys, work, checkpoint, drive_bags):
                 if all(len(v) == FRAMES for v in live.values()):
                     break
             time.sleep(0.1)
-    finally:
-        proc.send_signal(2)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-        stop.set()
-        spinner.join(5)
-        node.destroy_node()
-        context.try_shutdown()
     with lock:
         got = {name: dict(v) for name, v in live.items()}
     common = set(got["result"]) & set(got["semantic"]) & set(got["energy"]) & set(got["obstacle_mask"])
@@ -415,18 +439,10 @@ def test_atomic_writer_abort_and_refuse_existing(work):
 def test_replaying_a_10hz_bag_into_a_slower_node_drops_frames_with_bounded_latency(work, checkpoint):
     """A 10 Hz bag played at its recorded rate into a node that needs far more than 100 ms per frame:
     frames are dropped (only the newest is processed) and the latency of processed frames does not grow."""
-    try:
-        import rclpy
-        from rclpy.executors import SingleThreadedExecutor
-        from rclpy.qos import QoSProfile, ReliabilityPolicy
+    launcher, player = _ros_or_skip()
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
 
-        from pebal_perception.msg import AnomalyResult
-    except ImportError as exc:
-        pytest.skip(f"ROS 2 not available ({exc}); run scripts/setup.sh")
-    launcher = Path(sys.prefix) / "lib" / "pebal_perception" / "detector_node"
-    player = Path(sys.prefix) / "bin" / "pebal-bag"
-    if not launcher.exists() or not player.exists():
-        pytest.skip("detector_node / pebal-bag not installed; run scripts/setup.sh")
+    from pebal_perception.msg import AnomalyResult
     frames = 40
     bag = work / "drive_10hz"
     write_drive_bag(bag, frames=frames, fps=10.0, size=(512, 256), seed=5, anomalies=(1, 2), storage="sqlite3",
@@ -439,24 +455,15 @@ def test_replaying_a_10hz_bag_into_a_slower_node_drops_frames_with_bounded_laten
            "-p", "input_height:=512", "-p", "qos.reliability:=reliable", "-r", f"image:={image_topic}",
            "-r", "__ns:=/t_slow"]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    context = rclpy.Context()
-    rclpy.init(context=context)
-    node = rclpy.create_node(f"test_slow_peer_{tag}", context=context)
-    executor = SingleThreadedExecutor(context=context)
-    executor.add_node(node)
     results: list[tuple[float, AnomalyResult]] = []
-    node.create_subscription(AnomalyResult, "/t_slow/pebal_detector/result",
-                             lambda msg: results.append((time.monotonic(), msg)),
-                             QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE))
-    stop = threading.Event()
-    spinner = threading.Thread(target=lambda: [executor.spin_once(timeout_sec=0.05) for _ in iter(stop.is_set, True)],
-                               daemon=True)
-    spinner.start()
+
+    def subscribe(peer):
+        peer.create_subscription(AnomalyResult, "/t_slow/pebal_detector/result",
+                                 lambda msg: results.append((time.monotonic(), msg)),
+                                 QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE))
+
     log = work / f"node-slow-{tag}.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                cwd=str(REPO_ROOT))
-    try:
+    with _node_and_peer(cmd, log, tag, subscribe):
         play = subprocess.run([str(player), "play", str(bag), "--topics", IMAGE_TOPIC, "--remap",
                                f"{IMAGE_TOPIC}:={image_topic}", "--wait-for-subscribers", "--wait-timeout", "60"],
                               env=env, capture_output=True, text=True, timeout=120)
@@ -464,17 +471,6 @@ def test_replaying_a_10hz_bag_into_a_slower_node_drops_frames_with_bounded_laten
         played_at = time.monotonic()
         while time.monotonic() < played_at + 10 and (not results or results[-1][0] > time.monotonic() - 2):
             time.sleep(0.1)  # until the node has been idle for 2 s (its last frame is out)
-    finally:
-        proc.send_signal(2)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-        stop.set()
-        spinner.join(5)
-        node.destroy_node()
-        context.try_shutdown()
     latencies = [msg.processing_time_ms for _, msg in results]  # receipt -> publish, mailbox wait included
     assert 2 <= len(results) < frames, (len(results), log.read_text()[-2000:])  # frames were dropped
     per_frame = float(np.median(latencies))
