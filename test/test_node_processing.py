@@ -3,7 +3,8 @@
 * ``pebal_perception.geometry``: back-projection checked against the synthetic scene generator's
   independent camera model (``pebal_training.data.synthetic.Camera``) and by projecting back.
 * ``pebal_perception.node.processing``: drivable-area restriction, ROI, small-blob removal, obstacles
-  and their ground positions, parameter validation.
+  and their ground positions, parameter validation, and the device out-of-memory guard (retry,
+  fp16 / CPU fallbacks, dropped frames), with scripted failures since no test may need a GPU.
 """
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ import pytest
 from pebal_perception.geometry import (camera_to_pixel, pixel_to_ground, pixel_to_ground_point, scale_intrinsics,
                                        valid_intrinsics)
 from pebal_perception.node.detector_node import LatestFrameMailbox, parse_threshold
-from pebal_perception.node.processing import (GroundModel, PostProcessConfig, bottom_centre_pixel, drivable_mask,
-                                              obstacle_mask, process_frame, roi_mask, validate_roi)
+from pebal_perception.node.processing import (FrameOutOfMemory, GroundModel, OomGuardedInference, PostProcessConfig,
+                                              bottom_centre_pixel, drivable_mask, is_out_of_memory, obstacle_mask,
+                                              parse_oom_fallback, process_frame, roi_mask, validate_roi)
 from pebal_training.data.synthetic import Camera, SceneConfig, generate_scene
 
 NAN = float("nan")
@@ -192,3 +194,154 @@ def test_processing_core_is_ros_free():
                          cwd=str(Path(__file__).resolve().parents[1]), env=dict(__import__("os").environ))
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
+# ------------------------------------------------------------------------------ device out-of-memory
+
+class FakeEngine:
+    """Device/precision state of an InferenceEngine, without a model."""
+
+    def __init__(self, device: str = "cuda", precision: str = "fp32"):
+        import torch
+
+        self.device = torch.device(device)
+        self.precision = precision
+
+    def set_precision(self, precision: str) -> None:
+        self.precision = precision
+
+    def to_device(self, device: str) -> None:
+        import torch
+
+        self.device = torch.device(device)
+        self.precision = "fp32"
+
+
+class ScriptedInference:
+    """Stands in for infer_maps: raises out-of-memory while ``fails(engine)`` says so; records calls."""
+
+    def __init__(self, fails, error=None):
+        import torch
+
+        self.fails = fails
+        self.error = error or (lambda: torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+        self.calls: list[tuple[str, str]] = []
+
+    def __call__(self, engine, rgb):
+        self.calls.append((str(engine.device), engine.precision))
+        if self.fails(engine, len(self.calls)):
+            raise self.error()
+        return np.zeros(rgb.shape[:2], np.uint8), np.ones(rgb.shape[:2], np.float32), 1.0
+
+
+FRAME = np.zeros((4, 6, 3), np.uint8)
+
+
+def test_parse_oom_fallback():
+    assert parse_oom_fallback("none") == () and parse_oom_fallback("") == ()
+    assert parse_oom_fallback("fp16") == ("fp16",)
+    assert parse_oom_fallback(" fp16, CPU ") == ("fp16", "cpu")
+    for bad in ("gpu", "fp16,fp16", "none,cpu", "bf16"):
+        with pytest.raises(ValueError, match="oom_fallback"):
+            parse_oom_fallback(bad)
+
+
+def test_oom_transient_is_retried_as_is():
+    infer = ScriptedInference(lambda engine, n: n == 1)
+    guard = OomGuardedInference(FakeEngine(), ("fp16",), infer=infer)
+    semantic, score, _ = guard(FRAME)
+    assert score.shape == (4, 6)
+    assert infer.calls == [("cuda", "fp32"), ("cuda", "fp32")]
+    assert guard.out_of_memory == 1 and guard.dropped == 0 and guard.degraded == []
+    guard(FRAME)
+    assert len(infer.calls) == 3 and guard.out_of_memory == 1
+
+
+def test_oom_persistent_degrades_to_fp16_then_cpu_and_stays_there():
+    engine = FakeEngine()
+    infer = ScriptedInference(lambda e, n: e.device.type == "cuda" and e.precision == "fp32")
+    guard = OomGuardedInference(engine, ("fp16", "cpu"), infer=infer)
+    guard(FRAME)
+    assert infer.calls == [("cuda", "fp32"), ("cuda", "fp32"), ("cuda", "fp16")]
+    assert guard.degraded == ["fp16"] and engine.precision == "fp16" and guard.pending == ["cpu"]
+    guard(FRAME)  # the next frame goes straight to fp16
+    assert infer.calls[-1] == ("cuda", "fp16") and len(infer.calls) == 4
+
+    infer.fails = lambda e, n: e.device.type == "cuda"  # now fp16 does not fit either
+    guard(FRAME)
+    assert infer.calls[-3:] == [("cuda", "fp16"), ("cuda", "fp16"), ("cpu", "fp32")]
+    assert guard.degraded == ["fp16", "cpu"] and engine.device.type == "cpu"
+    assert guard.out_of_memory == 2 and guard.dropped == 0
+
+
+def test_oom_without_fallback_drops_the_frame_and_serves_the_next():
+    infer = ScriptedInference(lambda e, n: n <= 2)
+    guard = OomGuardedInference(FakeEngine(), (), infer=infer)
+    with pytest.raises(FrameOutOfMemory, match=r"6x4 frame on cuda \(fp32\), no fallback left: OutOfMemoryError"):
+        guard(FRAME)
+    assert guard.dropped == 1 and guard.out_of_memory == 1
+    assert guard(FRAME)[1].shape == (4, 6)  # the node keeps going
+    assert guard.dropped == 1
+
+
+def test_oom_fallbacks_that_do_not_apply_are_skipped():
+    # CPU engine: neither fp16 (CUDA only) nor cpu changes anything, so the frame is dropped
+    # after the one plain retry instead of being retried pointlessly.
+    infer = ScriptedInference(lambda e, n: True)
+    guard = OomGuardedInference(FakeEngine("cpu"), ("fp16", "cpu"), infer=infer)
+    with pytest.raises(FrameOutOfMemory):
+        guard(FRAME)
+    assert len(infer.calls) == 2 and guard.degraded == [] and guard.pending == []
+
+
+def test_only_memory_errors_are_handled():
+    guard = OomGuardedInference(FakeEngine(), ("fp16",), infer=ScriptedInference(
+        lambda e, n: True, error=lambda: ValueError("bad frame")))
+    with pytest.raises(ValueError, match="bad frame"):
+        guard(FRAME)
+    assert guard.out_of_memory == 0 and guard.degraded == []
+    # cuDNN / cuBLAS report failed workspace allocations as plain RuntimeErrors.
+    cudnn = ScriptedInference(lambda e, n: n == 1, error=lambda: RuntimeError("CUDA error: out of memory"))
+    guard = OomGuardedInference(FakeEngine(), (), infer=cudnn)
+    guard(FRAME)
+    assert guard.out_of_memory == 1
+    assert not is_out_of_memory(RuntimeError("shape mismatch"))
+
+
+def test_oom_guard_with_a_real_engine_gives_the_normal_outputs():
+    import torch
+
+    from pebal_perception.core.checkpoint import ModelMeta
+    from pebal_perception.core.engine import InferenceEngine
+    from pebal_perception.core.models import get_model_spec
+    from pebal_perception.node.processing import infer_maps
+
+    torch.manual_seed(0)
+    engine = InferenceEngine(get_model_spec("espnetv2").builder(), ModelMeta.for_architecture(
+        "espnetv2", input_size=[64, 128]), device="cpu")
+    rgb = np.random.default_rng(0).integers(0, 256, (60, 130, 3), dtype=np.uint8)
+    expected = infer_maps(engine, rgb)
+
+    class FailsOnce(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner, self.failed = inner, False
+
+        def forward(self, x):
+            if not self.failed:
+                self.failed = True
+                raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+            return self.inner(x)
+
+    engine.model = FailsOnce(engine.model)
+    guard = OomGuardedInference(engine, ("fp16", "cpu"))
+    semantic, score, _ = guard(rgb)
+    np.testing.assert_array_equal(semantic, expected[0])
+    np.testing.assert_array_equal(score, expected[1])
+    assert guard.out_of_memory == 1 and guard.degraded == []
+    # The engine's switches: CPU stays fp32, moving to the CPU is a no-op there.
+    engine.set_precision("fp16")
+    engine.to_device("cpu")
+    assert engine.precision == "fp32" and engine.device.type == "cpu"
+    with pytest.raises(ValueError):
+        engine.set_precision("int8")

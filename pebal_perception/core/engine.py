@@ -90,6 +90,19 @@ class InferenceEngine:
         self.smoothing_sigma = smoothing_sigma
         scoring.gaussian_kernel_1d(smoothing_kernel, smoothing_sigma)  # validate now, not per frame
 
+    def set_precision(self, precision: str) -> None:
+        """Switches the autocast precision (takes effect on the next batch; CPU stays fp32)."""
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+        self.precision = precision if self.device.type == "cuda" else "fp32"
+
+    def to_device(self, device: str | torch.device) -> None:
+        """Moves the model to ``device`` (e.g. the CPU after CUDA ran out of memory); fp32 off CUDA."""
+        self.device = resolve_device(device)
+        self.model = self.model.to(self.device)
+        if self.device.type != "cuda":
+            self.precision = "fp32"
+
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, model_name: str | None = None, **kwargs) -> "InferenceEngine":
         model, meta = load_checkpoint(path, model_name)

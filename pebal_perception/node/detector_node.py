@@ -41,7 +41,7 @@ RELIABILITIES = ("best_effort", "reliable")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "fp16")
 # Parameters fixed once the node runs (model, device, subscriptions): changes are refused.
-READ_ONLY = ("checkpoint", "model", "device", "precision", "input_width", "input_height",
+READ_ONLY = ("checkpoint", "model", "device", "precision", "input_width", "input_height", "oom_fallback",
              "qos.depth", "qos.reliability", "subscribe_compressed")
 AUTO_THRESHOLD_STRINGS = ("", "nan", "auto", "checkpoint", "calibrated", "default")
 
@@ -125,8 +125,9 @@ def _node_class():
     from pebal_perception.msg import Obstacle as ObstacleMsg
 
     from pebal_perception.image_conversion import REJECT_REASONS, ImageConverter, ImageRejected
-    from pebal_perception.node.processing import (GroundModel, PostProcessConfig, infer_maps, make_ground_model,
-                                                  obstacle_fields, process_frame, validate_roi)
+    from pebal_perception.node.processing import (FrameOutOfMemory, GroundModel, OomGuardedInference,
+                                                  PostProcessConfig, make_ground_model, obstacle_fields,
+                                                  parse_oom_fallback, process_frame, validate_roi)
 
     def descriptor(description: str, type_: int, read_only: bool = False, int_range=None, float_range=None,
                    dynamic: bool = False) -> ParameterDescriptor:
@@ -209,6 +210,11 @@ def _node_class():
                 ("precision", "fp32", descriptor(
                     "fp32 or fp16 (autocast, CUDA only; CPU always runs fp32). Read-only.",
                     P.PARAMETER_STRING, read_only=True)),
+                ("oom_fallback", "fp16", descriptor(
+                    "What to do when the device runs out of memory on a frame (after releasing cached memory "
+                    "and one retry): 'none' (drop the frame), or a comma-separated list of 'fp16' (switch to "
+                    "half precision) and 'cpu' (move the model to the CPU), applied in order and kept. Every "
+                    "case is counted in /diagnostics. Read-only.", P.PARAMETER_STRING, read_only=True)),
                 ("input_width", 0, descriptor(
                     "Network input width in pixels (multiple of the architecture's divisor); 0 = the "
                     "checkpoint's. Set together with input_height. Read-only.", P.PARAMETER_INTEGER,
@@ -272,6 +278,10 @@ def _node_class():
             width, height = int(get("input_width")), int(get("input_height"))
             if (width == 0) != (height == 0):
                 raise StartupError(f"parameters input_width={width} and input_height={height}: set both or neither")
+            try:
+                oom_fallback = parse_oom_fallback(str(get("oom_fallback")))
+            except ValueError as exc:
+                raise StartupError(f"parameter {exc}") from None
             reliability = str(get("qos.reliability"))
             if reliability not in RELIABILITIES:
                 raise StartupError(f"parameter qos.reliability={reliability!r}: expected best_effort or reliable")
@@ -299,6 +309,7 @@ def _node_class():
                     first = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
                 where = "" if checkpoint and checkpoint in first else f" from {checkpoint or 'the default model'}"
                 raise StartupError(f"cannot load model{where}: {first}") from None
+            self.inference = OomGuardedInference(self.engine, oom_fallback)
             self.model_id = self.engine.meta.model_id or self.engine.meta.architecture
             self.calibrated_threshold = self.engine.meta.effective_threshold
 
@@ -434,6 +445,8 @@ def _node_class():
                     continue
                 try:
                     self._process(item, torch, to_uint8_batch)
+                except FrameOutOfMemory as exc:  # counted by self.inference; the next frame may fit
+                    self.get_logger().error(f"frame dropped: {exc}", throttle_duration_sec=5.0)
                 except Exception as exc:  # noqa: BLE001 - keep serving frames
                     with self._lock:
                         self._worker_error = f"{type(exc).__name__}: {exc}"
@@ -443,7 +456,8 @@ def _node_class():
         def _process(self, item, torch, to_uint8_batch) -> None:
             rgb, header, received = item
             # Shared with `pebal-bag process`: network + scoring, one host synchronisation per frame.
-            semantic, score, infer_ms = infer_maps(self.engine, rgb)
+            # Out-of-memory errors are retried / degraded by self.inference (see oom_fallback).
+            semantic, score, infer_ms = self.inference(rgb)
             with self._lock:
                 config = self._config
             h, w = score.shape
@@ -488,6 +502,7 @@ def _node_class():
                     rejected = dict(self._rejected)
                     worker_error = self._worker_error
                     threshold = self._config.threshold
+                oom = self.inference
                 dt = max(now - t0, 1e-6)
                 dropped = self.mailbox.dropped
                 status = DiagnosticStatus(name=f"{self.get_fully_qualified_name()}: anomaly detection",
@@ -495,6 +510,10 @@ def _node_class():
                 status.level, status.message = DiagnosticStatus.OK, "running"
                 if worker_error:
                     status.level, status.message = DiagnosticStatus.ERROR, f"processing failed: {worker_error}"
+                elif oom.degraded or oom.dropped:
+                    status.level = DiagnosticStatus.WARN
+                    status.message = (f"out of device memory: now {self.engine.precision} on {self.engine.device}"
+                                      if oom.degraded else "out of device memory: frames dropped")
                 elif received == 0:
                     status.level, status.message = DiagnosticStatus.WARN, "no input images yet"
                 elif sum(rejected.values()):
@@ -514,6 +533,9 @@ def _node_class():
                     ("dropped_frames", str(dropped)),
                     ("rejected_total", str(sum(rejected.values()))),
                     *((f"rejected.{reason}", str(count)) for reason, count in sorted(rejected.items())),
+                    ("out_of_memory_frames", str(oom.out_of_memory)),
+                    ("out_of_memory_dropped", str(oom.dropped)),
+                    ("degraded", ",".join(oom.degraded) or "no"),
                     ("device", str(self.engine.device)),
                     ("precision", str(self.engine.precision)),
                     ("model_id", str(self.model_id)),
