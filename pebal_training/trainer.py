@@ -86,6 +86,7 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoints"
 _CKPT_RE = re.compile(r"^step_(\d{9})\.pt$")
+_TEMP_RE = re.compile(r"^\.step_\d{9}\.pt\..+\.tmp$")  # pebal_perception.core.io.atomic_write's temp names
 
 
 class TrainingDiverged(RuntimeError):
@@ -598,6 +599,30 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if _CKPT_RE.match(p.name) and p.is_file())
 
 
+def save_training_checkpoint(run_dir: Path, global_step: int, model: nn.Module, meta: ModelMeta,
+                             training_state: dict[str, Any], keep: int = 0) -> Path:
+    """Writes ``step_<global_step>.pt`` atomically (temp file + rename), then prunes all but the
+    newest ``keep`` checkpoints (0 = keep all). Killed at any point, the folder holds the previous
+    checkpoints intact plus, at worst, a temp file that no reader matches (removed on resume)."""
+    path = save_checkpoint(checkpoint_path(run_dir, global_step), model, meta,
+                           extra={"training_state": training_state})
+    if keep > 0:
+        for old in list_checkpoints(run_dir)[:-keep]:
+            old.unlink(missing_ok=True)
+    return path
+
+
+def remove_interrupted_writes(run_dir: Path) -> list[Path]:
+    """Deletes temp files that killed checkpoint writes left in ``<run_dir>/checkpoints``."""
+    folder = Path(run_dir) / CHECKPOINT_DIR
+    if not folder.is_dir():
+        return []
+    stale = [p for p in folder.iterdir() if _TEMP_RE.match(p.name) and p.is_file()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
 def load_training_checkpoint(path: Path) -> dict[str, Any]:
     obj = _torch_load(path)
     if not is_pebal_checkpoint(obj) or not isinstance(obj.get("training_state"), dict):
@@ -773,6 +798,9 @@ def _train(cfg: FinetuneConfig, resume: str | None, ctx: DistContext) -> dict[st
     start_epoch, start_iter, global_step = 0, 0, 0
     resumed_from = None
     if resume:
+        if ctx.is_main:
+            for stale in remove_interrupted_writes(run_dir):
+                print(f"removed {stale.name}, left by an interrupted checkpoint write", file=sys.stderr)
         path = find_resume_checkpoint(run_dir) if resume == "auto" else Path(resume)
         if path is not None:
             ckpt = load_training_checkpoint(path)
@@ -818,15 +846,12 @@ def _train(cfg: FinetuneConfig, resume: str | None, ctx: DistContext) -> dict[st
         rng = ctx.gather_objects(capture_rng_state())
         if not ctx.is_main:
             return
-        extra = {"training_state": {
+        state = {
             "optimizer": optimizer.state_dict(), "scheduler": dict(schedule.state_dict(), global_step=global_step),
             "scaler": scaler.state_dict() if scaler is not None else None,
             "epoch": epoch, "iteration": iteration, "global_step": global_step, "world_size": ctx.world_size,
-            "rng": rng}}
-        save_checkpoint(checkpoint_path(run_dir, global_step), model, meta, extra=extra)
-        if cfg.train.keep_checkpoints > 0:
-            for old in list_checkpoints(run_dir)[: -cfg.train.keep_checkpoints]:
-                old.unlink(missing_ok=True)
+            "rng": rng}
+        save_training_checkpoint(run_dir, global_step, model, meta, state, cfg.train.keep_checkpoints)
 
     progress = None
     if ctx.is_main and cfg.train.progress:

@@ -495,3 +495,132 @@ def test_sigkill_mid_run_then_resume_reproduces_the_uninterrupted_run(tmp_path, 
     train(tiny_cfg(full, **extra))
     a, b = final_state(full), final_state(killed)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# --------------------------------------------------------------------------------------------------
+# kill during a checkpoint save
+
+SAVE_LOOP = r'''
+import os, pathlib, signal, sys, time
+import torch, tiny_models
+from pebal_perception.core.checkpoint import ModelMeta
+from pebal_training.trainer import save_training_checkpoint
+
+run_dir, trap, saves = pathlib.Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+model = tiny_models.TinySegNet()
+meta = ModelMeta.for_architecture(tiny_models.TINY)
+blob = torch.randn(3_000_000)  # ~12 MB of "optimizer state": a write takes long enough to be hit
+existing = sorted(run_dir.glob("checkpoints/step_*.pt"))
+step = int(existing[-1].stem.split("_")[1]) if existing else 0
+
+def die(*_args, **_kwargs):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+def save():
+    global step
+    step += 1
+    with torch.no_grad():
+        model.classifier.bias.fill_(step)  # the weights say which step wrote them
+    save_training_checkpoint(run_dir, step, model, meta, {"global_step": step, "blob": blob}, keep=2)
+    print(step, flush=True)
+
+for _ in range(saves):
+    save()
+if trap == "write":  # half the bytes reach the temp file
+    real_fdopen = os.fdopen
+    class HalfWriter:
+        def __init__(self, f): self.f = f
+        def __enter__(self): return self
+        def __exit__(self, *exc): return False
+        def write(self, data):
+            self.f.write(data[: len(data) // 2]); self.f.flush(); die()
+    os.fdopen = lambda *a, **k: HalfWriter(real_fdopen(*a, **k))
+elif trap == "fsync":  # before the temp file is flushed to disk
+    os.fsync = die
+elif trap == "rename":  # complete temp file, not yet renamed
+    os.replace = die
+elif trap == "directory-fsync":  # renamed, directory entry not yet synced
+    real_fsync, calls = os.fsync, []
+    def second_fsync(fd):
+        calls.append(fd)
+        return die() if len(calls) == 2 else real_fsync(fd)
+    os.fsync = second_fsync
+elif trap == "prune":  # new checkpoint written, deleting the oldest
+    pathlib.Path.unlink = die
+while True:  # trap "time": saves until killed from outside
+    save()
+'''
+
+KILL_TRAPS = {"write": False, "fsync": False, "rename": False, "directory-fsync": True, "prune": True}
+
+
+def _save_loop(run_dir: Path, trap: str, saves: int):
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), str(REPO),
+                                                       os.environ.get("PYTHONPATH", "")]))
+    return subprocess.Popen([sys.executable, "-c", SAVE_LOOP, str(run_dir), trap, str(saves)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _check_run_folder(run_dir: Path, last_reported: int, new_one_complete: bool | None) -> int:
+    """Every complete checkpoint loads and holds its own step; resume picks the newest one; stale temp
+    files are removed. Returns the step resume would continue from."""
+    from pebal_training.trainer import list_checkpoints, load_training_checkpoint, remove_interrupted_writes
+
+    complete = list_checkpoints(run_dir)
+    assert complete, "the previous checkpoints are gone"
+    for path in complete:
+        ckpt = load_training_checkpoint(path)  # weights_only load of the whole file
+        step = int(path.stem.split("_")[1])
+        assert ckpt["training_state"]["global_step"] == step
+        assert torch.all(ckpt["state_dict"]["classifier.bias"] == step)
+    newest = find_resume_checkpoint(run_dir)
+    assert newest == complete[-1]
+    resume_step = int(newest.stem.split("_")[1])
+    assert resume_step >= last_reported  # nothing a finished save reported was lost
+    if new_one_complete is not None:  # a trap fired during the save of step last_reported + 1
+        assert resume_step == last_reported + (1 if new_one_complete else 0)
+    temps = [p for p in (run_dir / "checkpoints").iterdir() if p.name.startswith(".")]
+    assert len(temps) <= 1
+    assert sorted(remove_interrupted_writes(run_dir)) == sorted(temps)
+    assert list_checkpoints(run_dir) == complete
+    return resume_step
+
+
+@pytest.mark.parametrize("trap", sorted(KILL_TRAPS))
+def test_sigkill_at_each_point_of_a_checkpoint_save_keeps_a_loadable_checkpoint(tmp_path, trap):
+    """The process kills itself (SIGKILL) at a chosen point inside ``save_training_checkpoint``:
+    mid-write, before the file's fsync, before the rename, before the folder's fsync, mid-pruning."""
+    proc = _save_loop(tmp_path, trap, saves=3)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == -9, err
+    reported = [int(line) for line in out.split()]
+    assert reported == [1, 2, 3], err
+    _check_run_folder(tmp_path, reported[-1], KILL_TRAPS[trap])
+
+
+def test_sigkill_at_random_times_while_saving_continuously(tmp_path):
+    """Saves back to back (so almost every moment is inside a save) and is SIGKILLed from outside at
+    random times; after each kill the run folder is checked and the next process carries on from it."""
+    import random
+    import signal
+    import time
+
+    rng = random.Random(1234)
+    step = 0
+    for trial in range(4):
+        proc = _save_loop(tmp_path, "time", saves=1)
+        try:
+            first = proc.stdout.readline()  # one save done: the process is in its save loop
+            assert first.strip(), proc.stderr.read()
+            time.sleep(rng.uniform(0.0, 0.4))
+            proc.send_signal(signal.SIGKILL)
+            out, _ = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        reported = [int(first)] + [int(line) for line in out.split()]
+        assert reported[0] == step + 1, (trial, reported)
+        step = _check_run_folder(tmp_path, reported[-1], None)

@@ -27,6 +27,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], binary: 
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        _fsync_directory(path.parent)  # makes the rename itself durable (power loss, not just a crash)
     except BaseException:
         try:
             os.unlink(tmp)
@@ -34,6 +35,19 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], binary: 
             pass
         raise
     return path
+
+
+def _fsync_directory(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # e.g. platforms without directory handles
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
