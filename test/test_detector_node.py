@@ -702,3 +702,156 @@ def test_starts_with_the_embedded_default_model(workdir, peer):
         assert result.threshold == pytest.approx(meta.threshold)
     finally:
         proc.stop(signal.SIGTERM)
+
+
+def test_out_of_memory_on_a_frame_is_counted_and_the_node_continues(checkpoint, peer):
+    """A frame that runs the device out of memory (simulated: no test may need a GPU) is retried once,
+    then dropped with a rate-limited error and counted in /diagnostics; the next frame is served.
+
+    The node runs in this process so that its model can be wrapped; on the CPU neither the fp16 nor
+    the cpu fallback applies, so the frame is dropped (tests of the fallbacks themselves:
+    test_node_processing.py)."""
+    import torch
+
+    from pebal_perception.node.detector_node import _node_class
+
+    class OutOfMemoryTwice(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner, self.calls = inner, 0
+
+        def forward(self, x):
+            self.calls += 1
+            if self.calls <= 2:  # the first attempt and its retry
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (simulated)")
+            return self.inner(x)
+
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    stop = threading.Event()
+    node = _node_class()(stop, context=context, namespace="/oom_ns", cli_args=[
+        "--ros-args", "-r", "image:=/oom_cam/image", "-p", f"checkpoint:={checkpoint}", "-p", "device:=cpu",
+        "-p", "oom_fallback:=fp16,cpu"])
+    model = node.engine.model = OutOfMemoryTwice(node.engine.model)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(node)
+
+    def spin():
+        while not stop.is_set():
+            executor.spin_once(timeout_sec=0.05)
+
+    spinner = threading.Thread(target=spin, daemon=True)
+    spinner.start()
+    publisher = peer.node.create_publisher(Image, "/oom_cam/image", QoSProfile(
+        depth=10, reliability=ReliabilityPolicy.RELIABLE))
+    name = "/oom_ns/pebal_detector"
+    outputs = peer.outputs(name)
+    rgb = scene_image()
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while model.calls == 0:  # until the node hears the publisher
+            assert time.monotonic() < deadline, "the in-process node never received a frame"
+            publisher.publish(image_msg(rgb, frame_id="oom_first"))
+            time.sleep(0.3)
+        values = latest_diag(peer, name, lambda v: v["out_of_memory_frames"] == "1", timeout=TIMEOUT)
+        assert values["out_of_memory_dropped"] == "1" and values["degraded"] == "no"
+        assert values["device"] == "cpu" and values["precision"] == "fp32"
+        assert outputs["result"].find(same_frame("oom_first")) is None  # that frame produced nothing
+
+        class PeerVia:  # send_and_wait publishes on peer.pub_image
+            pub_image = publisher
+        _, result = send_and_wait(PeerVia, outputs, lambda: image_msg(rgb))
+        assert result is not None and model.calls >= 3
+        values = latest_diag(peer, name, lambda v: int(v["frames_processed"]) >= 1, timeout=TIMEOUT)
+        assert values["out_of_memory_frames"] == "1" and values["out_of_memory_dropped"] == "1"
+        level = [s for m in peer.diagnostics.messages for s in m.status if s.name.startswith(name + ":")][-1]
+        assert "out of device memory" in level.message
+    finally:
+        stop.set()
+        spinner.join(5)
+        node.stop()
+        executor.remove_node(node)
+        node.destroy_node()
+        peer.node.destroy_publisher(publisher)
+        context.try_shutdown()
+
+
+DDS_FUZZ_EXAMPLES = int(os.environ.get("PEBAL_DDS_FUZZ_EXAMPLES", "4"))
+
+
+def _fuzz_case_message(fields: dict, index: int):
+    """The fuzzed fields as a sensor_msgs/Image, or None when rclpy refuses to build it (values no
+    publisher can send: wrong types, out-of-range integers, data that is not bytes)."""
+    try:
+        msg = Image(height=fields["height"], width=fields["width"], step=fields["step"],
+                    is_bigendian=fields["is_bigendian"], encoding=fields["encoding"], data=fields["data"])
+    except (AssertionError, TypeError, ValueError, OverflowError):
+        return None
+    msg.header.frame_id = f"fuzz_{index}"
+    stamp_now(msg)
+    return msg
+
+
+def _settled(values: dict[str, str]) -> bool:
+    """Every received frame is accounted for: processed, dropped or rejected (none in flight)."""
+    return int(values["frames_received"]) == (int(values["frames_processed"]) + int(values["dropped_frames"])
+                                              + int(values["rejected_total"]))
+
+
+try:
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from test_image_conversion import image_fields
+except ImportError:  # pragma: no cover
+    given = None
+
+
+@pytest.mark.skipif(given is None, reason="hypothesis not installed")
+def test_fuzzed_images_over_dds_are_processed_or_counted_and_the_node_keeps_serving(node, peer):
+    """A sample of the image-conversion fuzz cases (test_image_conversion.py) sent to the running node
+    over real DDS: each is processed or rejected with the reason the in-process converter gives, every
+    frame is accounted for in /diagnostics, and a valid frame afterwards is still served.
+    ``PEBAL_DDS_FUZZ_EXAMPLES`` (default 4 batches of 12; the first is hypothesis' minimal one) raises
+    the count locally."""
+    from pebal_perception.image_conversion import ImageConverter, ImageRejected
+
+    outputs = peer.outputs(NODE)
+    converter = ImageConverter()
+
+    @settings(max_examples=DDS_FUZZ_EXAMPLES, deadline=None, derandomize=True, database=None,
+              suppress_health_check=list(HealthCheck))
+    @given(st.lists(image_fields(), min_size=12, max_size=12))
+    def run(cases):
+        before = latest_diag(peer, NODE, _settled, timeout=TIMEOUT)
+        sent, accepted, expected = 0, 0, {}
+        for index, (fields, _raw) in enumerate(cases):
+            msg = _fuzz_case_message(fields, index)
+            if msg is None:
+                continue
+            try:
+                converter.to_rgb(msg)
+                accepted += 1
+            except ImageRejected as exc:
+                expected[exc.reason] = expected.get(exc.reason, 0) + 1
+            peer.pub_image.publish(msg)
+            sent += 1
+            time.sleep(0.02)
+
+        def all_in(values):
+            return _settled(values) and int(values["frames_received"]) - int(before["frames_received"]) >= sent
+
+        after = latest_diag(peer, NODE, all_in, timeout=TIMEOUT)
+        delta = lambda key: int(after[key]) - int(before[key])  # noqa: E731
+        assert node.alive(), node.output()
+        assert delta("frames_received") == sent
+        for reason, count in expected.items():
+            assert delta(f"rejected.{reason}") == count, (reason, after)
+        assert delta("rejected_total") == sum(expected.values())
+        assert delta("frames_processed") + delta("dropped_frames") == accepted
+        assert delta("rejected.internal_error") == 0
+
+    run()
+    _, result = send_and_wait(peer, outputs, lambda: image_msg(scene_image()))  # still serving
+    assert result is not None and node.alive()
+    assert "Traceback" not in node.output()
