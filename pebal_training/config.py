@@ -89,6 +89,9 @@ class DataConfig:
     scales: list = field(default_factory=lambda: [0.5, 0.75, 1.0, 1.5, 1.75, 2.0])
     flip_prob: float = 0.8
     num_workers: int = 0
+    #: A broken Cityscapes sample (unreadable file, image/label size mismatch, unexpected label id):
+    #: raise = stop naming the file; skip = log it, count it and train on the next sample instead.
+    on_error: str = "raise"
 
 
 @dataclass
@@ -191,6 +194,7 @@ class FinetuneConfig:
 
     def validate(self) -> "FinetuneConfig":
         _choice("data.kind", self.data.kind, ("cityscapes", "synthetic"))
+        _choice("data.on_error", self.data.on_error, ("raise", "skip"))
         _choice("data.outliers.kind", self.data.outliers.kind, ("none", "synthetic", "coco_json", "yolo", "ood_seg"))
         _choice("lr_schedule.total_iters_mode", self.lr_schedule.total_iters_mode, ("exact", "code"))
         _choice("loss.pal_variant", self.loss.pal_variant, ("code", "paper"))

@@ -178,6 +178,12 @@ def _progress(iterable: Iterable, total: int, desc: str, enabled: bool):
     return tqdm(iterable, total=total, desc=desc, unit="img", disable=None if enabled else True)
 
 
+def skipped_samples(dataset) -> dict[str, Any]:
+    """Report fields for samples the reader skipped (``on_error="skip"``): count and reason per file."""
+    skipped = dict(getattr(dataset, "skipped", {}) or {})
+    return {"num_skipped": len(skipped), "skipped": {str(i): reason for i, reason in sorted(skipped.items())}}
+
+
 def evaluate_anomaly(engine, dataset, output: str | Path, threshold: float | None = None,
                      limit: int | None = None, worst_k: int = WORST_K, dataset_name: str = "",
                      progress: bool = True, extra_info: dict | None = None) -> dict:
@@ -239,7 +245,7 @@ def evaluate_anomaly(engine, dataset, output: str | Path, threshold: float | Non
         "num_images": len(per_image), "num_pos": metrics["num_pos"], "num_neg": metrics["num_neg"],
         "threshold": thr, "components": comp.compute(),
         "model": model_info(engine, (extra_info or {}).get("checkpoint")),
-        "worst": worst_records, "per_image": per_image,
+        "worst": worst_records, "per_image": per_image, **skipped_samples(dataset),
     }
     if extra_info:
         report.update(extra_info)
@@ -301,6 +307,7 @@ def evaluate_cityscapes(engine, dataset, output: str | Path, limit: int | None =
         "num_images": len(per_image), "num_pixels": res["num_pixels"],
         "protocol": {"sliding_crop": crop_size, "stride_rate": 2 / 3} if crop_size > 0 else {"whole_image": True},
         "model": model_info(engine, (extra_info or {}).get("checkpoint")), "per_image": per_image,
+        **skipped_samples(dataset),
     }
     if extra_info:
         report.update(extra_info)

@@ -179,7 +179,7 @@ def build_inlier_dataset(cfg: FinetuneConfig) -> Dataset:
     if cfg.data.kind == "cityscapes":
         from pebal_training.data.datasets import CityscapesSegmentation
 
-        return CityscapesSegmentation(cfg.data.root, split=cfg.data.split)
+        return CityscapesSegmentation(cfg.data.root, split=cfg.data.split, on_error=cfg.data.on_error)
     s = cfg.data.synthetic
     return SyntheticScenes(s.num_scenes, s.height, s.width, seed=s.seed)
 

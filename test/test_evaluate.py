@@ -151,6 +151,38 @@ def test_missing_or_incomplete_dataset_is_one_line_exit_2(tmp_path, checkpoint, 
     assert needle.format(**paths) in err
 
 
+def _broken_fishyscapes(root: Path) -> Path:
+    """5 samples: one unreadable image, one label of the wrong size, one with a value the encoding lacks."""
+    import cv2
+
+    SL.write_fishyscapes(root, "LostAndFound", n=5, seed=1, size=SIZE)
+    (root / "LostAndFound" / "original" / "0001.png").write_bytes(b"\x89PNG truncated")
+    cv2.imwrite(str(root / "LostAndFound" / "labels" / "0002.png"), np.zeros((10, 10), np.uint8))
+    label = cv2.imread(str(root / "LostAndFound" / "labels" / "0003.png"), cv2.IMREAD_UNCHANGED)
+    label[0, 0] = 77
+    cv2.imwrite(str(root / "LostAndFound" / "labels" / "0003.png"), label)
+    return root
+
+
+def test_broken_samples_stop_with_the_file_or_are_counted_skips(tmp_path, checkpoint, capsys):
+    root = _broken_fishyscapes(tmp_path / "fishy")
+    common = ["--checkpoint", str(checkpoint), "--dataset", "fishyscapes_laf", "--root", str(root), "--quiet"]
+    rc = eval_cli.main([*common, "-o", str(tmp_path / "strict")])
+    err = capsys.readouterr().err
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "0001.png" in err
+    assert not (tmp_path / "strict" / "report.json").exists()
+
+    assert eval_cli.main([*common, "-o", str(tmp_path / "lenient"), "--on-error", "skip"]) == 0
+    out = capsys.readouterr().out
+    assert "2 images (3 skipped, listed in report.json)" in out
+    report = json.loads((tmp_path / "lenient" / "report.json").read_text())
+    assert report["num_images"] == 2 and report["num_skipped"] == 3
+    reasons = report["skipped"]
+    assert sorted(reasons) == ["1", "2", "3"]
+    assert "0001.png" in reasons["1"] and "0002.png" in reasons["2"] and "0003.png" in reasons["3"]
+    assert "77" in reasons["3"]
+
+
 def test_usage_errors_exit_2(tmp_path, checkpoint, capsys):
     assert eval_cli.main(["--checkpoint", str(checkpoint), "--dataset", "nope", "--root", ".", "-o", "x"]) == 2
     assert eval_cli.main(["--checkpoint", str(checkpoint), "--dataset", "road_anomaly", "--root", ".", "-o", "x",

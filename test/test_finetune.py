@@ -368,6 +368,26 @@ def test_cli_missing_data_folder_is_one_line(tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
+def test_broken_cityscapes_sample_stops_naming_the_file_or_is_skipped_when_chosen(tmp_path, capsys):
+    from pebal_training.data import synthetic_layouts as SL
+
+    root = tmp_path / "cityscapes"
+    samples = SL.write_cityscapes(root, split="train", n=8, seed=3, size=(128, 64))
+    broken = next((root / "leftImg8bit" / "train").rglob(f"{samples[2].name}_leftImg8bit.png"))
+    broken.write_bytes(b"not a png")
+    data = {"data.kind": "cityscapes", "data.root": str(root), "data.split": "train", "train.epochs": 1}
+    rc = finetune_main(tiny_overrides(tmp_path / "strict", **data))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc != 0 and len(err) == 1 and str(broken) in err[0], err
+    assert not list((tmp_path / "strict").rglob("step_*.pt"))
+
+    rc = finetune_main(tiny_overrides(tmp_path / "lenient", **data, **{"data.on_error": "skip"}))
+    assert rc == 0, capsys.readouterr().err
+    assert (tmp_path / "lenient" / "model_final.pt").is_file()
+    assert finetune_main(tiny_overrides(tmp_path / "bad", **data, **{"data.on_error": "ignore"})) == 2
+    assert "data.on_error" in capsys.readouterr().err
+
+
 def test_cli_config_error_and_success(tmp_path, capsys):
     assert finetune_main(["train.epochz=1"]) == 2
     assert "train.epochz: unknown key" in capsys.readouterr().err

@@ -41,8 +41,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--worst", type=int, default=4, help="number of worst frames rendered (default 4)")
     p.add_argument("--crop-size", type=int, default=800,
                    help="cityscapes: sliding-window crop (default 800, the reference); 0 = whole image")
+    p.add_argument("--on-error", choices=("raise", "skip"), default="raise",
+                   help="an unreadable image or label, or a label of the wrong size or with unexpected values: "
+                        "raise = stop with an error naming the file (default); skip = leave the sample out, "
+                        "count it and list it in report.json")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
+
+
+def _skipped_text(report: dict) -> str:
+    return f" ({report['num_skipped']} skipped, listed in report.json)" if report.get("num_skipped") else ""
 
 
 def _error(msg: object) -> int:
@@ -69,13 +77,14 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.dataset == "cityscapes":
-            dataset = CityscapesSegmentation(args.root, split=args.split or "val")
+            dataset = CityscapesSegmentation(args.root, split=args.split or "val", on_error=args.on_error)
         elif args.dataset == "lostandfound":
-            dataset = open_anomaly_dataset(args.dataset, args.root, split=args.split or "test")
+            dataset = open_anomaly_dataset(args.dataset, args.root, split=args.split or "test",
+                                           on_error=args.on_error)
         else:
             if args.split:
                 return _error(f"--split does not apply to {args.dataset}")
-            dataset = open_anomaly_dataset(args.dataset, args.root)
+            dataset = open_anomaly_dataset(args.dataset, args.root, on_error=args.on_error)
         if len(dataset) == 0:
             raise DatasetError(f"{args.root}: no samples")
     except DatasetError as exc:
@@ -97,14 +106,15 @@ def main(argv: list[str] | None = None) -> int:
             report = ev.evaluate_cityscapes(engine, dataset, args.output, limit=args.limit,
                                             crop_size=args.crop_size, progress=not args.quiet,
                                             extra_info={**info, "split": dataset.split})
-            print(f"{PROG}: cityscapes {report['num_images']} images: mIoU {report['miou']:.4f}, "
-                  f"pixel accuracy {report['pixel_accuracy']:.4f} -> {args.output / 'report.json'}")
+            print(f"{PROG}: cityscapes {report['num_images']} images{_skipped_text(report)}: mIoU "
+                  f"{report['miou']:.4f}, pixel accuracy {report['pixel_accuracy']:.4f} -> "
+                  f"{args.output / 'report.json'}")
         else:
             report = ev.evaluate_anomaly(engine, dataset, args.output, threshold=args.threshold,
                                          limit=args.limit, worst_k=args.worst, dataset_name=args.dataset,
                                          progress=not args.quiet, extra_info=info)
             c = report["components"]
-            print(f"{PROG}: {args.dataset} {report['num_images']} images: AUROC {report['auroc']:.4f}, "
+            print(f"{PROG}: {args.dataset} {report['num_images']} images{_skipped_text(report)}: AUROC {report['auroc']:.4f}, "
                   f"AP {report['ap']:.4f}, FPR95 {report['fpr95']:.4f}; sIoU {c['siou']:.3f}, "
                   f"PPV {c['ppv']:.3f}, mean F1 {c['mean_f1']:.3f} at threshold {report['threshold']:.4g}"
                   f" -> {args.output / 'report.json'}")
