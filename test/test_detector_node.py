@@ -573,6 +573,88 @@ def test_malformed_messages_are_counted_and_frames_keep_flowing(node, peer):
     assert node.output().count("rejected input image") <= 12
 
 
+DDS_FUZZ_EXAMPLES = int(os.environ.get("PEBAL_DDS_FUZZ_EXAMPLES", "4"))
+
+
+def _fuzz_case_message(fields: dict, index: int):
+    """The fuzzed fields as a sensor_msgs/Image, or None when rclpy refuses to build it (values no
+    publisher can send: wrong types, out-of-range integers, data that is not bytes)."""
+    try:
+        msg = Image(height=fields["height"], width=fields["width"], step=fields["step"],
+                    is_bigendian=fields["is_bigendian"], encoding=fields["encoding"], data=fields["data"])
+    except (AssertionError, TypeError, ValueError, OverflowError):
+        return None
+    msg.header.frame_id = f"fuzz_{index}"
+    stamp_now(msg)
+    return msg
+
+
+def _settled(values: dict[str, str]) -> bool:
+    """Every received frame is accounted for: processed, dropped or rejected (none in flight)."""
+    return int(values["frames_received"]) == (int(values["frames_processed"]) + int(values["dropped_frames"])
+                                              + int(values["rejected_total"]))
+
+
+try:
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from test_image_conversion import image_fields
+except ImportError:  # pragma: no cover
+    given = None
+
+
+@pytest.mark.skipif(given is None, reason="hypothesis not installed")
+def test_fuzzed_images_over_dds_are_processed_or_counted_and_the_node_keeps_serving(node, peer):
+    """A sample of the image-conversion fuzz cases (test_image_conversion.py) sent to the running node
+    over real DDS: each is processed or rejected with the reason the in-process converter gives, every
+    frame is accounted for in /diagnostics, and a valid frame afterwards is still served.
+    ``PEBAL_DDS_FUZZ_EXAMPLES`` (default 4 batches of 12; the first is hypothesis' minimal one) raises
+    the count locally."""
+    from pebal_perception.image_conversion import ImageConverter, ImageRejected
+
+    outputs = peer.outputs(NODE)
+    converter = ImageConverter()
+
+    @settings(max_examples=DDS_FUZZ_EXAMPLES, deadline=None, derandomize=True, database=None,
+              suppress_health_check=list(HealthCheck))
+    @given(st.lists(image_fields(), min_size=12, max_size=12))
+    def run(cases):
+        peer.diagnostics.clear()  # an older settled report would also count the frames sent since
+        before = latest_diag(peer, NODE, _settled, timeout=TIMEOUT)
+        sent, accepted, expected = 0, 0, {}
+        for index, (fields, _raw) in enumerate(cases):
+            msg = _fuzz_case_message(fields, index)
+            if msg is None:
+                continue
+            try:
+                converter.to_rgb(msg)
+                accepted += 1
+            except ImageRejected as exc:
+                expected[exc.reason] = expected.get(exc.reason, 0) + 1
+            peer.pub_image.publish(msg)
+            sent += 1
+            time.sleep(0.02)
+
+        def all_in(values):
+            return _settled(values) and int(values["frames_received"]) - int(before["frames_received"]) >= sent
+
+        after = latest_diag(peer, NODE, all_in, timeout=TIMEOUT)
+        delta = lambda key: int(after[key]) - int(before[key])  # noqa: E731
+        assert node.alive(), node.output()
+        assert delta("frames_received") == sent
+        for reason, count in expected.items():
+            assert delta(f"rejected.{reason}") == count, (reason, after)
+        assert delta("rejected_total") == sum(expected.values())
+        assert delta("frames_processed") + delta("dropped_frames") == accepted
+        assert delta("rejected.internal_error") == 0
+
+    run()
+    _, result = send_and_wait(peer, outputs, lambda: image_msg(scene_image()))  # still serving
+    assert result is not None and node.alive()
+    assert "Traceback" not in node.output()
+
+
 def test_sigterm_clean_exit(node):
     rc, elapsed = node.stop(signal.SIGTERM)
     assert rc == 0 and elapsed < 2.0, (rc, elapsed, node.output())
@@ -774,84 +856,3 @@ def test_out_of_memory_on_a_frame_is_counted_and_the_node_continues(checkpoint, 
         node.destroy_node()
         peer.node.destroy_publisher(publisher)
         context.try_shutdown()
-
-
-DDS_FUZZ_EXAMPLES = int(os.environ.get("PEBAL_DDS_FUZZ_EXAMPLES", "4"))
-
-
-def _fuzz_case_message(fields: dict, index: int):
-    """The fuzzed fields as a sensor_msgs/Image, or None when rclpy refuses to build it (values no
-    publisher can send: wrong types, out-of-range integers, data that is not bytes)."""
-    try:
-        msg = Image(height=fields["height"], width=fields["width"], step=fields["step"],
-                    is_bigendian=fields["is_bigendian"], encoding=fields["encoding"], data=fields["data"])
-    except (AssertionError, TypeError, ValueError, OverflowError):
-        return None
-    msg.header.frame_id = f"fuzz_{index}"
-    stamp_now(msg)
-    return msg
-
-
-def _settled(values: dict[str, str]) -> bool:
-    """Every received frame is accounted for: processed, dropped or rejected (none in flight)."""
-    return int(values["frames_received"]) == (int(values["frames_processed"]) + int(values["dropped_frames"])
-                                              + int(values["rejected_total"]))
-
-
-try:
-    from hypothesis import HealthCheck, given, settings
-    from hypothesis import strategies as st
-
-    from test_image_conversion import image_fields
-except ImportError:  # pragma: no cover
-    given = None
-
-
-@pytest.mark.skipif(given is None, reason="hypothesis not installed")
-def test_fuzzed_images_over_dds_are_processed_or_counted_and_the_node_keeps_serving(node, peer):
-    """A sample of the image-conversion fuzz cases (test_image_conversion.py) sent to the running node
-    over real DDS: each is processed or rejected with the reason the in-process converter gives, every
-    frame is accounted for in /diagnostics, and a valid frame afterwards is still served.
-    ``PEBAL_DDS_FUZZ_EXAMPLES`` (default 4 batches of 12; the first is hypothesis' minimal one) raises
-    the count locally."""
-    from pebal_perception.image_conversion import ImageConverter, ImageRejected
-
-    outputs = peer.outputs(NODE)
-    converter = ImageConverter()
-
-    @settings(max_examples=DDS_FUZZ_EXAMPLES, deadline=None, derandomize=True, database=None,
-              suppress_health_check=list(HealthCheck))
-    @given(st.lists(image_fields(), min_size=12, max_size=12))
-    def run(cases):
-        before = latest_diag(peer, NODE, _settled, timeout=TIMEOUT)
-        sent, accepted, expected = 0, 0, {}
-        for index, (fields, _raw) in enumerate(cases):
-            msg = _fuzz_case_message(fields, index)
-            if msg is None:
-                continue
-            try:
-                converter.to_rgb(msg)
-                accepted += 1
-            except ImageRejected as exc:
-                expected[exc.reason] = expected.get(exc.reason, 0) + 1
-            peer.pub_image.publish(msg)
-            sent += 1
-            time.sleep(0.02)
-
-        def all_in(values):
-            return _settled(values) and int(values["frames_received"]) - int(before["frames_received"]) >= sent
-
-        after = latest_diag(peer, NODE, all_in, timeout=TIMEOUT)
-        delta = lambda key: int(after[key]) - int(before[key])  # noqa: E731
-        assert node.alive(), node.output()
-        assert delta("frames_received") == sent
-        for reason, count in expected.items():
-            assert delta(f"rejected.{reason}") == count, (reason, after)
-        assert delta("rejected_total") == sum(expected.values())
-        assert delta("frames_processed") + delta("dropped_frames") == accepted
-        assert delta("rejected.internal_error") == 0
-
-    run()
-    _, result = send_and_wait(peer, outputs, lambda: image_msg(scene_image()))  # still serving
-    assert result is not None and node.alive()
-    assert "Traceback" not in node.output()
