@@ -47,6 +47,25 @@ def test_gaussian_matches_torchvision_reference():
         [0.00443, 0.05401, 0.24204, 0.39905, 0.24204, 0.05401, 0.00443], abs=1e-5)
 
 
+@pytest.mark.parametrize("shape", [(3, 31, 45), (1, 512, 1024), (2, 4, 4), (1, 3, 2), (1, 1, 1), (9, 17)])
+def test_gaussian_opencv_cpu_path_equals_the_conv2d_path(shape):
+    """Inference on the CPU smooths with OpenCV; training (gradients) and other devices use conv2d."""
+    x = torch.randn(*shape) * 5 - 9
+    if x.numel() > 20:
+        x.view(-1)[7] = float("nan")  # NaN spreads over the same 7x7 neighbourhood in both
+    fast = scoring.gaussian_smooth(x)
+    with torch.enable_grad():
+        slow = scoring.gaussian_smooth(x.clone().requires_grad_(True)).detach()
+    assert fast.shape == slow.shape == x.shape and fast.dtype == torch.float32
+    assert torch.equal(torch.isnan(fast), torch.isnan(slow))
+    assert torch.allclose(fast.nan_to_num(), slow.nan_to_num(), atol=2e-6, rtol=1e-6)
+    with torch.inference_mode():
+        assert torch.allclose(scoring.gaussian_smooth(x).nan_to_num(), fast.nan_to_num(), atol=0, rtol=0)
+    strided = torch.randn(2, 40, 30).transpose(1, 2)  # non-contiguous input
+    assert torch.allclose(scoring.gaussian_smooth(strided), scoring._gaussian_smooth_torch(strided, 7, 1.0, True),
+                          atol=2e-6)
+
+
 def test_gaussian_handles_2d_tiny_maps_and_rejects_bad_kernels():
     assert scoring.gaussian_smooth(torch.ones(2, 2)).shape == (2, 2)
     assert torch.allclose(scoring.gaussian_smooth(torch.ones(2, 2)), torch.ones(2, 2))

@@ -42,7 +42,9 @@ def gaussian_smooth(score: torch.Tensor, kernel_size: int = DEFAULT_KERNEL_SIZE,
 
     Equal (to float rounding) to ``torchvision.transforms.GaussianBlur(kernel_size, sigma)`` applied
     per map. Differentiable, so the training loss can use it for the energy-biased penalty.
-    ``kernel_size`` 1 (or sigma 0 handled by the caller) means no smoothing.
+    ``kernel_size`` 1 (or sigma 0 handled by the caller) means no smoothing. Float32 CPU maps that
+    need no gradient go through OpenCV's separable filter: same result, ~40x faster than
+    ``conv2d`` on a 1024x512 map (bench/bench_frame.py's score stage).
     """
     if kernel_size == 1:
         return score
@@ -53,14 +55,36 @@ def gaussian_smooth(score: torch.Tensor, kernel_size: int = DEFAULT_KERNEL_SIZE,
     pad = kernel_size // 2
     h, w = x.shape[-2:]
     # Reflect padding needs pad < size; tiny maps fall back to replicate (torchvision would fail).
-    mode = "reflect" if h > pad and w > pad else "replicate"
+    reflect = h > pad and w > pad
+    needs_grad = torch.is_grad_enabled() and x.requires_grad
+    if x.device.type == "cpu" and x.dtype == torch.float32 and not needs_grad and x.numel() > 0:
+        x = _gaussian_smooth_cv2(x, kernel_size, sigma, reflect)
+    else:
+        x = _gaussian_smooth_torch(x, kernel_size, sigma, reflect)
+    return x.squeeze(0) if squeeze else x
+
+
+def _gaussian_smooth_torch(x: torch.Tensor, kernel_size: int, sigma: float, reflect: bool) -> torch.Tensor:
+    pad = kernel_size // 2
     k = gaussian_kernel_1d(kernel_size, sigma, device=x.device, dtype=x.dtype)
-    x = x.unsqueeze(1)
-    x = F.pad(x, (pad, pad, pad, pad), mode=mode)
+    x = F.pad(x.unsqueeze(1), (pad, pad, pad, pad), mode="reflect" if reflect else "replicate")
     x = F.conv2d(x, k.view(1, 1, 1, -1))
     x = F.conv2d(x, k.view(1, 1, -1, 1))
-    x = x.squeeze(1)
-    return x.squeeze(0) if squeeze else x
+    return x.squeeze(1)
+
+
+def _gaussian_smooth_cv2(x: torch.Tensor, kernel_size: int, sigma: float, reflect: bool) -> torch.Tensor:
+    import cv2
+
+    # torch's "reflect" (edge not repeated) is OpenCV's BORDER_REFLECT_101.
+    border = cv2.BORDER_REFLECT_101 if reflect else cv2.BORDER_REPLICATE
+    k = gaussian_kernel_1d(kernel_size, sigma).numpy()
+    src = x.detach().contiguous().numpy()
+    out = torch.empty_like(x, memory_format=torch.contiguous_format)
+    dst = out.numpy()
+    for i in range(src.shape[0]):
+        cv2.sepFilter2D(src[i], cv2.CV_32F, k, k, dst=dst[i], borderType=border)
+    return out
 
 
 def free_energy(logits: torch.Tensor, num_classes: int = NUM_INLIER_CLASSES) -> torch.Tensor:
