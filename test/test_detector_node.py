@@ -590,9 +590,9 @@ def _fuzz_case_message(fields: dict, index: int):
 
 
 def _settled(values: dict[str, str]) -> bool:
-    """Every received frame is accounted for: processed, dropped or rejected (none in flight)."""
+    """Every received frame is accounted for: processed, dropped, rejected or failed (none in flight)."""
     return int(values["frames_received"]) == (int(values["frames_processed"]) + int(values["dropped_frames"])
-                                              + int(values["rejected_total"]))
+                                              + int(values["rejected_total"]) + int(values["frames_failed"]))
 
 
 try:
@@ -647,6 +647,7 @@ def test_fuzzed_images_over_dds_are_processed_or_counted_and_the_node_keeps_serv
             assert delta(f"rejected.{reason}") == count, (reason, after)
         assert delta("rejected_total") == sum(expected.values())
         assert delta("frames_processed") + delta("dropped_frames") == accepted
+        assert delta("frames_failed") == 0
         assert delta("rejected.internal_error") == 0
 
     run()
@@ -837,6 +838,7 @@ def test_out_of_memory_on_a_frame_is_counted_and_the_node_continues(checkpoint, 
             time.sleep(0.3)
         values = latest_diag(peer, name, lambda v: v["out_of_memory_frames"] == "1", timeout=TIMEOUT)
         assert values["out_of_memory_dropped"] == "1" and values["degraded"] == "no"
+        assert values["frames_failed"] == "1" and _settled(values)  # the frame is accounted for
         assert values["device"] == "cpu" and values["precision"] == "fp32"
         assert outputs["result"].find(same_frame("oom_first")) is None  # that frame produced nothing
 

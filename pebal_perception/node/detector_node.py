@@ -152,6 +152,7 @@ def _node_class():
             self._rejected["internal_error"] = 0
             self._received = 0
             self._processed = 0
+            self._failed = 0  # taken from the mailbox but not published (processing error, out of memory)
             self._proc_times: deque[float] = deque(maxlen=200)  # (receive -> publish) ms, last window
             self._infer_times: deque[float] = deque(maxlen=200)
             self._last_diag = (time.monotonic(), 0, 0)
@@ -445,10 +446,13 @@ def _node_class():
                     continue
                 try:
                     self._process(item, torch, to_uint8_batch)
-                except FrameOutOfMemory as exc:  # counted by self.inference; the next frame may fit
+                except FrameOutOfMemory as exc:  # also counted by self.inference; the next frame may fit
+                    with self._lock:
+                        self._failed += 1
                     self.get_logger().error(f"frame dropped: {exc}", throttle_duration_sec=5.0)
                 except Exception as exc:  # noqa: BLE001 - keep serving frames
                     with self._lock:
+                        self._failed += 1
                         self._worker_error = f"{type(exc).__name__}: {exc}"
                     self.get_logger().error(f"processing failed: {type(exc).__name__}: {exc}",
                                             throttle_duration_sec=5.0)
@@ -493,7 +497,7 @@ def _node_class():
                 now = time.monotonic()
                 with self._lock:
                     t0, received0, processed0 = self._last_diag
-                    received, processed = self._received, self._processed
+                    received, processed, failed = self._received, self._processed, self._failed
                     self._last_diag = (now, received, processed)
                     proc = list(self._proc_times)
                     infer = list(self._infer_times)
@@ -531,6 +535,7 @@ def _node_class():
                     ("frames_received", str(received)),
                     ("frames_processed", str(processed)),
                     ("dropped_frames", str(dropped)),
+                    ("frames_failed", str(failed)),
                     ("rejected_total", str(sum(rejected.values()))),
                     *((f"rejected.{reason}", str(count)) for reason, count in sorted(rejected.items())),
                     ("out_of_memory_frames", str(oom.out_of_memory)),
