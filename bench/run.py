@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Runs the benchmark suite (issue 5) and stores the figures per machine.
 
-    python bench/run.py [--quick] [--only forward,frame,node,metrics,training]
+    python bench/run.py [--quick] [--only forward,frame,node,metrics,training,soak]
 
 Every figure module exposes ``run(quick) -> list[dict]`` (see ``bench/common.py`` for the record).
 One line is printed per figure::
@@ -12,7 +12,8 @@ One line is printed per figure::
 and all of them go to ``bench/results/<machine>.json`` (written atomically). With ``--only`` the
 figures of the selected modules replace those of the same name in an existing file; the others are
 kept. ``--quick`` is the smoke-sized suite (a few minutes on a 2-core CPU); the full suite runs
-every figure at its documented size and takes much longer on a CPU.
+every figure at its documented size and takes much longer on a CPU (the soak alone replays for 10 minutes;
+25 s with ``--quick``).
 
 A module whose prerequisites are missing reports its figures as skipped, never with a number; a
 module that raises is reported as ``<module>: failed (...)`` and makes the exit status 1.
@@ -43,6 +44,7 @@ MODULES = {
     "node": "bench.bench_node",          # figure 3
     "metrics": "bench.bench_metrics",    # figure 4
     "training": "bench.bench_training",  # figure 5
+    "soak": "bench.bench_soak",          # issue 6: 10 minutes at 10 Hz (full), 25 s (--quick)
 }
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
 

@@ -97,6 +97,44 @@ def test_node_and_metrics_modules_report(monkeypatch):
     _check_figure(figs[0])
 
 
+def test_soak_module_analysis():
+    """The soak's verdicts on made-up samples (the soak itself runs in test/test_soak.py: 30 s of a node)."""
+    from bench import bench_soak
+
+    reason = bench_soak.prerequisites()
+    assert reason is None or reason.startswith("node not available")
+    assert bench_soak.warmup_for(30) == 6.0 and bench_soak.warmup_for(600) == 30.0 and bench_soak.warmup_for(5) == 5.0
+
+    def record(leak_kb_per_s: float) -> dict:
+        samples = [{"t": float(t), "rss_kb": 600_000 + (30_000 if t % 3 == 0 else 0) + int(leak_kb_per_s * t),
+                    "threads": 23, "fds": 18} for t in range(60)]
+        counters = {"frames_received": 10, "frames_processed": 7, "dropped_frames": 2, "rejected_total": 0}
+        return {"duration_s": 60.0, "warmup_s": 10.0, "samples": samples,
+                "results": [[10 + i * 0.2, 150.0 + (i % 7)] for i in range(250)],
+                "diagnostics": [{"t": 11.0, **counters}], "player_messages_published": 1200,
+                "final": {**counters, "dropped_frames": 3}}
+
+    steady = bench_soak.analyse(record(0.0))
+    assert abs(steady["rss_growth_pct"]) < 1.0 and abs(steady["slope_mb_per_min"]) < 5.0
+    assert steady["accounting_ok"] and steady["in_flight_end"] == 0 and steady["in_flight_max"] == 1
+    assert steady["latency_p95_growth"] == pytest.approx(1.0, abs=0.05)
+    assert steady["processed_fps"] == pytest.approx(5.0) and steady["frames_published"] == 600
+    leaking = bench_soak.analyse(record(1500.0))  # 1.5 MB/s
+    assert leaking["rss_growth_pct"] > 5.0 and leaking["slope_mb_per_min"] == pytest.approx(1500 * 60 / 1024, rel=0.1)
+    lost = record(0.0)
+    lost["final"]["dropped_frames"] = 1  # a frame neither processed, dropped nor rejected
+    lost["final"]["frames_received"] = 12
+    assert not bench_soak.analyse(lost)["accounting_ok"]
+    for fig in bench_soak.figures({**record(0.0), "analysis": steady, "fps": 10.0, "size": [1024, 512],
+                                   "ros_domain_id": "1", "player_samples": []}):
+        assert fig["name"].startswith("soak_") and fig["name"].endswith("_60s_1024x512")
+        if fig["name"].startswith("soak_rss_growth"):
+            json.dumps(fig)
+            assert fig["meets_target"] is True
+        else:
+            _check_figure(fig)
+
+
 def test_runner_lists_every_module(tmp_path, capsys, monkeypatch):
     from bench import bench_node
     from bench import run as bench_run
@@ -106,5 +144,5 @@ def test_runner_lists_every_module(tmp_path, capsys, monkeypatch):
     assert ok and path is not None and path.parent == tmp_path
     stored = json.loads(path.read_text())
     assert [f["name"] for f in stored["figures"]] == ["node_fake"]
-    assert set(bench_run.MODULES) == {"forward", "frame", "node", "metrics", "training"}
+    assert set(bench_run.MODULES) == {"forward", "frame", "node", "metrics", "training", "soak"}
     assert "node_fake: skipped (stubbed in the smoke test)" in capsys.readouterr().out

@@ -1,0 +1,92 @@
+"""Soak, CI version (issue 6): the real detector node fed a looping 10 Hz replay of a 1024x512 synthetic
+drive (``pebal-bag play --loop``) for 30 s; its memory, threads, open files and queues must not grow.
+
+The same code as the bench figure (``bench/bench_soak.py``, 10 minutes there): the installed launcher
+with ``config/detector.yaml`` (embedded default model, CPU), sampled every second from ``/proc`` and
+over ``/diagnostics`` / ``~/result``. DDS stays on loopback in this session's ROS_DOMAIN_ID
+(conftest.py). No speed assertions: the node may process fewer than 10 fps (stale frames are dropped
+by design); only growth, continuity, accounting and a clean shutdown are checked.
+"""
+from __future__ import annotations
+
+import pytest
+
+from bench import bench_soak
+
+DURATION_S = 30.0
+WARMUP_S = 6.0  # bench_soak.warmup_for(30): 20 % of the duration
+# RSS growth bound after the warm-up (median of the first 5 post-warm-up 1-s samples vs the last 5).
+# Measured here (2 shared cores, 1024x512 at 10 Hz, ~5-7 processed fps): the node sits at ~650 MB and
+# swings by +-30 MB within a frame (the full-resolution output maps come and go), so a 5-sample median
+# moves by a few % between two windows while the growth itself stays within +-2 %. A leak of one
+# frame-sized buffer per frame (1.5 MB bgr8 input, 2 MB 32FC1 energy) over the ~19 s between the two
+# windows at >= 4 fps is >= 110 MB, i.e. >= 17 %; 12 % catches that and leaks down to ~1 MB/frame without
+# flaking on the swings.
+RSS_GROWTH_BOUND_PCT = 12.0
+# p95 of processing_time_ms (receipt -> result published) in the last third vs the first third. The
+# bench target is 1.5x over 10 minutes; over 30 s on a machine shared with other jobs one busy spell can
+# move a third's p95 a lot, while a growing queue grows it without bound, so CI allows 3x.
+LATENCY_GROWTH_BOUND = 3.0
+WINDOW_S = 5.0  # at least one result in every such window after the warm-up
+
+
+@pytest.fixture(scope="module")
+def record(tmp_path_factory):
+    reason = bench_soak.prerequisites()
+    if reason is not None:
+        pytest.skip(f"{reason}; run scripts/setup.sh")
+    try:
+        rec = bench_soak.soak(DURATION_S, warmup_s=WARMUP_S, workdir=tmp_path_factory.mktemp("soak"),
+                              verbose=False)
+    except bench_soak.SoakUnavailable as exc:  # pragma: no cover - depends on the environment
+        pytest.skip(str(exc))
+    print("soak: " + bench_soak.summary_line(rec))  # shown with -s / on failure
+    return rec
+
+
+def test_node_runs_throughout_and_exits_cleanly_on_sigint(record):
+    tail = record.get("node_log_tail")
+    assert record["node_alive_throughout"], f"node died at {record.get('node_died_at_s')} s: {tail}"
+    assert not record.get("node_killed"), f"node ignored SIGINT: {tail}"
+    assert record["node_exit_status"] == 0, f"node exit status {record['node_exit_status']}: {tail}"
+    assert record["player_status"] == 0
+    # No processing failure was ever reported (level 2 = ERROR, e.g. "processing failed: ...").
+    assert record["diagnostics"] and all(d["level"] < 2 for d in record["diagnostics"]), \
+        [d["message"] for d in record["diagnostics"] if d["level"] >= 2][:3]
+
+
+def test_frames_are_processed_continuously(record):
+    times = [t for t, _ in record["results"]]
+    t = WARMUP_S
+    while t + WINDOW_S <= DURATION_S:
+        assert any(t <= r < t + WINDOW_S for r in times), \
+            f"no result between {t:.0f} s and {t + WINDOW_S:.0f} s: {bench_soak.summary_line(record)}"
+        t += WINDOW_S
+
+
+def test_frame_accounting_holds(record):
+    a, final = record["analysis"], record["final"]
+    assert final is not None, "no diagnostics after the replay stopped"
+    assert final["frames_received"] > 0 and final["frames_processed"] > 0
+    assert final["rejected_total"] == 0 and final["frames_failed"] == 0
+    # After the replay stopped and the node drained: received == processed + dropped + rejected (+1 pending).
+    assert a["in_flight_end"] in (0, 1), bench_soak.summary_line(record)
+    # While running: never more than converting + in the mailbox + being processed (-1: counters are not
+    # read under one lock).
+    assert -1 <= a["in_flight_min"] and a["in_flight_max"] <= bench_soak.MAX_IN_FLIGHT, bench_soak.summary_line(record)
+    assert a["accounting_ok"]
+
+
+def test_memory_threads_and_files_do_not_grow(record):
+    a = record["analysis"]
+    assert a["post_warmup_samples"] >= 20, a
+    assert a["rss_growth_pct"] < RSS_GROWTH_BOUND_PCT, bench_soak.summary_line(record)
+    # A thread or file descriptor per frame would be +100s here; allow a few for DDS/executor housekeeping.
+    assert a["threads_max"] <= a["threads_start"] + 4, bench_soak.summary_line(record)
+    assert a["fds_max"] <= a["fds_start"] + 4, bench_soak.summary_line(record)
+
+
+def test_latency_does_not_grow(record):
+    a = record["analysis"]
+    assert a["latency_first_third"]["n"] > 0 and a["latency_last_third"]["n"] > 0
+    assert a["latency_p95_growth"] <= LATENCY_GROWTH_BOUND, bench_soak.summary_line(record)
