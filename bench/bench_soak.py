@@ -310,6 +310,18 @@ def analyse(record: dict[str, Any]) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------------------------- soak
 
+def _interrupt(proc: subprocess.Popen, timeout_s: float = 15.0) -> bool:
+    """SIGINT, then SIGKILL if ``proc`` has not exited within ``timeout_s``; True when it exited by itself."""
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout_s)
+        return True
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+        return False
+
+
 def make_bag(path: Path, frames: int, size: tuple[int, int], fps: float) -> dict[str, Any]:
     from pebal_training.recipes.drive_bag import write_drive_bag
 
@@ -500,12 +512,7 @@ def soak(duration_s: float, *, fps: float = 10.0, size: tuple[int, int] = (1024,
         record["elapsed_s"] = now()
 
         # Stop the replay, let the node drain its mailbox, then read its final counters.
-        player.send_signal(signal.SIGINT)
-        try:
-            player.wait(15)
-        except subprocess.TimeoutExpired:
-            player.kill()
-            player.wait(5)
+        _interrupt(player)
         record["player_status"] = player.returncode
         player_out = player_log_path.read_text(errors="replace")
         m = re.search(r"published (\d+) messages", player_out)
@@ -530,14 +537,8 @@ def soak(duration_s: float, *, fps: float = 10.0, size: tuple[int, int] = (1024,
                 record["after_replay_sample"] = sample
         # SIGINT: the node must exit cleanly (status 0) and promptly.
         t_stop = time.monotonic()
-        if node.poll() is None:
-            node.send_signal(signal.SIGINT)
-            try:
-                node.wait(15)
-            except subprocess.TimeoutExpired:
-                node.kill()
-                node.wait(5)
-                record["node_killed"] = True
+        if node.poll() is None and not _interrupt(node):
+            record["node_killed"] = True
         record["node_exit_status"] = node.returncode
         record["node_exit_s"] = time.monotonic() - t_stop
         record["node_log_tail"] = node_tail(5)
