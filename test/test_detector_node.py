@@ -358,7 +358,8 @@ def peer():
 @pytest.fixture(scope="module")
 def node(workdir, checkpoint, peer):
     proc = NodeProcess(workdir, "-p", "restrict_to_drivable:=false", "-p", f"min_obstacle_area:={MIN_AREA}",
-                       "-p", "subscribe_compressed:=true", "-p", "qos.depth:=10", checkpoint=checkpoint)
+                       "-p", "subscribe_compressed:=true", "-p", "qos.depth:=10", "-p", "cpu_threads:=1",
+                       checkpoint=checkpoint)
     outputs = peer.outputs(NODE)
     rgb = scene_image()
     try:
@@ -566,9 +567,11 @@ def test_malformed_messages_are_counted_and_frames_keep_flowing(node, peer):
 
     after = latest_diag(peer, NODE, counted, timeout=10.0)
     assert int(after["rejected_total"]) >= int(before["rejected_total"]) + len(wanted)
-    for key in ("input_rate_hz", "processing_time_ms", "dropped_frames", "device", "model_id", "inference_time_ms"):
+    for key in ("input_rate_hz", "processing_time_ms", "dropped_frames", "device", "model_id", "inference_time_ms",
+                "frames_failed", "frames_lost_in_transport", "out_of_memory_frames", "degraded"):
         assert key in after
     assert after["device"] == "cpu" and after["model_id"].startswith("espnetv2")
+    assert after["cpu_threads"] == "1"  # the cpu_threads parameter
     # Errors are logged, rate-limited (not one line per message).
     assert node.output().count("rejected input image") <= 12
 

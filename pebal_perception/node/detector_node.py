@@ -42,7 +42,7 @@ DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "fp16")
 # Parameters fixed once the node runs (model, device, subscriptions): changes are refused.
 READ_ONLY = ("checkpoint", "model", "device", "precision", "input_width", "input_height", "oom_fallback",
-             "qos.depth", "qos.reliability", "subscribe_compressed")
+             "cpu_threads", "qos.depth", "qos.reliability", "subscribe_compressed")
 AUTO_THRESHOLD_STRINGS = ("", "nan", "auto", "checkpoint", "calibrated", "default")
 
 
@@ -116,6 +116,7 @@ def _node_class():
     from geometry_msgs.msg import Point
     from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType,
                                     SetParametersResult)
+    from rclpy.event_handler import SubscriptionEventCallbacks
     from rclpy.node import Node
     from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, DurabilityPolicy
     from sensor_msgs.msg import CameraInfo, CompressedImage, Image
@@ -153,6 +154,7 @@ def _node_class():
             self._received = 0
             self._processed = 0
             self._failed = 0  # taken from the mailbox but not published (processing error, out of memory)
+            self._lost_in_transport = 0  # reported lost by the middleware: never reached _on_image
             self._proc_times: deque[float] = deque(maxlen=200)  # (receive -> publish) ms, last window
             self._infer_times: deque[float] = deque(maxlen=200)
             self._last_diag = (time.monotonic(), 0, 0)
@@ -172,9 +174,11 @@ def _node_class():
                 history=HistoryPolicy.KEEP_LAST, depth=depth, durability=DurabilityPolicy.VOLATILE,
                 reliability=(ReliabilityPolicy.RELIABLE if reliability == "reliable"
                              else ReliabilityPolicy.BEST_EFFORT))
-            self.create_subscription(Image, "image", self._on_image, sensor_qos)
+            lost = SubscriptionEventCallbacks(message_lost=self._on_message_lost)
+            self.create_subscription(Image, "image", self._on_image, sensor_qos, event_callbacks=lost)
             if bool(self.get_parameter("subscribe_compressed").value):
-                self.create_subscription(CompressedImage, "image/compressed", self._on_compressed, sensor_qos)
+                self.create_subscription(CompressedImage, "image/compressed", self._on_compressed, sensor_qos,
+                                         event_callbacks=lost)
             self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, sensor_qos)
 
             out_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=5, reliability=ReliabilityPolicy.RELIABLE)
@@ -216,6 +220,10 @@ def _node_class():
                     "and one retry): 'none' (drop the frame), or a comma-separated list of 'fp16' (switch to "
                     "half precision) and 'cpu' (move the model to the CPU), applied in order and kept. Every "
                     "case is counted in /diagnostics. Read-only.", P.PARAMETER_STRING, read_only=True)),
+                ("cpu_threads", 0, descriptor(
+                    "Intra-op threads PyTorch may use on the CPU (torch.set_num_threads); 0 = PyTorch's "
+                    "default (one per core). 1 avoids OpenMP stalls when other processes share the cores. "
+                    "Read-only.", P.PARAMETER_INTEGER, read_only=True, int_range=(0, 1024))),
                 ("input_width", 0, descriptor(
                     "Network input width in pixels (multiple of the architecture's divisor); 0 = the "
                     "checkpoint's. Set together with input_height. Read-only.", P.PARAMETER_INTEGER,
@@ -290,6 +298,11 @@ def _node_class():
                 self._threshold_param = parse_threshold(get("threshold"))
             except ValueError as exc:
                 raise StartupError(f"parameter threshold: {exc}") from None
+            threads = int(get("cpu_threads"))
+            if threads > 0:
+                import torch
+
+                torch.set_num_threads(threads)  # the whole process: this node owns it
             checkpoint = str(get("checkpoint")).strip()
             model = str(get("model")).strip() or None
             if not checkpoint:
@@ -411,6 +424,10 @@ def _node_class():
         def _on_compressed(self, msg: CompressedImage) -> None:
             self._accept(msg, self.converter.compressed_to_rgb)
 
+        def _on_message_lost(self, info) -> None:
+            with self._lock:
+                self._lost_in_transport += int(info.total_count_change)
+
         def _on_camera_info(self, msg: CameraInfo) -> None:
             try:
                 k = np.array([float(v) for v in msg.k], dtype=np.float64).reshape(3, 3)
@@ -493,11 +510,14 @@ def _node_class():
 
         # ----------------------------------------------------------------------------- diagnostics
         def _publish_diagnostics(self) -> None:
+            import torch
+
             try:
                 now = time.monotonic()
                 with self._lock:
                     t0, received0, processed0 = self._last_diag
                     received, processed, failed = self._received, self._processed, self._failed
+                    lost = self._lost_in_transport
                     self._last_diag = (now, received, processed)
                     proc = list(self._proc_times)
                     infer = list(self._infer_times)
@@ -536,6 +556,7 @@ def _node_class():
                     ("frames_processed", str(processed)),
                     ("dropped_frames", str(dropped)),
                     ("frames_failed", str(failed)),
+                    ("frames_lost_in_transport", str(lost)),
                     ("rejected_total", str(sum(rejected.values()))),
                     *((f"rejected.{reason}", str(count)) for reason, count in sorted(rejected.items())),
                     ("out_of_memory_frames", str(oom.out_of_memory)),
@@ -543,6 +564,7 @@ def _node_class():
                     ("degraded", ",".join(oom.degraded) or "no"),
                     ("device", str(self.engine.device)),
                     ("precision", str(self.engine.precision)),
+                    ("cpu_threads", str(torch.get_num_threads())),
                     ("model_id", str(self.model_id)),
                     ("network_input", self._input_size_text()),
                     ("threshold", f"{threshold:g}"),
