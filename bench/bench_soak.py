@@ -399,6 +399,7 @@ def soak(duration_s: float, *, fps: float = 10.0, size: tuple[int, int] = (1024,
                     d = {key: int(values[key]) for key in
                          ("frames_received", "frames_processed", "dropped_frames", "rejected_total")}
                     d["frames_failed"] = int(values.get("frames_failed", "0"))
+                    d["frames_lost_in_transport"] = int(values.get("frames_lost_in_transport", "0"))
                 except (KeyError, ValueError):
                     continue
                 for key in ("processing_time_ms", "processing_time_max_ms", "inference_time_ms",
