@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Runs the benchmark suite (issue 5) and stores the figures per machine.
 
-    python bench/run.py [--quick] [--only forward,frame,node,metrics,training,soak]
+    python bench/run.py [--quick] [--only forward,frame,node,metrics,training,soak,gpu]
 
 Every figure module exposes ``run(quick) -> list[dict]`` (see ``bench/common.py`` for the record).
 One line is printed per figure::
@@ -45,6 +45,7 @@ MODULES = {
     "metrics": "bench.bench_metrics",    # figure 4
     "training": "bench.bench_training",  # figure 5
     "soak": "bench.bench_soak",          # issue 6: 10 minutes at 10 Hz (full), 25 s (--quick)
+    "gpu": "bench.bench_gpu",            # figure 6: CUDA fp16 (skipped without a GPU)
 }
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
 

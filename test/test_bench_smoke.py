@@ -135,6 +135,25 @@ def test_soak_module_analysis():
             _check_figure(fig)
 
 
+def test_gpu_module_skips_without_cuda_and_its_harness_runs_on_the_cpu():
+    """Figure 6 needs a GPU; here: its figures are skipped with the reason when CUDA is absent, and
+    the same measuring code runs on the CPU at tiny sizes (fp32 only: autocast fp16 is CUDA's)."""
+    import torch
+
+    from bench import bench_gpu
+
+    if not torch.cuda.is_available():
+        figs = bench_gpu.run(quick=True, verbose=False)
+        assert figs and all(f.get("skipped") and "CUDA" in f["reason"] for f in figs)
+    figs = bench_gpu.bench_forward("espnetv2", (64, 32), 0, 1, "cpu", precisions=("fp32",), verbose=False)
+    assert [f["name"] for f in figs] == ["gpu_forward_espnetv2_64x32_ours_fp32"]
+    assert figs[0]["outputs_match"] and figs[0]["unit"] == "fps"
+    frame = bench_gpu.bench_frame((64, 32), 0, 1, "cpu", precision="fp32", verbose=False)
+    for fig in figs + [frame]:
+        _check_figure(fig)
+    assert 0.0 <= frame["host_postprocess_share"] <= 1.0
+
+
 def test_runner_lists_every_module(tmp_path, capsys, monkeypatch):
     from bench import bench_node
     from bench import run as bench_run
@@ -144,5 +163,5 @@ def test_runner_lists_every_module(tmp_path, capsys, monkeypatch):
     assert ok and path is not None and path.parent == tmp_path
     stored = json.loads(path.read_text())
     assert [f["name"] for f in stored["figures"]] == ["node_fake"]
-    assert set(bench_run.MODULES) == {"forward", "frame", "node", "metrics", "training", "soak"}
+    assert set(bench_run.MODULES) == {"forward", "frame", "node", "metrics", "training", "soak", "gpu"}
     assert "node_fake: skipped (stubbed in the smoke test)" in capsys.readouterr().out
