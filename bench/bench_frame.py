@@ -88,8 +88,7 @@ class FramePipeline:
                 logits = eng.model(x)
             with t("score"):
                 out_hw = tuple(batch.shape[-2:])
-                energy = scoring.free_energy(logits)
-                semantic = scoring.semantic_prediction(logits).to(torch.uint8)
+                energy, semantic = scoring.energy_and_prediction(logits, prediction_dtype=torch.uint8)
                 if tuple(energy.shape[-2:]) != out_hw:
                     energy = F.interpolate(energy.unsqueeze(1), size=out_hw, mode="bilinear",
                                            align_corners=False).squeeze(1)

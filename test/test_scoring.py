@@ -75,6 +75,32 @@ def test_gaussian_handles_2d_tiny_maps_and_rejects_bad_kernels():
         scoring.gaussian_kernel_1d(7, 0.0)
 
 
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("shape", [(1, 20, 64, 96), (2, 20, 37, 5), (1, 19, 1, 1), (1, 20, 70, 33)])
+def test_energy_and_prediction_equal_the_separate_functions(layout, shape):
+    torch.manual_seed(sum(shape))
+    logits = torch.randn(*shape) * 4
+    logits[0, 3, 0, :] = logits[0, 7, 0, :]  # ties: the first maximal class wins, as argmax
+    logits[0, 3, 0, :] += 100
+    logits[0, 7, 0, :] += 100
+    if shape[2] > 2:
+        logits[0, :, 1, 0] = float("-inf")  # every class impossible
+        logits[0, 2, 2, 0] = float("inf")
+        logits[0, 5, 2, 1 % shape[3]] = float("nan")
+    if layout == "channels_last":
+        logits = logits.contiguous(memory_format=torch.channels_last)
+    energy, prediction = scoring.energy_and_prediction(logits, rows_per_chunk=8)
+    expected_energy, expected_prediction = scoring.free_energy(logits), scoring.semantic_prediction(logits)
+    assert energy.dtype == torch.float32 and prediction.dtype == torch.int64
+    assert torch.equal(prediction, expected_prediction)
+    assert torch.equal(torch.isnan(energy), torch.isnan(expected_energy))
+    torch.testing.assert_close(energy, expected_energy, rtol=1e-6, atol=1e-5, equal_nan=True)
+    _, as_uint8 = scoring.energy_and_prediction(logits.half(), prediction_dtype=torch.uint8)
+    assert as_uint8.dtype == torch.uint8 and torch.equal(as_uint8.long(), scoring.semantic_prediction(logits.half()))
+    with pytest.raises(ValueError):
+        scoring.energy_and_prediction(logits[:, :5])
+
+
 def test_semantic_ignores_the_abstention_channel():
     logits = torch.zeros(1, 20, 1, 2)
     logits[0, 19] = 50.0

@@ -134,8 +134,7 @@ class InferenceEngine:
         """
         logits = self.forward_logits(batch_uint8)
         out_hw = tuple(batch_uint8.shape[-2:])
-        energy = scoring.free_energy(logits)
-        semantic = scoring.semantic_prediction(logits).to(torch.uint8)
+        energy, semantic = scoring.energy_and_prediction(logits, prediction_dtype=torch.uint8)
         if tuple(energy.shape[-2:]) != out_hw:
             energy = F.interpolate(energy.unsqueeze(1), size=out_hw, mode="bilinear", align_corners=False).squeeze(1)
             semantic = F.interpolate(semantic.unsqueeze(1), size=out_hw, mode="nearest-exact").squeeze(1)
