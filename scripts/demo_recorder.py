@@ -214,9 +214,12 @@ def main(argv=None) -> int:
             "drops": (args.expect or frames_in) - len(stamps),
             "node_frames_received": int(diag["frames_received"]) if "frames_received" in diag else None,
             "node_dropped_frames": int(diag["dropped_frames"]) if "dropped_frames" in diag else None,
+            "node_frames_lost_in_transport": (int(diag["frames_lost_in_transport"])
+                                              if "frames_lost_in_transport" in diag else None),
             "drops_what": "drops = published - results; node_dropped_frames = frames the node received but "
-                          "replaced by a newer one before processing (newest-frame-wins mailbox); the rest never "
-                          "reached the node (best-effort input, keep-last 5, while its CPU was busy)",
+                          "replaced by a newer one before processing (newest-frame-wins mailbox); "
+                          "node_frames_lost_in_transport = frames DDS reported lost; the rest never reached "
+                          "the node's callback (keep-last 5 input history overwritten)",
             "latency_ms": {"p50": pct(latency, 50), "p95": pct(latency, 95), "max": pct(latency, 100),
                            "what": "image received -> result received, both in the recorder (DDS included)"},
             "node_processing_time_ms": {"p50": pct(node_ms, 50), "p95": pct(node_ms, 95)},
