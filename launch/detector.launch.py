@@ -33,6 +33,10 @@ def generate_launch_description():
                               default_value=PathJoinSubstitution(
                                   [FindPackageShare("pebal_perception"), "config", "detector.yaml"]),
                               description="YAML parameter file of the node"),
+        DeclareLaunchArgument("input_reliability", default_value="best_effort",
+                              description="QoS of the image subscription: best_effort (sensor data; matches "
+                                          "every publisher) | reliable (needs a reliable publisher; no large "
+                                          "frames lost in transport)"),
         DeclareLaunchArgument("namespace", default_value="", description="namespace of the node"),
         Node(
             package="pebal_perception",
@@ -48,6 +52,7 @@ def generate_launch_description():
                     "device": LaunchConfiguration("device"),
                     # Always a double (YAML-parsed): .nan = the checkpoint's calibrated threshold.
                     "threshold": ParameterValue(LaunchConfiguration("threshold"), value_type=float),
+                    "qos.reliability": LaunchConfiguration("input_reliability"),
                 },
             ],
             remappings=[

@@ -25,6 +25,7 @@ EXPECTED_ARGS = {
     "device": "auto",
     "threshold": ".nan",
     "namespace": "",
+    "input_reliability": "best_effort",  # = config/detector.yaml's qos.reliability
 }
 
 
@@ -95,8 +96,10 @@ def test_node_description():
     overrides = params.elts[1]
     assert isinstance(overrides, ast.Dict)
     keys = [_describe(k) for k in overrides.keys]
-    assert keys == ["checkpoint", "device", "threshold"]
+    assert keys == ["checkpoint", "device", "threshold", "qos.reliability"]
     values = dict(zip(keys, overrides.values))
+    # A string like the params file's value, defaulting to it (sensor-data QoS).
+    assert _describe(values["qos.reliability"]) == ("LaunchConfiguration", "input_reliability")
     assert _describe(values["checkpoint"]) == ("LaunchConfiguration", "checkpoint")
     assert _describe(values["device"]) == ("LaunchConfiguration", "device")
     # The threshold override must stay a double like config/detector.yaml's (.nan): rcl ignores an
