@@ -71,7 +71,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from pebal_perception.core.checkpoint import (ModelMeta, _torch_load, is_pebal_checkpoint, load_checkpoint,
                                               save_checkpoint)
-from pebal_perception.core.io import atomic_write, atomic_write_json
+from pebal_perception.core.io import atomic_write, atomic_write_json, temp_target_name
 from pebal_perception.core.models import NUM_INLIER_CLASSES, NUM_OUTPUTS, create_model, get_model_spec
 from pebal_perception.core.models.common import CheckpointError, load_state_dict_strict
 from pebal_perception.core.scoring import anomaly_score, gaussian_smooth
@@ -86,7 +86,6 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoints"
 _CKPT_RE = re.compile(r"^step_(\d{9})\.pt$")
-_TEMP_RE = re.compile(r"^\.step_\d{9}\.pt\..+\.tmp$")  # pebal_perception.core.io.atomic_write's temp names
 
 
 class TrainingDiverged(RuntimeError):
@@ -617,7 +616,7 @@ def remove_interrupted_writes(run_dir: Path) -> list[Path]:
     folder = Path(run_dir) / CHECKPOINT_DIR
     if not folder.is_dir():
         return []
-    stale = [p for p in folder.iterdir() if _TEMP_RE.match(p.name) and p.is_file()]
+    stale = [p for p in folder.iterdir() if _CKPT_RE.match(temp_target_name(p.name) or "") and p.is_file()]
     for path in stale:
         path.unlink(missing_ok=True)
     return stale

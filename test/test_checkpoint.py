@@ -47,6 +47,24 @@ def test_update_meta_rewrites_atomically(tmp_path):
         update_checkpoint_meta(path, nonsense=1)
 
 
+def test_temp_files_of_interrupted_writes_name_their_target(tmp_path):
+    from pebal_perception.core.io import atomic_write, atomic_write_bytes, temp_target_name
+
+    def failing(f):
+        f.write(b"partial")
+        names.extend(p.name for p in tmp_path.iterdir())
+        raise OSError("disk full")
+
+    names: list[str] = []
+    with pytest.raises(OSError):
+        atomic_write(tmp_path / "step_000000007.pt", failing)
+    assert [temp_target_name(n) for n in names] == ["step_000000007.pt"]  # the temp file, while writing
+    assert not list(tmp_path.iterdir())  # removed when the writer raises (a SIGKILL would leave it)
+    atomic_write_bytes(tmp_path / "done.pt", b"x")
+    for name in ("done.pt", ".tmp", ".x.tmp", "..tmp", ".done.pt.abc", "done.pt.abc.tmp"):
+        assert temp_target_name(name) is None, name
+
+
 def test_third_party_state_dict_needs_or_detects_the_architecture(tmp_path):
     model = TinySegNet()
     path = tmp_path / "bare.pth"

@@ -20,7 +20,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], binary: 
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_TEMP_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, "wb" if binary else "w") as f:
             write(f)
@@ -35,6 +35,19 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], binary: 
             pass
         raise
     return path
+
+
+_TEMP_SUFFIX = ".tmp"
+
+
+def temp_target_name(name: str) -> str | None:
+    """The file name an :func:`atomic_write` temp file called ``name`` was to become (``.NAME.XXXX.tmp``
+    -> ``NAME``), or None when ``name`` is not such a temp file. Lets callers clean up after writers
+    that were killed mid-write."""
+    if not (name.startswith(".") and name.endswith(_TEMP_SUFFIX)):
+        return None
+    target, dot, random_part = name[1:-len(_TEMP_SUFFIX)].rpartition(".")
+    return target if dot and target and random_part else None
 
 
 def _fsync_directory(folder: Path) -> None:
