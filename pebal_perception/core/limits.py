@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-
 # Largest magnitude a threshold may have: free energies of real networks lie within a few hundred of 0,
 # and float32 outputs cannot carry more than ~3.4e38. 1e6 keeps a typo (1e308) from being accepted.
 MAX_ABS_THRESHOLD = 1.0e6
@@ -22,6 +20,4 @@ def check_threshold(value: float, what: str = "threshold") -> float:
     if abs(number) > MAX_ABS_THRESHOLD:
         raise ValueError(f"{what} {number:g} is outside [-{MAX_ABS_THRESHOLD:g}, {MAX_ABS_THRESHOLD:g}] "
                          "(free-energy scores of real models lie far inside it)")
-    if not math.isfinite(float(np.float32(number))):  # cannot happen inside the bound; kept as the reason for it
-        raise ValueError(f"{what} {number:g} does not fit a float32 output field")
     return number
