@@ -439,9 +439,9 @@ def test_atomic_writer_abort_and_refuse_existing(work):
         AtomicBagWriter(out)
 
 
-def test_replaying_a_10hz_bag_into_a_slower_node_drops_frames_with_bounded_latency(work, checkpoint):
+def test_replaying_a_10hz_bag_into_a_slower_node_drops_frames_and_queues_nothing(work, checkpoint):
     """A 10 Hz bag played at its recorded rate into a node that needs far more than 100 ms per frame:
-    frames are dropped (only the newest is processed) and the latency of processed frames does not grow."""
+    frames are dropped (only the newest is processed), in order, and nothing is left queued at the end."""
     launcher, player = _ros_or_skip()
     from rclpy.qos import QoSProfile, ReliabilityPolicy
 
@@ -474,12 +474,52 @@ def test_replaying_a_10hz_bag_into_a_slower_node_drops_frames_with_bounded_laten
         played_at = time.monotonic()
         while time.monotonic() < played_at + 10 and (not results or results[-1][0] > time.monotonic() - 2):
             time.sleep(0.1)  # until the node has been idle for 2 s (its last frame is out)
-    latencies = [msg.processing_time_ms for _, msg in results]  # receipt -> publish, mailbox wait included
-    assert 2 <= len(results) < frames, (len(results), log.read_text()[-2000:])  # frames were dropped
-    per_frame = float(np.median(latencies))
-    assert per_frame > 100.0, per_frame  # the node really is slower than the 10 Hz bag
-    # Newest-frame-only: no frame waits behind a queue, so every latency stays within about two
-    # frame times, while a queue would make the k-th frame wait k frame times.
-    assert max(latencies) < 2.5 * per_frame + 200.0, latencies
-    third = max(1, len(latencies) // 3)
-    assert np.mean(latencies[-third:]) < 1.5 * np.mean(latencies[:third]) + 200.0, latencies
+    stamps = [msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec for _, msg in results]
+    after_play = sum(1 for received, _ in results if received > played_at)
+    tail = log.read_text()[-2000:]
+    # The node is slower than the bag: frames were dropped, and the ones processed come in order.
+    assert 2 <= len(results) < frames, (len(results), tail)
+    assert stamps == sorted(set(stamps)), stamps
+    # Newest-frame-only, never a queue: once the player has finished, at most the frame in work, the
+    # one in the mailbox and what the subscription's history (qos.depth 5) still held come out, while
+    # a queue would still owe every frame not yet processed. Counts, not seconds: CI is a noisy machine.
+    assert after_play <= 2 + 5, (after_play, len(results), tail)
+
+
+def test_play_never_imports_modules_named_by_the_bag(work):
+    """A bag's type strings are data: ``this/msg/Zen`` must not import ``this`` (which prints the Zen of
+    Python); unknown types are skipped, warned about and counted, the known topics are still played."""
+    _, player = _ros_or_skip()
+    from rosbags.rosbag2 import Writer
+    from rosbags.typesys import Stores, get_types_from_msg, get_typestore
+
+    store = get_typestore(Stores.ROS2_KILTED if hasattr(Stores, "ROS2_KILTED") else Stores.LATEST)
+    store.register(get_types_from_msg("string data", "this/msg/Zen"))
+    store.register(get_types_from_msg("string data", "os/msg/system"))
+    bag = work / "lying_types"
+    with Writer(bag, version=8) as writer:
+        for topic, msgtype in (("/zen", "this/msg/Zen"), ("/os", "os/msg/system")):
+            conn = writer.add_connection(topic, msgtype, typestore=store)
+            writer.write(conn, 1, bytes(store.serialize_cdr(store.types[msgtype](data="x"), msgtype)))
+        conn = writer.add_connection("/chatter", "std_msgs/msg/String", typestore=store)
+        message = store.types["std_msgs/msg/String"](data="hello")
+        writer.write(conn, 2, bytes(store.serialize_cdr(message, "std_msgs/msg/String")))
+    proc = subprocess.run([str(player), "play", str(bag)], capture_output=True, text=True, timeout=60,
+                          env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    assert proc.returncode == 0, proc.stderr
+    assert "Beautiful is better than ugly" not in proc.stdout + proc.stderr
+    assert "skipping /zen" in proc.stderr and "skipping /os" in proc.stderr, proc.stderr
+    assert "published 1 messages, skipped 2 topics of unknown types" in proc.stdout, proc.stdout
+
+
+def test_message_types_resolve_only_from_known_packages():
+    pytest.importorskip("rclpy")
+    imported_before = set(sys.modules)
+    for name in ("this/msg/Zen", "antigravity/msg/Fly", "os/msg/system", "sensor_msgs/msg/_image",
+                 "sensor_msgs/srv/SetCameraInfo", "sensor_msgs/msg/Nope", "sensor_msgs/msg/Image/x",
+                 "sensor_msgs/msg/__builtins__", "", "sensor_msgs"):
+        assert bag_cli.resolve_message_type(name) is None, name
+    assert not {"this", "antigravity"} & (set(sys.modules) - imported_before)
+    from sensor_msgs.msg import Image
+
+    assert bag_cli.resolve_message_type("sensor_msgs/msg/Image") is Image

@@ -146,11 +146,32 @@ class _Interrupt:
 
 # ----------------------------------------------------------------------------------------------- play
 
-def _import_type(msgtype: str) -> Any:
+# The only message packages `play` publishes. A bag's type strings are data: they select one of
+# these modules' classes and are never turned into an import of their own.
+KNOWN_MESSAGE_PACKAGES = ("builtin_interfaces", "diagnostic_msgs", "geometry_msgs", "pebal_perception",
+                          "rcl_interfaces", "rosgraph_msgs", "sensor_msgs", "std_msgs")
+
+
+def resolve_message_type(msgtype: str) -> Any | None:
+    """The rclpy class of ``msgtype`` (``pkg/msg/Name``) from :data:`KNOWN_MESSAGE_PACKAGES`, or None
+    when the string names anything else (unknown package, not a message, malformed)."""
     import importlib
 
-    pkg, kind, name = msgtype.split("/")
-    return getattr(importlib.import_module(f"{pkg}.{kind}"), name)
+    parts = msgtype.split("/")
+    if len(parts) != 3 or parts[1] != "msg" or parts[0] not in KNOWN_MESSAGE_PACKAGES:
+        return None
+    package, _, name = parts
+    if not name.isidentifier() or name.startswith("_"):
+        return None
+    try:
+        module = importlib.import_module(f"{package}.msg")  # one of the fixed names above
+    except ImportError:
+        return None
+    cls = getattr(module, name, None)
+    # Generated message classes carry their type support; anything else in the module is not a message.
+    if not isinstance(cls, type) or not hasattr(cls, "_TYPE_SUPPORT"):
+        return None
+    return cls
 
 
 def _rclpy_qos(profiles: list[Any]) -> Any:
@@ -188,14 +209,15 @@ def play(args: argparse.Namespace) -> int:
                 node = rclpy.create_node(f"pebal_bag_player_{os.getpid()}", context=context,
                                          start_parameter_services=False)
                 publishers: dict[str, Any] = {}
+                skipped: dict[str, str] = {}
                 for conn in conns:
-                    if conn.topic in publishers:
+                    if conn.topic in publishers or conn.topic in skipped:
                         continue
-                    try:
-                        msg_type = _import_type(conn.msgtype)
-                    except (ImportError, AttributeError, ValueError):
+                    msg_type = resolve_message_type(conn.msgtype)
+                    if msg_type is None:
+                        skipped[conn.topic] = conn.msgtype
                         sys.stderr.write(f"{PROG}: warning: {args.bag}: skipping {conn.topic}: message type "
-                                         f"{conn.msgtype} is not installed\n")
+                                         f"{conn.msgtype!r} is not one this tool publishes\n")
                         continue
                     publishers[conn.topic] = node.create_publisher(msg_type, remap.get(conn.topic, conn.topic),
                                                                    _rclpy_qos(qos_of(conn)))
@@ -240,8 +262,9 @@ def play(args: argparse.Namespace) -> int:
                 if not stop.is_set():
                     stop.wait(0.5)  # let reliable deliveries of the last messages finish
                 if not args.quiet:
-                    print(f"{PROG}: published {published} messages{' (interrupted)' if stop.is_set() else ''}",
-                          flush=True)
+                    unknown = f", skipped {len(skipped)} topics of unknown types" if skipped else ""
+                    print(f"{PROG}: published {published} messages{unknown}"
+                          f"{' (interrupted)' if stop.is_set() else ''}", flush=True)
             finally:
                 if node is not None:
                     node.destroy_node()
