@@ -603,8 +603,11 @@ def save_training_checkpoint(run_dir: Path, global_step: int, model: nn.Module, 
     """Writes ``step_<global_step>.pt`` atomically (temp file + rename), then prunes all but the
     newest ``keep`` checkpoints (0 = keep all). Killed at any point, the folder holds the previous
     checkpoints intact plus, at worst, a temp file that no reader matches (removed on resume)."""
-    path = save_checkpoint(checkpoint_path(run_dir, global_step), model, meta,
-                           extra={"training_state": training_state})
+    path = checkpoint_path(run_dir, global_step)
+    try:
+        save_checkpoint(path, model, meta, extra={"training_state": training_state})
+    except OSError as exc:  # e.g. a full disk: name the file the save was for (the temp file is gone)
+        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
     if keep > 0:
         for old in list_checkpoints(run_dir)[:-keep]:
             old.unlink(missing_ok=True)

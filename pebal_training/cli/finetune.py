@@ -12,8 +12,10 @@ unknown keys are an error). ``--output`` overrides ``output``. ``--resume auto``
 newest complete checkpoint in ``<output>/checkpoints`` (a fresh run when there is none), ``--resume
 PATH`` from that checkpoint.
 
-Exit status: 0 done, 1 training diverged (NaN/Inf loss; the message names the global step, the last
-good checkpoint stays on disk), 2 bad usage / configuration / data / checkpoint (one line on stderr).
+Exit status: 0 done, 1 training stopped: it diverged (NaN/Inf loss; the message names the global step)
+or an output could not be written (full disk, read-only folder; the message names the file); the
+checkpoints written before stay intact and ``--resume auto`` continues from them. 2 bad usage /
+configuration / data / checkpoint. Every error is one line on stderr.
 Nothing here imports ROS.
 """
 from __future__ import annotations
@@ -92,6 +94,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (DatasetError, CheckpointError, ConfigError, FileNotFoundError, KeyError, ValueError) as exc:
         print(f"{PROG}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
+    except OSError as exc:  # cannot write: full disk, quota, read-only folder
+        where = exc.filename or cfg.output
+        print(f"{PROG}: error: cannot write {where}: {exc.strerror or _one_line(exc)}; the checkpoints "
+              "written before are intact (free space, then --resume auto)", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; resume with --resume auto", file=sys.stderr)
         return 130
