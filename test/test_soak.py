@@ -5,7 +5,9 @@ The same code as the bench figure (``bench/bench_soak.py``, 10 minutes there): t
 with ``config/detector.yaml`` (embedded default model, CPU), sampled every second from ``/proc`` and
 over ``/diagnostics`` / ``~/result``. DDS stays on loopback in this session's ROS_DOMAIN_ID
 (conftest.py). No speed assertions: the node may process fewer than 10 fps (stale frames are dropped
-by design); only growth, continuity, accounting and a clean shutdown are checked.
+by design); only growth, continuity, accounting and a clean shutdown are checked. A queue would show
+in the accounting (frames in flight bounded by the mailbox); latency growth over time is a wall-clock
+figure and is reported by the bench only (BENCHMARKS.md), not asserted on this shared machine.
 """
 from __future__ import annotations
 
@@ -23,10 +25,6 @@ WARMUP_S = 6.0  # bench_soak.warmup_for(30): 20 % of the duration
 # windows at >= 4 fps is >= 110 MB, i.e. >= 17 %; 12 % catches that and leaks down to ~1 MB/frame without
 # flaking on the swings.
 RSS_GROWTH_BOUND_PCT = 12.0
-# p95 of processing_time_ms (receipt -> result published) in the last third vs the first third. The
-# bench target is 1.5x over 10 minutes; over 30 s on a machine shared with other jobs one busy spell can
-# move a third's p95 a lot, while a growing queue grows it without bound, so CI allows 3x.
-LATENCY_GROWTH_BOUND = 3.0
 WINDOW_S = 5.0  # at least one result in every such window after the warm-up
 
 
@@ -85,8 +83,3 @@ def test_memory_threads_and_files_do_not_grow(record):
     assert a["threads_max"] <= a["threads_start"] + 4, bench_soak.summary_line(record)
     assert a["fds_max"] <= a["fds_start"] + 4, bench_soak.summary_line(record)
 
-
-def test_latency_does_not_grow(record):
-    a = record["analysis"]
-    assert a["latency_first_third"]["n"] > 0 and a["latency_last_third"]["n"] > 0
-    assert a["latency_p95_growth"] <= LATENCY_GROWTH_BOUND, bench_soak.summary_line(record)
