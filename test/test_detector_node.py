@@ -479,9 +479,14 @@ def test_threshold_change_and_consistent_outputs(node, peer):
                                       Parameter("restrict_to_drivable", value=False))
         assert all(r.successful for r in results)
 
-    # Invalid values are refused with a reason and change nothing.
+    # Invalid values are refused with a reason and change nothing. 1e308 is finite but no float32
+    # output can carry it: accepted, it would make every later frame fail to publish.
     for bad in (Parameter("threshold", Parameter.Type.STRING, "abc"),
                 Parameter("threshold", value=float("inf")),
+                Parameter("threshold", value=1e308),
+                Parameter("threshold", Parameter.Type.STRING, "-1e308"),
+                Parameter("camera.height_m", value=1e308),
+                Parameter("camera.pitch_rad", value=1e308),
                 Parameter("roi", value=[0.6, 0.0, 0.2, 1.0]),
                 Parameter("roi", value=[0.0, 0.0, 1.0]),
                 Parameter("min_obstacle_area", value=-5),
@@ -492,9 +497,11 @@ def test_threshold_change_and_consistent_outputs(node, peer):
         (reply,) = peer.set_parameters(NODE, bad)
         assert not reply.successful, bad.name
         assert reply.reason.strip(), bad.name
+        if bad.name == "threshold" and "308" in str(bad.value):
+            assert "outside" in reply.reason, reply.reason
     assert peer.get_parameter(NODE, "threshold") == pytest.approx(threshold)
     assert peer.get_parameter(NODE, "device") == "cpu"
-    msg, result = send_and_wait(peer, outputs, lambda: image_msg(rgb))
+    msg, result = send_and_wait(peer, outputs, lambda: image_msg(rgb))  # frames are still published
     assert result.threshold == pytest.approx(threshold, rel=1e-6)
 
     # A numeric string works (launch files pass strings); NaN = back to the calibrated threshold.

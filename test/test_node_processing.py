@@ -17,8 +17,9 @@ from pebal_perception.geometry import (camera_to_pixel, pixel_to_ground, pixel_t
                                        valid_intrinsics)
 from pebal_perception.node.detector_node import LatestFrameMailbox, parse_threshold
 from pebal_perception.node.processing import (FrameOutOfMemory, GroundModel, OomGuardedInference, PostProcessConfig,
-                                              bottom_centre_pixel, drivable_mask, is_out_of_memory, obstacle_mask,
-                                              parse_oom_fallback, process_frame, roi_mask, validate_roi)
+                                              bottom_centre_pixel, check_mounting, drivable_mask, is_out_of_memory,
+                                              make_ground_model, obstacle_mask, parse_oom_fallback, process_frame,
+                                              roi_mask, validate_roi)
 from pebal_training.data.synthetic import Camera, SceneConfig, generate_scene
 
 NAN = float("nan")
@@ -98,6 +99,28 @@ def test_threshold_parameter_representation():
     for bad in ("abc", float("inf"), True, [1.0]):
         with pytest.raises(ValueError):
             parse_threshold(bad)
+
+
+def test_threshold_and_mounting_values_outside_what_makes_sense_are_refused():
+    # 1e308 is finite, but the float32 outputs cannot carry it: every frame would fail to publish.
+    for bad in (1e308, -1e308, "1e308", 1.5e6, 10 ** 400, float("-inf")):
+        with pytest.raises(ValueError, match="threshold"):
+            parse_threshold(bad)
+    assert parse_threshold(1e6) == 1e6 and parse_threshold("-1e6") == -1e6
+    with pytest.raises(ValueError, match="threshold"):
+        PostProcessConfig(threshold=1e308)
+    assert check_mounting(1.5, 0.1) == (1.5, 0.1)
+    assert all(math.isnan(v) for v in check_mounting(NAN, NAN))  # unknown: no ground positions
+    for height, pitch in ((1e308, 0.1), (0.0, 0.1), (-1.0, 0.1), (float("inf"), 0.1), (1.5, math.pi / 2),
+                          (1.5, -2.0), (1.5, 1e308), (1.5, float("inf"))):
+        with pytest.raises(ValueError, match="camera.height_m" if pitch == 0.1 else "camera.pitch_rad"):
+            check_mounting(height, pitch)
+    with pytest.raises(ValueError, match="min_obstacle_area"):
+        PostProcessConfig(threshold=0.0, min_obstacle_area=2 ** 63 - 1)
+    # make_ground_model (also used by `pebal-bag process`) gives no model for such a mounting.
+    k = make_camera().K
+    assert make_ground_model(k, (640, 480), (640, 480), 1.4, 0.08) is not None
+    assert make_ground_model(k, (640, 480), (640, 480), 1e308, 0.08) is None
 
 
 def test_roi_restricts_mask():

@@ -35,6 +35,8 @@ from typing import Any
 
 import numpy as np
 
+from pebal_perception.core.limits import check_threshold
+
 NODE_NAME = "pebal_detector"
 PROG = "detector_node"
 RELIABILITIES = ("best_effort", "reliable")
@@ -54,7 +56,8 @@ def parse_threshold(value: Any) -> float | None:
     """Parameter value -> float threshold, or None for "the checkpoint's calibrated one".
 
     Accepts a double/integer (NaN = calibrated), or a string: '' / 'nan' / 'auto' = calibrated, else
-    a number. Infinite values and other strings raise ValueError.
+    a number. Numbers must pass ``core.limits.check_threshold`` (finite, magnitude at most 1e6: the
+    float32 outputs must carry it); those and other strings raise ValueError with the reason.
     """
     if isinstance(value, bool):
         raise ValueError("threshold must be a number (or NaN / '' for the checkpoint's calibrated one)")
@@ -68,12 +71,13 @@ def parse_threshold(value: Any) -> float | None:
             raise ValueError(f"threshold {value!r} is not a number (use NaN or '' for the checkpoint's "
                              "calibrated threshold)") from None
     if isinstance(value, (int, float)):
-        number = float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an integer beyond any float
+            raise ValueError(f"threshold {value} is not a usable number") from None
         if math.isnan(number):
             return None
-        if not math.isfinite(number):
-            raise ValueError(f"threshold must be finite, got {number}")
-        return number
+        return check_threshold(number)
     raise ValueError(f"threshold must be a number, got {type(value).__name__}")
 
 
@@ -127,8 +131,8 @@ def _node_class():
 
     from pebal_perception.image_conversion import REJECT_REASONS, ImageConverter, ImageRejected
     from pebal_perception.node.processing import (FrameOutOfMemory, GroundModel, OomGuardedInference,
-                                                  PostProcessConfig, make_ground_model, obstacle_fields,
-                                                  parse_oom_fallback, process_frame, validate_roi)
+                                                  PostProcessConfig, check_mounting, make_ground_model,
+                                                  obstacle_fields, parse_oom_fallback, process_frame, validate_roi)
 
     def descriptor(description: str, type_: int, read_only: bool = False, int_range=None, float_range=None,
                    dynamic: bool = False) -> ParameterDescriptor:
@@ -333,19 +337,10 @@ def _node_class():
                 config = PostProcessConfig(
                     threshold=self.engine.threshold, restrict_to_drivable=bool(get("restrict_to_drivable")),
                     roi=validate_roi(get("roi")), min_obstacle_area=int(get("min_obstacle_area")))
-                self._check_camera(float(get("camera.height_m")), float(get("camera.pitch_rad")))
+                self._height_m, self._pitch_rad = check_mounting(get("camera.height_m"), get("camera.pitch_rad"))
             except ValueError as exc:
                 raise StartupError(f"invalid parameter: {exc}") from None
-            self._height_m = float(get("camera.height_m"))
-            self._pitch_rad = float(get("camera.pitch_rad"))
             return config
-
-        @staticmethod
-        def _check_camera(height_m: float, pitch_rad: float) -> None:
-            if not math.isnan(height_m) and not (math.isfinite(height_m) and height_m > 0):
-                raise ValueError(f"camera.height_m must be > 0 (or NaN = unknown), got {height_m}")
-            if not math.isnan(pitch_rad) and not (math.isfinite(pitch_rad) and abs(pitch_rad) < math.pi / 2):
-                raise ValueError(f"camera.pitch_rad must lie in (-pi/2, pi/2) (or NaN = unknown), got {pitch_rad}")
 
         def _on_set_parameters(self, params) -> SetParametersResult:
             """Validates a batch of changes; applies all of them or none (rejects with a reason)."""
@@ -375,7 +370,7 @@ def _node_class():
                         height_m = float(self._typed(name, value, float))
                     elif name == "camera.pitch_rad":
                         pitch_rad = float(self._typed(name, value, float))
-                self._check_camera(height_m, pitch_rad)
+                height_m, pitch_rad = check_mounting(height_m, pitch_rad)
                 changes["threshold"] = self.calibrated_threshold if threshold_param is None else threshold_param
                 new_config = self._config.with_changes(**changes)
             except ValueError as exc:

@@ -22,10 +22,30 @@ from typing import Any, Sequence
 import cv2
 import numpy as np
 
+from pebal_perception.core.limits import check_threshold
 from pebal_perception.core.obstacles import DRIVABLE_TRAIN_IDS, Obstacle, extract_obstacles, remove_small_blobs
 from pebal_perception.geometry import pixel_to_ground_point, valid_intrinsics, valid_mounting
 
 FULL_ROI = (0.0, 0.0, 1.0, 1.0)
+# Largest camera mounting height accepted [m]: above it a "flat ground" model makes no sense (and a typo
+# such as 1e308 would give absurd positions).
+MAX_CAMERA_HEIGHT_M = 1000.0
+# Largest min_obstacle_area [px]: 10^8 pixels is far beyond any camera image (the parameter's range).
+MAX_MIN_OBSTACLE_AREA = 100_000_000
+
+
+def check_mounting(height_m: float, pitch_rad: float) -> tuple[float, float]:
+    """``camera.height_m`` / ``camera.pitch_rad`` as floats; NaN means unknown (no ground positions).
+
+    A known height must lie in (0, MAX_CAMERA_HEIGHT_M] metres and a known pitch in (-pi/2, pi/2);
+    anything else (infinite, 1e308, looking straight down) raises ValueError with the reason."""
+    height_m, pitch_rad = float(height_m), float(pitch_rad)
+    if not math.isnan(height_m) and not (math.isfinite(height_m) and 0.0 < height_m <= MAX_CAMERA_HEIGHT_M):
+        raise ValueError(f"camera.height_m must lie in (0, {MAX_CAMERA_HEIGHT_M:g}] m (or NaN = unknown), "
+                         f"got {height_m:g}")
+    if not math.isnan(pitch_rad) and not (math.isfinite(pitch_rad) and abs(pitch_rad) < math.pi / 2):
+        raise ValueError(f"camera.pitch_rad must lie in (-pi/2, pi/2) (or NaN = unknown), got {pitch_rad:g}")
+    return height_m, pitch_rad
 
 
 def validate_roi(roi: Sequence[float]) -> tuple[float, float, float, float]:
@@ -84,12 +104,10 @@ class PostProcessConfig:
     min_obstacle_area: int = 1
 
     def __post_init__(self):
-        if not math.isfinite(float(self.threshold)):
-            raise ValueError(f"threshold must be a finite number, got {self.threshold!r}")
-        object.__setattr__(self, "threshold", float(self.threshold))
+        object.__setattr__(self, "threshold", check_threshold(self.threshold))
         object.__setattr__(self, "roi", validate_roi(self.roi))
-        if int(self.min_obstacle_area) < 0:
-            raise ValueError(f"min_obstacle_area must be >= 0, got {self.min_obstacle_area}")
+        if not 0 <= int(self.min_obstacle_area) <= MAX_MIN_OBSTACLE_AREA:
+            raise ValueError(f"min_obstacle_area must lie in [0, {MAX_MIN_OBSTACLE_AREA}], got {self.min_obstacle_area}")
         object.__setattr__(self, "min_obstacle_area", int(self.min_obstacle_area))
         object.__setattr__(self, "restrict_to_drivable", bool(self.restrict_to_drivable))
 
@@ -285,6 +303,10 @@ def make_ground_model(k: np.ndarray, info_size: tuple[int, int], image_size: tup
     from pebal_perception.geometry import scale_intrinsics
 
     if math.isnan(height_m) or math.isnan(pitch_rad):
+        return None
+    try:
+        check_mounting(height_m, pitch_rad)
+    except ValueError:
         return None
     info_w, info_h = info_size
     if info_w and info_h and (info_w, info_h) != tuple(image_size):
