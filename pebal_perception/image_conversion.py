@@ -33,6 +33,12 @@ through zero-copy views of the message buffer; the only full-frame pass is the f
 (its raw bytes) or a sequence of ints 0..255. ROS requires ``len(data) == step * height`` exactly;
 anything else is ``size_mismatch``.
 
+Limits, checked from the fields or the compressed header before anything is allocated or decoded: at
+most ``max_pixels`` pixels (default :data:`DEFAULT_MAX_PIXELS`, 64 M: ``too_large``) and an aspect ratio
+within 1:8..8:1 (:data:`MAX_ASPECT_RATIO`: ``bad_aspect_ratio``; a thinner frame would be upscaled to the
+network size at a cost of gigabytes). Compressed images are PNG or JPEG only (:data:`ACCEPTED_CODECS`, by
+format string and by magic bytes; see :func:`compressed_to_rgb`).
+
 Outbound (:func:`rgb_to_image_fields`) builds the fields of an ``Image`` message (``mono8``, ``32FC1``
 little-endian, ``rgb8``; tightly packed, ``is_bigendian=0``) as a dict the node passes to
 ``sensor_msgs.msg.Image(**fields)``.
@@ -44,13 +50,17 @@ import importlib.machinery
 import importlib.util
 import operator
 import os
+import re
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
 import cv2
 import numpy as np
 
-DEFAULT_MAX_PIXELS = 64_000_000
+from pebal_perception.core.limits import MAX_ASPECT_RATIO, MAX_IMAGE_PIXELS, aspect_ratio_problem
+
+DEFAULT_MAX_PIXELS = MAX_IMAGE_PIXELS
 _UINT32_MAX = 2**32 - 1
 
 #: Every ``ImageRejected.reason`` this module produces (the node can pre-create one counter per reason).
@@ -62,9 +72,10 @@ REJECT_REASONS = frozenset({
     "bad_step",            # step < width * bytes per pixel
     "size_mismatch",       # len(data) != step * height
     "too_large",           # more than max_pixels pixels (or the conversion ran out of memory)
+    "bad_aspect_ratio",    # longer side more than MAX_ASPECT_RATIO times the shorter one
     "non_finite",          # NaN/Inf in a 32FC1 image
-    "unsupported_format",  # compressed payload we do not decode (compressedDepth)
-    "decode_failed",       # compressed payload OpenCV cannot decode
+    "unsupported_format",  # compressed format other than jpeg/png (format string or magic bytes), compressedDepth
+    "decode_failed",       # not a PNG/JPEG payload, an unreadable PNG/JPEG header, or OpenCV cannot decode it
     "conversion_failed",   # the official cv_bridge (or OpenCV) failed on an otherwise valid message
 })
 
@@ -134,6 +145,16 @@ def _check_mono16_scale(mono16_scale: str) -> str:
     return mono16_scale
 
 
+def _check_shape(width: int, height: int, max_pixels: int, what: str = "image") -> None:
+    """``too_large`` / ``bad_aspect_ratio`` for a ``width x height`` (both > 0) image, before allocating it."""
+    if width * height > max_pixels:
+        raise ImageRejected("too_large", f"{what} is {width}x{height} (WxH) = {width * height} pixels, over "
+                                         f"max_pixels={max_pixels}")
+    problem = aspect_ratio_problem(width, height, what)
+    if problem is not None:
+        raise ImageRejected("bad_aspect_ratio", problem)
+
+
 def _uint_field(name: str, value: Any) -> int:
     """A ROS uint32 field as a Python int; ``invalid_field`` for anything else."""
     try:
@@ -201,9 +222,7 @@ def _validated_rows(encoding: Any, height: Any, width: Any, step: Any, data: Any
     step = _uint_field("step", step)
     if height == 0 or width == 0:
         raise ImageRejected("empty", f"image has zero size ({width}x{height}, WxH)")
-    if width * height > max_pixels:
-        raise ImageRejected("too_large", f"{width}x{height} (WxH) = {width * height} pixels exceeds "
-                                         f"max_pixels={max_pixels}")
+    _check_shape(width, height, max_pixels)
     if spec is None:
         buf = _byte_view(data)
         if step < width:
@@ -314,85 +333,212 @@ def parse_compressed_format(format: Any) -> tuple[str | None, str | None, str | 
     return original, codec, compressed
 
 
-def _peek_dimensions(buf: np.ndarray) -> tuple[int, int] | None:
-    """(width, height) from a PNG or JPEG header without decoding, or None when not known."""
-    head = bytes(buf[:24])
-    if head[:8] == b"\x89PNG\r\n\x1a\n" and len(head) >= 24 and head[12:16] == b"IHDR":
-        return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
-    if head[:2] != b"\xff\xd8":
-        return None
-    data = bytes(buf[:1 << 20])  # SOF is in the first segments; 1 MiB covers large EXIF/ICC blocks
-    pos = 2
-    for _ in range(1000):
-        while pos < len(data) and data[pos] != 0xFF:
-            pos += 1  # tolerate garbage between segments like decoders do
-        while pos < len(data) and data[pos] == 0xFF:
-            pos += 1
-        if pos + 2 >= len(data):
-            return None
-        marker = data[pos]
-        pos += 1
-        if marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:
-            continue  # stand-alone markers
-        if marker in (0xD9, 0xDA):
-            return None  # end of image / start of scan before any frame header
-        length = int.from_bytes(data[pos:pos + 2], "big")
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-            if pos + 7 > len(data):
-                return None
-            height = int.from_bytes(data[pos + 3:pos + 5], "big")
-            width = int.from_bytes(data[pos + 5:pos + 7], "big")
-            return (width, height) if height else None  # height 0: defined later by a DNL marker
-        if length < 2:
-            return None
-        pos += length
+#: The codecs :func:`compressed_to_rgb` decodes: what cameras and ``image_transport``'s ``compressed``
+#: plugin publish (``sensor_msgs/CompressedImage``: "CODEC is one of [jpeg, png]").
+ACCEPTED_CODECS = ("jpeg", "png")
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_JPEG_SOI = b"\xff\xd8\xff"
+# Magic bytes of the formats OpenCV could decode but we refuse (their headers are never parsed).
+_OTHER_MAGIC = (
+    (b"GIF87a", "gif"), (b"GIF89a", "gif"), (b"BM", "bmp"),
+    (b"II*\x00", "tiff"), (b"MM\x00*", "tiff"), (b"II+\x00", "bigtiff"), (b"MM\x00+", "bigtiff"),
+    (b"\x00\x00\x00\x0cjP  \r\n\x87\n", "jpeg 2000"), (b"\xff\x4f\xff\x51", "jpeg 2000"),
+    (b"\x00\x00\x00\x0cJXL \r\n\x87\n", "jpeg xl"), (b"\xff\x0a", "jpeg xl"),
+    (b"\x76\x2f\x31\x01", "openexr"), (b"#?RADIANCE", "radiance hdr"), (b"#?RGBE", "radiance hdr"),
+    (b"\x59\xa6\x6a\x95", "sun raster"), (b"qoif", "qoi"), (b"\x00\x00\x01\x00", "ico"),
+    (b"8BPS", "psd"), (b"gimp xcf", "xcf"),
+)
+_PNM_MAGIC = re.compile(rb"P[1-7fF][\s#]")
+_JPEG_FILL = re.compile(rb"\xff+")
+# Segments before the frame header of a real JPEG: about ten (APPn, DQT, DHT, ...); EXIF/XMP/ICC/MPF
+# metadata adds a few dozen at most. A bound keeps a payload of stand-alone markers from costing CPU.
+_JPEG_MAX_SEGMENTS = 1024
+# JPEG frame header markers: SOF0..SOF15 except DHT (C4), JPG (C8) and DAC (CC).
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def sniff_format(data: Any) -> str | None:
+    """The image format of an encoded payload from its magic bytes ("png", "jpeg", "gif", "webp", ...),
+    or None when it is none we know."""
+    head = bytes(_byte_view(data)[:16])
+    if head.startswith(_PNG_SIGNATURE):
+        return "png"
+    if head.startswith(_JPEG_SOI):
+        return "jpeg"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "webp"
+    if head[4:8] == b"ftyp":
+        return "heif/avif"
+    for magic, name in _OTHER_MAGIC:
+        if head.startswith(magic):
+            return name
+    if _PNM_MAGIC.match(head):
+        return "pnm"
     return None
 
 
-def compressed_to_rgb(format: Any, data: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:  # noqa: A002
-    """The fields of a ``sensor_msgs/CompressedImage`` -> a fresh ``H x W x 3`` uint8 RGB array.
+def _png_dimensions(head: bytes) -> tuple[int, int]:
+    """(width, height) from the IHDR chunk, which the PNG standard puts first; decode_failed otherwise."""
+    if len(head) < 33:
+        raise ImageRejected("decode_failed", f"PNG data ends inside its header ({len(head)} bytes)")
+    length, kind = int.from_bytes(head[8:12], "big"), head[12:16]
+    if kind != b"IHDR" or length != 13:
+        raise ImageRejected("decode_failed", f"PNG does not start with a 13-byte IHDR chunk (found {kind!r}, "
+                                             f"length {length})")
+    if zlib.crc32(head[12:29]) != int.from_bytes(head[29:33], "big"):
+        raise ImageRejected("decode_failed", "PNG header (IHDR) fails its CRC check")
+    width, height = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+    if not (0 < width < 2**31 and 0 < height < 2**31):
+        raise ImageRejected("decode_failed", f"PNG header gives an invalid size {width}x{height} (WxH)")
+    return width, height
 
-    The payload is decoded by ``cv2.imdecode`` (colour, 8-bit: grey images are replicated, alpha is
-    dropped, 16-bit PNGs keep their high byte), which detects the codec from the payload's magic bytes,
-    so ``format`` only matters to refuse ``compressedDepth`` payloads (they carry a private header;
-    ``unsupported_format``). As with the official cv_bridge, the decoded pixels are taken to be in
-    OpenCV's BGR order whatever ``format`` says (``image_transport`` always compresses BGR). PNG/JPEG
-    headers are read before decoding, so an image over ``max_pixels`` is refused (``too_large``) without
-    allocating it; other codecs are checked after decoding.
+
+def _jpeg_dimensions(data: bytes) -> tuple[int, int]:
+    """(width, height) from the first frame header (SOFn: baseline, progressive, lossless, ...), found by
+    walking the marker segments from SOI as libjpeg does; decode_failed when there is none before the
+    scan or the segments do not parse."""
+    pos, size = 2, len(data)
+    for _ in range(_JPEG_MAX_SEGMENTS):
+        pos = data.find(b"\xff", pos)  # libjpeg skips (and warns about) garbage before a marker
+        if pos < 0:
+            break
+        pos = _JPEG_FILL.match(data, pos).end()  # any number of 0xFF fill bytes
+        if pos >= size:
+            break
+        marker = data[pos]
+        pos += 1
+        if marker == 0x00:
+            continue  # a stuffed 0xFF 0x00 pair is not a marker
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:
+            continue  # TEM, RSTn: no length
+        if marker < 0xC0:
+            raise ImageRejected("decode_failed", f"JPEG has a reserved marker 0xFF{marker:02X} before its frame header")
+        if marker in (0xD8, 0xD9, 0xDA):
+            what = {0xD8: "a second start of image", 0xD9: "the end of image", 0xDA: "the start of scan"}[marker]
+            raise ImageRejected("decode_failed", f"JPEG has {what} before any frame header")
+        if pos + 2 > size:
+            break
+        length = int.from_bytes(data[pos:pos + 2], "big")
+        if length < 2:
+            raise ImageRejected("decode_failed", f"JPEG segment 0xFF{marker:02X} has an invalid length {length}")
+        if marker in _JPEG_SOF:
+            if length < 8 or pos + 7 > size:
+                raise ImageRejected("decode_failed", f"JPEG frame header 0xFF{marker:02X} is truncated")
+            height = int.from_bytes(data[pos + 3:pos + 5], "big")
+            width = int.from_bytes(data[pos + 5:pos + 7], "big")
+            if width == 0 or height == 0:  # height 0 = defined later by a DNL marker, which libjpeg refuses
+                raise ImageRejected("decode_failed", f"JPEG frame header gives a size of {width}x{height} (WxH)")
+            return width, height
+        pos += length
+    else:
+        raise ImageRejected("decode_failed", f"JPEG has no frame header in its first {_JPEG_MAX_SEGMENTS} segments")
+    raise ImageRejected("decode_failed", "JPEG data ends before its frame header")
+
+
+def encoded_image_info(data: Any, max_pixels: int = DEFAULT_MAX_PIXELS,
+                       what: str = "compressed image") -> tuple[str, int, int]:
+    """``(codec, width, height)`` of a PNG or JPEG payload, read from its header without decoding it.
+
+    This is the one check that runs before anything is decoded (:func:`decode_image`, hence the node's
+    ``image/compressed`` and ``pebal-detect``). The format comes from the magic bytes: PNG (the IHDR
+    chunk, CRC-checked) and JPEG (the first SOFn frame header: baseline, extended, progressive, lossless)
+    are parsed; any other known format is ``unsupported_format`` (GIF, WebP, JPEG 2000, TIFF, BMP, ...: their
+    decoders can be made to allocate gigabytes from a few bytes), anything unknown or a header that does
+    not parse is ``decode_failed``, and a size over ``max_pixels`` or outside the aspect-ratio limit
+    (:data:`MAX_ASPECT_RATIO`) is ``too_large`` / ``bad_aspect_ratio``.
     """
     max_pixels = _check_max_pixels(max_pixels)
-    _, codec, _ = parse_compressed_format(format)
-    if codec is not None and codec.startswith("compresseddepth"):
-        raise ImageRejected("unsupported_format", f"compressed format {format!r} (compressedDepth) is not supported")
     buf = _byte_view(data)
     if buf.size == 0:
-        raise ImageRejected("empty", "compressed image has no data")
-    try:
-        dims = _peek_dimensions(buf)
-    except Exception:  # noqa: BLE001 - a header we cannot read is left to the decoder
-        dims = None
-    if dims is not None and dims[0] * dims[1] > max_pixels:
-        raise ImageRejected("too_large", f"compressed image is {dims[0]}x{dims[1]} (WxH) = {dims[0] * dims[1]} "
-                                         f"pixels, over max_pixels={max_pixels}")
+        raise ImageRejected("empty", f"{what} has no data")
+    kind = sniff_format(buf)
+    if kind == "png":
+        width, height = _png_dimensions(bytes(buf[:33]))
+    elif kind == "jpeg":
+        width, height = _jpeg_dimensions(buf.tobytes())
+    elif kind is not None:
+        raise ImageRejected("unsupported_format", f"{what} is {kind} data; only "
+                                                  f"{' and '.join(ACCEPTED_CODECS)} are decoded")
+    else:
+        raise ImageRejected("decode_failed", f"{what} ({buf.size} bytes) is neither PNG nor JPEG data "
+                                             f"(starts with {bytes(buf[:8])!r})")
+    _check_shape(width, height, max_pixels, what)
+    return kind, width, height
+
+
+def decode_image(data: Any, max_pixels: int = DEFAULT_MAX_PIXELS, what: str = "compressed image") -> np.ndarray:
+    """A PNG or JPEG payload -> a fresh ``H x W x 3`` uint8 RGB array, after :func:`encoded_image_info`.
+
+    ``cv2.imdecode`` decodes colour, 8-bit (grey is replicated, alpha dropped, 16-bit PNGs keep their high
+    byte, JPEG EXIF orientation is applied); the decoded size is checked against the limits again.
+    Raises only :class:`ImageRejected`.
+    """
+    buf = _byte_view(data)
+    encoded_image_info(buf, max_pixels, what)
     try:
         if hasattr(cv2, "IMREAD_COLOR_RGB"):
             image, swap = cv2.imdecode(buf, cv2.IMREAD_COLOR_RGB), False
         else:  # OpenCV < 4.10
             image, swap = cv2.imdecode(buf, cv2.IMREAD_COLOR), True
     except MemoryError:
-        raise ImageRejected("too_large", "out of memory decoding the compressed image") from None
+        raise ImageRejected("too_large", f"out of memory decoding the {what}") from None
     except cv2.error as exc:
-        raise ImageRejected("decode_failed", f"OpenCV cannot decode {buf.size} bytes ({format!r}): {exc}") from None
+        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else "cv2.error"
+        raise ImageRejected("decode_failed", f"OpenCV cannot decode the {what} ({buf.size} bytes): {first}") from None
     if image is None or image.ndim != 3 or image.shape[2] != 3 or image.size == 0:
-        raise ImageRejected("decode_failed", f"OpenCV cannot decode {buf.size} bytes of {format!r} data")
-    if image.shape[0] * image.shape[1] > max_pixels:
-        raise ImageRejected("too_large", f"decoded image is {image.shape[1]}x{image.shape[0]} (WxH), over "
-                                         f"max_pixels={max_pixels}")
+        raise ImageRejected("decode_failed", f"OpenCV cannot decode the {what} ({buf.size} bytes)")
+    _check_shape(image.shape[1], image.shape[0], max_pixels, f"decoded {what}")
     if image.dtype != np.uint8:  # not produced by IMREAD_COLOR*, but never hand back anything else
         raise ImageRejected("decode_failed", f"decoded image has dtype {image.dtype}, expected uint8")
     if swap:
         image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
     return np.ascontiguousarray(image)
+
+
+def read_image_file(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """A PNG or JPEG file -> a fresh ``H x W x 3`` uint8 RGB array (:func:`decode_image` on its bytes).
+
+    A file larger than any PNG/JPEG of ``max_pixels`` could reasonably be (8 bytes per pixel plus 64 MiB of
+    metadata) is ``too_large`` without being read. Raises :class:`ImageRejected` (its message names the
+    file) for every bad file and ``OSError`` when it cannot be read at all.
+    """
+    max_pixels = _check_max_pixels(max_pixels)
+    path = os.fspath(path)
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        limit = 8 * max_pixels + (64 << 20)
+        if size > limit:
+            raise ImageRejected("too_large", f"{path}: {size} bytes is larger than an image of max_pixels="
+                                             f"{max_pixels} can be ({limit} bytes)")
+        data = f.read(limit + 1)
+    try:
+        return decode_image(data, max_pixels, what="image")
+    except ImageRejected as exc:
+        raise ImageRejected(exc.reason, f"{path}: {exc.message}") from None
+
+
+def compressed_to_rgb(format: Any, data: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:  # noqa: A002
+    """The fields of a ``sensor_msgs/CompressedImage`` -> a fresh ``H x W x 3`` uint8 RGB array.
+
+    Only what cameras publish is decoded: ``format`` must name ``jpeg`` (or ``jpg``) or ``png`` as its
+    codec (``"jpeg"``, ``"bgr8; jpeg compressed bgr8"``, ...) or be empty (``image_transport`` then
+    assumes jpeg); anything else, including ``compressedDepth``, is ``unsupported_format``, and so is a
+    payload whose magic bytes are another format whatever ``format`` says. Between PNG and JPEG the magic
+    bytes decide (as OpenCV and ``image_transport`` do). The header is checked against ``max_pixels`` and
+    :data:`MAX_ASPECT_RATIO` before decoding (:func:`encoded_image_info`). As with the official
+    cv_bridge, the decoded pixels are taken to be in OpenCV's BGR order whatever ``format`` says
+    (``image_transport`` always compresses BGR).
+    """
+    max_pixels = _check_max_pixels(max_pixels)
+    if not isinstance(format, str):
+        raise ImageRejected("invalid_field", f"format must be a string, got {type(format).__name__}")
+    _, codec, _ = parse_compressed_format(format)
+    if codec is not None and codec not in ACCEPTED_CODECS:
+        kind = "compressedDepth" if codec.startswith("compresseddepth") else codec
+        raise ImageRejected("unsupported_format", f"compressed format {format!r} ({kind}) is not supported; "
+                                                  f"only {' and '.join(ACCEPTED_CODECS)} are decoded")
+    return decode_image(data, max_pixels)
 
 
 # ----------------------------------------------------------------------------------------------- outbound

@@ -99,7 +99,7 @@ def random_rgb(height: int, width: int) -> np.ndarray:
 
 # ----------------------------------------------------------------------------------- encodings, by hand
 
-SIZES = [(1, 1), (5, 7), (4, 33), (3, 64)]
+SIZES = [(1, 1), (5, 7), (5, 33), (8, 64)]  # odd widths; 64 / 8 = the widest aspect ratio accepted
 PADS = [0, 1, 3, 13]
 
 
@@ -278,6 +278,34 @@ def test_reject_too_large():
     assert_valid_rgb(image_to_rgb("mono8", 10, 11, 11, 0, bytes(110), max_pixels=110), 10, 11)
 
 
+@pytest.mark.parametrize("height,width", [(1_000_000, 32), (32, 1_000_000), (2_000_000, 32), (64_000_000, 1)])
+def test_reject_thin_images_before_allocating(height, width):
+    """Thin in-limit frames (32 MB of mono8) used to be upscaled to the network size at a cost of gigabytes."""
+    import tracemalloc
+
+    data = np.zeros(height * width, np.uint8)  # the real payload (calloc: pages are not touched)
+    assert height * width <= ic.DEFAULT_MAX_PIXELS
+    tracemalloc.start()
+    try:
+        err = rejected("bad_aspect_ratio", image_to_rgb, "mono8", height, width, width, 0, data)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20, f"{peak} bytes allocated before refusing"
+    assert f"{width}x{height}" in str(err) and str(ic.MAX_ASPECT_RATIO) in str(err)
+    msg = types.SimpleNamespace(encoding="mono8", height=height, width=width, step=width, is_bigendian=0, data=data)
+    rejected("bad_aspect_ratio", ImageConverter(official="never").to_rgb, msg)
+
+
+def test_aspect_ratio_limit_is_inclusive():
+    assert ic.MAX_ASPECT_RATIO == 8
+    assert_valid_rgb(image_to_rgb("mono8", 1, 8, 8, 0, bytes(8)), 1, 8)
+    assert_valid_rgb(image_to_rgb("mono8", 64, 8, 8, 0, bytes(512)), 64, 8)
+    rejected("bad_aspect_ratio", image_to_rgb, "mono8", 1, 9, 9, 0, bytes(9))
+    rejected("bad_aspect_ratio", image_to_rgb, "rgb8", 65, 8, 24, 0, bytes(65 * 24))
+    assert "bad_aspect_ratio" in REJECT_REASONS
+
+
 @pytest.mark.parametrize("field,value", [
     ("height", -1), ("width", -5), ("step", -3), ("height", 2**32), ("step", 2**40),
     ("height", 2.0), ("width", "4"), ("step", None), ("is_bigendian", "big"), ("is_bigendian", -1),
@@ -367,7 +395,7 @@ def test_fuzz_image_to_rgb_returns_rgb_or_rejects(case, mono16_scale, max_pixels
 
 
 @FUZZ
-@given(encoding=st.sampled_from(SUPPORTED_ENCODINGS), height=st.integers(1, 9), width=st.integers(1, 9),
+@given(encoding=st.sampled_from(SUPPORTED_ENCODINGS), height=st.integers(1, 8), width=st.integers(1, 8),
        pad=st.integers(0, 9), big=st.booleans(), seed=st.integers(0, 2**32 - 1))
 def test_fuzz_valid_images_match_reference(encoding, height, width, pad, big, seed):
     rng = np.random.default_rng(seed)
@@ -416,7 +444,7 @@ def test_fuzz_compressed_returns_rgb_or_rejects(payload, fmt, max_pixels):
 
 # ----------------------------------------------------------------------------------------------- output
 
-@pytest.mark.parametrize("height,width", [(1, 1), (5, 7), (3, 33)])
+@pytest.mark.parametrize("height,width", [(1, 1), (5, 7), (3, 23)])
 def test_fields_round_trip(height, width):
     rgb = random_rgb(height, width)
     f = rgb_to_image_fields(rgb, "rgb8")
@@ -542,31 +570,192 @@ def test_compressed_rejections():
     rejected("invalid_data", compressed_to_rgb, "png", None)
 
 
-@pytest.mark.parametrize("ext", [".png", ".jpg"])
-def test_compressed_too_large_is_refused_from_the_header(ext, monkeypatch):
-    data = cv2.imencode(ext, random_rgb(20, 30))[1].tobytes()
-    assert ic._peek_dimensions(np.frombuffer(data, np.uint8)) == (30, 20)
-
+@pytest.fixture
+def no_decoding(monkeypatch):
+    """cv2.imdecode raises: a test using this proves that a payload was refused before decoding."""
     def no_decode(*args, **kwargs):
-        raise AssertionError("decoded although the header says it is too large")
+        raise AssertionError("decoded although the header check should have refused the payload")
 
     monkeypatch.setattr(ic.cv2, "imdecode", no_decode)
-    rejected("too_large", compressed_to_rgb, "x", data, max_pixels=599)
 
 
-def test_compressed_too_large_after_decoding_other_codecs():
-    bmp = cv2.imencode(".bmp", random_rgb(20, 30))[1].tobytes()
-    assert ic._peek_dimensions(np.frombuffer(bmp, np.uint8)) is None
-    rejected("too_large", compressed_to_rgb, "bmp", bmp, max_pixels=599)
-    assert compressed_to_rgb("bmp", bmp, max_pixels=600).shape == (20, 30, 3)
+def png_bytes(width: int, height: int, crc_ok: bool = True, ihdr_length: int = 13) -> bytes:
+    """A complete, tiny PNG file whose header claims ``width x height`` (8-bit RGB): a decompression bomb
+    when the claim is large (it holds one compressed row)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes, ok: bool = True) -> bytes:
+        crc = zlib.crc32(kind + body) ^ (0 if ok else 1)
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)[:ihdr_length]
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr, crc_ok)
+            + chunk(b"IDAT", zlib.compress(b"\x00" * 64, 9)) + chunk(b"IEND", b""))
 
 
-def test_jpeg_header_peek_skips_app_segments():
-    jpeg = cv2.imencode(".jpg", random_rgb(7, 11))[1].tobytes()
-    app1 = b"\xff\xe1" + (2 + 300).to_bytes(2, "big") + b"\xff" * 300  # an EXIF-like segment full of 0xFF
+def gif_bytes(width: int, height: int) -> bytes:
+    """A 35-byte GIF89a claiming ``width x height`` (screen and image), one LZW block."""
+    w, h = width.to_bytes(2, "little"), height.to_bytes(2, "little")
+    return (b"GIF89a" + w + h + b"\x80\x00\x00" + b"\x00\x00\x00\xff\xff\xff"
+            + b"," + b"\x00\x00\x00\x00" + w + h + b"\x00" + b"\x02\x02\x44\x01\x00" + b";")
+
+
+def webp_bytes(width: int, height: int) -> bytes:
+    """An extended-format (VP8X) WebP header claiming ``width x height``."""
+    body = b"VP8X" + (10).to_bytes(4, "little") + b"\x00\x00\x00\x00" + \
+        (width - 1).to_bytes(3, "little") + (height - 1).to_bytes(3, "little")
+    return b"RIFF" + (4 + len(body)).to_bytes(4, "little") + b"WEBP" + body
+
+
+OTHER_FORMATS = {
+    "gif": gif_bytes(30000, 30000),
+    "webp": webp_bytes(16383, 16383),
+    "jp2": b"\x00\x00\x00\x0cjP  \r\n\x87\n" + b"\x00\x00\x00\x14ftypjp2 " + bytes(40),
+    "j2k": b"\xff\x4f\xff\x51\x00\x2f\x00\x00" + (10000).to_bytes(4, "big") * 2 + bytes(40),
+    "tiff": b"II*\x00\x08\x00\x00\x00" + bytes(40),
+    "tiff-be": b"MM\x00*\x00\x00\x00\x08" + bytes(40),
+    "bmp": cv2.imencode(".bmp", np.zeros((4, 4, 3), np.uint8))[1].tobytes(),
+    "pnm": b"P6\n30000 30000\n255\n" + bytes(40),
+}
+
+
+def test_gif_bomb_is_refused_before_decoding(no_decoding):
+    bomb = gif_bytes(30000, 30000)
+    assert len(bomb) == 35
+    for fmt in ("gif", "jpeg", "png", "", "rgb8; jpeg compressed bgr8"):
+        err = rejected("unsupported_format", compressed_to_rgb, fmt, bomb)
+        assert "gif" in str(err).lower()
+
+
+@pytest.mark.parametrize("kind", sorted(OTHER_FORMATS))
+def test_other_formats_labelled_jpeg_or_png_are_refused_by_their_magic_bytes(kind, no_decoding):
+    for fmt in ("jpeg", "png", ""):
+        rejected("unsupported_format", compressed_to_rgb, fmt, OTHER_FORMATS[kind])
+    rejected("unsupported_format", ic.encoded_image_info, OTHER_FORMATS[kind])
+
+
+@pytest.mark.parametrize("fmt", ["gif", "webp", "tiff", "bmp", "jp2", "jpeg2000", "rgb8; tiff compressed bgr8",
+                                 "bgr8; webp compressed bgr8", "16UC1; compressedDepth png", "theora", "x"])
+def test_only_jpeg_and_png_format_strings_are_accepted(fmt, no_decoding):
+    png = png_bytes(8, 8)
+    rejected("unsupported_format", compressed_to_rgb, fmt, png)
+
+
+def test_accepted_format_strings():
+    rgb = random_rgb(6, 10)
+    png = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))[1].tobytes()
+    jpeg = cv2.imencode(".jpg", rgb)[1].tobytes()
+    assert ic.ACCEPTED_CODECS == ("jpeg", "png")
+    for fmt in ("png", "PNG", "jpeg", "jpg", "", "  ", "bgr8; png compressed bgr8", "rgb8; jpeg compressed bgr8",
+                "mono8; png compressed "):
+        np.testing.assert_array_equal(compressed_to_rgb(fmt, png), rgb)  # the payload decides png vs jpeg
+        assert compressed_to_rgb(fmt, jpeg).shape == (6, 10, 3)
+    rejected("invalid_field", compressed_to_rgb, None, png)
+    rejected("invalid_field", compressed_to_rgb, 3, png)
+
+
+def test_png_bomb_is_refused_from_its_header(no_decoding):
+    bomb = png_bytes(100_000, 100_000)
+    assert len(bomb) < 100
+    assert ic.encoded_image_info(bomb, max_pixels=10**12) == ("png", 100_000, 100_000)
+    err = rejected("too_large", compressed_to_rgb, "png", bomb)
+    assert "100000x100000" in str(err)
+    rejected("too_large", compressed_to_rgb, "png", png_bytes(30, 20), max_pixels=599)
+
+
+def test_thin_compressed_images_are_refused_from_their_header(no_decoding):
+    rejected("bad_aspect_ratio", compressed_to_rgb, "png", png_bytes(2_000_000, 32))
+    rejected("bad_aspect_ratio", compressed_to_rgb, "png", png_bytes(1, 9))
+    jpeg = cv2.imencode(".jpg", np.zeros((16, 200, 3), np.uint8))[1].tobytes()
+    rejected("bad_aspect_ratio", compressed_to_rgb, "jpeg", jpeg)
+
+
+def test_unparsable_png_headers_are_refused_not_decoded(no_decoding):
+    good = png_bytes(8, 8)
+    for bad in (good[:8], good[:20], good[:32], png_bytes(8, 8, crc_ok=False), png_bytes(8, 8, ihdr_length=12),
+                png_bytes(0, 8), png_bytes(8, 0), png_bytes(2**31, 1),
+                good[:12] + b"IDAT" + good[16:]):  # first chunk is not IHDR
+        rejected("decode_failed", compressed_to_rgb, "png", bad)
+
+
+def test_decoding_after_the_header_check_is_still_checked(monkeypatch):
+    png = png_bytes(8, 8)
+    monkeypatch.setattr(ic.cv2, "imdecode", lambda *a, **k: np.zeros((10, 100, 3), np.uint8))
+    rejected("bad_aspect_ratio", compressed_to_rgb, "png", png)
+    monkeypatch.setattr(ic.cv2, "imdecode", lambda *a, **k: np.zeros((300, 300, 3), np.uint8))
+    rejected("too_large", compressed_to_rgb, "png", png, max_pixels=80_000)
+
+
+def _jpeg(height: int, width: int, progressive: bool = False) -> bytes:
+    params = [cv2.IMWRITE_JPEG_PROGRESSIVE, 1] if progressive else []
+    return cv2.imencode(".jpg", random_rgb(height, width), params)[1].tobytes()
+
+
+def _with_size(jpeg: bytes, width: int, height: int, marker: bytes = b"\xff\xc0") -> bytes:
+    at = jpeg.index(marker) + 5  # marker (2), length (2), precision (1)
+    return jpeg[:at] + height.to_bytes(2, "big") + width.to_bytes(2, "big") + jpeg[at + 4:]
+
+
+@pytest.mark.parametrize("progressive", [False, True])
+def test_jpeg_header_gives_the_size_baseline_and_progressive(progressive):
+    jpeg = _jpeg(20, 30, progressive)
+    assert (b"\xff\xc2" if progressive else b"\xff\xc0") in jpeg
+    assert ic.encoded_image_info(jpeg) == ("jpeg", 30, 20)
+    assert compressed_to_rgb("jpeg", jpeg).shape == (20, 30, 3)
+
+
+@pytest.mark.parametrize("progressive", [False, True])
+def test_jpeg_bomb_is_refused_from_its_frame_header(progressive, no_decoding):
+    bomb = _with_size(_jpeg(20, 30, progressive), 60000, 60000, b"\xff\xc2" if progressive else b"\xff\xc0")
+    assert ic.encoded_image_info(bomb, max_pixels=10**12) == ("jpeg", 60000, 60000)
+    rejected("too_large", compressed_to_rgb, "jpeg", bomb)
+    rejected("too_large", compressed_to_rgb, "jpeg", _jpeg(20, 30, progressive), max_pixels=599)
+
+
+def test_jpeg_header_skips_app_segments_fill_bytes_and_stuffing():
+    jpeg = _jpeg(7, 11)
+    app1 = b"\xff\xe1" + (2 + 300).to_bytes(2, "big") + b"\xff\xc0" * 150  # an EXIF-like segment with fake SOFs
     with_app = jpeg[:2] + app1 + jpeg[2:]
-    assert ic._peek_dimensions(np.frombuffer(with_app, np.uint8)) == (11, 7)
+    assert ic.encoded_image_info(with_app) == ("jpeg", 11, 7)
     assert compressed_to_rgb("jpeg", with_app).shape == (7, 11, 3)
+    # Large metadata pushing the frame header past the first MiB (e.g. multi-picture APP2 blocks).
+    big = b"".join(b"\xff\xe2" + (65535).to_bytes(2, "big") + bytes(65533) for _ in range(20))
+    assert ic.encoded_image_info(jpeg[:2] + big + jpeg[2:]) == ("jpeg", 11, 7)
+    # Fill bytes (0xFF padding) and garbage between segments, as libjpeg tolerates.
+    after_app0 = 4 + int.from_bytes(jpeg[4:6], "big")
+    padded = jpeg[:after_app0] + b"junk\xff\x00" + b"\xff" * 50 + jpeg[after_app0:]
+    assert ic.encoded_image_info(padded) == ("jpeg", 11, 7)
+    assert compressed_to_rgb("jpeg", padded).shape == (7, 11, 3)
+
+
+def test_unparsable_jpeg_headers_are_refused_not_decoded(no_decoding):
+    jpeg = _jpeg(7, 11)
+    sof = jpeg.index(b"\xff\xc0")
+    cases = {
+        "soi only": b"\xff\xd8\xff",
+        "truncated before the frame header": jpeg[:sof + 3],
+        "truncated frame header": jpeg[:sof + 7],
+        "scan before any frame header": jpeg[:2] + b"\xff\xda\x00\x08" + bytes(6) + jpeg[2:],
+        "end of image before any frame header": jpeg[:2] + b"\xff\xd9" + jpeg[2:],
+        "second start of image": jpeg[:2] + b"\xff\xd8" + jpeg[2:],
+        "segment length < 2": jpeg[:2] + b"\xff\xe0\x00\x01" + jpeg[2:],
+        "height 0 (DNL)": _with_size(jpeg, 11, 0),
+        "width 0": _with_size(jpeg, 0, 7),
+        "no marker after SOI": b"\xff\xd8" + bytes(100),
+        "reserved marker": jpeg[:2] + b"\xff\x02\x00\x04\x00\x00" + jpeg[2:],
+        "endless restart markers": b"\xff\xd8" + b"\xff\xd0" * 100_000 + jpeg[2:],
+    }
+    for name, bad in cases.items():
+        err = rejected("decode_failed", compressed_to_rgb, "jpeg", bad)
+        assert err.message, name
+
+
+def test_garbage_payloads_are_refused_before_decoding(no_decoding):
+    rejected("decode_failed", compressed_to_rgb, "jpeg", b"\x00" * 100)
+    rejected("decode_failed", compressed_to_rgb, "png", b"this is not an image")
+    rejected("decode_failed", compressed_to_rgb, "jpeg", bytes(np.random.default_rng(0).integers(0, 256, 4000,
+                                                                                                  np.uint8)))
 
 
 def test_parse_compressed_format():

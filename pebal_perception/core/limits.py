@@ -21,3 +21,21 @@ def check_threshold(value: float, what: str = "threshold") -> float:
         raise ValueError(f"{what} {number:g} is outside [-{MAX_ABS_THRESHOLD:g}, {MAX_ABS_THRESHOLD:g}] "
                          "(free-energy scores of real models lie far inside it)")
     return number
+
+
+#: Largest image (width x height) any entry point decodes, converts or runs (8000 x 8000).
+MAX_IMAGE_PIXELS = 64_000_000
+
+#: Longest side over shortest side that an image or a network input may have. Real cameras are within
+#: about 4:1 (Cityscapes 2:1, HD 16:9, stitched stereo 4:1); a thinner image is a mistake or an attack,
+#: and its thin side would be upscaled to the network size at a cost of gigabytes.
+MAX_ASPECT_RATIO = 8
+
+
+def aspect_ratio_problem(width: int, height: int, what: str = "image") -> str | None:
+    """Why a ``width x height`` (both > 0) is too thin, or None when it is within 1:MAX..MAX:1."""
+    long_side, short_side = max(width, height), min(width, height)
+    if long_side > MAX_ASPECT_RATIO * short_side:
+        return (f"{what} {width}x{height} (WxH) has an aspect ratio of {long_side / short_side:.4g}:1, "
+                f"outside 1:{MAX_ASPECT_RATIO}..{MAX_ASPECT_RATIO}:1")
+    return None
