@@ -499,6 +499,13 @@ def test_threshold_change_and_consistent_outputs(node, peer):
         assert reply.reason.strip(), bad.name
         if bad.name == "threshold" and "308" in str(bad.value):
             assert "outside" in reply.reason, reply.reason
+    # One request with a valid threshold and an invalid roi is refused whole: the threshold stays.
+    replies = peer.set_parameters(NODE, Parameter("threshold", value=threshold + 1.0),
+                                  Parameter("roi", value=[0.6, 0.0, 0.2, 1.0]))
+    assert len(replies) == 2 and not any(r.successful for r in replies), [r.reason for r in replies]
+    assert all("roi" in r.reason for r in replies), [r.reason for r in replies]
+    (reply,) = peer.set_parameters(NODE, Parameter("", value=1.0))  # an empty name is no parameter
+    assert not reply.successful and reply.reason.strip()
     assert peer.get_parameter(NODE, "threshold") == pytest.approx(threshold)
     assert peer.get_parameter(NODE, "device") == "cpu"
     msg, result = send_and_wait(peer, outputs, lambda: image_msg(rgb))  # frames are still published

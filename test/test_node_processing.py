@@ -15,7 +15,8 @@ import pytest
 
 from pebal_perception.geometry import (camera_to_pixel, pixel_to_ground, pixel_to_ground_point, scale_intrinsics,
                                        valid_intrinsics)
-from pebal_perception.node.detector_node import LatestFrameMailbox, parse_threshold
+from pebal_perception.node.detector_node import (LatestFrameMailbox, RuntimeSettings, parse_threshold,
+                                                 plan_parameter_batch)
 from pebal_perception.node.processing import (FrameOutOfMemory, GroundModel, OomGuardedInference, PostProcessConfig,
                                               bottom_centre_pixel, check_mounting, drivable_mask, is_out_of_memory,
                                               make_ground_model, obstacle_mask, parse_oom_fallback, process_frame,
@@ -121,6 +122,45 @@ def test_threshold_and_mounting_values_outside_what_makes_sense_are_refused():
     k = make_camera().K
     assert make_ground_model(k, (640, 480), (640, 480), 1.4, 0.08) is not None
     assert make_ground_model(k, (640, 480), (640, 480), 1e308, 0.08) is None
+
+
+DECLARED = {"threshold", "smoothing", "restrict_to_drivable", "roi", "min_obstacle_area", "camera.height_m",
+            "camera.pitch_rad", "device", "checkpoint"}
+
+
+def settings(**changes) -> RuntimeSettings:
+    base = dict(config=PostProcessConfig(threshold=-9.0), threshold_param=None, height_m=NAN, pitch_rad=NAN,
+                smoothing=True)
+    return RuntimeSettings(**{**base, **changes})
+
+
+def test_a_parameter_batch_is_validated_whole_before_any_of_it_applies():
+    current = settings()
+    # A valid threshold and an invalid roi in one request: refused whole, naming the roi.
+    with pytest.raises(ValueError, match="roi"):
+        plan_parameter_batch(current, [("threshold", -5.0), ("roi", [0.6, 0.0, 0.2, 1.0])], -9.0,
+                             DECLARED.__contains__)
+    with pytest.raises(ValueError, match="threshold"):  # the order does not matter
+        plan_parameter_batch(current, [("roi", [0.5, 0.0, 1.0, 1.0]), ("threshold", 1e308)], -9.0,
+                             DECLARED.__contains__)
+    assert current == settings()  # nothing changed
+    new = plan_parameter_batch(current, [("threshold", -5.0), ("roi", [0.5, 0.0, 1.0, 1.0]), ("smoothing", False),
+                                         ("camera.height_m", 1.5), ("camera.pitch_rad", 0.1)], -9.0,
+                               DECLARED.__contains__)
+    assert new.config.threshold == -5.0 and new.threshold_param == -5.0 and new.config.roi == (0.5, 0.0, 1.0, 1.0)
+    assert (new.smoothing, new.height_m, new.pitch_rad) == (False, 1.5, 0.1)
+    back = plan_parameter_batch(new, [("threshold", "auto")], -9.0, DECLARED.__contains__)
+    assert back.threshold_param is None and back.config.threshold == -9.0 and back.config.roi == new.config.roi
+
+
+@pytest.mark.parametrize("name,value,reason", [
+    ("", 1.0, "name"), ("no_such_parameter", 1.0, "no_such_parameter"), ("device", "cuda", "read-only"),
+    ("checkpoint", "/tmp/x.pt", "read-only"), ("smoothing", 1, "smoothing"), ("min_obstacle_area", -5, "min_obstacle"),
+    ("min_obstacle_area", 2.5, "min_obstacle"), ("camera.height_m", "high", "camera.height_m"),
+    ("roi", None, "roi"), ("restrict_to_drivable", "yes", "restrict_to_drivable")])
+def test_refused_parameter_changes_name_the_reason(name, value, reason):
+    with pytest.raises(ValueError, match=reason):
+        plan_parameter_batch(settings(), [("threshold", -5.0), (name, value)], -9.0, DECLARED.__contains__)
 
 
 def test_roi_restricts_mask():

@@ -31,7 +31,8 @@ import sys
 import threading
 import time
 from collections import deque
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -81,6 +82,71 @@ def parse_threshold(value: Any) -> float | None:
     raise ValueError(f"threshold must be a number, got {type(value).__name__}")
 
 
+@dataclass(frozen=True)
+class RuntimeSettings:
+    """Everything a run-time parameter change may alter; the node swaps the whole object at once."""
+
+    config: Any  # processing.PostProcessConfig, its threshold resolved (calibrated when threshold_param is None)
+    threshold_param: float | None  # the threshold parameter; None = the checkpoint's calibrated threshold
+    height_m: float  # camera.height_m (NaN = unknown)
+    pitch_rad: float  # camera.pitch_rad (NaN = unknown)
+    smoothing: bool
+
+
+def _typed(name: str, value: Any, kind: type) -> Any:
+    """``value`` when it is a ``kind`` (an integer also passes as a float); ValueError naming ``name`` else."""
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+        raise ValueError(f"{name} must be of type {kind.__name__}, got {type(value).__name__}")
+    return value
+
+
+def plan_parameter_batch(current: RuntimeSettings, changes: Sequence[tuple[str, Any]], calibrated_threshold: float,
+                         declared: Callable[[str], bool]) -> RuntimeSettings:
+    """The settings after applying a whole batch of ``(name, value)`` changes (later duplicates win).
+
+    Every change is validated before anything is decided: when any one is refused (an empty or
+    undeclared name, a read-only parameter, a wrong type, a value out of range), ValueError is raised
+    with a reason that names it, and the caller keeps ``current``: a batch applies whole or not at all.
+    ``declared(name)`` says whether the node declares the parameter.
+    """
+    from pebal_perception.node.processing import check_mounting, validate_roi
+
+    config_changes: dict[str, Any] = {}
+    threshold_param = current.threshold_param
+    height_m, pitch_rad, smoothing = current.height_m, current.pitch_rad, current.smoothing
+    for name, value in changes:
+        if not isinstance(name, str) or not name.strip() or not declared(name):
+            raise ValueError(f"parameter name {name!r} is not a parameter of {NODE_NAME}")
+        if name in READ_ONLY:
+            raise ValueError(f"{name} is read-only after start-up (restart the node)")
+        if name == "threshold":
+            threshold_param = parse_threshold(value)
+        elif name == "restrict_to_drivable":
+            config_changes["restrict_to_drivable"] = _typed(name, value, bool)
+        elif name == "smoothing":
+            smoothing = _typed(name, value, bool)
+        elif name == "roi":
+            try:
+                config_changes["roi"] = validate_roi(list(value) if value is not None else [])
+            except TypeError:
+                raise ValueError(f"roi must be 4 numbers [x0, y0, x1, y1], got {value!r}") from None
+        elif name == "min_obstacle_area":
+            config_changes["min_obstacle_area"] = _typed(name, value, int)
+        elif name == "camera.height_m":
+            height_m = float(_typed(name, value, float))
+        elif name == "camera.pitch_rad":
+            pitch_rad = float(_typed(name, value, float))
+        else:
+            raise ValueError(f"{name} cannot be changed at run time")
+    height_m, pitch_rad = check_mounting(height_m, pitch_rad)
+    config_changes["threshold"] = calibrated_threshold if threshold_param is None else threshold_param
+    config = current.config.with_changes(**config_changes)  # validates threshold, roi and min_obstacle_area
+    return RuntimeSettings(config=config, threshold_param=threshold_param, height_m=height_m, pitch_rad=pitch_rad,
+                           smoothing=bool(smoothing))
+
+
 class LatestFrameMailbox:
     """One slot holding the newest unprocessed frame; ``put`` over an unprocessed frame drops it."""
 
@@ -121,7 +187,10 @@ def _node_class():
     from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType,
                                     SetParametersResult)
     from rclpy.event_handler import SubscriptionEventCallbacks
+    from rclpy.exceptions import ParameterNotDeclaredException
     from rclpy.node import Node
+    from rclpy.parameter import Parameter
+    from rclpy.parameter_service import ParameterService
     from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, DurabilityPolicy
     from sensor_msgs.msg import CameraInfo, CompressedImage, Image
     from std_msgs.msg import Float32
@@ -147,9 +216,32 @@ def _node_class():
 
     P = ParameterType
 
+    class AllOrNoneParameterService(ParameterService):
+        """rclpy's parameter services, except that a SetParameters request is checked and applied as a
+        whole: rclpy sets its parameters one by one (a valid threshold would be applied next to a refused
+        roi); here the whole list goes through set_parameters_atomically, and every result in the reply
+        is the request's."""
+
+        def _set_parameters_callback(self, request, response):
+            node = self._get_node()
+            try:
+                params = [Parameter.from_parameter_msg(p) for p in request.parameters]
+                result = node.set_parameters_atomically(params) if params else SetParametersResult(successful=True)
+            except ParameterNotDeclaredException as exc:
+                result = SetParametersResult(successful=False, reason=f"parameter(s) not declared: {exc}")
+            except Exception as exc:  # noqa: BLE001 - a malformed request gets a reason, not a dead service
+                result = SetParametersResult(successful=False, reason=f"{type(exc).__name__}: {exc}")
+            reason = result.reason
+            if not result.successful and len(request.parameters) > 1:
+                reason = f"{reason} (a request applies whole or not at all: none of its parameters was changed)"
+            response.results = [SetParametersResult(successful=result.successful, reason=reason)
+                                for _ in request.parameters]
+            return response
+
     class DetectorNode(Node):
         def __init__(self, stop_event: threading.Event, **kwargs):
-            super().__init__(NODE_NAME, **kwargs)
+            parameter_services = kwargs.pop("start_parameter_services", True)
+            super().__init__(NODE_NAME, start_parameter_services=False, **kwargs)
             self._stop = stop_event
             self._declare_parameters()
             self._lock = threading.Lock()  # guards counters + config swaps
@@ -171,6 +263,8 @@ def _node_class():
             self._load_engine()  # raises StartupError
             self._config = self._initial_config()
             self.add_on_set_parameters_callback(self._on_set_parameters)
+            if parameter_services:
+                self._parameter_service = AllOrNoneParameterService(self)
 
             depth = int(self.get_parameter("qos.depth").value)
             reliability = str(self.get_parameter("qos.reliability").value)
@@ -343,55 +437,27 @@ def _node_class():
             return config
 
         def _on_set_parameters(self, params) -> SetParametersResult:
-            """Validates a batch of changes; applies all of them or none (rejects with a reason)."""
+            """Validates a batch of changes as a whole (plan_parameter_batch); applies all of them or none.
+
+            A SetParameters request reaches this callback with all its parameters at once
+            (AllOrNoneParameterService), as SetParametersAtomically does."""
             try:
-                changes: dict[str, Any] = {}
-                threshold_param = self._threshold_param
-                height_m, pitch_rad, smoothing = self._height_m, self._pitch_rad, None
-                for param in params:
-                    name, value = param.name, param.value
-                    if name in READ_ONLY:
-                        return SetParametersResult(successful=False,
-                                                   reason=f"{name} is read-only after start-up (restart the node)")
-                    if name == "threshold":
-                        threshold_param = parse_threshold(value)
-                    elif name == "restrict_to_drivable":
-                        changes["restrict_to_drivable"] = self._typed(name, value, bool)
-                    elif name == "smoothing":
-                        smoothing = self._typed(name, value, bool)
-                    elif name == "roi":
-                        changes["roi"] = validate_roi(list(value) if value is not None else [])
-                    elif name == "min_obstacle_area":
-                        area = self._typed(name, value, int)
-                        if area < 0:
-                            raise ValueError(f"min_obstacle_area must be >= 0, got {area}")
-                        changes["min_obstacle_area"] = area
-                    elif name == "camera.height_m":
-                        height_m = float(self._typed(name, value, float))
-                    elif name == "camera.pitch_rad":
-                        pitch_rad = float(self._typed(name, value, float))
-                height_m, pitch_rad = check_mounting(height_m, pitch_rad)
-                changes["threshold"] = self.calibrated_threshold if threshold_param is None else threshold_param
-                new_config = self._config.with_changes(**changes)
+                with self._lock:
+                    current = RuntimeSettings(config=self._config, threshold_param=self._threshold_param,
+                                              height_m=self._height_m, pitch_rad=self._pitch_rad,
+                                              smoothing=bool(self.engine.smoothing))
+                new = plan_parameter_batch(current, [(p.name, p.value) for p in params], self.calibrated_threshold,
+                                           self.has_parameter)
             except ValueError as exc:
                 return SetParametersResult(successful=False, reason=str(exc))
             except Exception as exc:  # noqa: BLE001 - never let a parameter request kill the node
                 return SetParametersResult(successful=False, reason=f"{type(exc).__name__}: {exc}")
             with self._lock:
-                self._config = new_config
-                self._threshold_param = threshold_param
-                self._height_m, self._pitch_rad = height_m, pitch_rad
-                if smoothing is not None:
-                    self.engine.smoothing = smoothing
+                self._config = new.config
+                self._threshold_param = new.threshold_param
+                self._height_m, self._pitch_rad = new.height_m, new.pitch_rad
+                self.engine.smoothing = new.smoothing
             return SetParametersResult(successful=True)
-
-        @staticmethod
-        def _typed(name: str, value: Any, kind: type) -> Any:
-            if kind is float and isinstance(value, int) and not isinstance(value, bool):
-                return float(value)
-            if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
-                raise ValueError(f"{name} must be of type {kind.__name__}, got {type(value).__name__}")
-            return value
 
         # ---------------------------------------------------------------------------------- inputs
         def _reject(self, reason: str, text: str) -> None:
