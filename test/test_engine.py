@@ -6,7 +6,7 @@ import torch
 from pebal_perception.core import scoring
 from pebal_perception.core.checkpoint import ModelMeta
 from pebal_perception.core.engine import InferenceEngine, resolve_device
-from pebal_perception.core.preprocess import network_size, normalize, pil_preprocess
+from pebal_perception.core.preprocess import ImageSizeError, network_size, normalize, pil_preprocess
 
 from tiny_models import TINY, TinySegNet
 
@@ -84,6 +84,73 @@ def test_network_size_rules():
     assert network_size((100, 130), None, 16) == (96, 128)
     with pytest.raises(ValueError):
         network_size((0, 0), (500, 1000), 16)
+
+
+@pytest.mark.parametrize("hw", [(1_000_000, 32), (32, 1_000_000), (2_000_000, 32), (64_000_000, 1), (4000, 10)])
+def test_thin_images_are_refused_before_anything_is_resized(engine, hw, monkeypatch):
+    """A thin side upscaled to the network size in one pass asked for 7.7 GB (2,000,000 x 32) to 245 GB."""
+    from pebal_perception.core import preprocess
+
+    def no_resize(*args, **kwargs):
+        raise AssertionError("resized although the image should have been refused")
+
+    monkeypatch.setattr(preprocess.F, "interpolate", no_resize)
+    image = np.zeros((*hw, 3), np.uint8)  # calloc: the pages are never touched
+    with pytest.raises(ImageSizeError, match="aspect ratio"):
+        engine.infer(image)
+    with pytest.raises(ImageSizeError, match="aspect ratio"):
+        engine.check_image(*hw)
+    assert issubclass(ImageSizeError, ValueError)
+
+
+def test_resize_bounds_in_normalize(monkeypatch):
+    from pebal_perception.core import preprocess
+
+    mean, std = (0.5,) * 3, (0.25,) * 3
+    thin = torch.zeros((1, 3, 20_000, 2), dtype=torch.uint8)
+    with pytest.raises(ImageSizeError, match="resize"):  # 20000 x 8192 values in the intermediate
+        normalize(thin, mean, std, (512, 8192))
+    monkeypatch.setattr(preprocess, "MAX_RESIZE_VALUES", 64 * 64 - 1)
+    with pytest.raises(ImageSizeError, match="resize"):
+        normalize(torch.zeros((1, 3, 64, 32), dtype=torch.uint8), mean, std, (32, 64))
+    monkeypatch.setattr(preprocess, "MAX_RESIZE_VALUES", 64 * 64)
+    assert normalize(torch.zeros((1, 3, 64, 32), dtype=torch.uint8), mean, std, (32, 64)).shape == (1, 3, 32, 64)
+    monkeypatch.setattr(preprocess, "MAX_IMAGE_PIXELS", 100)
+    with pytest.raises(ImageSizeError, match="pixels"):
+        normalize(torch.zeros((1, 3, 8, 16), dtype=torch.uint8), mean, std, (8, 16))  # no resize, still bounded
+
+
+def test_network_sizes_are_bounded():
+    from pebal_perception.core.preprocess import MAX_NETWORK_SIDE
+
+    assert MAX_NETWORK_SIDE == 4096
+    assert network_size((0, 0), (4096, 4096), 16) == (4096, 4096)
+    for size in [(4112, 4096), (100_000, 100_000), (32, 512), (512, 32)]:
+        with pytest.raises(ValueError):
+            network_size((0, 0), size, 16)
+        with pytest.raises(ValueError):
+            InferenceEngine(TinySegNet(), ModelMeta.for_architecture(TINY), device="cpu", input_size=size)
+    native = InferenceEngine(TinySegNet(), ModelMeta.for_architecture(TINY), device="cpu", input_size="native")
+    with pytest.raises(ImageSizeError, match="4096"):
+        native.check_image(4200, 4200)  # its native network size would be 4200 x 4200
+    with pytest.raises(ImageSizeError, match="4096"):
+        native.infer(np.zeros((4200, 600, 3), np.uint8))
+    native.check_image(4000, 600)
+
+
+def test_images_over_the_pixel_limit_are_refused(engine):
+    from pebal_perception.core.limits import MAX_IMAGE_PIXELS
+
+    side = int(MAX_IMAGE_PIXELS ** 0.5) + 1
+    with pytest.raises(ImageSizeError, match="pixels"):
+        engine.check_image(side, side)
+    engine.check_image(1000, 8000)  # 8:1 is allowed
+
+
+@pytest.mark.parametrize("threshold", [float("inf"), float("-inf"), float("nan"), 1e300])
+def test_unusable_thresholds_are_refused(threshold):
+    with pytest.raises(ValueError, match="threshold"):
+        InferenceEngine(TinySegNet(), ModelMeta.for_architecture(TINY), device="cpu", threshold=threshold)
 
 
 def test_normalize_equals_pil_reference_without_resize():

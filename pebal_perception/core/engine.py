@@ -17,9 +17,10 @@ from torch import nn
 
 from . import scoring
 from .checkpoint import ModelMeta, load_checkpoint
+from .limits import check_threshold
 from .models import get_model_spec
 from .optimize import fold_batchnorm
-from .preprocess import network_size, normalize, to_uint8_batch
+from .preprocess import check_image_size, check_resize, network_size, normalize, to_uint8_batch
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -55,8 +56,11 @@ class InferenceEngine:
         device: 'auto', 'cpu', 'cuda', 'cuda:1', ...
         precision: 'fp32', or 'fp16'/'bf16' (autocast, CUDA only; the energy is always float32).
         input_size: (height, width) the network runs at; None = the checkpoint's, 'native' = each
-            image's own size rounded to the architecture's size divisor.
-        threshold: obstacle threshold on the score; None = the checkpoint's calibrated one.
+            image's own size rounded to the architecture's size divisor. Network sizes and images are
+            bounded (``core/preprocess.py``: at most 4096 per network side, images up to 64 M pixels
+            within 1:8..8:1); :meth:`check_image` raises ``ImageSizeError`` before anything is allocated.
+        threshold: obstacle threshold on the score; None = the checkpoint's calibrated one (either must
+            pass ``core.limits.check_threshold``: finite, |t| <= 1e6).
         smoothing: apply PEBAL's 7x7, sigma-1 Gaussian to the energy (the reference behaviour).
         optimize: fold BatchNorm into convolutions and run channels-last (outputs equal the plain
             model's to float rounding; see ``core/optimize.py`` and test_engine.py).
@@ -84,7 +88,7 @@ class InferenceEngine:
             input_size = meta.input_size
         self.native_size = input_size == "native"
         self.input_size = None if self.native_size else network_size((0, 0), input_size, self.spec.size_divisor)
-        self.threshold = meta.effective_threshold if threshold is None else float(threshold)
+        self.threshold = check_threshold(meta.effective_threshold if threshold is None else threshold)
         self.smoothing = smoothing
         self.smoothing_kernel = smoothing_kernel
         self.smoothing_sigma = smoothing_sigma
@@ -108,6 +112,16 @@ class InferenceEngine:
         model, meta = load_checkpoint(path, model_name)
         return cls(model, meta, **kwargs)
 
+    def check_image(self, height: int, width: int) -> None:
+        """Raises ``ImageSizeError`` (a ValueError) unless a ``height x width`` image can be run: at most
+        MAX_IMAGE_PIXELS pixels, aspect ratio within MAX_ASPECT_RATIO, and (native size) a network size
+        within the limits; no resize on the way may hold more than MAX_RESIZE_VALUES values per channel."""
+        height, width = int(height), int(width)
+        check_image_size(height, width)
+        size = (network_size((height, width), None, self.spec.size_divisor) if self.native_size
+                else self.input_size)
+        check_resize((height, width), size)
+
     def _autocast(self):
         if self.precision == "fp32":
             return contextlib.nullcontext()
@@ -116,6 +130,7 @@ class InferenceEngine:
     @torch.inference_mode()
     def forward_logits(self, batch_uint8: torch.Tensor) -> torch.Tensor:
         """uint8 N x 3 x H x W on the engine's device -> logits N x 20 x h x w at the network size."""
+        self.check_image(*batch_uint8.shape[-2:])
         size = (network_size(tuple(batch_uint8.shape[-2:]), None, self.spec.size_divisor)
                 if self.native_size else self.input_size)
         x = normalize(batch_uint8, self.meta.mean, self.meta.std, size)
@@ -143,7 +158,18 @@ class InferenceEngine:
         return semantic, energy
 
     def infer(self, images: Sequence[np.ndarray] | np.ndarray) -> list[FrameResult]:
-        """Runs a batch of H x W x 3 uint8 RGB images (all the same size) and returns host results."""
+        """Runs a batch of H x W x 3 uint8 RGB images (all the same size) and returns host results.
+
+        Image sizes are checked (:meth:`check_image`) before the batch is stacked or copied to the device.
+        """
+        if isinstance(images, np.ndarray):
+            shapes = {images.shape[-3:-1]} if images.ndim in (3, 4) else set()
+        else:
+            images = list(images)
+            shapes = {tuple(np.shape(image)[:2]) for image in images}
+        for hw in shapes:
+            if len(hw) == 2:
+                self.check_image(*hw)
         batch = to_uint8_batch(images, self.device, pin_memory=True)
         semantic, score = self.score_tensors(batch)
         obstacle = scoring.obstacle_mask(score, self.threshold)

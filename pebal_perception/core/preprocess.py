@@ -1,4 +1,14 @@
-"""Image -> network input: resize on the model's device, scale to [0, 1], normalise per channel."""
+"""Image -> network input: resize on the model's device, scale to [0, 1], normalise per channel.
+
+Sizes are bounded before anything is allocated (all limits raise :class:`ImageSizeError`, a ValueError):
+
+* network input sizes (checkpoint ``input_size``, ``--input-size``, native sizes): each side at most
+  :data:`MAX_NETWORK_SIDE`, aspect ratio within :data:`~pebal_perception.core.limits.MAX_ASPECT_RATIO`;
+* images: at most :data:`~pebal_perception.core.limits.MAX_IMAGE_PIXELS` pixels, same aspect-ratio limit
+  (:func:`check_image_size`);
+* every resize: at most :data:`MAX_RESIZE_VALUES` values per channel in the intermediate of a separable
+  resize (:func:`check_resize`), so a thin side is never upscaled to the network size into gigabytes.
+"""
 from __future__ import annotations
 
 from typing import Sequence
@@ -7,20 +17,72 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .limits import MAX_ASPECT_RATIO, MAX_IMAGE_PIXELS, aspect_ratio_problem
+
+#: Largest network input side (height or width) the engine runs at.
+MAX_NETWORK_SIDE = 4096
+#: Most values per channel one resize may hold: a separable resize has one axis done at a time, i.e. up to
+#: max(input height x output width, output height x input width) values (512 MB of float32 per channel).
+MAX_RESIZE_VALUES = 2 * MAX_IMAGE_PIXELS
+
+
+class ImageSizeError(ValueError):
+    """An image (or network input size) outside the limits: refused before anything is allocated for it."""
+
+
+def check_network_size(hw: Sequence[int], divisor: int, what: str = "network input size") -> tuple[int, int]:
+    """(height, width) as ints when they are positive multiples of ``divisor``, at most
+    :data:`MAX_NETWORK_SIDE` each and within the aspect-ratio limit; ImageSizeError otherwise."""
+    h, w = int(hw[0]), int(hw[1])
+    if h <= 0 or w <= 0 or h % divisor or w % divisor:
+        raise ImageSizeError(f"{what} {h}x{w} (HxW) must be positive multiples of {divisor}")
+    if h > MAX_NETWORK_SIDE or w > MAX_NETWORK_SIDE:
+        raise ImageSizeError(f"{what} {h}x{w} (HxW) is larger than {MAX_NETWORK_SIDE} per side")
+    problem = aspect_ratio_problem(w, h, what)
+    if problem is not None:
+        raise ImageSizeError(problem)
+    return h, w
+
 
 def network_size(image_hw: tuple[int, int], requested: Sequence[int] | None, divisor: int) -> tuple[int, int]:
     """The (height, width) the network runs at.
 
     ``requested`` (height, width) is used as given (it must be a multiple of ``divisor``); ``None``
-    means the image's own size rounded to the nearest multiple of ``divisor``.
+    means the image's own size rounded to the nearest multiple of ``divisor``. Either is checked by
+    :func:`check_network_size` (ImageSizeError).
     """
     if requested is not None:
-        h, w = int(requested[0]), int(requested[1])
-        if h <= 0 or w <= 0 or h % divisor or w % divisor:
-            raise ValueError(f"network input size {h}x{w} (HxW) must be positive multiples of {divisor}")
-        return h, w
+        return check_network_size(requested, divisor)
     h, w = image_hw
-    return max(divisor, int(round(h / divisor)) * divisor), max(divisor, int(round(w / divisor)) * divisor)
+    size = max(divisor, int(round(h / divisor)) * divisor), max(divisor, int(round(w / divisor)) * divisor)
+    return check_network_size(size, divisor, what=f"native network size for a {h}x{w} (HxW) image")
+
+
+def check_image_size(height: int, width: int) -> None:
+    """ImageSizeError unless a ``height x width`` image is non-empty, at most MAX_IMAGE_PIXELS pixels and
+    within the aspect-ratio limit (1:MAX_ASPECT_RATIO..MAX_ASPECT_RATIO:1)."""
+    if height <= 0 or width <= 0:
+        raise ImageSizeError(f"image {width}x{height} (WxH) is empty")
+    if height * width > MAX_IMAGE_PIXELS:
+        raise ImageSizeError(f"image {width}x{height} (WxH) has {height * width} pixels, over {MAX_IMAGE_PIXELS}")
+    problem = aspect_ratio_problem(width, height)
+    if problem is not None:
+        raise ImageSizeError(problem)
+
+
+def check_resize(image_hw: Sequence[int], size: Sequence[int]) -> None:
+    """ImageSizeError when resizing ``image_hw`` to ``size`` would hold more than the limits: either side
+    over MAX_IMAGE_PIXELS pixels, or a separable-resize intermediate over MAX_RESIZE_VALUES values."""
+    (h_in, w_in), (h_out, w_out) = (int(v) for v in image_hw), (int(v) for v in size)
+    for what, (h, w) in (("image", (h_in, w_in)), ("resize target", (h_out, w_out))):
+        if h * w > MAX_IMAGE_PIXELS:
+            raise ImageSizeError(f"{what} {w}x{h} (WxH) has {h * w} pixels, over {MAX_IMAGE_PIXELS}")
+    if (h_in, w_in) != (h_out, w_out):
+        work = max(h_in * w_out, h_out * w_in)
+        if work > MAX_RESIZE_VALUES:
+            raise ImageSizeError(f"resize of a {w_in}x{h_in} image to {w_out}x{h_out} (WxH) would hold {work} values "
+                                 f"per channel, over {MAX_RESIZE_VALUES} (aspect ratios too different; the limit "
+                                 f"for images is {MAX_ASPECT_RATIO}:1)")
 
 
 def to_uint8_batch(images: Sequence[np.ndarray] | np.ndarray, device: torch.device,
@@ -47,8 +109,9 @@ def normalize(batch_uint8: torch.Tensor, mean: Sequence[float], std: Sequence[fl
     """uint8 N x 3 x H x W -> normalised float N x 3 x h x w at the network size.
 
     Resizing uses antialiased bilinear interpolation (what PIL's BILINEAR does when shrinking; within
-    one grey level of PIL, see espnetv2-spec 11.2).
+    one grey level of PIL, see espnetv2-spec 11.2). Sizes are checked first (:func:`check_resize`).
     """
+    check_resize(tuple(batch_uint8.shape[-2:]), size)
     x = batch_uint8.to(torch.float32)
     if tuple(x.shape[-2:]) != tuple(size):
         shrinking = x.shape[-2] > size[0] or x.shape[-1] > size[1]
