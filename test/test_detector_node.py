@@ -35,7 +35,7 @@ os.environ["ROS_PYTHON_CHECK_FIELDS"] = "1"
 
 try:
     import rclpy
-    from diagnostic_msgs.msg import DiagnosticArray
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
     from rcl_interfaces.srv import GetParameters, SetParameters
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.parameter import Parameter, parameter_value_to_python
@@ -320,6 +320,24 @@ def frame_outputs(outputs: dict[str, Collector], frame_id: str, names=("semantic
         found[name] = outputs[name].wait(same_frame(frame_id), 10.0)
         assert found[name] is not None, f"no {name} for frame {frame_id}"
     return found
+
+
+def _values(status) -> dict[str, str]:
+    return {kv.key: kv.value for kv in status.values}
+
+
+def latest_status(peer: Peer, node_name: str, predicate, timeout: float = 10.0, first: bool = False):
+    """The newest (``first``: the oldest) DiagnosticStatus of ``node_name`` received so far, or within
+    ``timeout``, that matches ``predicate``."""
+    def status_of(msg):
+        return next((st for st in msg.status if st.name.startswith(node_name + ":") and predicate(st)), None)
+
+    msg = peer.diagnostics.wait(lambda m: status_of(m) is not None, timeout)
+    assert msg is not None, f"no matching /diagnostics status from {node_name} within {timeout} s"
+    if first:
+        with peer.diagnostics._cond:
+            msg = next(m for m in peer.diagnostics.messages if status_of(m) is not None)
+    return status_of(msg)
 
 
 def latest_diag(peer: Peer, node_name: str, predicate=None, timeout: float = 10.0) -> dict[str, str]:
@@ -807,6 +825,8 @@ def test_starts_with_the_embedded_default_model(workdir, peer):
 def test_out_of_memory_on_a_frame_is_counted_and_the_node_continues(checkpoint, peer):
     """A frame that runs the device out of memory (simulated: no test may need a GPU) is retried once,
     then dropped with a rate-limited error and counted in /diagnostics; the next frame is served.
+    Then a frame fails to process (any other error): /diagnostics turns ERROR, and once frames process
+    again the level returns to OK after diagnostics.window_s while the counters stay cumulative.
 
     The node runs in this process so that its model can be wrapped; on the CPU neither the fp16 nor
     the cpu fallback applies, so the frame is dropped (tests of the fallbacks themselves:
@@ -818,12 +838,15 @@ def test_out_of_memory_on_a_frame_is_counted_and_the_node_continues(checkpoint, 
     class OutOfMemoryTwice(torch.nn.Module):
         def __init__(self, inner):
             super().__init__()
-            self.inner, self.calls = inner, 0
+            self.inner, self.calls, self.fail_next = inner, 0, False
 
         def forward(self, x):
             self.calls += 1
             if self.calls <= 2:  # the first attempt and its retry
                 raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (simulated)")
+            if self.fail_next:
+                self.fail_next = False
+                raise RuntimeError("simulated processing failure")
             return self.inner(x)
 
     context = rclpy.Context()
@@ -831,7 +854,7 @@ def test_out_of_memory_on_a_frame_is_counted_and_the_node_continues(checkpoint, 
     stop = threading.Event()
     node = _node_class()(stop, context=context, namespace="/oom_ns", cli_args=[
         "--ros-args", "-r", "image:=/oom_cam/image", "-p", f"checkpoint:={checkpoint}", "-p", "device:=cpu",
-        "-p", "oom_fallback:=fp16,cpu"])
+        "-p", "oom_fallback:=fp16,cpu", "-p", "diagnostics.window_s:=4.0"])
     model = node.engine.model = OutOfMemoryTwice(node.engine.model)
     executor = SingleThreadedExecutor(context=context)
     executor.add_node(node)
@@ -854,6 +877,8 @@ def test_out_of_memory_on_a_frame_is_counted_and_the_node_continues(checkpoint, 
             publisher.publish(image_msg(rgb, frame_id="oom_first"))
             time.sleep(0.3)
         values = latest_diag(peer, name, lambda v: v["out_of_memory_frames"] == "1", timeout=TIMEOUT)
+        assert "out of device memory" in latest_status(
+            peer, name, lambda st: _values(st)["out_of_memory_frames"] == "1", first=True).message
         assert values["out_of_memory_dropped"] == "1" and values["degraded"] == "no"
         assert values["frames_failed"] == "1" and _settled(values)  # the frame is accounted for
         assert values["device"] == "cpu" and values["precision"] == "fp32"
@@ -865,8 +890,18 @@ def test_out_of_memory_on_a_frame_is_counted_and_the_node_continues(checkpoint, 
         assert result is not None and model.calls >= 3
         values = latest_diag(peer, name, lambda v: int(v["frames_processed"]) >= 1, timeout=TIMEOUT)
         assert values["out_of_memory_frames"] == "1" and values["out_of_memory_dropped"] == "1"
-        level = [s for m in peer.diagnostics.messages for s in m.status if s.name.startswith(name + ":")][-1]
-        assert "out of device memory" in level.message
+
+        # A processing failure: ERROR while it lies within the window, OK again once it left it.
+        model.fail_next = True
+        send_and_wait(PeerVia, outputs, lambda: image_msg(rgb))  # the failed frame, then a served one
+        failed = latest_status(peer, name, lambda st: _values(st)["frames_failed"] == "2", timeout=TIMEOUT,
+                               first=True)  # the first report that counts the failure
+        assert failed.level == DiagnosticStatus.ERROR and "simulated processing failure" in failed.message
+        recovered = latest_status(peer, name, lambda st: st.level == DiagnosticStatus.OK
+                                  and _values(st)["frames_failed"] == "2", timeout=3 * TIMEOUT)
+        values = _values(recovered)
+        assert recovered.message == "running" and values["status_window_s"] == "4"
+        assert values["frames_failed"] == "2" and values["out_of_memory_dropped"] == "1"  # still counted
     finally:
         stop.set()
         spinner.join(5)

@@ -20,7 +20,7 @@ from pebal_perception.node.detector_node import (LatestFrameMailbox, RuntimeSett
 from pebal_perception.node.processing import (FrameOutOfMemory, GroundModel, OomGuardedInference, PostProcessConfig,
                                               bottom_centre_pixel, check_mounting, drivable_mask, is_out_of_memory,
                                               make_ground_model, obstacle_mask, parse_oom_fallback, process_frame,
-                                              roi_mask, validate_roi)
+                                              RecentEvents, roi_mask, validate_roi)
 from pebal_training.data.synthetic import Camera, SceneConfig, generate_scene
 
 NAN = float("nan")
@@ -242,6 +242,23 @@ def test_mailbox_keeps_only_the_newest_frame():
     assert box.take(timeout=0.01) == 3 and box.take(timeout=0.01) is None
     box.close()
     assert box.take(timeout=5) is None  # returns at once when closed
+
+
+def test_recent_events_reflect_only_the_window():
+    now = [100.0]
+    events = RecentEvents(10.0, clock=lambda: now[0])
+    assert events.recent("processing_failed") is None
+    events.note("processing_failed", "ValueError: bad frame")
+    now[0] += 4.0
+    assert events.recent("processing_failed") == (4.0, "ValueError: bad frame")
+    assert events.recent("rejected") is None  # kinds are separate
+    now[0] += 6.5  # the failure left the window: the status is back to what is happening now
+    assert events.recent("processing_failed") is None
+    events.note("processing_failed", "again")
+    assert events.recent("processing_failed") == (0.0, "again")
+    for bad in (0.0, -1.0, NAN, float("inf")):
+        with pytest.raises(ValueError):
+            RecentEvents(bad)
 
 
 def test_processing_core_is_ros_free():

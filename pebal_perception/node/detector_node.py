@@ -10,6 +10,14 @@ Outputs (reliable, keep-last 5), stamped with the input image's header, at the i
   ``~/result`` pebal_perception/AnomalyResult, ``~/overlay`` rgb8 (only computed while subscribed),
   ``~/processing_time_ms`` std_msgs/Float32, and ``/diagnostics`` (~1 Hz).
 
+Diagnostics
+-----------
+The counters in ``/diagnostics`` are cumulative since start-up. The status *level* reflects the last
+``diagnostics.window_s`` seconds (default 10): ERROR while a frame failed to process within the window,
+WARN while a frame was dropped for lack of device memory or an input image was rejected within it, and
+also WARN while the model runs degraded after running out of memory and before the first image; OK
+otherwise. Once failures stop, the level returns to OK after one window.
+
 Threading
 ---------
 The executor thread only converts incoming messages to RGB and drops them into a one-slot mailbox
@@ -45,7 +53,7 @@ DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "fp16")
 # Parameters fixed once the node runs (model, device, subscriptions): changes are refused.
 READ_ONLY = ("checkpoint", "model", "device", "precision", "input_width", "input_height", "oom_fallback",
-             "cpu_threads", "qos.depth", "qos.reliability", "subscribe_compressed")
+             "cpu_threads", "qos.depth", "qos.reliability", "subscribe_compressed", "diagnostics.window_s")
 AUTO_THRESHOLD_STRINGS = ("", "nan", "auto", "checkpoint", "calibrated", "default")
 
 
@@ -200,7 +208,7 @@ def _node_class():
 
     from pebal_perception.image_conversion import REJECT_REASONS, ImageConverter, ImageRejected
     from pebal_perception.node.processing import (FrameOutOfMemory, GroundModel, OomGuardedInference,
-                                                  PostProcessConfig, check_mounting, make_ground_model,
+                                                  PostProcessConfig, RecentEvents, check_mounting, make_ground_model,
                                                   obstacle_fields, parse_oom_fallback, process_frame, validate_roi)
 
     def descriptor(description: str, type_: int, read_only: bool = False, int_range=None, float_range=None,
@@ -254,7 +262,11 @@ def _node_class():
             self._proc_times: deque[float] = deque(maxlen=200)  # (receive -> publish) ms, last window
             self._infer_times: deque[float] = deque(maxlen=200)
             self._last_diag = (time.monotonic(), 0, 0)
-            self._worker_error: str | None = None
+            try:
+                # What happened within the last window sets the diagnostics level (the counters stay cumulative).
+                self._events = RecentEvents(float(self.get_parameter("diagnostics.window_s").value))
+            except ValueError as exc:
+                raise StartupError(f"parameter diagnostics.window_s: {exc}") from None
             self._camera_info: tuple[int, np.ndarray, int, int] | None = None  # sequence, K, width, height
             self._ground_cache: tuple[Any, GroundModel | None] = (None, None)
             self.mailbox = LatestFrameMailbox()
@@ -362,6 +374,10 @@ def _node_class():
                 ("camera.pitch_rad", nan, descriptor(
                     "Camera pitch [rad], positive = looking down; NaN = unknown (no ground positions). "
                     "Changeable at run time.", P.PARAMETER_DOUBLE)),
+                ("diagnostics.window_s", 10.0, descriptor(
+                    "The /diagnostics level reflects what happened within the last this many seconds "
+                    "(processing failures, out-of-memory drops, rejected images); counters stay cumulative. "
+                    "Read-only.", P.PARAMETER_DOUBLE, read_only=True, float_range=(0.1, 3600.0))),
             ]
             for name, default, desc in decl:
                 self.declare_parameter(name, default, desc)
@@ -463,6 +479,7 @@ def _node_class():
         def _reject(self, reason: str, text: str) -> None:
             with self._lock:
                 self._rejected[reason] = self._rejected.get(reason, 0) + 1
+            self._events.note("rejected", reason)
             self.get_logger().error(f"rejected input image ({reason}): {text}", throttle_duration_sec=5.0)
 
         def _accept(self, msg: Any, convert) -> None:
@@ -527,11 +544,12 @@ def _node_class():
                 except FrameOutOfMemory as exc:  # also counted by self.inference; the next frame may fit
                     with self._lock:
                         self._failed += 1
+                    self._events.note("out_of_memory_dropped", str(exc))
                     self.get_logger().error(f"frame dropped: {exc}", throttle_duration_sec=5.0)
                 except Exception as exc:  # noqa: BLE001 - keep serving frames
                     with self._lock:
                         self._failed += 1
-                        self._worker_error = f"{type(exc).__name__}: {exc}"
+                    self._events.note("processing_failed", f"{type(exc).__name__}: {exc}")
                     self.get_logger().error(f"processing failed: {type(exc).__name__}: {exc}",
                                             throttle_duration_sec=5.0)
 
@@ -585,24 +603,32 @@ def _node_class():
                     self._proc_times.clear()
                     self._infer_times.clear()
                     rejected = dict(self._rejected)
-                    worker_error = self._worker_error
                     threshold = self._config.threshold
                 oom = self.inference
                 dt = max(now - t0, 1e-6)
                 dropped = self.mailbox.dropped
                 status = DiagnosticStatus(name=f"{self.get_fully_qualified_name()}: anomaly detection",
                                           hardware_id=str(self.engine.device))
+                # The level reflects the last diagnostics.window_s seconds (module docstring).
+                events = self._events
+                failure = events.recent("processing_failed")
+                oom_dropped = events.recent("out_of_memory_dropped")
+                rejection = events.recent("rejected")
                 status.level, status.message = DiagnosticStatus.OK, "running"
-                if worker_error:
-                    status.level, status.message = DiagnosticStatus.ERROR, f"processing failed: {worker_error}"
-                elif oom.degraded or oom.dropped:
+                if failure:
+                    status.level = DiagnosticStatus.ERROR
+                    status.message = f"processing failed {failure[0]:.0f} s ago: {failure[1]}"
+                elif oom.degraded:
                     status.level = DiagnosticStatus.WARN
-                    status.message = (f"out of device memory: now {self.engine.precision} on {self.engine.device}"
-                                      if oom.degraded else "out of device memory: frames dropped")
+                    status.message = f"out of device memory: now {self.engine.precision} on {self.engine.device}"
+                elif oom_dropped:
+                    status.level = DiagnosticStatus.WARN
+                    status.message = f"out of device memory: frames dropped (last {oom_dropped[0]:.0f} s ago)"
                 elif received == 0:
                     status.level, status.message = DiagnosticStatus.WARN, "no input images yet"
-                elif sum(rejected.values()):
-                    status.level, status.message = DiagnosticStatus.WARN, "some input images were rejected"
+                elif rejection:
+                    status.level = DiagnosticStatus.WARN
+                    status.message = f"input images rejected (last {rejection[0]:.0f} s ago: {rejection[1]})"
 
                 def fmt(values):
                     return f"{sum(values) / len(values):.2f}" if values else "nan"
@@ -629,6 +655,7 @@ def _node_class():
                     ("model_id", str(self.model_id)),
                     ("network_input", self._input_size_text()),
                     ("threshold", f"{threshold:g}"),
+                    ("status_window_s", f"{events.window_s:g}"),
                 ]
                 status.values = [KeyValue(key=k, value=v) for k, v in pairs]
                 self.pub_diag.publish(DiagnosticArray(header=_header_now(self), status=[status]))

@@ -16,8 +16,10 @@ buildings, sky).
 from __future__ import annotations
 
 import math
+import threading
+import time
 from dataclasses import dataclass, replace
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import cv2
 import numpy as np
@@ -313,6 +315,34 @@ def make_ground_model(k: np.ndarray, info_size: tuple[int, int], image_size: tup
         k = scale_intrinsics(k, (info_w, info_h), tuple(image_size))
     model = GroundModel(K=k, height_m=height_m, pitch_rad=pitch_rad)
     return model if model.usable else None
+
+
+class RecentEvents:
+    """The latest event of each kind (when, and what it said), so that a status can reflect what happened
+    within the last ``window_s`` seconds instead of everything since start-up (the cumulative counters
+    are kept by their owners). Thread-safe; ``clock`` is monotonic seconds (replaceable for tests)."""
+
+    def __init__(self, window_s: float, clock: Callable[[], float] = time.monotonic):
+        window_s = float(window_s)
+        if not (math.isfinite(window_s) and window_s > 0):
+            raise ValueError(f"the status window must be a positive number of seconds, got {window_s:g}")
+        self.window_s = window_s
+        self._clock = clock
+        self._last: dict[str, tuple[float, str]] = {}
+        self._lock = threading.Lock()
+
+    def note(self, kind: str, text: str = "") -> None:
+        with self._lock:
+            self._last[kind] = (self._clock(), text)
+
+    def recent(self, kind: str) -> tuple[float, str] | None:
+        """``(seconds ago, text)`` of the latest ``kind`` event when it lies within the window, else None."""
+        with self._lock:
+            last = self._last.get(kind)
+        if last is None:
+            return None
+        age = self._clock() - last[0]
+        return (age, last[1]) if age <= self.window_s else None
 
 
 def obstacle_fields(o: Obstacle) -> dict[str, Any]:
