@@ -145,7 +145,7 @@ def _check_mono16_scale(mono16_scale: str) -> str:
     return mono16_scale
 
 
-def _check_shape(width: int, height: int, max_pixels: int, what: str = "image") -> None:
+def check_image_shape(width: int, height: int, max_pixels: int = DEFAULT_MAX_PIXELS, what: str = "image") -> None:
     """``too_large`` / ``bad_aspect_ratio`` for a ``width x height`` (both > 0) image, before allocating it."""
     if width * height > max_pixels:
         raise ImageRejected("too_large", f"{what} is {width}x{height} (WxH) = {width * height} pixels, over "
@@ -222,7 +222,7 @@ def _validated_rows(encoding: Any, height: Any, width: Any, step: Any, data: Any
     step = _uint_field("step", step)
     if height == 0 or width == 0:
         raise ImageRejected("empty", f"image has zero size ({width}x{height}, WxH)")
-    _check_shape(width, height, max_pixels)
+    check_image_shape(width, height, max_pixels)
     if spec is None:
         buf = _byte_view(data)
         if step < width:
@@ -463,7 +463,7 @@ def encoded_image_info(data: Any, max_pixels: int = DEFAULT_MAX_PIXELS,
     else:
         raise ImageRejected("decode_failed", f"{what} ({buf.size} bytes) is neither PNG nor JPEG data "
                                              f"(starts with {bytes(buf[:8])!r})")
-    _check_shape(width, height, max_pixels, what)
+    check_image_shape(width, height, max_pixels, what)
     return kind, width, height
 
 
@@ -488,7 +488,7 @@ def decode_image(data: Any, max_pixels: int = DEFAULT_MAX_PIXELS, what: str = "c
         raise ImageRejected("decode_failed", f"OpenCV cannot decode the {what} ({buf.size} bytes): {first}") from None
     if image is None or image.ndim != 3 or image.shape[2] != 3 or image.size == 0:
         raise ImageRejected("decode_failed", f"OpenCV cannot decode the {what} ({buf.size} bytes)")
-    _check_shape(image.shape[1], image.shape[0], max_pixels, f"decoded {what}")
+    check_image_shape(image.shape[1], image.shape[0], max_pixels, f"decoded {what}")
     if image.dtype != np.uint8:  # not produced by IMREAD_COLOR*, but never hand back anything else
         raise ImageRejected("decode_failed", f"decoded image has dtype {image.dtype}, expected uint8")
     if swap:

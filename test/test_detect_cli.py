@@ -54,10 +54,75 @@ def test_unreadable_image_is_reported_and_the_rest_processed(tmp_path, checkpoin
     rc = detect.main([str(tmp_path / "good.png"), str(tmp_path / "broken.png"), "-o", str(out),
                       "--checkpoint", str(checkpoint), "--threshold", "0.5"])
     assert rc == 1
-    assert "broken.png: not a readable image" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "broken.png: " in err and "(decode_failed)" in err
     summary = json.loads((out / "summary.json").read_text())
     assert [f["name"] for f in summary["frames"]] == ["good"] and len(summary["failures"]) == 1
     assert summary["threshold"] == 0.5 and summary["threshold_source"] == "command line"
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+    """A tiny valid-looking PNG whose header claims ``width x height`` (a decompression bomb)."""
+    import struct
+    import zlib
+
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\x00" * 300, 9)) + chunk(b"IEND", b""))
+
+
+def _error_lines(err: str) -> list[str]:
+    return [line for line in err.splitlines() if line.startswith("pebal-detect: error:")]
+
+
+def test_bad_inputs_are_one_line_each_and_the_rest_is_processed(tmp_path, checkpoint, capsys):
+    """A 74-byte PNG claiming 100000x100000 used to end the whole run with a cv2 traceback."""
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(_png_claiming(100_000, 100_000))
+    assert len(bomb.read_bytes()) <= 74
+    thin = tmp_path / "thin.png"
+    cv2.imwrite(str(thin), np.zeros((16, 400, 3), np.uint8))
+    gif = tmp_path / "anim.gif"
+    gif.write_bytes(b"GIF89a" + (30000).to_bytes(2, "little") * 2 + bytes(23))
+    labelled = tmp_path / "fake.jpg"  # a GIF named .jpg
+    labelled.write_bytes(gif.read_bytes())
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "denied.png").mkdir()  # a folder named like an image: cannot be read as a file
+    _write_image(tmp_path / "good.png")
+    _write_image(tmp_path / "later.jpg", 40, 64, seed=2)
+    out = tmp_path / "out"
+    inputs = [bomb, thin, gif, tmp_path / "good.png", labelled, tmp_path / "later.jpg", folder]
+    rc = detect.main([*map(str, inputs), "-o", str(out), "--checkpoint", str(checkpoint)])
+    err = capsys.readouterr().err
+    assert rc == 1
+    lines = _error_lines(err)
+    assert len(lines) == 5 and "Traceback" not in err, err
+    for line, (path, reason) in zip(lines, [(bomb, "too_large"), (thin, "bad_aspect_ratio"),
+                                            (gif, "unsupported_format"), (labelled, "unsupported_format"),
+                                            (folder / "denied.png", "cannot read")]):
+        assert str(path) in line and reason in line, line
+    assert "100000x100000" in lines[0]
+    for name in ("good", "later"):
+        for suffix in ("_semantic.png", "_energy.npy", "_obstacle.png", "_overlay.jpg"):
+            assert (out / f"{name}{suffix}").is_file()
+    summary = json.loads((out / "summary.json").read_text())
+    assert [f["name"] for f in summary["frames"]] == ["good", "later"]
+    assert [f["name"] for f in summary["failures"]] == ["bomb", "thin", "anim", "fake", "denied"]
+
+
+def test_images_the_engine_cannot_run_are_one_line_each(tmp_path, checkpoint, capsys):
+    _write_image(tmp_path / "big.png", 4200, 600)  # native network size 4200 x 600: over 4096 per side
+    _write_image(tmp_path / "small.png", 40, 64)
+    out = tmp_path / "out"
+    rc = detect.main([str(tmp_path / "big.png"), str(tmp_path / "small.png"), "-o", str(out),
+                      "--checkpoint", str(checkpoint), "--input-size", "native"])
+    err = capsys.readouterr().err
+    lines = _error_lines(err)
+    assert rc == 1 and len(lines) == 1 and "big.png" in lines[0] and "4096" in lines[0], err
+    assert (out / "small_semantic.png").is_file()
 
 
 def test_video_frames(tmp_path, checkpoint):
@@ -74,10 +139,29 @@ def test_video_frames(tmp_path, checkpoint):
                                                                   "clip_000002_semantic.png"]
 
 
+def test_video_over_the_limits_is_refused_before_its_frames_are_read(tmp_path, checkpoint, capsys):
+    thin = tmp_path / "thin.avi"
+    writer = cv2.VideoWriter(str(thin), cv2.VideoWriter_fourcc(*"MJPG"), 5, (256, 16))
+    if not writer.isOpened():
+        pytest.skip("this OpenCV build cannot write MJPG video")
+    for _ in range(3):
+        writer.write(np.zeros((16, 256, 3), np.uint8))
+    writer.release()
+    _write_image(tmp_path / "good.png")
+    out = tmp_path / "out"
+    assert detect.main([str(thin), str(tmp_path / "good.png"), "-o", str(out), "--checkpoint", str(checkpoint)]) == 1
+    lines = _error_lines(capsys.readouterr().err)
+    assert len(lines) == 1 and "thin.avi" in lines[0] and "(bad_aspect_ratio)" in lines[0]
+    assert (out / "good_semantic.png").is_file() and not list(out.glob("thin*"))
+
+
 @pytest.mark.parametrize("argv, message", [
     (["missing.png"], "missing.png: no such file or folder"),
     (["{img}", "--checkpoint", "nope.pt"], "nope.pt: checkpoint file not found"),
     (["{img}", "--checkpoint", "{ckpt}", "--model", "espnetv2"], "not 'espnetv2'"),
+    (["{img}", "--checkpoint", "{ckpt}", "--threshold", "inf"], "threshold must be finite"),
+    (["{img}", "--checkpoint", "{ckpt}", "--threshold", "nan"], "threshold must be finite"),
+    (["{img}", "--checkpoint", "{ckpt}", "--input-size", "8192x64"], "4096"),
 ])
 def test_errors_are_one_line_and_nonzero(tmp_path, checkpoint, capsys, argv, message):
     img = tmp_path / "x.png"

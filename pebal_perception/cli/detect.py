@@ -14,7 +14,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import cv2
 import numpy as np
@@ -63,10 +63,16 @@ def expand_inputs(inputs: list[Path]) -> list[Path]:
     return found
 
 
-def iter_frames(paths: list[Path], every: int) -> Iterator[tuple[str, np.ndarray | InputError]]:
-    """Yields (frame name, RGB image) or (name, InputError) for frames that cannot be read."""
-    from pebal_perception.core.io import read_image_rgb
+def iter_frames(paths: list[Path], every: int,
+                check: Callable[[int, int], None] | None = None) -> Iterator[tuple[str, np.ndarray | InputError]]:
+    """Yields (frame name, RGB image) or (name, InputError) for inputs and frames that cannot be used.
 
+    Images must be PNG or JPEG: their headers are checked (pixel limit, aspect ratio) before anything is
+    decoded (``image_conversion.read_image_file``, the check the node's compressed input uses). Videos are
+    checked against the same limits from the frame size they report before frames are read, and each frame
+    again. ``check(height, width)`` (the engine's) may refuse a frame with a ValueError. Every problem is
+    an InputError for that input or frame only: the others are still yielded.
+    """
     names: Counter[str] = Counter()
 
     def unique(stem: str) -> str:
@@ -75,27 +81,84 @@ def iter_frames(paths: list[Path], every: int) -> Iterator[tuple[str, np.ndarray
 
     for path in paths:
         if path.suffix.lower() in VIDEO_SUFFIXES:
-            cap = cv2.VideoCapture(str(path))
-            if not cap.isOpened():
-                yield unique(path.stem), InputError(f"{path}: not a readable video")
-                continue
-            index = 0
-            base = unique(path.stem)
-            while True:
-                ok, frame = cap.read()
-                if not ok:
-                    break
-                if index % every == 0:
-                    yield f"{base}_{index:06d}", cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
-                index += 1
-            cap.release()
-            if index == 0:
-                yield base, InputError(f"{path}: video has no readable frames")
+            yield from _video_frames(path, unique(path.stem), every, check)
         else:
+            name = unique(path.stem)
+            yield name, _read_image(path, check)
+
+
+def _checked(image: np.ndarray, what: str, check: Callable[[int, int], None] | None) -> np.ndarray | InputError:
+    if check is not None:
+        try:
+            check(*image.shape[:2])
+        except ValueError as exc:
+            return InputError(f"{what}: {_first_line(exc)}")
+    return image
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _read_image(path: Path, check: Callable[[int, int], None] | None) -> np.ndarray | InputError:
+    from pebal_perception.image_conversion import ImageRejected, read_image_file
+
+    try:
+        image = read_image_file(path)
+    except ImageRejected as exc:
+        return InputError(f"{exc.message} ({exc.reason})")
+    except OSError as exc:
+        return InputError(f"{path}: cannot read ({exc.strerror or _first_line(exc)})")
+    return _checked(image, str(path), check)
+
+
+def _video_frames(path: Path, base: str, every: int,
+                  check: Callable[[int, int], None] | None) -> Iterator[tuple[str, np.ndarray | InputError]]:
+    from pebal_perception.image_conversion import ImageRejected, check_image_shape
+
+    cap = None
+    try:
+        try:
+            cap = cv2.VideoCapture(str(path))
+            opened = cap.isOpened()
+        except cv2.error as exc:
+            opened, cap = False, None
+            yield base, InputError(f"{path}: not a readable video ({_first_line(exc)})")
+            return
+        if not opened:
+            yield base, InputError(f"{path}: not a readable video")
+            return
+        width, height = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        try:
+            if width > 0 and height > 0:  # refused before the first frame is decoded
+                check_image_shape(width, height, what="video")
+        except ImageRejected as exc:
+            yield base, InputError(f"{path}: {exc.message} ({exc.reason})")
+            return
+        index = 0
+        while True:
+            name = f"{base}_{index:06d}"
             try:
-                yield unique(path.stem), read_image_rgb(path)
-            except ValueError as exc:
-                yield unique(path.stem), InputError(str(exc))
+                ok, frame = cap.read()
+            except cv2.error as exc:
+                yield name, InputError(f"{path}: frame {index} cannot be decoded ({_first_line(exc)})")
+                break
+            if not ok:
+                break
+            if index % every == 0:
+                try:
+                    check_image_shape(frame.shape[1], frame.shape[0], what=f"frame {index}")
+                except ImageRejected as exc:
+                    yield name, InputError(f"{path}: {exc.message} ({exc.reason})")
+                    break
+                yield name, _checked(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB), f"{path} frame {index}", check)
+            index += 1
+        if index == 0:
+            yield base, InputError(f"{path}: video has no readable frames")
+    finally:
+        if cap is not None:
+            cap.release()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -133,19 +196,30 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     with tqdm(desc=PROG, unit="frame", disable=None) as bar:
         pending: list[tuple[str, np.ndarray]] = []
-        for name, item in iter_frames(paths, args.every):
+        def fail(name: str, error: str) -> None:
+            failures.append({"name": name, "error": error})
+            tqdm.write(f"{PROG}: error: {error}", file=sys.stderr)
+
+        def run(batch: list[tuple[str, np.ndarray]]) -> list[dict]:
+            try:
+                records = _run_batch(engine, batch, args)
+            except (RuntimeError, MemoryError, ValueError) as exc:  # e.g. out of memory: these frames only
+                for name, _ in batch:
+                    fail(name, f"{name}: inference failed ({_first_line(exc)})")
+                records = []
+            bar.update(len(batch))
+            return records
+
+        for name, item in iter_frames(paths, args.every, engine.check_image):
             if isinstance(item, InputError):
-                failures.append({"name": name, "error": str(item)})
-                tqdm.write(f"{PROG}: error: {item}", file=sys.stderr)
+                fail(name, str(item))
                 continue
             if pending and (len(pending) >= args.batch_size or pending[0][1].shape != item.shape):
-                frames += _run_batch(engine, pending, args)
-                bar.update(len(pending))
+                frames += run(pending)
                 pending = []
             pending.append((name, item))
         if pending:
-            frames += _run_batch(engine, pending, args)
-            bar.update(len(pending))
+            frames += run(pending)
 
     from pebal_perception.core.io import atomic_write_json
 
