@@ -55,7 +55,10 @@ def network_size(image_hw: tuple[int, int], requested: Sequence[int] | None, div
         return check_network_size(requested, divisor)
     h, w = image_hw
     size = max(divisor, int(round(h / divisor)) * divisor), max(divisor, int(round(w / divisor)) * divisor)
-    return check_network_size(size, divisor, what=f"native network size for a {h}x{w} (HxW) image")
+    try:
+        return check_network_size(size, divisor, what="native network size")
+    except ImageSizeError as exc:
+        raise ImageSizeError(f"{exc} (image {w}x{h} WxH); run it at a fixed network input size") from None
 
 
 def check_image_size(height: int, width: int) -> None:
