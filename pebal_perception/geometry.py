@@ -23,12 +23,13 @@ _EPS = 1e-9
 
 
 def valid_intrinsics(K: Any) -> bool:  # noqa: N803 - conventional name
-    """True for a finite, invertible 3 x 3 pinhole matrix with positive focal lengths."""
+    """True for a finite, invertible 3 x 3 pinhole matrix (last row [0, 0, 1]) with positive focal lengths."""
     try:
         k = np.asarray(K, dtype=np.float64).reshape(3, 3)
     except (TypeError, ValueError):
         return False
-    return bool(np.all(np.isfinite(k)) and k[0, 0] > 0 and k[1, 1] > 0 and abs(np.linalg.det(k)) > _EPS)
+    return bool(np.all(np.isfinite(k)) and k[0, 0] > 0 and k[1, 1] > 0 and np.array_equal(k[2], (0.0, 0.0, 1.0))
+                and abs(np.linalg.det(k)) > _EPS)
 
 
 def valid_mounting(height_m: float, pitch_rad: float) -> bool:
@@ -73,13 +74,25 @@ def camera_to_pixel(points: Any, K: Any) -> np.ndarray:  # noqa: N803
         return q[..., :2] / q[..., 2:3]
 
 
+def scale_factors(from_size: tuple[int, int], to_size: tuple[int, int]) -> tuple[float, float]:
+    """``(sx, sy)`` that map an image of ``from_size`` (width, height) onto ``to_size``."""
+    return to_size[0] / from_size[0], to_size[1] / from_size[1]
+
+
+def is_uniform_rescale(from_size: tuple[int, int], to_size: tuple[int, int]) -> bool:
+    """True when ``to_size`` is ``from_size`` scaled by one factor for both axes, up to the rounding of
+    a resize: each side, scaled by the other side's factor, lands within one pixel of the target."""
+    sx, sy = scale_factors(from_size, to_size)
+    return abs(from_size[0] * sy - to_size[0]) <= 1.0 and abs(from_size[1] * sx - to_size[1]) <= 1.0
+
+
 def scale_intrinsics(K: Any, from_size: tuple[int, int], to_size: tuple[int, int]) -> np.ndarray:  # noqa: N803
     """Intrinsics of a camera calibrated at ``from_size`` (width, height) for images of ``to_size``
     (e.g. a camera_info for the full sensor, images binned or resized by the driver)."""
     k = np.asarray(K, dtype=np.float64).reshape(3, 3).copy()
     if from_size == to_size or from_size[0] <= 0 or from_size[1] <= 0:
         return k
-    sx, sy = to_size[0] / from_size[0], to_size[1] / from_size[1]
+    sx, sy = scale_factors(from_size, to_size)
     k[0, 0] *= sx
     k[0, 1] *= sx
     k[1, 1] *= sy

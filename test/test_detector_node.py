@@ -50,7 +50,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 import cv2
 
-from pebal_perception.geometry import pixel_to_ground_point
+from pebal_perception.geometry import pixel_to_ground_point, scale_intrinsics
 from pebal_perception.node.processing import PostProcessConfig, bottom_centre_pixel, process_frame
 
 LAUNCHER = Path(sys.prefix) / "lib" / "pebal_perception" / "detector_node"
@@ -543,7 +543,6 @@ def test_ground_positions_with_camera_info(node, peer):
     fx = 0.5 * w / math.tan(math.radians(45))
     K = [fx, 0.0, (w - 1) / 2, 0.0, fx, (h - 1) / 2, 0.0, 0.0, 1.0]
     info = CameraInfo(width=w * 2, height=h * 2)  # calibrated at twice the resolution: the node rescales
-    from pebal_perception.geometry import scale_intrinsics
     info.k = [float(v) for v in scale_intrinsics(np.array(K).reshape(3, 3), (w, h), (2 * w, 2 * h)).ravel()]
     height_m, pitch = 1.5, 0.12
     msg, result = send_and_wait(peer, outputs, lambda: image_msg(rgb))
@@ -561,14 +560,51 @@ def test_ground_positions_with_camera_info(node, peer):
         msg, result = send_and_wait(peer, outputs, positioned, predicate=lambda m: (
             m.threshold == pytest.approx(threshold, rel=1e-6)
             and any(math.isfinite(o.ground_position.z) for o in m.obstacles)))
-        for o in result.obstacles:
-            u, v = bottom_centre_pixel((o.x_offset, o.y_offset, o.width, o.height))
-            want = pixel_to_ground_point(u, v, np.array(K).reshape(3, 3), height_m, pitch)
-            got = (o.ground_position.x, o.ground_position.y, o.ground_position.z)
-            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+        check_positions(result, K, height_m, pitch)
+
+        # A camera_info no camera can have (2^32-1 pixels wide: finite garbage positions once): the
+        # camera is unknown, positions are NaN, the message is counted and /diagnostics warns.
+        before = int(latest_diag(peer, NODE)["camera_info_rejected"])
+        absurd = CameraInfo(width=2 ** 32 - 1, height=2 * h, k=info.k)
+
+        def unknown_camera():
+            for _ in range(3):
+                peer.pub_info.publish(absurd)
+            return image_msg(rgb)
+
+        send_and_wait(peer, outputs, unknown_camera, retry=0.5, predicate=lambda m: (
+            m.obstacles and all(math.isnan(o.ground_position.z) for o in m.obstacles)))
+        status = latest_status(peer, NODE, lambda st: int(_values(st)["camera_info_rejected"]) > before
+                               and "camera_info" in st.message, timeout=TIMEOUT)
+        assert status.level == DiagnosticStatus.WARN, status.message
+
+        # Calibrated for twice the height only (a different x and y factor): used, rescaled per axis,
+        # and warned about once.
+        squeezed = CameraInfo(width=w, height=2 * h)
+        squeezed.k = [float(v) for v in scale_intrinsics(np.array(K).reshape(3, 3), (w, h), (w, 2 * h)).ravel()]
+
+        def squeezed_camera():
+            for _ in range(3):
+                peer.pub_info.publish(squeezed)
+            return image_msg(rgb)
+
+        for _ in range(2):
+            outputs["result"].clear()
+            _, result = send_and_wait(peer, outputs, squeezed_camera, retry=0.5, predicate=lambda m: (
+                any(math.isfinite(o.ground_position.z) for o in m.obstacles)))
+            check_positions(result, K, height_m, pitch)
+        assert node.output().count("intrinsics rescaled by x 1, y 0.5") == 1, node.output()[-3000:]
     finally:
         peer.set_parameters(NODE, Parameter("camera.height_m", value=float("nan")),
                             Parameter("threshold", value=float("nan")))
+
+
+def check_positions(result, K, height_m, pitch):
+    for o in result.obstacles:
+        u, v = bottom_centre_pixel((o.x_offset, o.y_offset, o.width, o.height))
+        want = pixel_to_ground_point(u, v, np.array(K).reshape(3, 3), height_m, pitch)
+        got = (o.ground_position.x, o.ground_position.y, o.ground_position.z)
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
 def test_malformed_messages_are_counted_and_frames_keep_flowing(node, peer):

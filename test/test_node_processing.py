@@ -18,9 +18,10 @@ from pebal_perception.geometry import (camera_to_pixel, pixel_to_ground, pixel_t
 from pebal_perception.node.detector_node import (LatestFrameMailbox, RuntimeSettings, parse_threshold,
                                                  plan_parameter_batch)
 from pebal_perception.node.processing import (FrameOutOfMemory, GroundModel, OomGuardedInference, PostProcessConfig,
-                                              bottom_centre_pixel, check_mounting, drivable_mask, is_out_of_memory,
-                                              make_ground_model, obstacle_mask, parse_oom_fallback, process_frame,
-                                              RecentEvents, roi_mask, validate_roi)
+                                              RecentEvents, bottom_centre_pixel, check_camera_info, check_mounting,
+                                              drivable_mask, is_out_of_memory, make_ground_model, obstacle_mask,
+                                              parse_oom_fallback, process_frame, rescale_warning, roi_mask,
+                                              validate_roi)
 from pebal_training.data.synthetic import Camera, SceneConfig, generate_scene
 
 NAN = float("nan")
@@ -71,6 +72,7 @@ def test_rays_above_horizon_and_bad_models_give_nan():
                         (cam.K, 1.5, math.pi / 2)]:
         assert all(math.isnan(c) for c in pixel_to_ground_point(320, 400, K, h, pitch))
     assert not valid_intrinsics(np.zeros(9)) and valid_intrinsics(cam.K.ravel())
+    assert not valid_intrinsics(_k(k22=2.0)) and not valid_intrinsics(_k(fx=NAN)) and not valid_intrinsics(np.ones(8))
 
 
 def test_scaled_intrinsics_follow_a_resized_image():
@@ -79,6 +81,48 @@ def test_scaled_intrinsics_follow_a_resized_image():
     a = pixel_to_ground_point(400.5, 399.5, cam.K, 1.4, 0.08)
     b = pixel_to_ground_point((400.5 + 0.5) / 2 - 0.5, (399.5 + 0.5) / 2 - 0.5, k2, 1.4, 0.08)
     np.testing.assert_allclose(a, b, rtol=1e-9)
+
+
+def _k(**entries) -> np.ndarray:
+    k = make_camera().K.copy()  # calibrated at 640 x 480
+    for name, value in entries.items():
+        k[{"fx": (0, 0), "fy": (1, 1), "cx": (0, 2), "cy": (1, 2), "k22": (2, 2), "k20": (2, 0)}[name]] = value
+    return k
+
+
+ABSURD_CAMERA_INFO = [
+    (_k(), 2 ** 32 - 1, 480, "size"), (_k(), 640, 2 ** 32 - 1, "size"), (_k(), 0, 480, "size"), (_k(), 0, 0, "size"),
+    (_k(), 100_001, 480, "size"), (_k(cx=5000.0), 640, 480, "principal point"),
+    (_k(cy=-10.0), 640, 480, "principal point"), (_k(), 64, 48, "principal point"),  # K is not for 64x48
+    (_k(fx=0.0), 640, 480, "focal"), (_k(fy=-510.0), 640, 480, "focal"), (_k(fx=NAN), 640, 480, "finite"),
+    (_k(fy=float("inf")), 640, 480, "finite"), (np.zeros((3, 3)), 640, 480, "uncalibrated"),
+    (_k(k22=2.0), 640, 480, "pinhole"), (_k(k20=1e-3), 640, 480, "pinhole"), (np.ones(8), 640, 480, "9 numbers"),
+    (_k(fx=1e-12, fy=1e-12), 640, 480, "invertible")]
+
+
+@pytest.mark.parametrize("k,width,height,reason", ABSURD_CAMERA_INFO,
+                         ids=[f"{i}-{case[3]}" for i, case in enumerate(ABSURD_CAMERA_INFO)])
+def test_absurd_or_inconsistent_camera_info_is_refused_and_gives_no_positions(k, width, height, reason):
+    with pytest.raises(ValueError, match=reason):
+        check_camera_info(k.ravel(), width, height)
+    # Unknown camera: no ground model, obstacles get NaN positions (width 2^32-1 used to give finite garbage).
+    assert make_ground_model(k, (width, height), (640, 480), 1.4, 0.08) is None
+
+
+def test_sane_camera_info_is_used_and_non_uniform_rescales_are_reported():
+    k = make_camera().K
+    np.testing.assert_array_equal(check_camera_info(k.ravel(), 640, 480), k)
+    assert make_ground_model(k, (640, 480), (640, 480), 1.4, 0.08) is not None
+    # Same aspect ratio (binning, resize; within a pixel of rounding): rescaled silently.
+    assert rescale_warning((640, 480), (640, 480)) is None
+    assert rescale_warning((640, 480), (320, 240)) is None and rescale_warning((1281, 721), (640, 360)) is None
+    halved = make_ground_model(k, (640, 480), (320, 240), 1.4, 0.08)
+    np.testing.assert_allclose(halved.K, scale_intrinsics(k, (640, 480), (320, 240)))
+    # Different x and y factors: still rescaled per axis, but worth a warning (often the wrong camera_info).
+    text = rescale_warning((640, 480), (640, 240))
+    assert text and "640x480" in text and "640x240" in text and "x 1" in text and "y 0.5" in text
+    squeezed = make_ground_model(k, (640, 480), (640, 240), 1.4, 0.08)
+    assert squeezed.K[0, 0] == k[0, 0] and squeezed.K[1, 1] == pytest.approx(k[1, 1] / 2)
 
 
 # ----------------------------------------------------------------------------------------- processing

@@ -15,8 +15,17 @@ Diagnostics
 The counters in ``/diagnostics`` are cumulative since start-up. The status *level* reflects the last
 ``diagnostics.window_s`` seconds (default 10): ERROR while a frame failed to process within the window,
 WARN while a frame was dropped for lack of device memory or an input image was rejected within it, and
-also WARN while the model runs degraded after running out of memory and before the first image; OK
-otherwise. Once failures stop, the level returns to OK after one window.
+also WARN while the model runs degraded after running out of memory, before the first image, and while
+the latest camera_info is unusable although ground positions are configured; OK otherwise. Once
+failures stop, the level returns to OK after one window.
+
+camera_info
+-----------
+A camera_info whose K and size cannot describe a real pinhole camera (processing.check_camera_info:
+sizes 0 or above 100000 pixels, a principal point outside that size, focal lengths not positive or
+not finite, K all zeros = uncalibrated) makes the camera unknown: ground positions are NaN until a
+usable one arrives; each is counted (``camera_info_rejected``). Images of another size than the
+camera_info's get rescaled intrinsics; different x and y factors are warned about once per size pair.
 
 Threading
 ---------
@@ -208,8 +217,9 @@ def _node_class():
 
     from pebal_perception.image_conversion import REJECT_REASONS, ImageConverter, ImageRejected
     from pebal_perception.node.processing import (FrameOutOfMemory, GroundModel, OomGuardedInference,
-                                                  PostProcessConfig, RecentEvents, check_mounting, make_ground_model,
-                                                  obstacle_fields, parse_oom_fallback, process_frame, validate_roi)
+                                                  PostProcessConfig, RecentEvents, check_camera_info, check_mounting,
+                                                  make_ground_model, obstacle_fields, parse_oom_fallback, process_frame,
+                                                  rescale_warning, validate_roi)
 
     def descriptor(description: str, type_: int, read_only: bool = False, int_range=None, float_range=None,
                    dynamic: bool = False) -> ParameterDescriptor:
@@ -267,8 +277,12 @@ def _node_class():
                 self._events = RecentEvents(float(self.get_parameter("diagnostics.window_s").value))
             except ValueError as exc:
                 raise StartupError(f"parameter diagnostics.window_s: {exc}") from None
-            self._camera_info: tuple[int, np.ndarray, int, int] | None = None  # sequence, K, width, height
+            # sequence, K (None when refused), width, height of the latest camera_info
+            self._camera_info: tuple[int, np.ndarray | None, int, int] | None = None
             self._ground_cache: tuple[Any, GroundModel | None] = (None, None)
+            self._camera_info_rejected = 0  # camera_info messages refused by check_camera_info
+            self._camera_info_problem: str | None = None  # why the latest camera_info was refused
+            self._rescale_warned: set[tuple[tuple[int, int], tuple[int, int]]] = set()
             self.mailbox = LatestFrameMailbox()
             self.converter = ImageConverter()
 
@@ -507,10 +521,23 @@ def _node_class():
                 self._lost_in_transport += int(info.total_count_change)
 
         def _on_camera_info(self, msg: CameraInfo) -> None:
+            """Keeps the latest camera_info; an unusable one (check_camera_info) makes the camera unknown
+            (NaN ground positions) until a usable one arrives, and is counted."""
             try:
-                k = np.array([float(v) for v in msg.k], dtype=np.float64).reshape(3, 3)
+                width, height = int(msg.width), int(msg.height)
+                try:
+                    k, problem = check_camera_info(msg.k, width, height), None
+                except ValueError as exc:
+                    k, problem = None, str(exc)
                 seq = self._camera_info[0] + 1 if self._camera_info is not None else 0
-                self._camera_info = (seq, k, int(msg.width), int(msg.height))
+                self._camera_info = (seq, k, width, height)
+                with self._lock:
+                    self._camera_info_problem = problem
+                    if problem is not None:
+                        self._camera_info_rejected += 1
+                if problem is not None:
+                    self.get_logger().warning(f"camera_info ignored, no ground positions: {problem}",
+                                              throttle_duration_sec=10.0)
             except Exception as exc:  # noqa: BLE001
                 self.get_logger().error(f"ignoring camera_info: {type(exc).__name__}: {exc}",
                                         throttle_duration_sec=5.0)
@@ -518,12 +545,17 @@ def _node_class():
         def _ground_model(self, width: int, height: int) -> GroundModel | None:
             info = self._camera_info
             height_m, pitch_rad = self._height_m, self._pitch_rad
-            if info is None or math.isnan(height_m) or math.isnan(pitch_rad):
+            if info is None or info[1] is None or math.isnan(height_m) or math.isnan(pitch_rad):
                 return None
             key = (info[0], width, height, height_m, pitch_rad)
             if self._ground_cache[0] == key:
                 return self._ground_cache[1]
             _, k, info_w, info_h = info
+            sizes = ((info_w, info_h), (width, height))
+            warning = rescale_warning(*sizes)
+            if warning and sizes not in self._rescale_warned and len(self._rescale_warned) < 64:
+                self._rescale_warned.add(sizes)  # once per pair of sizes
+                self.get_logger().warning(warning)
             model = make_ground_model(k, (info_w, info_h), (width, height), height_m, pitch_rad)
             self._ground_cache = (key, model)
             return model
@@ -603,6 +635,8 @@ def _node_class():
                     self._proc_times.clear()
                     self._infer_times.clear()
                     rejected = dict(self._rejected)
+                    camera_info_rejected, camera_info_problem = self._camera_info_rejected, self._camera_info_problem
+                    positions_wanted = not (math.isnan(self._height_m) or math.isnan(self._pitch_rad))
                     threshold = self._config.threshold
                 oom = self.inference
                 dt = max(now - t0, 1e-6)
@@ -629,6 +663,9 @@ def _node_class():
                 elif rejection:
                     status.level = DiagnosticStatus.WARN
                     status.message = f"input images rejected (last {rejection[0]:.0f} s ago: {rejection[1]})"
+                elif camera_info_problem and positions_wanted:
+                    status.level = DiagnosticStatus.WARN
+                    status.message = f"no ground positions: camera_info ignored ({camera_info_problem})"
 
                 def fmt(values):
                     return f"{sum(values) / len(values):.2f}" if values else "nan"
@@ -645,6 +682,7 @@ def _node_class():
                     ("frames_failed", str(failed)),
                     ("frames_lost_in_transport", str(lost)),
                     ("rejected_total", str(sum(rejected.values()))),
+                    ("camera_info_rejected", str(camera_info_rejected)),
                     *((f"rejected.{reason}", str(count)) for reason, count in sorted(rejected.items())),
                     ("out_of_memory_frames", str(oom.out_of_memory)),
                     ("out_of_memory_dropped", str(oom.dropped)),
