@@ -666,6 +666,27 @@ def _settled(values: dict[str, str]) -> bool:
                                               + int(values["rejected_total"]) + int(values["frames_failed"]))
 
 
+COUNTERS = ("frames_received", "frames_processed", "dropped_frames", "rejected_total", "frames_failed")
+
+
+def stable_report(peer: Peer, node_name: str, predicate, since: int = 0,
+                  timeout: float = 3 * TIMEOUT) -> dict[str, str]:
+    """The values of a /diagnostics report of ``node_name`` that matches ``predicate``, is settled and
+    counts the same frames as the report before it (nothing in flight), both among the messages of
+    ``peer.diagnostics`` from index ``since`` on. ``timeout`` only keeps the test from hanging."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with peer.diagnostics._cond:
+            reports = [{kv.key: kv.value for kv in st.values} for m in peer.diagnostics.messages[since:]
+                       for st in m.status if st.name.startswith(node_name + ":")]
+        for before, after in zip(reports, reports[1:]):
+            if (predicate(after) and _settled(after)
+                    and all(before[key] == after[key] for key in COUNTERS)):
+                return after
+        assert time.monotonic() < deadline, f"no settled /diagnostics report from {node_name}: {reports[-2:]}"
+        time.sleep(0.2)
+
+
 try:
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
@@ -727,15 +748,23 @@ def test_fuzzed_images_over_dds_are_processed_or_counted_and_the_node_keeps_serv
     assert "Traceback" not in node.output()
 
 
+# Generous: only keeps a hung node from hanging the test run. How fast the node stops is measured in bench/.
+EXIT_TIMEOUT = 60.0
+
+
 def test_sigterm_clean_exit(node):
-    rc, elapsed = node.stop(signal.SIGTERM)
-    assert rc == 0 and elapsed < 2.0, (rc, elapsed, node.output())
+    """SIGTERM: the node exits by itself (stop() kills it and reports None after EXIT_TIMEOUT), status 0."""
+    rc, _ = node.stop(signal.SIGTERM, timeout=EXIT_TIMEOUT)
+    assert rc == 0, (rc, node.output())
     assert "Traceback" not in node.output()
 
 
 def test_drops_instead_of_queueing_and_sigint(workdir, checkpoint, peer):
     """~20 Hz into a node needing well over 50 ms per frame (network input 512x256 on CPU): frames are
-    dropped, and the latency of the processed ones stays bounded over the run."""
+    dropped rather than queued. Asserted with counts and order, not seconds (latencies: bench/): every
+    received frame is processed or dropped, and results come in order and keep skipping frames to the
+    end of the run (each result is the newest frame when the worker got free; a queue would deliver
+    consecutive frames once it filled, its latency growing without bound)."""
     name = "/drop_ns/pebal_detector"
     proc = NodeProcess(workdir, "-p", "input_width:=512", "-p", "input_height:=256", "-p", "qos.depth:=10",
                        "-p", "threshold:=-8.25", namespace="/drop_ns", checkpoint=checkpoint)
@@ -754,43 +783,54 @@ def test_drops_instead_of_queueing_and_sigint(workdir, checkpoint, peer):
         assert first.threshold == pytest.approx(-8.25)
         energy = to_array(frame_outputs(outputs, first.header.frame_id, ("energy",))["energy"])
         assert energy.shape == (256, 512)
-        time.sleep(0.5)
-        base = latest_diag(peer, name)
+        peer.diagnostics.clear()
+        base = stable_report(peer, name, lambda v: True)
         outputs["result"].clear()
-        sent: dict[str, float] = {}
+        sent: set[str] = set()
+
+        def results_so_far():
+            with outputs["result"]._cond:
+                return [m for m in outputs["result"].messages if m.header.frame_id in sent]
+
         period, duration = 0.05, 6.0
         start = time.monotonic()
         n = 0
-        while time.monotonic() - start < duration:
+        while time.monotonic() - start < duration:  # the input rate; nothing below depends on timing
             msg = image_msg(rgb, frame_id=f"drop_{n}")
-            sent[msg.header.frame_id] = time.time()
+            sent.add(msg.header.frame_id)
             peer.pub_image.publish(msg)
             n += 1
             time.sleep(max(0.0, start + n * period - time.monotonic()))
-        time.sleep(2.0)
-        with outputs["result"]._cond:
-            results = [(m, t) for m, t in zip(outputs["result"].messages, outputs["result"].times)
-                       if m.header.frame_id in sent]
-        assert len(results) >= 3, f"only {len(results)} results for {n} frames"
-        latencies = [t - sent[m.header.frame_id] for m, t in results]
-        diag = latest_diag(peer, name, lambda v: int(v["frames_received"]) >= int(base["frames_received"]) + n * 0.8)
+        delivered_while_sending = len(results_so_far())
+        with peer.diagnostics._cond:
+            reports_while_sending = len(peer.diagnostics.messages)
+        # Best effort may lose a few frames in transport; wait until the rest is received and accounted for.
+        diag = stable_report(peer, name, lambda v: int(v["frames_received"]) >= int(base["frames_received"]) + n * 0.8,
+                             since=reports_while_sending)
+        processed = int(diag["frames_processed"]) - int(base["frames_processed"])
+        deadline = time.monotonic() + TIMEOUT
+        while len(results_so_far()) < processed and time.monotonic() < deadline:
+            time.sleep(0.1)  # results published before the report counted them, still in transport
+        results = results_so_far()
         dropped = int(diag["dropped_frames"]) - int(base["dropped_frames"])
         received = int(diag["frames_received"]) - int(base["frames_received"])
+        late = len(results) - delivered_while_sending
         print(f"\n[drops] sent {n} frames at {1 / period:.0f} Hz, received {received}, processed {len(results)}, "
-              f"dropped {dropped}; latency ms: min {1000 * min(latencies):.0f} median "
-              f"{1000 * float(np.median(latencies)):.0f} max {1000 * max(latencies):.0f}; node processing_time_ms "
-              f"median {float(np.median([m.processing_time_ms for m, _ in results])):.0f}")
+              f"dropped {dropped}, delivered after the input stopped {late}")
+        assert len(results) >= 3, f"only {len(results)} results for {n} frames"
+        # The peer may miss a result or two (reliable keep-last-5 outputs overwrite what a slow peer has
+        # not acknowledged); the node's own counters account for every frame.
+        assert processed - 2 <= len(results) <= processed
         assert dropped > 0
-        assert dropped + len(results) >= received - 2  # every received frame was processed or dropped
-        third = max(1, len(latencies) // 3)
-        first, last = float(np.median(latencies[:third])), float(np.median(latencies[-third:]))
-        # A queue would grow the latency by ~(1 - 50 ms / frame time) per second of input.
-        assert last <= first + 0.5 and max(latencies) < 2.5, latencies
-        # Only the newest frames are processed: results come in order, skipping frames.
-        indices = [int(m.header.frame_id.split("_")[1]) for m, _ in results]
+        assert dropped + processed == received  # every received frame was processed or dropped
+        # Only the newest frames are processed: results come in order, skipping frames, and still skip
+        # frames in the last third of the run (a growing queue would have stopped dropping by then).
+        indices = [int(m.header.frame_id.split("_")[1]) for m in results]
         assert indices == sorted(indices) and len(set(indices)) == len(indices)
+        tail = indices[-max(2, len(indices) // 3):]
+        assert any(b - a > 1 for a, b in zip(tail, tail[1:])), indices
 
-        # SIGINT while frames are still arriving: clean exit within 2 s, no traceback.
+        # SIGINT while frames are still arriving: the node exits by itself, status 0, no traceback.
         stop_pub = threading.Event()
 
         def keep_publishing():
@@ -801,11 +841,10 @@ def test_drops_instead_of_queueing_and_sigint(workdir, checkpoint, peer):
         publisher = threading.Thread(target=keep_publishing, daemon=True)
         publisher.start()
         time.sleep(0.5)
-        rc, elapsed = proc.stop(signal.SIGINT)
+        rc, _ = proc.stop(signal.SIGINT, timeout=EXIT_TIMEOUT)
         stop_pub.set()
         publisher.join(5)
-        print(f"[drops] SIGINT -> exit {rc} after {elapsed:.2f} s")
-        assert rc == 0 and elapsed < 2.0, (rc, elapsed, proc.output())
+        assert rc == 0, (rc, proc.output())
         assert "Traceback" not in proc.output()
     finally:
         proc.stop(signal.SIGKILL if proc.alive() else signal.SIGINT)
