@@ -9,6 +9,10 @@
 * :class:`AtomicBagWriter` - writes a **version 8** bag (readable by rosbag2 on Humble and later;
   QoS profiles in the version-8 format) under a temporary name next to the destination and renames
   it into place only when it is complete, so the destination is never a half-written bag.
+* :func:`check_bag_output` - what an output bag may replace: nothing, or (with ``overwrite``) only a
+  bag this package wrote: a folder holding exactly ``metadata.yaml``, the storage files it names and
+  the writer's summary (``summary.json`` of ``pebal-bag process``, ``drive.json`` of the drive
+  recipe). A user's folder, a recorded bag, a device node or a fifo is refused, never deleted.
 
 Timestamps are integers in nanoseconds; :func:`stamp_ns` / :func:`stamp_from_ns` convert headers.
 """
@@ -214,6 +218,75 @@ def qos_of(connection: Any) -> list[Any]:
 
 # ---------------------------------------------------------------------------------------------- writing
 
+# Summary files the writers put into their bags, with keys that identify them as ours.
+BAG_SUMMARIES = {"summary.json": ("input_bag", "output_bag", "output_topics"),
+                 "drive.json": ("frames", "topics", "ground_truth_values")}
+_OVERWRITE_RULE = "--overwrite replaces only a bag this tool wrote"
+
+
+def _bag_files(path: Path, summary: str) -> tuple[list[str], str | None]:
+    """(names of the files of the bag at folder ``path``, None) if it is exactly a bag written with
+    ``summary`` (or an empty folder), else ([], what is there)."""
+    import json
+
+    import yaml
+
+    from pebal_perception.core.io import describe_path
+
+    names = sorted(os.listdir(path))
+    if not names:
+        return [], None  # an empty folder: nothing to lose
+    odd = [n for n in names if (path / n).is_symlink() or not (path / n).is_file()]
+    if odd:
+        return [], f"is a folder holding {odd[0]} ({describe_path(path / odd[0])}), not a bag"
+    if "metadata.yaml" not in names:
+        more = f" and {len(names) - 3} more" if len(names) > 3 else ""
+        return [], f"is a folder holding {', '.join(names[:3])}{more}, not a bag"
+    try:
+        info = (yaml.safe_load((path / "metadata.yaml").read_text()) or {})["rosbag2_bagfile_information"]
+        storage = {str(f) for f in info.get("relative_file_paths") or []}
+    except Exception:  # noqa: BLE001 - unreadable or unexpected metadata: not a bag of ours
+        return [], "is a folder whose metadata.yaml is not rosbag2 metadata, not a bag"
+    extra = [n for n in names if n not in storage | {"metadata.yaml", summary}]
+    if extra:
+        return [], f"is a bag holding {', '.join(extra[:3])} besides its own files"
+    if summary not in names:
+        return [], f"is a bag without the {summary} this tool writes (a recorded bag?)"
+    try:
+        doc = json.loads((path / summary).read_text())
+    except (OSError, ValueError):
+        doc = None
+    if not (isinstance(doc, dict) and set(BAG_SUMMARIES.get(summary, ())) <= doc.keys()):
+        return [], f"is a bag whose {summary} is not this tool's"
+    return names, None
+
+
+def check_bag_output(path: str | os.PathLike, overwrite: bool = False, summary: str = "summary.json") -> list[str]:
+    """Checks that a bag may be written at ``path``; returns the names of the files of the bag that
+    will be replaced ([] when there is none). Nothing may be there; with ``overwrite``, a bag written
+    by this package's writer with ``summary`` (a folder holding exactly ``metadata.yaml``, the storage
+    files it names and ``summary``) or an empty folder. Anything else raises :class:`BagError`, one
+    line ``PATH: what is there``; nothing is touched."""
+    from pebal_perception.core.io import FolderLayout, OutputPathError, check_output_folder, describe_path
+
+    path = Path(path)
+    what = describe_path(path)
+    if what is None:
+        try:
+            check_output_folder(path, FolderLayout("pebal-bag"))  # e.g. a file where a parent folder goes
+        except OutputPathError as exc:
+            raise BagError(str(exc)) from None
+        return []
+    if not overwrite:
+        raise BagError(f"{path}: output exists already ({what}); choose another path ({_OVERWRITE_RULE})")
+    if what != "a folder":
+        raise BagError(f"{path}: is {what}, not a bag folder; {_OVERWRITE_RULE}")
+    names, problem = _bag_files(path, summary)
+    if problem:
+        raise BagError(f"{path}: {problem}; {_OVERWRITE_RULE}")
+    return names
+
+
 def storage_plugin(name: str) -> Any:
     from rosbags.rosbag2 import StoragePlugin
 
@@ -225,24 +298,25 @@ def storage_plugin(name: str) -> Any:
 class AtomicBagWriter:
     """Writes a version-8 bag at ``path``, atomically.
 
-    The bag is written as ``<parent>/.<name>.partial-<pid>/<name>`` (so its storage file already has
+    The bag is written as ``<parent>/.<name>.partial-XXXX/<name>`` (so its storage file already has
     its final name, ``<name>.db3`` / ``<name>.mcap``) and renamed to ``path`` by :meth:`commit`. On
     :meth:`abort` (or an exception inside ``with``) the partial directory is removed: ``path`` is
-    either absent or a complete bag. An existing ``path`` is refused unless ``overwrite``; it is then
-    replaced only at commit time.
+    either absent or a complete bag. What may be at ``path`` is :func:`check_bag_output`'s rule
+    (checked here and again at commit): nothing, or with ``overwrite`` a bag this writer wrote with
+    ``summary`` among the ``extra_files`` of :meth:`commit`; it is then replaced only at commit time.
     """
 
-    def __init__(self, path: str | os.PathLike, storage: str = "sqlite3", overwrite: bool = False):
+    def __init__(self, path: str | os.PathLike, storage: str = "sqlite3", overwrite: bool = False,
+                 summary: str = "summary.json"):
+        import tempfile
+
         from rosbags.rosbag2 import Writer
 
         self.path = Path(path)
-        if self.path.exists() and not overwrite:
-            raise BagError(f"{self.path}: output exists already (choose another path or remove it)")
+        self.overwrite, self.summary = overwrite, summary
+        check_bag_output(self.path, overwrite, summary)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._partial = self.path.parent / f".{self.path.name}.partial-{os.getpid()}"
-        if self._partial.exists():
-            shutil.rmtree(self._partial)
-        self._partial.mkdir()
+        self._partial = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.partial-", dir=self.path.parent))
         self.storage = storage
         self._writer = Writer(self._partial / self.path.name, version=BAG_VERSION,
                               storage_plugin=storage_plugin(storage))
@@ -280,11 +354,20 @@ class AtomicBagWriter:
         staged = self._partial / self.path.name
         for name, text in (extra_files or {}).items():
             (staged / name).write_text(text)
-        if self.path.exists():
-            shutil.rmtree(self.path) if self.path.is_dir() else self.path.unlink()
+        old_files = check_bag_output(self.path, self.overwrite, self.summary)  # again: time has passed
+        old = self._partial / ".replaced"
+        if os.path.lexists(self.path):
+            os.rename(self.path, old)  # the checked bag (or empty folder), moved aside
         os.replace(staged, self.path)
-        shutil.rmtree(self._partial, ignore_errors=True)
         self._done = True
+        if os.path.lexists(old):
+            for name in old_files:  # only the files that were checked to be the old bag's
+                (old / name).unlink(missing_ok=True)
+            try:
+                old.rmdir()
+            except OSError:  # something appeared in it since the check: left in the partial folder
+                return self.path
+        shutil.rmtree(self._partial, ignore_errors=True)
         return self.path
 
     def abort(self) -> None:

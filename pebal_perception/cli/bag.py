@@ -19,6 +19,12 @@ temporary name and renamed when complete: after any failure (corrupt message, Ct
 does not exist. ``summary.json`` is written inside the output bag directory. Images the node would
 reject (unsupported encoding, inconsistent size) are skipped and counted, as the node does.
 
+``--output`` must not exist. ``--overwrite`` replaces only a bag ``pebal-bag process`` wrote (a folder
+holding exactly ``metadata.yaml``, the storage files it names and our ``summary.json``) or an empty
+folder, and only once the new bag is complete; anything else there (a folder with other files, a
+recorded bag, a file, a device, a fifo) is refused before any work, with one line
+``pebal-bag: error: OUT: what is there``, and left untouched.
+
 Problems with the input (missing, truncated, corrupt, empty bag; missing topic) are reported as one
 line ``pebal-bag: error: BAG: ...`` with exit status 1 (2 for usage errors).
 """
@@ -83,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     proc = sub.add_parser("process", help="run the detector offline over a bag, write an output bag")
     proc.add_argument("bag", type=Path)
-    proc.add_argument("--output", "-o", type=Path, required=True, help="output bag directory (must not exist)")
+    proc.add_argument("--output", "-o", type=Path, required=True,
+                      help="output bag directory (must not exist, see --overwrite)")
     proc.add_argument("--topic", default="/camera/image_raw",
                       help="sensor_msgs/Image or CompressedImage topic (default /camera/image_raw)")
     proc.add_argument("--camera-info-topic", default=None,
@@ -99,7 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="output topic prefix, i.e. the node's namespace + name (default /pebal_detector)")
     proc.add_argument("--overlay", action="store_true", help="also write <prefix>/overlay (rgb8)")
     proc.add_argument("--storage", choices=("sqlite3", "mcap"), default="sqlite3")
-    proc.add_argument("--overwrite", action="store_true", help="replace an existing output (at the end)")
+    proc.add_argument("--overwrite", action="store_true",
+                      help="replace an existing output bag that pebal-bag process wrote (once the new one is "
+                           "complete); anything else at --output is refused")
     proc.add_argument("--quiet", "-q", action="store_true")
     return parser
 
@@ -371,16 +380,15 @@ def _percentile(values: list[float], q: float) -> float | None:
 def process(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from pebal_perception.bag import AtomicBagWriter, BagError, deserialize, image_msg, msg_class, open_bag, \
-        qos_profile
+    from pebal_perception.bag import AtomicBagWriter, BagError, check_bag_output, deserialize, image_msg, \
+        msg_class, open_bag, qos_profile
     from pebal_perception.image_conversion import ImageConverter, ImageRejected, rgb_to_image_fields
     from pebal_perception.node.processing import infer_maps, make_ground_model, obstacle_fields, process_frame
 
     image_topic = args.topic
     info_topic = args.camera_info_topic or f"{image_topic.rsplit('/', 1)[0]}/camera_info"
     prefix = "/" + args.prefix.strip("/") if args.prefix.strip("/") else ""
-    if args.output.exists() and not args.overwrite:
-        raise CliError(f"{args.output}: output exists already (choose another path, or --overwrite)")
+    check_bag_output(args.output, args.overwrite)  # before any work; AtomicBagWriter checks again
 
     with open_bag(args.bag) as reader:
         reader.require_topics([image_topic])

@@ -12,7 +12,9 @@ with, per frame, stamped at the drive's fps from ``--start-time`` (all three sha
 
 plus ``drive.json`` inside the bag directory (camera incl. mounting height and pitch, and the
 visible anomalies of every frame with their stamps). The bag is written under a temporary name and
-renamed when complete. Nothing here imports ROS (only ``rosbags``).
+renamed when complete. ``--output`` must not exist; ``--overwrite`` replaces only a bag this recipe
+wrote (``metadata.yaml``, its storage files and ``drive.json``), never anything else
+(:func:`pebal_perception.bag.check_bag_output`). Nothing here imports ROS (only ``rosbags``).
 """
 from __future__ import annotations
 
@@ -67,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--encoding", choices=("rgb8", "bgr8"), default="rgb8")
     p.add_argument("--start-time", type=float, default=DEFAULT_START,
                    help=f"stamp of the first frame, seconds since the epoch (default {DEFAULT_START:.0f})")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output bag")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing output bag that this recipe wrote (anything else is refused)")
     p.add_argument("--quiet", "-q", action="store_true")
     return p
 
@@ -106,7 +109,7 @@ def write_drive_bag(output: Path, frames: int = 30, fps: float = 10.0, size: tup
                          "topics": {"image": IMAGE_TOPIC, "camera_info": INFO_TOPIC, "ground_truth": GT_TOPIC},
                          "ground_truth_values": "0 inlier, 1 anomaly, 255 void"}
     sensor_qos = [qos_profile(reliable=True, depth=10)]
-    with AtomicBagWriter(output, storage=storage, overwrite=overwrite) as writer:
+    with AtomicBagWriter(output, storage=storage, overwrite=overwrite, summary="drive.json") as writer:
         writer.add_topic(IMAGE_TOPIC, "sensor_msgs/msg/Image", sensor_qos)
         writer.add_topic(INFO_TOPIC, "sensor_msgs/msg/CameraInfo", sensor_qos)
         writer.add_topic(GT_TOPIC, "sensor_msgs/msg/Image", sensor_qos)
