@@ -13,7 +13,10 @@ pooling). ONNX uses PyTorch's classic TorchScript-based exporter (``dynamo=False
 needs ``onnxscript``, which is not installed / not a dependency. ESPNetv2's pyramid pooling uses
 ``adaptive_avg_pool2d`` with output sizes that do not divide the input; the classic exporter refuses
 that, so during the ONNX export it is rewritten as an exact matrix-product pooling
-(:func:`onnx_friendly_adaptive_pool`). Files are written atomically.
+(:func:`onnx_friendly_adaptive_pool`). Files are written atomically, and :func:`export_model` writes
+none until every export has succeeded (a failed ONNX export leaves no lone ``NAME.pt`` behind).
+:data:`OUTPUT_LAYOUT` says what an export folder holds (files of names ``X.pt`` / ``X.onnx`` /
+``X.json`` that go with an export sidecar ``X.json``), so that a folder of other files is refused.
 """
 from __future__ import annotations
 
@@ -28,10 +31,28 @@ from torch import nn
 
 from pebal_perception.core import scoring
 from pebal_perception.core.checkpoint import ModelMeta
-from pebal_perception.core.io import atomic_write_bytes, atomic_write_json
+from pebal_perception.core.io import FolderLayout, atomic_write_bytes, atomic_write_json
 
 DEFAULT_OPSET = 17
 SIDECAR_FORMAT = "pebal-export"
+
+
+def _not_exports(folder: Path) -> list[str]:
+    """Files of an export folder that are not an export: ``X.pt`` / ``X.onnx`` without a sidecar
+    ``X.json``, and ``.json`` files that are not sidecars."""
+    sidecars = set()
+    for path in folder.glob("*.json"):
+        try:
+            if json.loads(path.read_text()).get("format") == SIDECAR_FORMAT:
+                sidecars.add(path.stem)
+        except (OSError, ValueError, AttributeError):
+            pass
+    return sorted(p.name for p in folder.iterdir()
+                  if p.suffix in (".pt", ".onnx", ".json") and p.is_file() and p.stem not in sidecars)
+
+
+# What pebal-export writes into an output folder: a folder holding only these is one it wrote before.
+OUTPUT_LAYOUT = FolderLayout("pebal-export", files=(r".+\.pt", r".+\.onnx", r".+\.json"), own=_not_exports)
 
 
 class ScoringModel(nn.Module):
@@ -71,6 +92,11 @@ def example_input(size_hw: tuple[int, int], batch: int = 1, seed: int = 0) -> to
 
 def export_torchscript(module: ScoringModel, size_hw: tuple[int, int], path: str | Path) -> Path:
     """``torch.jit.trace`` at ``size_hw`` (height, width); returns the written path."""
+    return atomic_write_bytes(path, torchscript_bytes(module, size_hw))
+
+
+def torchscript_bytes(module: ScoringModel, size_hw: tuple[int, int]) -> bytes:
+    """The TorchScript file of :func:`export_torchscript`, in memory."""
     import warnings
 
     buf = io.BytesIO()
@@ -79,7 +105,7 @@ def export_torchscript(module: ScoringModel, size_hw: tuple[int, int], path: str
         warnings.simplefilter("ignore", torch.jit.TracerWarning)  # sizes are constants: fixed-size export
         traced = torch.jit.trace(module, example_input(size_hw), check_trace=False)
         torch.jit.save(traced, buf)
-    return atomic_write_bytes(path, buf.getvalue())
+    return buf.getvalue()
 
 
 def _pool_matrix(n_in: int, n_out: int) -> torch.Tensor:
@@ -130,6 +156,12 @@ def onnx_friendly_adaptive_pool():
 def export_onnx(module: ScoringModel, size_hw: tuple[int, int], path: str | Path,
                 opset: int = DEFAULT_OPSET, dynamic_batch: bool = False) -> Path:
     """ONNX (opset >= 17) through the classic exporter; input ``image``, outputs ``semantic``, ``energy``."""
+    return atomic_write_bytes(path, onnx_bytes(module, size_hw, opset, dynamic_batch))
+
+
+def onnx_bytes(module: ScoringModel, size_hw: tuple[int, int], opset: int = DEFAULT_OPSET,
+               dynamic_batch: bool = False) -> bytes:
+    """The ONNX file of :func:`export_onnx`, in memory."""
     if opset < 17:
         raise ValueError(f"opset must be >= 17, got {opset}")
     import warnings
@@ -142,7 +174,7 @@ def export_onnx(module: ScoringModel, size_hw: tuple[int, int], path: str | Path
                           dynamic_axes=({"image": {0: "batch"}, "semantic": {0: "batch"}, "energy": {0: "batch"}}
                                         if dynamic_batch else None),
                           do_constant_folding=True)
-    return atomic_write_bytes(path, buf.getvalue())
+    return buf.getvalue()
 
 
 def sidecar(meta: ModelMeta, size_hw: tuple[int, int], smoothing: bool, files: dict[str, str],
@@ -173,7 +205,8 @@ def export_model(model: nn.Module, meta: ModelMeta, out_dir: str | Path, name: s
                  formats: tuple[str, ...] = ("torchscript", "onnx"), size_hw: tuple[int, int] | None = None,
                  smoothing: bool = True, opset: int = DEFAULT_OPSET,
                  dynamic_batch: bool = False) -> dict[str, Path]:
-    """Writes ``name.pt`` (TorchScript), ``name.onnx`` and the sidecar ``name.json`` into ``out_dir``."""
+    """Writes ``name.pt`` (TorchScript), ``name.onnx`` and the sidecar ``name.json`` into ``out_dir``,
+    once every export has succeeded (an exporter error writes nothing)."""
     from pebal_perception.core.models import get_model_spec
 
     size_hw = tuple(int(v) for v in (size_hw or meta.input_size))
@@ -183,11 +216,12 @@ def export_model(model: nn.Module, meta: ModelMeta, out_dir: str | Path, name: s
                          f"for {meta.architecture}")
     out = Path(out_dir)
     module = scoring_model(model, smoothing)
-    written: dict[str, Path] = {}
+    data: dict[str, tuple[Path, bytes]] = {}
     if "torchscript" in formats:
-        written["torchscript"] = export_torchscript(module, size_hw, out / f"{name}.pt")
+        data["torchscript"] = out / f"{name}.pt", torchscript_bytes(module, size_hw)
     if "onnx" in formats:
-        written["onnx"] = export_onnx(module, size_hw, out / f"{name}.onnx", opset, dynamic_batch)
+        data["onnx"] = out / f"{name}.onnx", onnx_bytes(module, size_hw, opset, dynamic_batch)
+    written = {kind: atomic_write_bytes(path, blob) for kind, (path, blob) in data.items()}
     info = sidecar(meta, size_hw, smoothing, {k: p.name for k, p in written.items()},
                    opset if "onnx" in formats else None, dynamic_batch)
     written["sidecar"] = atomic_write_json(out / f"{name}.json", info)

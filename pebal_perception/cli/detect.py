@@ -6,6 +6,10 @@ For every frame NAME it writes, under --output:
   NAME_obstacle.png  0/255 mask of score > threshold
   NAME_overlay.jpg   class colours with obstacles in magenta
 and summary.json with the model, threshold and per-frame statistics and obstacles.
+
+--output must be a new or empty folder, or one pebal-detect wrote before (holding only files named
+as above); a re-run there replaces the files of the same name. Anything else (a folder with other
+files, a file, a device, a fifo) is refused before the model is loaded.
 """
 from __future__ import annotations
 
@@ -20,10 +24,15 @@ import cv2
 import numpy as np
 
 from pebal_perception.cli.args import image_size_or_native
+from pebal_perception.core.io import FolderLayout, json_keys, prepare_output_folder
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"}
 PROG = "pebal-detect"
+# What pebal-detect writes into --output: a folder holding only these is one it wrote before.
+OUTPUT_LAYOUT = FolderLayout(PROG, files=(r".+_semantic\.png", r".+_energy\.npy", r".+_obstacle\.png",
+                                          r".+_overlay\.jpg", r"summary\.json"),
+                             own=json_keys("summary.json", ("frames", "threshold_source", "num_frames")))
 
 
 class InputError(Exception):
@@ -33,7 +42,8 @@ class InputError(Exception):
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("inputs", nargs="+", type=Path, help="image files, folders (searched recursively) or videos")
-    p.add_argument("--output", "-o", type=Path, required=True, help="output folder")
+    p.add_argument("--output", "-o", type=Path, required=True,
+                   help="output folder: new, empty, or written by pebal-detect before")
     p.add_argument("--checkpoint", type=Path, help="model checkpoint (ours or a third-party file); "
                    "default: the embedded demo model")
     p.add_argument("--model", help="architecture of a bare third-party state dict (e.g. espnetv2)")
@@ -170,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         paths = expand_inputs(args.inputs)
         if not paths:
             raise FileNotFoundError(f"no images or videos found in {', '.join(map(str, args.inputs))}")
-        args.output.mkdir(parents=True, exist_ok=True)
+        prepare_output_folder(args.output, OUTPUT_LAYOUT)  # refuses what pebal-detect did not write
     except (FileNotFoundError, OSError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2

@@ -19,6 +19,10 @@ float32, so the threshold is a float32 value too.
 The threshold and threshold_info {target, achieved tpr/fpr, dataset, root, num images, pixels, input
 size, date} go into the checkpoint's metadata (atomic rewrite). Third-party checkpoints carry no
 metadata: give --output-checkpoint and the model is written there in our format with the threshold.
+The file written (--checkpoint in place, or --output-checkpoint) must be a regular file or, for
+--output-checkpoint, absent; it is replaced atomically (temp file + rename; a symbolic link is
+replaced by the new file, the file it pointed to is left as it was). A folder, device, fifo or socket
+there is refused before any work, with one line.
 """
 from __future__ import annotations
 
@@ -31,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from pebal_perception.cli.args import image_size_or_native
+from pebal_perception.core.io import OutputPathError, check_output_file
 from pebal_training.cli.evaluate import ANOMALY_NAMES, UsageError, _Parser
 
 PROG = "pebal-calibrate"
@@ -101,6 +106,11 @@ def main(argv: list[str] | None = None) -> int:
         return _error(f"the target rate must be in [0, 1], got {value}")
     if args.limit is not None and args.limit < 1:
         return _error("--limit must be >= 1")
+    dest = args.output_checkpoint or args.checkpoint
+    try:  # before any work: only a regular file (or a new one) is written, atomically
+        check_output_file(dest)
+    except OutputPathError as exc:
+        return _error(exc)
 
     from tqdm import tqdm
 
@@ -162,7 +172,6 @@ def main(argv: list[str] | None = None) -> int:
         "smoothing": engine.smoothing,
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    dest = args.output_checkpoint or args.checkpoint
     try:
         if ours and args.output_checkpoint is None:
             update_checkpoint_meta(dest, threshold=thr, threshold_info=info)

@@ -6,7 +6,9 @@ metrics, SMIYC component metrics at the threshold, roc.png, pr.png and worst/NAM
 cityscapes: mIoU, pixel accuracy and per-class IoU (sliding-window protocol, --split val by default).
 
 Everything goes to --output/report.json (written atomically). Images run at their native resolution
-unless --input-size says otherwise.
+unless --input-size says otherwise. --output must be a new or empty folder, or one pebal-eval wrote
+before (report.json, roc.png, pr.png, worst/; a re-run replaces them); anything else (a folder with
+other files, a file, a device, a fifo) is refused before the data and model are loaded.
 """
 from __future__ import annotations
 
@@ -16,11 +18,17 @@ from pathlib import Path
 
 from pebal_perception.cli.args import Parser as _Parser
 from pebal_perception.cli.args import UsageError, image_size_or_native
+from pebal_perception.core.io import FolderLayout, OutputPathError, check_output_folder, json_keys, \
+    prepare_output_folder
 
 PROG = "pebal-eval"
 ANOMALY_NAMES = ("fishyscapes_laf", "fishyscapes_static", "lostandfound", "road_anomaly",
                  "smiyc_anomaly", "smiyc_obstacle")
 DATASETS = ANOMALY_NAMES + ("cityscapes",)
+# What pebal-eval writes into --output: a folder holding only these is one it wrote before.
+OUTPUT_LAYOUT = FolderLayout(PROG, files=(r"report\.json", r"roc\.png", r"pr\.png"),
+                             folders={"worst": FolderLayout(PROG, files=(r".+_overlay\.png",))},
+                             own=json_keys("report.json", ("dataset", "num_images", "model")))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", required=True, choices=DATASETS)
     p.add_argument("--root", type=Path, required=True, help="dataset root folder")
     p.add_argument("--split", help="split for cityscapes (default val) and lostandfound (default test)")
-    p.add_argument("--output", "-o", type=Path, required=True, help="output folder")
+    p.add_argument("--output", "-o", type=Path, required=True,
+                   help="output folder: new, empty, or written by pebal-eval before")
     p.add_argument("--threshold", type=float, help="obstacle threshold for the component metrics "
                    "(default: the checkpoint's calibrated one)")
     p.add_argument("--limit", type=int, help="evaluate only the first N images")
@@ -69,6 +78,10 @@ def main(argv: list[str] | None = None) -> int:
         return _error("--worst and --crop-size must be >= 0")
     if args.threshold is not None and args.threshold != args.threshold:
         return _error("--threshold must be a number")
+    try:
+        check_output_folder(args.output, OUTPUT_LAYOUT)  # before loading anything
+    except OutputPathError as exc:
+        return _error(exc)
 
     from pebal_perception.core.checkpoint import CheckpointError
     from pebal_perception.core.engine import InferenceEngine
@@ -96,7 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, KeyError, ValueError) as exc:
         return _error(exc.args[0] if isinstance(exc, KeyError) and exc.args else exc)
     try:
-        args.output.mkdir(parents=True, exist_ok=True)
+        prepare_output_folder(args.output, OUTPUT_LAYOUT)
+    except OutputPathError as exc:
+        return _error(exc)
     except OSError as exc:
         return _error(f"{args.output}: cannot create the output folder ({exc.strerror})")
 
@@ -118,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"AUROC {report['auroc']:.4f}, AP {report['ap']:.4f}, FPR95 {report['fpr95']:.4f}; sIoU {c['siou']:.3f}, "
                   f"PPV {c['ppv']:.3f}, mean F1 {c['mean_f1']:.3f} at threshold {report['threshold']:.4g}"
                   f" -> {args.output / 'report.json'}")
-    except (DatasetError, ValueError) as exc:
+    except (DatasetError, ValueError) as exc:  # OutputPathError (a file there turned into a fifo) too
         return _error(exc)
     return 0
 

@@ -7,6 +7,12 @@ module maps a normalised N x 3 x H x W image (fixed H x W, --input-size, default
 
 --format pebal: writes the checkpoint (ours or third-party, e.g. EdgeNets ESPNetv2 or the PEBAL
 release) in our self-describing format to --output (a file path), with its metadata.
+
+What --output may be (checked before the checkpoint is loaded): for torchscript/onnx/both a new or
+empty folder, or one pebal-export wrote before (NAME.pt / NAME.onnx with their NAME.json sidecars; a
+re-export replaces the files of the same name); for pebal a new file or a regular file, replaced
+atomically. Anything else (a folder of other files, a device, a fifo, a file where a folder goes) is
+refused with one line.
 """
 from __future__ import annotations
 
@@ -15,6 +21,7 @@ import sys
 from pathlib import Path
 
 from pebal_perception.cli.args import image_size
+from pebal_perception.core.io import OutputPathError, check_output_file, check_output_folder, prepare_output_folder
 from pebal_training.cli.evaluate import UsageError, _Parser
 
 PROG = "pebal-export"
@@ -25,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", type=Path, required=True)
     p.add_argument("--model", help="architecture of a bare third-party state dict (e.g. espnetv2)")
     p.add_argument("--output", "-o", type=Path, required=True,
-                   help="output folder (torchscript/onnx/both) or checkpoint file (pebal)")
+                   help="output folder (torchscript/onnx/both: new, empty, or written by pebal-export) or "
+                        "checkpoint file (pebal: new or a regular file)")
     p.add_argument("--format", default="both", choices=("torchscript", "onnx", "both", "pebal"))
     p.add_argument("--name", help="base name of the exported files (default: the checkpoint's stem)")
     p.add_argument("--input-size", type=image_size, help="WIDTHxHEIGHT the export runs at (default: the checkpoint's)")
@@ -49,6 +57,15 @@ def main(argv: list[str] | None = None) -> int:
         return _error(exc)
     if args.opset < 17:
         return _error(f"--opset must be >= 17, got {args.opset}")
+    from pebal_training.export import OUTPUT_LAYOUT
+
+    try:  # before loading anything
+        if args.format == "pebal":
+            check_output_file(args.output)
+        else:
+            check_output_folder(args.output, OUTPUT_LAYOUT)
+    except OutputPathError as exc:
+        return _error(exc)
 
     from pebal_perception.core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
@@ -58,8 +75,6 @@ def main(argv: list[str] | None = None) -> int:
         return _error(exc.args[0] if isinstance(exc, KeyError) and exc.args else exc)
 
     if args.format == "pebal":
-        if args.output.is_dir():
-            return _error(f"{args.output}: is a folder; --format pebal writes a checkpoint file")
         if args.threshold is not None:
             meta.threshold = args.threshold
             meta.threshold_info = {"source": "pebal-export --threshold"}
@@ -67,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
             meta.source = args.checkpoint.name
         try:
             save_checkpoint(args.output, model, meta)
+        except OutputPathError as exc:
+            return _error(exc)
         except OSError as exc:
             return _error(f"{args.output}: cannot write ({exc.strerror})")
         print(f"{PROG}: {meta.architecture} checkpoint in pebal format -> {args.output}")
@@ -77,10 +94,11 @@ def main(argv: list[str] | None = None) -> int:
     formats = ("torchscript", "onnx") if args.format == "both" else (args.format,)
     name = args.name or args.checkpoint.stem
     try:
+        prepare_output_folder(args.output, OUTPUT_LAYOUT)
         written = export_model(model, meta, args.output, name, formats, size_hw=args.input_size,
                                smoothing=not args.no_smoothing, opset=args.opset,
                                dynamic_batch=args.dynamic_batch)
-    except ValueError as exc:
+    except ValueError as exc:  # OutputPathError too
         return _error(exc)
     except Exception as exc:  # exporter failures: report one line, not a trace
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -5,6 +5,10 @@ void), ``NAME_anomaly.png`` (mono8: 0 inlier, 1 anomaly, 255 void), and one ``sc
 every scene (camera, obstacles).  Every file is written atomically (temporary file in the same folder, then
 ``os.replace``), so readers never see partial files.
 
+``--output`` must be a new or empty folder, or one pebal-synth wrote before (holding only such files and
+its ``scenes.json``; a re-run replaces the files of the same name). Anything else (a folder with other
+files, a file, a device, a fifo) is refused with one line and left untouched.
+
 Examples::
 
     pebal-synth --output out/synth --count 100 --seed 1
@@ -23,8 +27,13 @@ from typing import Sequence
 
 from pebal_perception.cli.args import Parser as _Parser
 from pebal_perception.cli.args import UsageError as _UsageError
+from pebal_perception.core.io import FolderLayout, OutputPathError, json_keys, prepare_output_folder, replace_checked
 
 PROG = "pebal-synth"
+# What pebal-synth writes into --output: a folder holding only these is one it wrote before.
+OUTPUT_LAYOUT = FolderLayout(PROG, files=(r"[A-Za-z0-9_.-]+_\d{6}(_labelTrainIds|_anomaly)?\.png", r"scenes\.json",
+                                          r"\.pebal-synth-probe\..+"),
+                             own=json_keys("scenes.json", ("generator", "label_encoding", "scenes")))
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -79,7 +88,8 @@ def _nonneg_float(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog=PROG, description="Render procedural synthetic street scenes with road anomalies.")
-    p.add_argument("--output", "-o", required=True, type=Path, help="output folder (created if missing)")
+    p.add_argument("--output", "-o", required=True, type=Path,
+                   help="output folder: new (created), empty, or written by pebal-synth before")
     p.add_argument("--count", "-n", type=_positive_int, default=10,
                    help="number of scenes (frames with --drive); default 10")
     p.add_argument("--seed", "-s", type=_nonneg_int, default=0, help="random seed, >= 0 (default 0)")
@@ -112,7 +122,7 @@ def _atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             os.fchmod(f.fileno(), mode)
-        os.replace(tmp, path)
+        replace_checked(tmp, path)  # refuses to replace anything but a regular file
     except BaseException:
         try:
             os.unlink(tmp)
@@ -132,9 +142,7 @@ def _png(array, rgb: bool) -> bytes:
 
 
 def _prepare_output(folder: Path) -> None:
-    if folder.exists() and not folder.is_dir():
-        raise OSError(f"output {str(folder)!r} exists and is not a folder")
-    folder.mkdir(parents=True, exist_ok=True)
+    prepare_output_folder(folder, OUTPUT_LAYOUT)  # OutputPathError for what pebal-synth did not write
     if not os.access(folder, os.W_OK | os.X_OK):
         raise OSError(f"output folder {str(folder)!r} is not writable")
     # os.access can lie (root, read-only mounts): try for real
@@ -168,6 +176,9 @@ def _run(args: argparse.Namespace) -> int:
     out: Path = args.output
     try:
         _prepare_output(out)
+    except OutputPathError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 1
     except OSError as e:
         msg = e.strerror if getattr(e, "strerror", None) else str(e)
         print(f"{PROG}: error: cannot write to {str(out)!r}: {msg}", file=sys.stderr)
@@ -224,6 +235,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except SystemExit as e:  # --help
         return int(e.code) if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except OutputPathError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 1
     except OSError as e:
         target = f" {e.filename!r}" if getattr(e, "filename", None) else ""
         print(f"{PROG}: error: cannot write{target}: {e.strerror or e}", file=sys.stderr)
