@@ -46,6 +46,9 @@ is a thin wrapper. What it does:
 * **Outputs** (rank 0): ``config.yaml`` (resolved), ``train_log.jsonl`` (one line per step),
   TensorBoard scalars and image panels, ``metrics.json`` (held-out anomaly AP / AUROC / FPR95, when
   ``validation.kind`` is set) and ``model_final.pt`` (``meta.training_config`` = resolved config).
+  The run folder must be new, empty or a run folder (:data:`RUN_FOLDER`: only the files above); a
+  folder holding anything else, a file, a device or a fifo is refused before any work
+  (:class:`~pebal_perception.core.io.OutputPathError`, a ``ValueError``).
 
 Nothing here imports ROS.
 """
@@ -71,7 +74,8 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from pebal_perception.core.checkpoint import (ModelMeta, _torch_load, is_pebal_checkpoint, load_checkpoint,
                                               save_checkpoint)
-from pebal_perception.core.io import atomic_write, atomic_write_json, temp_target_name
+from pebal_perception.core.io import FolderLayout, atomic_write, atomic_write_json, check_output_folder, \
+    temp_target_name
 from pebal_perception.core.models import NUM_INLIER_CLASSES, NUM_OUTPUTS, create_model, get_model_spec
 from pebal_perception.core.models.common import CheckpointError, load_state_dict_strict
 from pebal_perception.core.scoring import anomaly_score, gaussian_smooth
@@ -86,6 +90,13 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoints"
 _CKPT_RE = re.compile(r"^step_(\d{9})\.pt$")
+# What a run writes into its folder: a folder holding only these is a run folder (a config.yaml with no
+# train_log.jsonl beside it is the user's own, e.g. the --config file, and is never replaced).
+RUN_FOLDER = FolderLayout(
+    "pebal-finetune", files=(r"config\.yaml", r"train_log\.jsonl", r"metrics\.json", r"model_final\.pt"),
+    folders={CHECKPOINT_DIR: FolderLayout("pebal-finetune", files=(_CKPT_RE.pattern,)),
+             "tensorboard": FolderLayout("pebal-finetune", files=(r"events\.out\.tfevents\..+",))},
+    own=lambda d: ["config.yaml"] if (d / "config.yaml").exists() and not (d / "train_log.jsonl").exists() else [])
 
 
 class TrainingDiverged(RuntimeError):
@@ -767,7 +778,7 @@ def train(cfg: FinetuneConfig, resume: str | None = None) -> dict[str, Any]:
 
 
 def _train(cfg: FinetuneConfig, resume: str | None, ctx: DistContext) -> dict[str, Any]:
-    run_dir = Path(cfg.output)
+    run_dir = check_output_folder(cfg.output, RUN_FOLDER)  # before any work; every rank sees the same
     device = ctx.device
     spec = get_model_spec(cfg.model.name)
     if cfg.train.batch_size % ctx.world_size:

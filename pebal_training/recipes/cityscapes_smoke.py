@@ -29,7 +29,10 @@ What it does (about 8.5 CPU minutes with the defaults: 80 iterations of batch 4)
 
 Results: ``<output>/smoke_metrics.json`` and one summary line on stdout. ``<output>/data`` holds
 resized copies of the Cityscapes frames (Cityscapes terms: keep them out of any release; ``runs/`` is
-git-ignored). Nothing here imports ROS.
+git-ignored). ``<output>`` must be new, empty or written by this recipe (only ``data/``, ``run/`` and
+``smoke_metrics.json`` as above): anything else is refused before any work. Every run starts afresh
+in ``<output>/run``, which is deleted first only when it holds nothing but a run's files
+(:func:`pebal_perception.core.io.remove_output_folder`). Nothing here imports ROS.
 
 Numbers measured on a shared 2-core CPU (16 held-out images, 120,232 anomaly pixels at 512 x 256;
 seed 666). The defaults were picked after trying the three settings below, all on the same held-out
@@ -60,6 +63,18 @@ FRAMES = ("frankfurt_000000_000294", "frankfurt_000000_000576")
 HELD_OUT = ("000000000263", "000000000394", "000000000502", "000000000575")
 OBJECT_SCALE = 0.5
 SIZE = (512, 1024)  # height, width
+
+
+def output_layout():
+    """What this recipe writes into ``--output`` (see :class:`pebal_perception.core.io.FolderLayout`)."""
+    from pebal_perception.core.io import FolderLayout
+    from pebal_training.trainer import RUN_FOLDER
+
+    tool = "cityscapes_smoke"
+    city = FolderLayout(tool, files=(r"frankfurt_\d{6}_\d{6}_(leftImg8bit|gtFine_labelTrainIds)\.png",))
+    split = FolderLayout(tool, folders={"train": FolderLayout(tool, folders={"frankfurt": city})})
+    data = FolderLayout(tool, folders={"cityscapes": FolderLayout(tool, folders={"leftImg8bit|gtFine": split})})
+    return FolderLayout(tool, files=(r"smoke_metrics\.json",), folders={"data": data, "run": RUN_FOLDER})
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -126,6 +141,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
     import torch
 
+    from pebal_perception.core.io import OutputPathError, prepare_output_folder, remove_output_folder
+    from pebal_training.trainer import RUN_FOLDER
+
+    try:
+        prepare_output_folder(args.output, output_layout())  # refuses what this recipe did not write
+    except OutputPathError as exc:
+        print(f"cityscapes_smoke: error: {exc}", file=sys.stderr)
+        return 2
     from pebal_perception.core.checkpoint import load_checkpoint
     from pebal_training.config import config_from_dict
     from pebal_training.data.datasets import CocoOutlierSource
@@ -135,9 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
     out = args.output
     data_root = out / "data" / "cityscapes"
-    import shutil
-
-    shutil.rmtree(out / "run", ignore_errors=True)  # the recipe's own run folder: always a fresh run
+    remove_output_folder(out / "run", RUN_FOLDER)  # the recipe's own run folder: always a fresh run
     base, _ = load_checkpoint(ckpt, "espnetv2")
     frames = _prepare_inliers(base, args.assets, data_root, args.min_confidence)
 

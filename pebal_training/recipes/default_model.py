@@ -19,18 +19,36 @@ Everything runs through the normal ``pebal-finetune`` / ``pebal-eval`` / ``pebal
    default used by ``pebal-detect`` and the node) with ``default_model.json`` beside it.
 
 It is a *demo* model for a synthetic world: it says nothing about real roads.
+
+``--output`` must be new, empty or written by this recipe (only ``data/``, the run folders
+``pretrain/`` and ``finetune/``, ``eval_before/``, ``eval_after/``, ``default_model.pt`` and
+``default_model.json``); anything else is refused before any work. A re-run continues the runs
+(``--resume auto``) and replaces the recipe's own files.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
 from typing import Sequence
 
 from pebal_perception.core.default_model import DEFAULT_MODEL_PATH
+
+
+def output_layout():
+    """What this recipe writes into ``--output`` (see :class:`pebal_perception.core.io.FolderLayout`)."""
+    from pebal_perception.core.io import FolderLayout
+    from pebal_training.cli.evaluate import OUTPUT_LAYOUT as EVAL_FOLDER
+    from pebal_training.trainer import RUN_FOLDER
+
+    tool = "default_model"
+    images = FolderLayout(tool, files=(r"\d{4}\.png",))
+    subset = FolderLayout(tool, folders={"LostAndFound": FolderLayout(tool, folders={"original|labels": images})})
+    return FolderLayout(tool, files=(r"default_model\.pt", r"default_model\.json"),
+                        folders={"data": FolderLayout(tool, folders={"test|calibration": subset}),
+                                 "pretrain|finetune": RUN_FOLDER, "eval_before|eval_after": EVAL_FOLDER})
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -77,7 +95,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parse(argv)
     width, height = (int(v) for v in args.size.lower().split("x"))
     out = args.output
-    out.mkdir(parents=True, exist_ok=True)
+    from pebal_perception.core.io import OutputPathError, atomic_write_bytes, atomic_write_json, prepare_output_folder
+
+    try:
+        prepare_output_folder(out, output_layout())  # refuses what this recipe did not write
+    except OutputPathError as exc:
+        print(f"default_model: error: {exc}", file=sys.stderr)
+        return 2
     from pebal_training.data.synthetic_layouts import write_fishyscapes
 
     test_root, calib_root = out / "data" / "test", out / "data" / "calibration"
@@ -107,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pebal_perception.core.checkpoint import update_checkpoint_meta
 
     calibrated = out / "default_model.pt"
-    shutil.copyfile(final, calibrated)
+    atomic_write_bytes(calibrated, final.read_bytes())
     # Deployed at the resolution it was trained on (a larger frame is resized down to it).
     update_checkpoint_meta(calibrated, input_size=[height, width], model_id="pebal-demo-synthetic-espnetv2",
                            source="pebal_training.recipes.default_model")
@@ -133,12 +157,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                 "anomaly kinds never used for training"},
         "threshold": meta.threshold, "threshold_info": meta.threshold_info,
     }
-    (out / "default_model.json").write_text(json.dumps(record, indent=2))
+    atomic_write_json(out / "default_model.json", record)
     print(json.dumps(record["held_out_anomaly_metrics"], indent=2))
     if args.install:
         DEFAULT_MODEL_PATH.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(calibrated, DEFAULT_MODEL_PATH)
-        shutil.copyfile(out / "default_model.json", DEFAULT_MODEL_PATH.with_suffix(".json"))
+        atomic_write_bytes(DEFAULT_MODEL_PATH, calibrated.read_bytes())  # the package's own files
+        atomic_write_bytes(DEFAULT_MODEL_PATH.with_suffix(".json"), (out / "default_model.json").read_bytes())
         print(f"default_model: installed {DEFAULT_MODEL_PATH}")
     return 0
 
