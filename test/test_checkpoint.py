@@ -161,3 +161,129 @@ def test_undetectable_layout_asks_for_the_model_name(tmp_path):
     torch.save({"some.weight": torch.zeros(3)}, path)
     with pytest.raises(CheckpointError, match="pass the model name"):
         load_checkpoint(path)
+
+
+# ------------------------------------------------------------------------------- metadata and weights
+
+def _saved(tmp_path, model=None, name="m.pt", **meta):
+    return save_checkpoint(tmp_path / name, model or TinySegNet(), _meta(**meta))
+
+
+def _refused(path, *words):
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(path)
+    msg = str(err.value)
+    assert str(path) in msg and len(msg.splitlines()) == 1, msg
+    for word in words:
+        assert word in msg, msg
+    return msg
+
+
+@pytest.mark.parametrize("input_size, words", [
+    ([100_000, 100_000], ("input_size", "4096")),
+    ([8192, 8192], ("input_size", "4096")),
+    ([32, 512], ("input_size", "aspect ratio")),
+    ([30, 64], ("input_size", "multiples of 4")),
+    ([0, 64], ("input_size",)),
+    ([-32, 64], ("input_size",)),
+    ([32], ("input_size",)),
+    ([32, 64, 3], ("input_size",)),
+    (["32", 64], ("input_size",)),
+    ([32.0, 64], ("input_size",)),
+    ([True, 64], ("input_size",)),
+    (None, ("input_size",)),
+])
+def test_absurd_input_size_is_refused(tmp_path, input_size, words):
+    """100000 x 100000 used to load: pebal-detect died on a 120 GB allocation, the node failed every frame."""
+    _refused(_saved(tmp_path, input_size=input_size), *words)
+
+
+def test_sane_input_sizes_load(tmp_path):
+    for size in ([4096, 4096], [512, 4096], [4, 4], (64, 128)):
+        _, meta = load_checkpoint(_saved(tmp_path, input_size=size))
+        assert list(meta.input_size) == list(size)
+
+
+@pytest.mark.parametrize("threshold", [float("inf"), float("-inf"), float("nan"), 1e300, "-9", True, [1.0]])
+def test_unusable_threshold_is_refused(tmp_path, threshold):
+    _refused(_saved(tmp_path, threshold=threshold), "threshold")
+
+
+@pytest.mark.parametrize("field, value", [
+    ("mean", [0.5, 0.5]), ("mean", [0.5, float("nan"), 0.5]), ("mean", ["a", 0.5, 0.5]), ("mean", 0.5),
+    ("std", [0.2, 0.0, 0.2]), ("std", [0.2, -0.1, 0.2]), ("std", [0.2, float("inf"), 0.2]), ("std", [0.2] * 4),
+    ("classes", []), ("classes", ["road"] * 18), ("classes", ["road"] * 18 + [3]), ("classes", "road"),
+    ("model_kwargs", []), ("model_kwargs", {"width": "8"}), ("model_kwargs", {"bogus": 1}),
+    ("model_kwargs", {"width": float("nan")}), ("model_kwargs", {3: 1}),
+    ("threshold_info", "calibrated"), ("training_config", [1]), ("metrics", None), ("source", 3), ("model_id", None),
+])
+def test_bad_metadata_is_refused(tmp_path, field, value):
+    _refused(_saved(tmp_path, **{field: value}), field)
+
+
+def test_model_kwargs_that_would_build_a_huge_model_are_refused_before_building(tmp_path, monkeypatch):
+    import tiny_models
+
+    path = _saved(tmp_path, model_kwargs={"width": 10**9})  # 3 x 1e9 x 3 x 3 floats if it were built for real
+    built = []
+    original = tiny_models.TinySegNet.__init__
+
+    def spy(self, *args, **kwargs):
+        built.append(torch.empty(0).device.type)  # the default device while it is being built
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(tiny_models.TinySegNet, "__init__", spy)
+    _refused(path, "model_kwargs", "do not fit")
+    assert built == ["meta"], built
+
+
+def test_non_finite_weights_are_refused(tmp_path):
+    """All-NaN weights used to load silently: NaN scores, no obstacles, exit 0."""
+    model = TinySegNet()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(float("nan"))
+    _refused(_saved(tmp_path, model), "not finite", "body.0.weight")
+    model = TinySegNet()
+    with torch.no_grad():
+        model.classifier.bias[3] = float("inf")
+    _refused(_saved(tmp_path, model), "not finite", "classifier.bias", "1 of 20")
+    torch.save({k: v.fill_(float("nan")) if v.is_floating_point() else v for k, v in TinySegNet().state_dict().items()},
+               tmp_path / "bare.pth")
+    with pytest.raises(CheckpointError, match="not finite"):
+        load_checkpoint(tmp_path / "bare.pth", TINY)
+
+
+def test_weights_that_give_non_finite_outputs_are_refused(tmp_path):
+    model = TinySegNet()
+    model.body[1].running_var.fill_(-1.0)  # finite, but sqrt(var + eps) is NaN in eval mode
+    _refused(_saved(tmp_path, model), "test input", "not finite")
+    model = TinySegNet()
+    with torch.no_grad():
+        model.classifier.weight.fill_(1e38)  # finite weights whose products overflow
+    _refused(_saved(tmp_path, model), "test input")
+
+
+def test_load_time_check_leaves_the_model_and_global_state_alone(tmp_path):
+    from pebal_perception.core.checkpoint import validate_model
+
+    torch.manual_seed(0)
+    model = TinySegNet()
+    model.train()
+    model.body[1].eval()  # a mixed-mode model (e.g. frozen BN) keeps its modes
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    validate_model(model, _meta(), "in-memory model")
+    assert model.training and not model.body[1].training and model.classifier.training
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k  # BN running statistics and counters untouched
+    assert torch.equal(torch.get_rng_state(), rng) and torch.is_grad_enabled()
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_every_loader_goes_through_the_check(tmp_path):
+    from pebal_perception.core.engine import InferenceEngine
+
+    path = _saved(tmp_path, input_size=[100_000, 100_000])
+    with pytest.raises(CheckpointError, match="input_size"):
+        InferenceEngine.from_checkpoint(path, device="cpu")  # the node, pebal-bag, pebal-eval

@@ -172,6 +172,29 @@ def test_errors_are_one_line_and_nonzero(tmp_path, checkpoint, capsys, argv, mes
     assert rc == 2 and message in err and len(err.splitlines()) == 1 and err.startswith("pebal-detect: error:")
 
 
+def _nan_model():
+    model = TinySegNet()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(float("nan"))
+    return model
+
+
+@pytest.mark.parametrize("model, meta, message", [
+    (TinySegNet, {"input_size": [100_000, 100_000]}, "input_size"),
+    (_nan_model, {}, "weights are not finite"),
+    (TinySegNet, {"threshold": float("inf")}, "threshold must be finite"),
+])
+def test_broken_checkpoints_are_one_line_and_exit_2(tmp_path, capsys, model, meta, message):
+    """These used to load: a traceback on a 120 GB allocation; NaN scores and exit 0; an infinite threshold."""
+    path = save_checkpoint(tmp_path / "broken.pt", model(), ModelMeta.for_architecture(TINY, **meta))
+    _write_image(tmp_path / "x.png")
+    rc = detect.main([str(tmp_path / "x.png"), "-o", str(tmp_path / "out"), "--checkpoint", str(path)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith(f"pebal-detect: error: {path}: ") and message in err, err
+
+
 def test_default_model_is_used_without_a_checkpoint(tmp_path):
     from pebal_perception.core.checkpoint import load_checkpoint
     from pebal_perception.core.default_model import DEFAULT_MODEL_PATH
