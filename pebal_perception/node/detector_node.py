@@ -246,7 +246,7 @@ def _node_class():
                 params = [Parameter.from_parameter_msg(p) for p in request.parameters]
                 result = node.set_parameters_atomically(params) if params else SetParametersResult(successful=True)
             except ParameterNotDeclaredException as exc:
-                result = SetParametersResult(successful=False, reason=f"parameter(s) not declared: {exc}")
+                result = SetParametersResult(successful=False, reason=str(exc))
             except Exception as exc:  # noqa: BLE001 - a malformed request gets a reason, not a dead service
                 result = SetParametersResult(successful=False, reason=f"{type(exc).__name__}: {exc}")
             reason = result.reason

@@ -109,7 +109,8 @@ class PostProcessConfig:
         object.__setattr__(self, "threshold", check_threshold(self.threshold))
         object.__setattr__(self, "roi", validate_roi(self.roi))
         if not 0 <= int(self.min_obstacle_area) <= MAX_MIN_OBSTACLE_AREA:
-            raise ValueError(f"min_obstacle_area must lie in [0, {MAX_MIN_OBSTACLE_AREA}], got {self.min_obstacle_area}")
+            raise ValueError(f"min_obstacle_area must lie in [0, {MAX_MIN_OBSTACLE_AREA}], "
+                             f"got {self.min_obstacle_area}")
         object.__setattr__(self, "min_obstacle_area", int(self.min_obstacle_area))
         object.__setattr__(self, "restrict_to_drivable", bool(self.restrict_to_drivable))
 
@@ -318,7 +319,8 @@ def check_camera_info(k: Any, width: int, height: int) -> np.ndarray:
         raise ValueError("K is all zeros (an uncalibrated camera)")
     width, height = int(width), int(height)
     if not (0 < width <= MAX_IMAGE_SIDE and 0 < height <= MAX_IMAGE_SIDE):
-        raise ValueError(f"calibration size {width}x{height} is not an image size (1 to {MAX_IMAGE_SIDE} pixels a side)")
+        raise ValueError(f"calibration size {width}x{height} is not an image size "
+                         f"(1 to {MAX_IMAGE_SIDE} pixels a side)")
     if not np.array_equal(k[2], (0.0, 0.0, 1.0)):
         raise ValueError(f"K is not a pinhole matrix [fx s cx; 0 fy cy; 0 0 1] (last row {k[2].tolist()})")
     fx, fy, cx, cy = k[0, 0], k[1, 1], k[0, 2], k[1, 2]
