@@ -538,3 +538,19 @@ def test_recipe_layouts_accept_what_the_recipes_write(tmp_path):
     (demo / "pretrain" / "checkpoints").mkdir(parents=True)
     (demo / "default_model.pt").write_bytes(b"")
     check_output_folder(demo, default_model.output_layout())
+
+
+def test_atomic_write_gives_new_files_the_umask_mode_and_keeps_a_replaced_files_mode(tmp_path):
+    """Outputs are readable as ``open()`` would make them (not mkstemp's 0600); a replaced file keeps
+    the permissions its owner gave it."""
+    old = os.umask(0o027)
+    try:
+        fresh = atomic_write_bytes(tmp_path / "fresh.bin", b"x")
+        assert stat.S_IMODE(fresh.stat().st_mode) == 0o640
+        kept = tmp_path / "kept.bin"
+        kept.write_bytes(b"old")
+        kept.chmod(0o604)
+        atomic_write_bytes(kept, b"new")
+        assert stat.S_IMODE(kept.stat().st_mode) == 0o604 and kept.read_bytes() == b"new"
+    finally:
+        os.umask(old)

@@ -48,6 +48,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], binary: 
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_TEMP_SUFFIX, dir=path.parent)
     try:
+        os.fchmod(fd, _output_mode(path))  # mkstemp's 0600 would hide outputs from other users
         with os.fdopen(fd, "wb" if binary else "w") as f:
             write(f)
             f.flush()
@@ -64,6 +65,22 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], binary: 
 
 
 _TEMP_SUFFIX = ".tmp"
+
+
+def _output_mode(path: Path) -> int:
+    """Permissions for a new output: those of the file it replaces, else 0666 less the umask (what
+    ``open()`` would give)."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        pass
+    try:
+        with open("/proc/self/status") as status:  # Linux: read the umask without changing it
+            umask = next(int(line.split()[1], 8) for line in status if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        umask = os.umask(0o022)
+        os.umask(umask)
+    return 0o666 & ~umask
 
 
 def temp_target_name(name: str) -> str | None:
