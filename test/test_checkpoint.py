@@ -287,3 +287,13 @@ def test_every_loader_goes_through_the_check(tmp_path):
     path = _saved(tmp_path, input_size=[100_000, 100_000])
     with pytest.raises(CheckpointError, match="input_size"):
         InferenceEngine.from_checkpoint(path, device="cpu")  # the node, pebal-bag, pebal-eval
+
+
+def test_malformed_pebal_payloads_are_one_line(tmp_path):
+    path = _saved(tmp_path)
+    good = torch.load(path, weights_only=True)
+    for change in ({"meta": "x"}, {"state_dict": [1]}, {"state_dict": {**good["state_dict"], "body.0.weight": "w"}},
+                   {"state_dict": {**good["state_dict"], 3: torch.zeros(1)}},
+                   {"meta": {**good["meta"], 7: 1}}):
+        torch.save({**good, **change}, path)
+        _refused(path)

@@ -391,6 +391,9 @@ def load_checkpoint(path: str | os.PathLike, model_name: str | None = None) -> t
                                   f"software understands ({FORMAT_VERSION})")
         if not isinstance(obj.get("meta"), dict) or not isinstance(obj.get("state_dict"), dict):
             raise CheckpointError(f"{path}: pebal checkpoint without a 'meta' and a 'state_dict' dict")
+        odd = [k for k, v in obj["state_dict"].items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+        if odd:
+            raise CheckpointError(f"{path}: state_dict entries that are not named tensors: {odd[:5]!r}")
         try:
             meta = ModelMeta.from_dict(dict(obj["meta"]))
         except CheckpointError as exc:
