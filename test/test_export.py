@@ -151,3 +151,14 @@ def test_cli_errors(tmp_path, tiny_checkpoint, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 4 and all(line.startswith("pebal-export: error: ") for line in err)
     assert "none.pt" in err[0] and "multiples of 4" in err[2]
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "1e308"])
+def test_export_refuses_a_threshold_no_loader_would_accept(tmp_path, capsys, value):
+    from pebal_training.cli.export import main
+
+    rc = main(["--checkpoint", str(tmp_path / "absent.pt"), "--format", "pebal", "--threshold", value,
+               "--output", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "--threshold" in err[0], err
+    assert not (tmp_path / "out").exists()

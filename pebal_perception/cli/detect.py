@@ -26,7 +26,8 @@ import numpy as np
 from pebal_perception.cli.args import image_size_or_native
 from pebal_perception.core.io import FolderLayout, json_keys, prepare_output_folder
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+# Read after a header check (image_conversion.read_image_file): the formats cameras write.
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"}
 PROG = "pebal-detect"
 # What pebal-detect writes into --output: a folder holding only these is one it wrote before.

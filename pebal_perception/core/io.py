@@ -310,11 +310,3 @@ def encode_image(path: str | os.PathLike, rgb_or_gray: np.ndarray, jpeg_quality:
 def atomic_save_image(path: str | os.PathLike, rgb_or_gray: np.ndarray, jpeg_quality: int = 90) -> Path:
     return atomic_write_bytes(path, encode_image(path, rgb_or_gray, jpeg_quality))
 
-
-def read_image_rgb(path: str | os.PathLike) -> np.ndarray:
-    """Reads an image file as H x W x 3 uint8 RGB; raises ValueError naming the file if it cannot."""
-    data = np.fromfile(str(path), dtype=np.uint8)
-    img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-    if img is None:
-        raise ValueError(f"{path}: not a readable image")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)

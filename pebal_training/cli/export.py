@@ -41,8 +41,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dynamic-batch", action="store_true",
                    help="ONNX: symbolic batch axis (not possible for ESPNetv2's adaptive pooling)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 17)")
-    p.add_argument("--threshold", type=float, help="pebal format: store this threshold in the metadata")
+    p.add_argument("--threshold", type=_threshold, help="pebal format: store this threshold in the metadata")
     return p
+
+
+def _threshold(text: str) -> float:
+    from pebal_perception.core.limits import check_threshold
+
+    try:
+        return check_threshold(float(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _error(msg: object) -> int:

@@ -97,13 +97,14 @@ def _prepare_inliers(model, assets: Path, root: Path, min_conf: float) -> list[n
     import cv2
     import torch
 
-    from pebal_perception.core.io import atomic_save_image, read_image_rgb
+    from pebal_perception.core.io import atomic_save_image
+    from pebal_perception.image_conversion import read_image_file
 
     frames = []
     mean = np.asarray([0.485, 0.456, 0.406], np.float32)
     std = np.asarray([0.229, 0.224, 0.225], np.float32)
     for stem in FRAMES:
-        rgb = read_image_rgb(assets / "cityscapes_val" / f"{stem}_leftImg8bit.png")
+        rgb = read_image_file(assets / "cityscapes_val" / f"{stem}_leftImg8bit.png")
         rgb = cv2.resize(rgb, (SIZE[1], SIZE[0]), interpolation=cv2.INTER_AREA)
         x = torch.from_numpy(((rgb.astype(np.float32) / 255 - mean) / std).transpose(2, 0, 1).copy())[None]
         with torch.no_grad():
