@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -282,3 +283,19 @@ def test_cli_unwritable_output(tmp_path, capsys):
     assert rc == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("pebal-synth: error: ")
+
+
+def test_a_building_gap_ending_just_before_a_cross_street_does_not_hang():
+    """Seed 52 with frequent cross streets once put the frontage cursor 0-0.1 m before a cross street,
+    where it never advanced. Run in a child process so a regression fails instead of hanging CI."""
+    import subprocess
+    import sys
+
+    code = ("from pebal_training.data.synthetic import SceneConfig, generate_scene; "
+            "s = generate_scene(52, SceneConfig(height=188, width=276, anomaly_count_range=(0, 3), "
+            "ego_hood_prob=0.9596663096561556, overcast_prob=0.9423091582550727, rider_prob=0.932053313867599, "
+            "parking_prob=0.4624264483770365, cross_street_spacing=40.0, ego_offset=57.46207358620508, "
+            "truck_prob=0.2, bus_prob=0.2)); print(s.image.shape)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          cwd=str(Path(__file__).resolve().parents[1]))
+    assert proc.returncode == 0 and "(188, 276, 3)" in proc.stdout, proc.stderr

@@ -56,7 +56,7 @@ def build_frontage(world: _World, side: int) -> None:
         nc = world.next_cross_start(z)
         if world.in_cross(z, z + 0.1):
             for a, b in world.cross:
-                if a <= z < b:
+                if z < b and a < z + 0.1:  # inside it, or just before it (z alone would never advance)
                     z = b + rng.uniform(0.5, 3.0)
             continue
         if rng.random() < cfg.building_prob:
