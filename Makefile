@@ -4,13 +4,17 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := test
 ENV := . scripts/env.sh &&
 
-.PHONY: setup test demo bench clean
+.PHONY: setup test lint demo bench clean
 
 setup:
 	bash scripts/setup.sh
 
 test:
 	bash scripts/test.sh $(PYTEST_ARGS)
+
+# ruff (pinned in requirements.txt, settings in pyproject.toml); CI runs it before the tests.
+lint: setup
+	$(ENV) "$$VENV/bin/ruff" check .
 
 demo: setup
 	@if [ -f scripts/demo.sh ]; then bash scripts/demo.sh; \
