@@ -24,10 +24,7 @@ missing the figure is reported as skipped with the reason.
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,10 +34,10 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import REPO_ROOT, figure, median, skipped  # noqa: E402
+from bench.common import figure, median, skipped
+from pebal_perception.testing import ros_harness
 
 NAME = "node_e2e_espnetv2_1024x512"
-LAUNCHER = Path(sys.prefix) / "lib" / "pebal_perception" / "detector_node"
 STARTUP_TIMEOUT_S = 90.0
 NODE_TARGET = 1.10  # issue 5: node end-to-end p50 <= 1.10x the bare core on the same frames
 FRAME_TIMEOUT_S = 60.0
@@ -48,14 +45,8 @@ FRAME_TIMEOUT_S = 60.0
 
 def prerequisites() -> str | None:
     """None when everything the node figure needs is there; else the reason it cannot run."""
-    for module in ("rclpy", "sensor_msgs.msg", "pebal_perception.msg", "pebal_perception.node.detector_node"):
-        try:
-            importlib.import_module(module)
-        except Exception as exc:  # noqa: BLE001 - any import failure means "not available"
-            return f"node not available: {module} does not import ({type(exc).__name__}: {exc})"
-    if not LAUNCHER.exists():
-        return f"node not available: no launcher at {LAUNCHER} (run make setup)"
-    return None
+    return ros_harness.ros_unavailable(
+        modules=("rclpy", "sensor_msgs.msg", "pebal_perception.msg", "pebal_perception.node.detector_node"))
 
 
 def _p95(values: list[float]) -> float:
@@ -66,20 +57,8 @@ def _p95(values: list[float]) -> float:
 
 def local_ros_env() -> dict[str, str]:
     """DDS restricted to this machine, on a domain of our own (never the default 0)."""
-    domain = os.environ.get("PEBAL_BENCH_ROS_DOMAIN_ID") or str(60 + os.getpid() % 40)
-    env = {"ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST", "ROS_LOCALHOST_ONLY": "1", "ROS_DOMAIN_ID": domain}
-    os.environ.update(env)  # this process (rclpy reads it at init) and every subprocess
-    return env
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=15)
+    # this process (rclpy reads it at init) and every subprocess
+    return ros_harness.use_loopback(os.environ.get("PEBAL_BENCH_ROS_DOMAIN_ID") or str(60 + os.getpid() % 40))
 
 
 def run(quick: bool = False, repeats: int | None = None, verbose: bool = True) -> list[dict[str, Any]]:
@@ -119,17 +98,12 @@ def run(quick: bool = False, repeats: int | None = None, verbose: bool = True) -
         t0 = time.perf_counter()
         pipe.run(msg_fields)
         alone.append(time.perf_counter() - t0)
-    log_path = Path(tmp.name) / "node.log"
-    cmd = [str(LAUNCHER), "--ros-args", "--params-file", str(REPO_ROOT / "config" / "detector.yaml"),
-           "-p", f"checkpoint:={ckpt}", "-p", "device:=cpu", "-p", f"input_width:={width}",
-           "-p", f"input_height:={height}",
-           # the in-process pipeline's post-processing: plain threshold, every blob kept
-           "-p", "restrict_to_drivable:=false", "-p", "min_obstacle_area:=1",
-           # 1.5 MB frames: with best-effort input one lost UDP fragment drops the whole frame
-           "-p", "qos.reliability:=reliable"]
-    log = open(log_path, "wb")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            env={**os.environ, **env}, cwd=str(REPO_ROOT))
+    proc = ros_harness.NodeProcess(ros_harness.detector_args(checkpoint=ckpt, params=[
+        f"input_width:={width}", f"input_height:={height}",
+        # the in-process pipeline's post-processing: plain threshold, every blob kept
+        "restrict_to_drivable:=false", "min_obstacle_area:=1",
+        # 1.5 MB frames: with best-effort input one lost UDP fragment drops the whole frame
+        "qos.reliability:=reliable"]), Path(tmp.name) / "node.log")
     ctx = rclpy.Context()
     rclpy.init(context=ctx)
     node = rclpy.create_node("pebal_bench_client", context=ctx)
@@ -166,9 +140,8 @@ def run(quick: bool = False, repeats: int | None = None, verbose: bool = True) -
         t_start = time.perf_counter()
         first = send_and_wait(1, STARTUP_TIMEOUT_S, resend=5.0)
         if first is None:
-            tail = log_path.read_bytes()[-600:].decode(errors="replace").strip().splitlines()
             why = "exited" if proc.poll() is not None else f"no result within {STARTUP_TIMEOUT_S:.0f} s"
-            return [skipped(NAME, f"node did not answer ({why}): {' | '.join(tail[-3:])}")]
+            return [skipped(NAME, f"node did not answer ({why}): {proc.tail(3)}")]
         startup_s = time.perf_counter() - t_start
         send_and_wait(2, FRAME_TIMEOUT_S)  # warm-up frame
         lat, proc_ms, local = [], [], []
@@ -186,8 +159,7 @@ def run(quick: bool = False, repeats: int | None = None, verbose: bool = True) -
         executor.shutdown()
         node.destroy_node()
         rclpy.shutdown(context=ctx)
-        _stop(proc)
-        log.close()
+        proc.stop()
         tmp.cleanup()
     t_lat, t_local, t_proc, t_alone = median(lat), median(local), median(proc_ms), median(alone)
     overhead = [a - b for a, b in zip(lat, local)]

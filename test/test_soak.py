@@ -1,9 +1,10 @@
 """Soak, CI version (issue 6): the real detector node fed a looping 10 Hz replay of a 1024x512 synthetic
 drive (``pebal-bag play --loop``) for 30 s; its memory, threads, open files and queues must not grow.
 
-The same code as the bench figure (``bench/bench_soak.py``, 10 minutes there): the installed launcher
-with ``config/detector.yaml`` (embedded default model, CPU), sampled every second from ``/proc`` and
-over ``/diagnostics`` / ``~/result``. DDS stays on loopback in this session's ROS_DOMAIN_ID
+The same soak runner as the bench figure (``pebal_perception.testing.soak``; ``bench/bench_soak.py`` runs
+it for 10 minutes and reports the figures): the installed launcher with ``config/detector.yaml``
+(embedded default model, CPU), sampled every second from ``/proc`` and over ``/diagnostics`` /
+``~/result``. DDS stays on loopback in this session's ROS_DOMAIN_ID
 (conftest.py). No speed assertions: the node may process fewer than 10 fps (stale frames are dropped
 by design); only growth, continuity, accounting and a clean shutdown are checked. A queue would show
 in the accounting (frames in flight bounded by the mailbox); latency growth over time is a wall-clock
@@ -13,10 +14,10 @@ from __future__ import annotations
 
 import pytest
 
-from bench import bench_soak
+from pebal_perception.testing import soak as soak_runner
 
 DURATION_S = 30.0
-WARMUP_S = 6.0  # bench_soak.warmup_for(30): 20 % of the duration
+WARMUP_S = 6.0  # soak_runner.warmup_for(30): 20 % of the duration
 # RSS growth bound after the warm-up (median of the first 5 post-warm-up 1-s samples vs the last 5).
 # Measured here (2 shared cores, 1024x512 at 10 Hz, ~5-7 processed fps): the node sits at ~650 MB and
 # swings by +-30 MB within a frame (the full-resolution output maps come and go), so a 5-sample median
@@ -30,15 +31,15 @@ WINDOW_S = 5.0  # at least one result in every such window after the warm-up
 
 @pytest.fixture(scope="module")
 def record(tmp_path_factory):
-    reason = bench_soak.prerequisites()
+    reason = soak_runner.prerequisites()
     if reason is not None:
         pytest.skip(f"{reason}; run scripts/setup.sh")
     try:
-        rec = bench_soak.soak(DURATION_S, warmup_s=WARMUP_S, workdir=tmp_path_factory.mktemp("soak"),
+        rec = soak_runner.soak(DURATION_S, warmup_s=WARMUP_S, workdir=tmp_path_factory.mktemp("soak"),
                               verbose=False)
-    except bench_soak.SoakUnavailable as exc:  # pragma: no cover - depends on the environment
+    except soak_runner.SoakUnavailable as exc:  # pragma: no cover - depends on the environment
         pytest.skip(str(exc))
-    print("soak: " + bench_soak.summary_line(rec))  # shown with -s / on failure
+    print("soak: " + soak_runner.summary_line(rec))  # shown with -s / on failure
     return rec
 
 
@@ -58,7 +59,7 @@ def test_frames_are_processed_continuously(record):
     t = WARMUP_S
     while t + WINDOW_S <= DURATION_S:
         assert any(t <= r < t + WINDOW_S for r in times), \
-            f"no result between {t:.0f} s and {t + WINDOW_S:.0f} s: {bench_soak.summary_line(record)}"
+            f"no result between {t:.0f} s and {t + WINDOW_S:.0f} s: {soak_runner.summary_line(record)}"
         t += WINDOW_S
 
 
@@ -68,18 +69,19 @@ def test_frame_accounting_holds(record):
     assert final["frames_received"] > 0 and final["frames_processed"] > 0
     assert final["rejected_total"] == 0 and final["frames_failed"] == 0
     # After the replay stopped and the node drained: received == processed + dropped + rejected (+1 pending).
-    assert a["in_flight_end"] in (0, 1), bench_soak.summary_line(record)
+    assert a["in_flight_end"] in (0, 1), soak_runner.summary_line(record)
     # While running: never more than converting + in the mailbox + being processed (-1: counters are not
     # read under one lock).
-    assert -1 <= a["in_flight_min"] and a["in_flight_max"] <= bench_soak.MAX_IN_FLIGHT, bench_soak.summary_line(record)
+    assert -1 <= a["in_flight_min"] and a["in_flight_max"] <= soak_runner.MAX_IN_FLIGHT, \
+        soak_runner.summary_line(record)
     assert a["accounting_ok"]
 
 
 def test_memory_threads_and_files_do_not_grow(record):
     a = record["analysis"]
     assert a["post_warmup_samples"] >= 20, a
-    assert a["rss_growth_pct"] < RSS_GROWTH_BOUND_PCT, bench_soak.summary_line(record)
+    assert a["rss_growth_pct"] < RSS_GROWTH_BOUND_PCT, soak_runner.summary_line(record)
     # A thread or file descriptor per frame would be +100s here; allow a few for DDS/executor housekeeping.
-    assert a["threads_max"] <= a["threads_start"] + 4, bench_soak.summary_line(record)
-    assert a["fds_max"] <= a["fds_start"] + 4, bench_soak.summary_line(record)
+    assert a["threads_max"] <= a["threads_start"] + 4, soak_runner.summary_line(record)
+    assert a["fds_max"] <= a["fds_start"] + 4, soak_runner.summary_line(record)
 
