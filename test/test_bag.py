@@ -11,12 +11,9 @@ Small frames (256 x 128) and a random-init ESPNetv2 at 128 x 256 keep this fast.
 """
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -24,10 +21,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-os.environ["ROS_LOCALHOST_ONLY"] = "1"
+from pebal_perception.testing import ros_harness
 
+ros_harness.use_loopback()
 pytest.importorskip("rosbags")
 
 from pebal_perception.bag import AtomicBagWriter, BagError, deserialize, image_msg, open_bag, serialize  # noqa: E402
@@ -195,64 +191,16 @@ def test_process_writes_complete_bag(capsys, work, checkpoint, drive_bags, stora
         assert result.model_id
 
 
-def _ros_or_skip():
-    """rclpy, our messages and the installed executables, or a skip saying what to run."""
-    try:
-        import rclpy  # noqa: F401
-
-        from pebal_perception.msg import AnomalyResult  # noqa: F401
-    except ImportError as exc:
-        pytest.skip(f"ROS 2 not available ({exc}); run scripts/setup.sh")
-    launcher = Path(sys.prefix) / "lib" / "pebal_perception" / "detector_node"
-    player = Path(sys.prefix) / "bin" / "pebal-bag"
-    if not launcher.exists() or not player.exists():
-        pytest.skip("detector_node / pebal-bag not installed; run scripts/setup.sh")
-    return launcher, player
-
-
-@contextlib.contextmanager
-def _node_and_peer(cmd: list[str], log: Path, tag: str, subscribe):
-    """A spinning rclpy peer node, ``subscribe(peer)`` called on it, then the detector node (``cmd``,
-    output to ``log``) started. On exit the node gets SIGINT (killed if it hangs) and the peer shuts down."""
-    import rclpy
-    from rclpy.executors import SingleThreadedExecutor
-
-    context = rclpy.Context()
-    rclpy.init(context=context)
-    peer = rclpy.create_node(f"test_bag_peer_{tag}", context=context)
-    executor = SingleThreadedExecutor(context=context)
-    executor.add_node(peer)
-    subscribe(peer)  # before the node starts, so no output can be missed
-    stop = threading.Event()
-    spinner = threading.Thread(target=lambda: [executor.spin_once(timeout_sec=0.05) for _ in iter(stop.is_set, True)],
-                               daemon=True)
-    spinner.start()
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                cwd=str(REPO_ROOT))
-    try:
-        yield
-    finally:
-        proc.send_signal(2)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-        stop.set()
-        spinner.join(5)
-        peer.destroy_node()
-        context.try_shutdown()
+def _ros_or_skip() -> None:
+    """rclpy, our messages and the installed detector_node / pebal-bag, or a skip saying what to run."""
+    reason = ros_harness.ros_unavailable(executables=(ros_harness.LAUNCHER, ros_harness.PLAYER))
+    if reason is not None:
+        pytest.skip(f"{reason}; run scripts/setup.sh")
 
 
 def test_process_matches_live_node(capsys, work, checkpoint, drive_bags):
     """Offline outputs == the live node's outputs (same frames, replayed with pebal-bag play)."""
-    launcher, player = _ros_or_skip()
-    from rclpy.qos import QoSProfile, ReliabilityPolicy
-    from sensor_msgs.msg import Image
-
-    from pebal_perception.msg import AnomalyResult
+    _ros_or_skip()
     bag = drive_bags["sqlite3"]
 
     # A threshold inside the random network's energy range, so that there are obstacles to compare.
@@ -272,48 +220,30 @@ def test_process_matches_live_node(capsys, work, checkpoint, drive_bags):
 
     tag = uuid.uuid4().hex[:6]
     image_topic, info_topic = f"/cam_{tag}/image", f"/cam_{tag}/camera_info"
-    cmd = [str(launcher), "--ros-args", "--params-file", str(REPO_ROOT / "config" / "detector.yaml"),
-           "-p", f"checkpoint:={checkpoint}", "-p", "device:=cpu", *[a for p in params for a in ("-p", p)],
-           # Reliable input: this test compares outputs, and best-effort DDS may lose the first or last
-           # frame on a loaded machine (the node's own dropping of stale frames stays as it is).
-           "-p", "qos.reliability:=reliable",
-           "-r", f"image:={image_topic}", "-r", f"image/compressed:={image_topic}/compressed",
-           "-r", f"camera_info:={info_topic}", "-r", "__ns:=/t_bag"]
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    log = work / f"node-{tag}.log"
-    live: dict[str, dict[int, object]] = {name: {} for name in OUTPUTS}
-    lock = threading.Lock()
-    qos = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
-
-    def subscribe(peer):
-        for name, msg_type in (("semantic", Image), ("energy", Image), ("obstacle_mask", Image),
-                               ("result", AnomalyResult)):
-            def callback(msg, name=name):
-                with lock:
-                    live[name][stamp(msg)] = msg
-            peer.create_subscription(msg_type, f"/t_bag/pebal_detector/{name}", callback, qos)
-
-    with _node_and_peer(cmd, log, tag, subscribe):
-        play = subprocess.run(
-            [str(player), "play", str(bag), "--topics", IMAGE_TOPIC, INFO_TOPIC, "--remap",
-             f"{IMAGE_TOPIC}:={image_topic}", "--remap", f"{INFO_TOPIC}:={info_topic}", "--rate", "0.5",
-             "--wait-for-subscribers", "--wait-timeout", "60"],
-            env=env, capture_output=True, text=True, timeout=120)
-        assert play.returncode == 0, play.stderr
-        assert f"published {2 * FRAMES} messages" in play.stdout, play.stdout + play.stderr
-        assert "warning" not in play.stderr, play.stderr
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            with lock:
-                if all(len(v) == FRAMES for v in live.values()):
-                    break
-            time.sleep(0.1)
-    with lock:
-        got = {name: dict(v) for name, v in live.items()}
+    # Reliable input: this test compares outputs, and best-effort DDS may lose the first or last frame on
+    # a loaded machine (the node's own dropping of stale frames stays as it is).
+    args = ros_harness.detector_args(namespace="/t_bag", checkpoint=checkpoint,
+                                     params=[*params, "qos.reliability:=reliable"], image_topic=image_topic,
+                                     info_topic=info_topic)
+    with ros_harness.Peer("test_bag_peer") as peer:
+        # Subscribed before the node starts, so no output can be missed.
+        live = peer.detector_outputs("/t_bag/pebal_detector", OUTPUTS)
+        with ros_harness.NodeProcess(args, work / f"node-{tag}.log") as node:
+            play = subprocess.run(
+                [str(ros_harness.PLAYER), "play", str(bag), "--topics", IMAGE_TOPIC, INFO_TOPIC, "--remap",
+                 f"{IMAGE_TOPIC}:={image_topic}", "--remap", f"{INFO_TOPIC}:={info_topic}", "--rate", "0.5",
+                 "--wait-for-subscribers", "--wait-timeout", "60"],
+                env=ros_harness.child_env(), capture_output=True, text=True, timeout=120)
+            assert play.returncode == 0, play.stderr
+            assert f"published {2 * FRAMES} messages" in play.stdout, play.stdout + play.stderr
+            assert "warning" not in play.stderr, play.stderr
+            ros_harness.wait_for(lambda: all(len({stamp(m) for m in c.snapshot()}) == FRAMES
+                                             for c in live.values()), timeout=15)
+        got = {name: {stamp(m): m for m in live[name].snapshot()} for name in OUTPUTS}
     common = set(got["result"]) & set(got["semantic"]) & set(got["energy"]) & set(got["obstacle_mask"])
     # The node keeps only the newest frame (a busy CPU makes it drop some), but the first frame (idle
     # node) and the last one (newest) are always processed.
-    assert len(common) >= 2, (sorted(common), log.read_text()[-2000:])
+    assert len(common) >= 2, (sorted(common), node.output()[-2000:])
     assert common <= set(expected["result"])
     for s in sorted(common):
         np.testing.assert_array_equal(array(got["semantic"][s]), array(expected["semantic"][s]))
@@ -442,10 +372,9 @@ def test_atomic_writer_abort_and_refuse_existing(work):
 def test_replaying_a_10hz_bag_into_a_slower_node_drops_frames_and_queues_nothing(work, checkpoint):
     """A 10 Hz bag played at its recorded rate into a node that needs far more than 100 ms per frame:
     frames are dropped (only the newest is processed), in order, and nothing is left queued at the end."""
-    launcher, player = _ros_or_skip()
-    from rclpy.qos import QoSProfile, ReliabilityPolicy
-
+    _ros_or_skip()
     from pebal_perception.msg import AnomalyResult
+
     frames = 40
     bag = work / "drive_10hz"
     write_drive_bag(bag, frames=frames, fps=10.0, size=(512, 256), seed=5, anomalies=(1, 2), storage="sqlite3",
@@ -453,30 +382,26 @@ def test_replaying_a_10hz_bag_into_a_slower_node_drops_frames_and_queues_nothing
     tag = uuid.uuid4().hex[:6]
     image_topic = f"/slow_{tag}/image"
     # Network input 1024x512: several hundred ms per frame on this CPU, far slower than 10 Hz.
-    cmd = [str(launcher), "--ros-args", "--params-file", str(REPO_ROOT / "config" / "detector.yaml"),
-           "-p", f"checkpoint:={checkpoint}", "-p", "device:=cpu", "-p", "input_width:=1024",
-           "-p", "input_height:=512", "-p", "qos.reliability:=reliable", "-r", f"image:={image_topic}",
-           "-r", "__ns:=/t_slow"]
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    results: list[tuple[float, AnomalyResult]] = []
+    args = ros_harness.detector_args(namespace="/t_slow", checkpoint=checkpoint, image_topic=image_topic,
+                                     params=["input_width:=1024", "input_height:=512", "qos.reliability:=reliable"])
 
-    def subscribe(peer):
-        peer.create_subscription(AnomalyResult, "/t_slow/pebal_detector/result",
-                                 lambda msg: results.append((time.monotonic(), msg)),
-                                 QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE))
+    def idle_for_2s(collector) -> bool:  # the node's last frame is out
+        timed = collector.timed()
+        return bool(timed) and timed[-1][0] <= time.monotonic() - 2
 
-    log = work / f"node-slow-{tag}.log"
-    with _node_and_peer(cmd, log, tag, subscribe):
-        play = subprocess.run([str(player), "play", str(bag), "--topics", IMAGE_TOPIC, "--remap",
-                               f"{IMAGE_TOPIC}:={image_topic}", "--wait-for-subscribers", "--wait-timeout", "60"],
-                              env=env, capture_output=True, text=True, timeout=120)
-        assert play.returncode == 0, play.stderr
-        played_at = time.monotonic()
-        while time.monotonic() < played_at + 10 and (not results or results[-1][0] > time.monotonic() - 2):
-            time.sleep(0.1)  # until the node has been idle for 2 s (its last frame is out)
+    with ros_harness.Peer("test_bag_peer") as peer:
+        collector = peer.collect(AnomalyResult, "/t_slow/pebal_detector/result", ros_harness.reliable_qos(50))
+        with ros_harness.NodeProcess(args, work / f"node-slow-{tag}.log") as node:
+            play = subprocess.run([str(ros_harness.PLAYER), "play", str(bag), "--topics", IMAGE_TOPIC, "--remap",
+                                   f"{IMAGE_TOPIC}:={image_topic}", "--wait-for-subscribers", "--wait-timeout", "60"],
+                                  env=ros_harness.child_env(), capture_output=True, text=True, timeout=120)
+            assert play.returncode == 0, play.stderr
+            played_at = time.monotonic()
+            ros_harness.wait_for(lambda: idle_for_2s(collector), timeout=10)
+        results = collector.timed()
     stamps = [msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec for _, msg in results]
     after_play = sum(1 for received, _ in results if received > played_at)
-    tail = log.read_text()[-2000:]
+    tail = node.output()[-2000:]
     # The node is slower than the bag: frames were dropped, and the ones processed come in order.
     assert 2 <= len(results) < frames, (len(results), tail)
     assert stamps == sorted(set(stamps)), stamps
@@ -489,7 +414,7 @@ def test_replaying_a_10hz_bag_into_a_slower_node_drops_frames_and_queues_nothing
 def test_play_never_imports_modules_named_by_the_bag(work):
     """A bag's type strings are data: ``this/msg/Zen`` must not import ``this`` (which prints the Zen of
     Python); unknown types are skipped, warned about and counted, the known topics are still played."""
-    _, player = _ros_or_skip()
+    _ros_or_skip()
     from rosbags.rosbag2 import Writer
     from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
@@ -504,8 +429,8 @@ def test_play_never_imports_modules_named_by_the_bag(work):
         conn = writer.add_connection("/chatter", "std_msgs/msg/String", typestore=store)
         message = store.types["std_msgs/msg/String"](data="hello")
         writer.write(conn, 2, bytes(store.serialize_cdr(message, "std_msgs/msg/String")))
-    proc = subprocess.run([str(player), "play", str(bag)], capture_output=True, text=True, timeout=60,
-                          env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    proc = subprocess.run([str(ros_harness.PLAYER), "play", str(bag)], capture_output=True, text=True, timeout=60,
+                          env=ros_harness.child_env())
     assert proc.returncode == 0, proc.stderr
     assert "Beautiful is better than ugly" not in proc.stdout + proc.stderr
     assert "skipping /zen" in proc.stderr and "skipping /os" in proc.stderr, proc.stderr

@@ -361,13 +361,17 @@ class Peer:
     def publisher(self, msg_type, topic: str, qos: Any = None):
         return self.node.create_publisher(msg_type, topic, qos if qos is not None else reliable_qos())
 
-    def detector_outputs(self, node_name: str) -> dict[str, Collector]:
-        """Collectors (reliable, depth 50) of every output of the detector node ``node_name`` (full
-        name, e.g. ``/ns/pebal_detector``), created on the first call for that name."""
-        if node_name not in self._outputs:
-            self._outputs[node_name] = {name: self.collect(msg_type, f"{node_name}/{name}", reliable_qos())
-                                        for name, msg_type in detector_output_types().items()}
-        return self._outputs[node_name]
+    def detector_outputs(self, node_name: str, names: Iterable[str] | None = None) -> dict[str, Collector]:
+        """Collectors (reliable, depth 50) of the outputs ``names`` (default: all, see
+        ``detector_output_types``) of the detector node ``node_name`` (full name, e.g.
+        ``/ns/pebal_detector``); each is subscribed on the first call that asks for it."""
+        types = detector_output_types()
+        wanted = list(types) if names is None else list(names)
+        cache = self._outputs.setdefault(node_name, {})
+        for name in wanted:
+            if name not in cache:
+                cache[name] = self.collect(types[name], f"{node_name}/{name}", reliable_qos())
+        return {name: cache[name] for name in wanted}
 
     def call(self, client, request, timeout: float = DEFAULT_TIMEOUT_S):
         """The reply of a service call (AssertionError when the service or the reply does not come)."""
