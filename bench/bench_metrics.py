@@ -27,6 +27,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from pebal_perception.core.constants import VOID  # noqa: E402
 from pebal_training.metrics import AnomalyMetricAccumulator  # noqa: E402
 
 IMAGE_PIXELS = 1_000_000
@@ -43,7 +44,7 @@ def make_images(pixels: int, seed: int = 0, image_pixels: int = IMAGE_PIXELS):
         r = rng.random(n, dtype=np.float32)
         labels = np.zeros(n, dtype=np.uint8)
         labels[r < 0.05] = 1
-        labels[r > 0.90] = 255
+        labels[r > 0.90] = VOID
         scores = rng.standard_normal(n, dtype=np.float32) + 1.5 * (labels == 1)
         scores = np.round(scores, 3).astype(np.float32)
         side = int(np.sqrt(n))
@@ -54,7 +55,7 @@ def make_images(pixels: int, seed: int = 0, image_pixels: int = IMAGE_PIXELS):
 
 
 def ours(images) -> dict:
-    acc = AnomalyMetricAccumulator(ignore_label=255, positive_label=1, negative_label=0)
+    acc = AnomalyMetricAccumulator(ignore_label=VOID, positive_label=1, negative_label=0)
     for scores, labels in images:
         acc.update(scores, labels)
     result = acc.compute()

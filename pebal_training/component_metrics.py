@@ -38,6 +38,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from pebal_perception.core.constants import VOID
+
 #: τ values of the F1 average: 0.25, 0.30, ..., 0.75.
 F1_THRESHOLDS = tuple(round(0.25 + 0.05 * i, 2) for i in range(11))
 CONNECTIVITY = 8
@@ -49,7 +51,7 @@ def _components(mask: np.ndarray) -> tuple[int, np.ndarray]:
     return n - 1, cc
 
 
-def image_component_stats(pred: np.ndarray, label: np.ndarray, ignore_label: int = 255,
+def image_component_stats(pred: np.ndarray, label: np.ndarray, ignore_label: int = VOID,
                           anomaly_label: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Per-image ``(sIoU of every ground-truth component, PPV of every predicted component)``."""
     pred = np.asarray(pred).astype(bool)
@@ -87,7 +89,7 @@ def image_component_stats(pred: np.ndarray, label: np.ndarray, ignore_label: int
 class ComponentMetricAccumulator:
     """Accumulates component statistics over a dataset; ``compute()`` gives sIoU, PPV and mean F1."""
 
-    def __init__(self, thresholds: tuple[float, ...] = F1_THRESHOLDS, ignore_label: int = 255,
+    def __init__(self, thresholds: tuple[float, ...] = F1_THRESHOLDS, ignore_label: int = VOID,
                  anomaly_label: int = 1):
         self.thresholds = tuple(float(t) for t in thresholds)
         self.ignore_label = ignore_label

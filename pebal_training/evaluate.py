@@ -31,6 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pebal_perception.core.constants import CITYSCAPES_CLASSES, IGNORE_LABEL, NUM_INLIER_CLASSES, VOID
 from pebal_perception.core.io import atomic_save_image, atomic_write, atomic_write_json
 from pebal_perception.core.preprocess import normalize, to_uint8_batch
 from pebal_perception.core.visualize import score_to_colour
@@ -129,7 +130,7 @@ def _fit_width(img: np.ndarray, width: int) -> np.ndarray:
 def error_panel(image: np.ndarray, label: np.ndarray, pred: np.ndarray) -> np.ndarray:
     """Image dimmed, with TP green, FP red, FN blue and void grey."""
     out = (image.astype(np.float32) * 0.4).astype(np.uint8)
-    void = label == 255
+    void = label == VOID
     gt = label == 1
     colours = {(0, 200, 0): gt & pred, (230, 30, 30): pred & (label == 0), (40, 90, 255): gt & ~pred}
     out[void] = (0.5 * out[void] + 0.5 * np.array([128, 128, 128])).astype(np.uint8)
@@ -191,7 +192,7 @@ def evaluate_anomaly(engine, dataset, output: str | Path, threshold: float | Non
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     thr = engine.threshold if threshold is None else float(threshold)
-    acc = AnomalyMetricAccumulator(ignore_label=255, positive_label=1, negative_label=0)
+    acc = AnomalyMetricAccumulator(ignore_label=VOID, positive_label=1, negative_label=0)
     comp = ComponentMetricAccumulator()
     per_image: list[dict] = []
     worst: list[tuple[float, int, str, Any]] = []  # min-heap on badness: keeps the worst_k largest
@@ -207,7 +208,7 @@ def evaluate_anomaly(engine, dataset, output: str | Path, threshold: float | Non
         acc.update(score, label)
         pred = score > thr
         comp_stats = comp.update(pred, label)
-        valid = label != 255
+        valid = label != VOID
         num_pos, num_neg = int((label == 1).sum()), int((label == 0).sum())
         rec: dict[str, Any] = {"name": name, "num_pos": num_pos, "num_neg": num_neg,
                                "max_score": float(score[valid].max()) if valid.any() else float(score.max()),
@@ -255,7 +256,7 @@ def evaluate_anomaly(engine, dataset, output: str | Path, threshold: float | Non
 
 @torch.inference_mode()
 def sliding_logits(engine, image: np.ndarray, crop_size: int = 800, stride_rate: float = 2 / 3,
-                   num_classes: int = 19) -> torch.Tensor:
+                   num_classes: int = NUM_INLIER_CLASSES) -> torch.Tensor:
     """Reference ``SlidingEval`` at scale 1: summed inlier logits (19 x H x W) of overlapping crops."""
     batch = to_uint8_batch(image, engine.device)
     h, w = image.shape[:2]
@@ -280,11 +281,9 @@ def sliding_logits(engine, image: np.ndarray, crop_size: int = 800, stride_rate:
 
 def evaluate_cityscapes(engine, dataset, output: str | Path, limit: int | None = None, crop_size: int = 800,
                         progress: bool = True, extra_info: dict | None = None) -> dict:
-    from pebal_perception.core.checkpoint import CITYSCAPES_CLASSES
-
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
-    cm = ConfusionMatrix(num_classes=19, ignore_label=255)
+    cm = ConfusionMatrix(num_classes=NUM_INLIER_CLASSES, ignore_label=IGNORE_LABEL)
     per_image = []
     n = len(dataset) if limit is None else min(limit, len(dataset))
     for i in _progress(range(n), n, "pebal-eval cityscapes", progress):
@@ -297,7 +296,7 @@ def evaluate_cityscapes(engine, dataset, output: str | Path, limit: int | None =
             pred = engine.infer_one(sample["image"]).semantic
         label = sample["label"]
         cm.update(pred, label)
-        valid = label != 255
+        valid = label != IGNORE_LABEL
         per_image.append({"name": sample["name"],
                           "pixel_accuracy": float((pred[valid] == label[valid]).mean()) if valid.any() else None})
     res = cm.compute()

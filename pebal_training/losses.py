@@ -32,10 +32,9 @@ import math
 import torch
 import torch.nn.functional as F
 
+from pebal_perception.core.constants import IGNORE_LABEL, OUTLIER_LABEL
 from pebal_perception.core.scoring import gaussian_smooth
 
-OUTLIER_LABEL = 254
-IGNORE_LABEL = 255
 PAL_VARIANTS = ("code", "paper")
 
 #: Lower bound applied to the energy-biased penalty ``a`` before dividing by it.

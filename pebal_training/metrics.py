@@ -36,6 +36,8 @@ from typing import Any
 
 import numpy as np
 
+from pebal_perception.core.constants import NUM_INLIER_CLASSES, VOID
+
 DEFAULT_CHUNK = 1 << 20
 
 
@@ -223,7 +225,7 @@ class AnomalyMetricAccumulator:
     pixel with the default float32 storage).
     """
 
-    def __init__(self, ignore_label: int | None = 255, positive_label: int = 1, negative_label: int = 0,
+    def __init__(self, ignore_label: int | None = VOID, positive_label: int = 1, negative_label: int = 0,
                  dtype: Any = np.float32, chunk_size: int = DEFAULT_CHUNK):
         if positive_label == negative_label:
             raise ValueError("positive_label and negative_label must differ")
@@ -333,7 +335,7 @@ class ConfusionMatrix:
     correct / labelled pixels.
     """
 
-    def __init__(self, num_classes: int = 19, ignore_label: int | None = 255):
+    def __init__(self, num_classes: int = NUM_INLIER_CLASSES, ignore_label: int | None = VOID):
         if not isinstance(num_classes, numbers.Integral) or num_classes < 1:
             raise ValueError("num_classes must be a positive integer")
         self.num_classes = int(num_classes)

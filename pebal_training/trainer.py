@@ -686,7 +686,7 @@ def evaluate_anomaly(model: nn.Module, pairs: Iterable[tuple[np.ndarray, np.ndar
 
     was_training = model.training
     model.eval()
-    acc = AnomalyMetricAccumulator(ignore_label=255)
+    acc = AnomalyMetricAccumulator(ignore_label=IGNORE_LABEL)
     m = np.asarray(mean, np.float32)
     s = np.asarray(std, np.float32)
     for rgb, label in pairs:

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from . import scoring
+from .constants import CITYSCAPES_CLASSES, IMAGENET_MEAN, IMAGENET_STD
 from .io import atomic_write_bytes
 from .limits import check_threshold
 from .models import NUM_INLIER_CLASSES, NUM_OUTPUTS, ModelSpec, get_model_spec, list_models
@@ -44,11 +45,6 @@ from .preprocess import check_network_size, normalize
 FORMAT_TAG = "pebal-checkpoint"
 FORMAT_VERSION = 1
 
-CITYSCAPES_CLASSES = (
-    "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
-    "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle",
-    "bicycle",
-)
 # Used when no calibrated threshold is stored: the midpoint of PEBAL's energy margins
 # (m_in = -12 pushes inliers below, m_out = -6 pushes outliers above). Calibrate for real use.
 DEFAULT_THRESHOLD = -9.0
@@ -61,8 +57,8 @@ class ModelMeta:
     architecture: str
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     classes: list[str] = field(default_factory=lambda: list(CITYSCAPES_CLASSES))
-    mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
-    std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
+    std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
     input_size: list[int] = field(default_factory=lambda: [512, 1024])  # height, width
     threshold: float | None = None  # calibrated obstacle threshold on the smoothed energy
     threshold_info: dict[str, Any] = field(default_factory=dict)

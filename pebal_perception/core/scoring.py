@@ -12,7 +12,7 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
-NUM_INLIER_CLASSES = 19
+from .constants import NUM_INLIER_CLASSES
 DEFAULT_KERNEL_SIZE = 7
 DEFAULT_SIGMA = 1.0
 

@@ -4,12 +4,9 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-# The standard Cityscapes trainId colours (RGB); index 255 (void) is drawn black.
-CITYSCAPES_PALETTE = np.array([
-    (128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 156), (190, 153, 153), (153, 153, 153),
-    (250, 170, 30), (220, 220, 0), (107, 142, 35), (152, 251, 152), (70, 130, 180), (220, 20, 60),
-    (255, 0, 0), (0, 0, 142), (0, 0, 70), (0, 60, 100), (0, 80, 100), (0, 0, 230), (119, 11, 32),
-], dtype=np.uint8)
+from .constants import CITYSCAPES_PALETTE
+
+# trainId -> colour; every other index (255 void included) is drawn black.
 _LUT = np.zeros((256, 3), dtype=np.uint8)
 _LUT[: len(CITYSCAPES_PALETTE)] = CITYSCAPES_PALETTE
 OBSTACLE_COLOUR = np.array((255, 0, 255), dtype=np.uint8)  # magenta: no Cityscapes class uses it

@@ -28,15 +28,14 @@ from typing import NamedTuple
 
 import numpy as np
 
-#: Unified anomaly-label encoding.
+# VOID / IGNORE_LABEL (255), OUTLIER_LABEL (254), the 19 classes and their names are defined once in
+# pebal_perception.core.constants; re-exported here under the names the data pipeline uses.
+from pebal_perception.core.constants import CITYSCAPES_CLASSES, IGNORE_LABEL, OUTLIER_LABEL, VOID
+from pebal_perception.core.constants import NUM_INLIER_CLASSES as NUM_CLASSES
+
+#: Unified anomaly-label encoding (void: :data:`VOID`).
 INLIER = 0
 ANOMALY = 1
-VOID = 255
-#: Cityscapes training labels: 0..18, and 255 for void / padding.
-IGNORE_LABEL = 255
-NUM_CLASSES = 19
-#: Pixels pasted from an outlier (COCO) object during outlier exposure (spec 3.2/3.3).
-OUTLIER_LABEL = 254
 
 
 class LabelValueError(ValueError):
@@ -52,25 +51,25 @@ class CityscapesLabel(NamedTuple):
 #: The Cityscapes label definition (labelId, name, trainId). ``license plate`` has labelId -1 in the
 #: official table; it never occurs in a ``labelIds`` PNG and is listed for completeness only.
 CITYSCAPES_LABELS: tuple[CityscapesLabel, ...] = (
-    CityscapesLabel("unlabeled", 0, 255),
-    CityscapesLabel("ego vehicle", 1, 255),
-    CityscapesLabel("rectification border", 2, 255),
-    CityscapesLabel("out of roi", 3, 255),
-    CityscapesLabel("static", 4, 255),
-    CityscapesLabel("dynamic", 5, 255),
-    CityscapesLabel("ground", 6, 255),
+    CityscapesLabel("unlabeled", 0, IGNORE_LABEL),
+    CityscapesLabel("ego vehicle", 1, IGNORE_LABEL),
+    CityscapesLabel("rectification border", 2, IGNORE_LABEL),
+    CityscapesLabel("out of roi", 3, IGNORE_LABEL),
+    CityscapesLabel("static", 4, IGNORE_LABEL),
+    CityscapesLabel("dynamic", 5, IGNORE_LABEL),
+    CityscapesLabel("ground", 6, IGNORE_LABEL),
     CityscapesLabel("road", 7, 0),
     CityscapesLabel("sidewalk", 8, 1),
-    CityscapesLabel("parking", 9, 255),
-    CityscapesLabel("rail track", 10, 255),
+    CityscapesLabel("parking", 9, IGNORE_LABEL),
+    CityscapesLabel("rail track", 10, IGNORE_LABEL),
     CityscapesLabel("building", 11, 2),
     CityscapesLabel("wall", 12, 3),
     CityscapesLabel("fence", 13, 4),
-    CityscapesLabel("guard rail", 14, 255),
-    CityscapesLabel("bridge", 15, 255),
-    CityscapesLabel("tunnel", 16, 255),
+    CityscapesLabel("guard rail", 14, IGNORE_LABEL),
+    CityscapesLabel("bridge", 15, IGNORE_LABEL),
+    CityscapesLabel("tunnel", 16, IGNORE_LABEL),
     CityscapesLabel("pole", 17, 5),
-    CityscapesLabel("polegroup", 18, 255),
+    CityscapesLabel("polegroup", 18, IGNORE_LABEL),
     CityscapesLabel("traffic light", 19, 6),
     CityscapesLabel("traffic sign", 20, 7),
     CityscapesLabel("vegetation", 21, 8),
@@ -81,18 +80,16 @@ CITYSCAPES_LABELS: tuple[CityscapesLabel, ...] = (
     CityscapesLabel("car", 26, 13),
     CityscapesLabel("truck", 27, 14),
     CityscapesLabel("bus", 28, 15),
-    CityscapesLabel("caravan", 29, 255),
-    CityscapesLabel("trailer", 30, 255),
+    CityscapesLabel("caravan", 29, IGNORE_LABEL),
+    CityscapesLabel("trailer", 30, IGNORE_LABEL),
     CityscapesLabel("train", 31, 16),
     CityscapesLabel("motorcycle", 32, 17),
     CityscapesLabel("bicycle", 33, 18),
-    CityscapesLabel("license plate", -1, 255),
+    CityscapesLabel("license plate", -1, IGNORE_LABEL),
 )
 
-#: trainId -> class name, for the 19 training classes.
-CITYSCAPES_TRAIN_NAMES: tuple[str, ...] = tuple(
-    lab.name for lab in sorted((lab for lab in CITYSCAPES_LABELS if lab.train_id != 255), key=lambda x: x.train_id)
-)
+#: trainId -> class name, for the 19 training classes (the names of the table above).
+CITYSCAPES_TRAIN_NAMES: tuple[str, ...] = CITYSCAPES_CLASSES
 #: Values a valid ``labelTrainIds`` map may hold.
 CITYSCAPES_TRAIN_ID_VALUES = frozenset(range(NUM_CLASSES)) | {IGNORE_LABEL}
 
@@ -173,7 +170,7 @@ class LostAndFoundLabel(NamedTuple):
 
 
 LOST_AND_FOUND_LABELS: tuple[LostAndFoundLabel, ...] = (
-    LostAndFoundLabel("unlabeled", 0, 255, "Miscellaneous"),
+    LostAndFoundLabel("unlabeled", 0, VOID, "Miscellaneous"),
     LostAndFoundLabel("free", 1, 1, "Counter hypotheses"),
     LostAndFoundLabel("Crate (black)", 2, 2, "Standard objects"),
     LostAndFoundLabel("Crate (black - stacked)", 3, 2, "Standard objects"),
@@ -223,9 +220,9 @@ LOST_AND_FOUND_LABELS: tuple[LostAndFoundLabel, ...] = (
 LAF_TRAIN_ID_NON_HAZARD = 0
 LAF_TRAIN_ID_FREE = 1
 LAF_TRAIN_ID_OBSTACLE = 2
-LAF_TRAIN_ID_VALUES = frozenset({0, 1, 2, 255})
+LAF_TRAIN_ID_VALUES = frozenset({0, 1, 2, VOID})
 #: 256-entry lookup table LostAndFound labelId -> trainId ("everything else" -> 255).
-LAF_ID_TO_TRAIN_ID = _lut({lab.label_id: lab.train_id for lab in LOST_AND_FOUND_LABELS}, 255)
+LAF_ID_TO_TRAIN_ID = _lut({lab.label_id: lab.train_id for lab in LOST_AND_FOUND_LABELS}, VOID)
 
 
 def laf_label_ids_to_train_ids(label_ids: np.ndarray) -> np.ndarray:
@@ -294,7 +291,7 @@ def road_anomaly_to_unified(label: np.ndarray, encoding: str = "synboost") -> np
             raise
     if encoding == "epfl":
         label = _check_integer_2d(label, "Road Anomaly (EPFL)")
-        bad = _values_outside(label, frozenset({0, 2, 255}))
+        bad = _values_outside(label, frozenset({0, 2, VOID}))
         if bad:
             raise LabelValueError(
                 f"unexpected Road Anomaly (EPFL) label values {_format_values(bad)} (expected 0, 2 or 255)")

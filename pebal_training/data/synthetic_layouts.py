@@ -132,7 +132,7 @@ def write_smiyc(root: str | Path, track: str = "anomaly", n: int = 4, seed: int 
         atomic_save_image(root / "labels_masks" / f"{name}_labels_semantic.png", label)
         colour = np.zeros(label.shape + (3,), np.uint8)
         colour[label == 1] = (255, 102, 0)
-        colour[label == 255] = (128, 128, 128)
+        colour[label == L.VOID] = (128, 128, 128)
         atomic_save_image(root / "labels_masks" / f"{name}_labels_semantic_color.png", colour)
         out.append(WrittenSample(name, scene.image, label))
     return sorted(out, key=lambda s: s.name)
@@ -153,7 +153,7 @@ def write_lostandfound(root: str | Path, split: str = "test", n: int = 5, seed: 
     for i, scene in _scenes(n, seed, _config(size)):
         seq = sequences[i % len(sequences)]
         stem = f"{seq}_{i // len(sequences):06d}_{30 * (i + 1):06d}"
-        train = np.full(scene.anomaly.shape, 255, dtype=np.uint8)
+        train = np.full(scene.anomaly.shape, L.VOID, dtype=np.uint8)
         train[(scene.semantic == ROAD) & (scene.anomaly == 0)] = L.LAF_TRAIN_ID_FREE
         ncc, cc = cv2.connectedComponents((scene.anomaly == 1).astype(np.uint8), connectivity=8)
         for c in range(1, ncc):
@@ -175,7 +175,7 @@ def write_lostandfound(root: str | Path, split: str = "test", n: int = 5, seed: 
 def _train_to_label_ids() -> np.ndarray:
     lut = np.zeros(256, dtype=np.uint8)  # void -> 0 "unlabeled"
     for lab in L.CITYSCAPES_LABELS:
-        if lab.train_id != 255 and lab.label_id >= 0:
+        if lab.train_id != L.IGNORE_LABEL and lab.label_id >= 0:
             lut[lab.train_id] = lab.label_id
     return lut
 

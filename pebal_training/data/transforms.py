@@ -34,10 +34,9 @@ import cv2
 import numpy as np
 import torch
 
+from pebal_perception.core.constants import IMAGENET_MEAN, IMAGENET_STD
 from pebal_training.data.labels import IGNORE_LABEL, OUTLIER_LABEL
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_SCALES = (0.5, 0.75, 1.0, 1.5, 1.75, 2.0)
 DEFAULT_CROP_SIZE = 900
 DEFAULT_FLIP_PROB = 0.8

@@ -97,21 +97,22 @@ def _prepare_inliers(model, assets: Path, root: Path, min_conf: float) -> list[n
     import cv2
     import torch
 
+    from pebal_perception.core.constants import IGNORE_LABEL, IMAGENET_MEAN, IMAGENET_STD, NUM_INLIER_CLASSES
     from pebal_perception.core.io import atomic_save_image
     from pebal_perception.image_conversion import read_image_file
 
     frames = []
-    mean = np.asarray([0.485, 0.456, 0.406], np.float32)
-    std = np.asarray([0.229, 0.224, 0.225], np.float32)
+    mean = np.asarray(IMAGENET_MEAN, np.float32)
+    std = np.asarray(IMAGENET_STD, np.float32)
     for stem in FRAMES:
         rgb = read_image_file(assets / "cityscapes_val" / f"{stem}_leftImg8bit.png")
         rgb = cv2.resize(rgb, (SIZE[1], SIZE[0]), interpolation=cv2.INTER_AREA)
         x = torch.from_numpy(((rgb.astype(np.float32) / 255 - mean) / std).transpose(2, 0, 1).copy())[None]
         with torch.no_grad():
-            prob = torch.softmax(model(x)[0, :19].float(), dim=0)
+            prob = torch.softmax(model(x)[0, :NUM_INLIER_CLASSES].float(), dim=0)
         conf, pred = prob.max(dim=0)
         label = pred.numpy().astype(np.uint8)
-        label[conf.numpy() < min_conf] = 255
+        label[conf.numpy() < min_conf] = IGNORE_LABEL
         atomic_save_image(root / "leftImg8bit" / "train" / "frankfurt" / f"{stem}_leftImg8bit.png", rgb)
         atomic_save_image(root / "gtFine" / "train" / "frankfurt" / f"{stem}_gtFine_labelTrainIds.png", label)
         frames.append(rgb)
@@ -119,6 +120,7 @@ def _prepare_inliers(model, assets: Path, root: Path, min_conf: float) -> list[n
 
 
 def _held_out_pairs(frames: list[np.ndarray], objects, positions: int, seed: int):
+    from pebal_perception.core.constants import OUTLIER_LABEL
     from pebal_training.data.outlier_exposure import paste_outlier
 
     pairs = []
@@ -128,7 +130,7 @@ def _held_out_pairs(frames: list[np.ndarray], objects, positions: int, seed: int
             for k in range(positions):
                 rng = np.random.default_rng((seed, 7, j, f, k))
                 rgb, lab = paste_outlier(frame, np.zeros(frame.shape[:2], np.uint8), obj_rgb, obj_mask, rng)
-                pairs.append((rgb, (lab == 254).astype(np.uint8)))
+                pairs.append((rgb, (lab == OUTLIER_LABEL).astype(np.uint8)))
     return pairs
 
 

@@ -13,10 +13,8 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
-from .common import NUM_INLIER_CLASSES, NUM_OUTPUTS  # noqa: F401  (19 classes + abstention channel)
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from ..constants import IMAGENET_MEAN, IMAGENET_STD  # noqa: F401  (re-exported)
+from ..constants import NUM_INLIER_CLASSES, NUM_OUTPUTS  # noqa: F401  (19 classes + abstention channel)
 
 
 @dataclass(frozen=True)

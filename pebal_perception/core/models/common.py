@@ -6,8 +6,7 @@ from typing import Any, Mapping
 
 import torch
 
-NUM_INLIER_CLASSES = 19
-NUM_OUTPUTS = NUM_INLIER_CLASSES + 1
+from ..constants import NUM_INLIER_CLASSES, NUM_OUTPUTS
 
 
 class CheckpointError(ValueError):
@@ -19,7 +18,7 @@ def strip_prefix(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, to
     return {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in state.items()}
 
 
-def widen_classifier(weight: torch.Tensor, out_channels: int = 20,
+def widen_classifier(weight: torch.Tensor, out_channels: int = NUM_OUTPUTS,
                      generator: torch.Generator | None = None) -> torch.Tensor:
     """Adds abstention rows to a classifier weight as PEBAL's loader does.
 

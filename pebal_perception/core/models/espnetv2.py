@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import ModelSpec, register_model
+from . import NUM_OUTPUTS, ModelSpec, register_model
 from .common import unwrap_checkpoint, widen_head
 
 __all__ = ["ESPNetv2Segmentation", "adapt_state_dict"]
@@ -316,7 +316,7 @@ def _bn_act(channels: int) -> nn.Sequential:
 class ESPNetv2Segmentation(nn.Module):
     """ESPNetv2 encoder + bottom-up pyramid decoder; ``N x 3 x H x W`` -> ``N x classes x H x W`` logits."""
 
-    def __init__(self, num_classes: int = 20, scale: float = 2.0):
+    def __init__(self, num_classes: int = NUM_OUTPUTS, scale: float = 2.0):
         super().__init__()
         if float(scale) != _SUPPORTED_SCALE:
             raise ValueError(f"ESPNetv2Segmentation supports only scale={_SUPPORTED_SCALE} "
