@@ -81,3 +81,41 @@ def test_no_ros_module_is_imported(probe):
     assert "rclpy" not in probe["ros"]
     assert not probe["ros"], (f"importing {len(probe['imported'])} ROS-free modules loaded ROS modules: "
                               f"{probe['ros']}")
+
+
+def _imported_names(path: Path) -> set[str]:
+    """Every module a source file imports (absolute names; relative imports resolved)."""
+    import ast
+
+    package = ".".join(path.relative_to(REPO_ROOT).with_suffix("").parts[:-1])
+    if path.name == "__init__.py":
+        package = ".".join(path.relative_to(REPO_ROOT).parts[:-1])
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                base = ".".join(parts[:len(parts) - node.level + 1] + ([base] if base else []))
+            names.add(base)
+            names.update(f"{base}.{alias.name}" for alias in node.names)
+    return names
+
+
+@pytest.mark.parametrize("top, forbidden", [
+    ("pebal_training", ("pebal_perception.cli", "pebal_perception.node")),
+    ("pebal_perception/core", ("pebal_perception.cli", "pebal_perception.node", "pebal_training")),
+])
+def test_layering_of_source_imports(top, forbidden):
+    """Training builds on the core only (shared CLI helpers live in ``pebal_perception.core.cli_args``);
+    the core imports neither perception's CLI/node packages nor training."""
+    bad = []
+    for path in sorted((REPO_ROOT / top).rglob("*.py")):
+        if "__pycache__" in path.parts:
+            continue
+        for name in sorted(_imported_names(path)):
+            if any(name == f or name.startswith(f + ".") for f in forbidden):
+                bad.append(f"{path.relative_to(REPO_ROOT)} imports {name}")
+    assert not bad, "\n".join(bad)

@@ -23,7 +23,7 @@ from typing import Callable, Iterator
 import cv2
 import numpy as np
 
-from pebal_perception.cli.args import image_size_or_native
+from pebal_perception.core.cli_args import image_size_or_native
 from pebal_perception.core.io import FolderLayout, json_keys, prepare_output_folder
 
 # Read after a header check (image_conversion.read_image_file): the formats cameras write.

@@ -1,4 +1,9 @@
-"""Argument types shared by the command-line tools."""
+"""Argument helpers shared by the command-line tools of both packages (pebal-detect and the training
+CLIs pebal-eval / pebal-calibrate / pebal-export / pebal-finetune / pebal-synth).
+
+It lives in the core so that training need not import perception's CLI package; like all of the core
+it imports neither ROS nor training code.
+"""
 from __future__ import annotations
 
 import argparse

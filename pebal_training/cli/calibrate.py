@@ -34,9 +34,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pebal_perception.cli.args import image_size_or_native
+from pebal_perception.core.cli_args import Parser as _Parser
+from pebal_perception.core.cli_args import UsageError, image_size_or_native
 from pebal_perception.core.io import OutputPathError, check_output_file
-from pebal_training.cli.evaluate import ANOMALY_NAMES, UsageError, _Parser
+from pebal_training.cli.evaluate import ANOMALY_NAMES
 
 PROG = "pebal-calibrate"
 _EPS = 1e-9  # tolerance when turning a rate into a pixel count (0.95 * 100 must give 95, not 96)
@@ -119,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     from pebal_perception.core.engine import InferenceEngine
     from pebal_training.data.datasets import DatasetError, open_anomaly_dataset
     from pebal_training.evaluate import sorted_scores
+    from pebal_perception.core.constants import VOID
     from pebal_training.metrics import AnomalyMetricAccumulator
 
     try:
@@ -141,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, KeyError, ValueError) as exc:
         return _error(exc.args[0] if isinstance(exc, KeyError) and exc.args else exc)
 
-    acc = AnomalyMetricAccumulator(ignore_label=255, positive_label=1, negative_label=0)
+    acc = AnomalyMetricAccumulator(ignore_label=VOID, positive_label=1, negative_label=0)
     n = len(dataset) if args.limit is None else min(args.limit, len(dataset))
     used = 0
     try:

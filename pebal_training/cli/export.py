@@ -20,9 +20,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from pebal_perception.cli.args import image_size
+from pebal_perception.core.cli_args import Parser as _Parser
+from pebal_perception.core.cli_args import UsageError, image_size
 from pebal_perception.core.io import OutputPathError, check_output_file, check_output_folder, prepare_output_folder
-from pebal_training.cli.evaluate import UsageError, _Parser
 
 PROG = "pebal-export"
 
