@@ -19,7 +19,7 @@ import array
 import contextlib
 import math
 import os
-import subprocess
+import signal
 import sys
 import tempfile
 import threading
@@ -31,14 +31,14 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if __name__ == "__main__" and str(REPO_ROOT) not in sys.path:  # the peer subprocess
     sys.path.insert(0, str(REPO_ROOT))
 
-# DDS traffic must never leave this machine (Kilted reads the first, Humble the second).
-os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-os.environ["ROS_LOCALHOST_ONLY"] = "1"
+from pebal_perception.testing import ros_harness  # noqa: E402
+
+# DDS traffic must never leave this machine (Kilted reads the first, Humble the second variable).
+ros_harness.use_loopback()
 
 try:
-    import rclpy
+    import rclpy  # noqa: F401 - ROS itself, or the skip below
     from geometry_msgs.msg import Point
-    from rclpy.executors import SingleThreadedExecutor
 
     from pebal_perception.msg import AnomalyResult, Obstacle
 except ImportError as exc:  # pragma: no cover - depends on the environment
@@ -177,73 +177,32 @@ def test_ament_index_resolves_both_package_names():
 # ----------------------------------------------------------------------------------------------
 # Two-process DDS round trips
 # ----------------------------------------------------------------------------------------------
-def _ros_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-    env["ROS_LOCALHOST_ONLY"] = "1"
-    env.setdefault("ROS_DOMAIN_ID", str(1 + os.getpid() % 100))
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
 @contextlib.contextmanager
 def ros_peer(*args: str):
-    """Runs this file as a ROS peer process; stops it (stdin EOF, then SIGTERM/SIGKILL) on exit."""
-    with tempfile.TemporaryFile(mode="w+") as log:
-        proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), *args],
-                                stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT,
-                                env=_ros_env(), cwd=str(REPO_ROOT))
-
-        def output() -> str:
-            log.flush()
-            log.seek(0)
-            return log.read()[-4000:]
-
+    """Runs this file as a ROS peer process (ros_harness.ChildProcess); stops it on exit: stdin EOF,
+    then SIGTERM (SIGKILL if that does not work either)."""
+    with tempfile.TemporaryDirectory(prefix="pebal_msg_peer_") as tmp:
+        proc = ros_harness.ChildProcess([sys.executable, Path(__file__).resolve(), *args], Path(tmp) / "peer.log",
+                                        stdin_pipe=True)
         try:
-            yield proc, output
+            yield proc
         finally:
-            with contextlib.suppress(BrokenPipeError, OSError):
-                proc.stdin.close()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-        assert proc.returncode == 0, f"peer {args} exited with {proc.returncode}:\n{output()}"
+            proc.close_stdin()
+            if proc.wait(10) is None:
+                proc.stop(signal.SIGTERM, timeout=5)
+        assert proc.returncode == 0, f"peer {args} exited with {proc.returncode}:\n{proc.output()[-4000:]}"
 
 
-@contextlib.contextmanager
-def ros_node(name: str):
-    context = rclpy.Context()
-    rclpy.init(context=context)
-    node = executor = None
-    try:
-        node = rclpy.create_node(f"{name}_{os.getpid()}", context=context)
-        executor = SingleThreadedExecutor(context=context)
-        executor.add_node(node)
-        yield node, executor
-    finally:
-        if executor is not None:
-            executor.shutdown()
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown(context=context)
-
-
-def _spin_until(executor, done, proc, output, what: str) -> None:
+def _wait_until(done, proc: ros_harness.ChildProcess, what: str) -> None:
     deadline = time.monotonic() + TIMEOUT_S
     while not done():
-        if proc.poll() is not None:
+        if not proc.alive():
             raise AssertionError(f"peer exited early ({proc.returncode}) while waiting for {what}:\n"
-                                 f"{output()}")
+                                 f"{proc.output()[-4000:]}")
         if time.monotonic() > deadline:
             raise AssertionError(f"no {what} within {TIMEOUT_S:.0f} s "
-                                 f"(ROS_DOMAIN_ID={os.environ.get('ROS_DOMAIN_ID')}):\n{output()}")
-        executor.spin_once(timeout_sec=0.1)
+                                 f"(ROS_DOMAIN_ID={os.environ.get('ROS_DOMAIN_ID')}):\n{proc.output()[-4000:]}")
+        time.sleep(0.05)
 
 
 def _topic(kind: str) -> str:
@@ -252,25 +211,22 @@ def _topic(kind: str) -> str:
 
 def test_subprocess_publishes_test_receives():
     topic = _topic("anomaly")
-    received: list[AnomalyResult] = []
-    with ros_node("pebal_test_sub") as (node, executor), ros_peer("publish", topic) as (proc, output):
-        node.create_subscription(AnomalyResult, topic, received.append, 10)
-        _spin_until(executor, lambda: received, proc, output, f"AnomalyResult on {topic}")
-    assert assert_msg_equal(received[0], make_result()) == 32
+    with ros_harness.Peer("pebal_test_sub") as peer, ros_peer("publish", topic) as proc:
+        received = peer.collect(AnomalyResult, topic, 10)
+        _wait_until(lambda: len(received), proc, f"AnomalyResult on {topic}")
+    assert assert_msg_equal(received.snapshot()[0], make_result()) == 32
 
 
 def test_test_publishes_subprocess_echoes_back():
     topic_in, topic_out = _topic("in"), _topic("out")
     sent = make_result()
     sent.model_id = "espnetv2:echo-" + uuid.uuid4().hex  # proves the echo is of this message
-    received: list[AnomalyResult] = []
-    with ros_node("pebal_test_echo") as (node, executor), \
-            ros_peer("echo", topic_in, topic_out) as (proc, output):
-        node.create_subscription(AnomalyResult, topic_out, received.append, 10)
-        publisher = node.create_publisher(AnomalyResult, topic_in, 10)
-        node.create_timer(0.1, lambda: publisher.publish(sent))
-        _spin_until(executor, lambda: received, proc, output, f"echo on {topic_out}")
-    assert assert_msg_equal(received[0], sent) == 32
+    with ros_harness.Peer("pebal_test_echo") as peer, ros_peer("echo", topic_in, topic_out) as proc:
+        received = peer.collect(AnomalyResult, topic_out, 10)
+        publisher = peer.publisher(AnomalyResult, topic_in, 10)
+        peer.node.create_timer(0.1, lambda: publisher.publish(sent))
+        _wait_until(lambda: len(received), proc, f"echo on {topic_out}")
+    assert assert_msg_equal(received.snapshot()[0], sent) == 32
 
 
 # ----------------------------------------------------------------------------------------------
@@ -288,26 +244,15 @@ def _peer_main(argv: list[str]) -> int:
         stop.set()
 
     threading.Thread(target=watch_stdin, daemon=True).start()
-    context = rclpy.Context()
-    rclpy.init(context=context)
-    node = rclpy.create_node(f"pebal_test_peer_{mode}_{os.getpid()}", context=context)
-    executor = SingleThreadedExecutor(context=context)
-    executor.add_node(node)
-    try:
+    with ros_harness.Peer(f"pebal_test_peer_{mode}") as peer:  # spun by its own thread
         if mode == "publish":
-            publisher = node.create_publisher(AnomalyResult, argv[1], 10)
+            publisher = peer.publisher(AnomalyResult, argv[1], 10)
             msg = make_result()
-            node.create_timer(0.1, lambda: publisher.publish(msg))
+            peer.node.create_timer(0.1, lambda: publisher.publish(msg))
         else:
-            publisher = node.create_publisher(AnomalyResult, argv[2], 10)
-            node.create_subscription(AnomalyResult, argv[1], publisher.publish, 10)
-        deadline = time.monotonic() + PEER_LIFETIME_S
-        while not stop.is_set() and time.monotonic() < deadline:
-            executor.spin_once(timeout_sec=0.05)
-    finally:
-        executor.shutdown()
-        node.destroy_node()
-        rclpy.try_shutdown(context=context)
+            publisher = peer.publisher(AnomalyResult, argv[2], 10)
+            peer.subscribe(AnomalyResult, argv[1], publisher.publish, 10)
+        stop.wait(PEER_LIFETIME_S)
     return 0
 
 

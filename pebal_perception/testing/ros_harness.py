@@ -106,11 +106,12 @@ def wait_for(condition: Callable[[], Any], timeout: float = DEFAULT_TIMEOUT_S, i
 # ---------------------------------------------------------------------------------------------- processes
 
 class ChildProcess:
-    """A command run as a child process (``child_env``, stdin closed), its output in ``log_path``
-    (stderr too unless ``stderr_path`` is given)."""
+    """A command run as a child process (``child_env``), its output in ``log_path`` (stderr too unless
+    ``stderr_path`` is given). Its stdin is closed, or with ``stdin_pipe`` a pipe that ``close_stdin()``
+    closes (for a child that stops at end of input)."""
 
     def __init__(self, cmd: Sequence[str | Path], log_path: Path, *, stderr_path: Path | None = None,
-                 extra_env: Mapping[str, str] | None = None, cwd: Path | None = None):
+                 extra_env: Mapping[str, str] | None = None, cwd: Path | None = None, stdin_pipe: bool = False):
         self.cmd = [str(part) for part in cmd]
         self.log_path = Path(log_path)
         self.stderr_path = Path(stderr_path) if stderr_path is not None else None
@@ -122,7 +123,8 @@ class ChildProcess:
             err = open(self.stderr_path, "wb") if self.stderr_path is not None else None
             try:
                 self.proc = subprocess.Popen(self.cmd, stdout=out, stderr=err if err is not None else subprocess.STDOUT,
-                                             stdin=subprocess.DEVNULL, env=child_env(extra_env), cwd=str(cwd))
+                                             stdin=subprocess.PIPE if stdin_pipe else subprocess.DEVNULL,
+                                             env=child_env(extra_env), cwd=str(cwd))
             finally:
                 if err is not None:
                     err.close()
@@ -148,10 +150,18 @@ class ChildProcess:
         except subprocess.TimeoutExpired:
             return None
 
+    def close_stdin(self) -> None:
+        if self.proc.stdin is not None:
+            try:
+                self.proc.stdin.close()
+            except OSError:  # the child already went away
+                pass
+
     def kill(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(5)
+        self.close_stdin()
 
     def stop(self, sig: int = signal.SIGINT, timeout: float = STOP_TIMEOUT_S) -> int | None:
         """Sends ``sig`` and returns the exit status; None when it did not exit within ``timeout`` and
@@ -169,6 +179,7 @@ class ChildProcess:
             return None
         finally:
             self.stop_s = time.monotonic() - start
+            self.close_stdin()
 
     def output(self) -> str:
         """Everything it wrote so far (stdout, then stderr when kept apart)."""
