@@ -18,10 +18,11 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-os.environ["ROS_LOCALHOST_ONLY"] = "1"
-# Domain ids 0..101 are safe on every DDS port layout; derive one from the pid unless the caller chose.
-os.environ.setdefault("ROS_DOMAIN_ID", str(1 + os.getpid() % 100))
+from pebal_perception.testing import ros_harness  # noqa: E402 - after the source tree is on sys.path
+
+# Loopback-only discovery; the caller's ROS_DOMAIN_ID unless unset or the default 0, else one derived
+# from the pid (1..100, safe on every DDS port layout). The same for every ROS process a test starts.
+ros_harness.use_loopback()
 
 SHARED_ASSETS = Path(os.environ.get("PEBAL_SHARED_ASSETS", REPO_ROOT.parent / "shared" / "assets"))
 
