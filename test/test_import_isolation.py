@@ -39,7 +39,9 @@ for name in modules:
     except BaseException:
         errors[name] = traceback.format_exc(limit=-3)
 ros = sorted(m for m in sys.modules if m.startswith(prefixes))
-print("@@RESULT@@" + json.dumps({"imported": imported, "missing": missing, "errors": errors, "ros": ros}))
+harness = sorted(m for m in sys.modules if m.startswith("pebal_perception.testing"))
+print("@@RESULT@@" + json.dumps({"imported": imported, "missing": missing, "errors": errors, "ros": ros,
+                                 "harness": harness}))
 """
 
 
@@ -119,3 +121,9 @@ def test_layering_of_source_imports(top, forbidden):
             if any(name == f or name.startswith(f + ".") for f in forbidden):
                 bad.append(f"{path.relative_to(REPO_ROOT)} imports {name}")
     assert not bad, "\n".join(bad)
+
+
+def test_the_test_harness_is_not_imported(probe):
+    """pebal_perception.testing (the ROS test harness, the soak runner) is for tests and benchmarks only."""
+    assert probe["imported"], "nothing was imported"
+    assert not probe["harness"], probe["harness"]
