@@ -509,6 +509,11 @@ def test_threshold_change_and_consistent_outputs(node, peer):
                 Parameter("roi", value=[0.0, 0.0, 1.0]),
                 Parameter("min_obstacle_area", value=-5),
                 Parameter("camera.height_m", value=-1.0),
+                # wrong types (refused by rclpy from the descriptors built from node/params.py)
+                Parameter("smoothing", value=1),
+                Parameter("min_obstacle_area", value=2.5),
+                Parameter("camera.height_m", Parameter.Type.STRING, "high"),
+                Parameter("restrict_to_drivable", Parameter.Type.STRING, "yes"),
                 Parameter("device", value="cuda"),
                 Parameter("input_width", value=512),
                 Parameter("checkpoint", value="/tmp/other.pt")):
@@ -908,7 +913,7 @@ def test_out_of_memory_on_a_frame_is_counted_and_the_node_continues(checkpoint, 
     test_node_processing.py)."""
     import torch
 
-    from pebal_perception.node.detector_node import _node_class
+    from pebal_perception.node.detector_node import DetectorNode
 
     class OutOfMemoryTwice(torch.nn.Module):
         def __init__(self, inner):
@@ -927,7 +932,7 @@ def test_out_of_memory_on_a_frame_is_counted_and_the_node_continues(checkpoint, 
     context = rclpy.Context()
     rclpy.init(context=context)
     stop = threading.Event()
-    node = _node_class()(stop, context=context, namespace="/oom_ns", cli_args=[
+    node = DetectorNode(stop, context=context, namespace="/oom_ns", cli_args=[
         "--ros-args", "-r", "image:=/oom_cam/image", "-p", f"checkpoint:={checkpoint}", "-p", "device:=cpu",
         "-p", "oom_fallback:=fp16,cpu", "-p", "diagnostics.window_s:=4.0"])
     model = node.engine.model = OutOfMemoryTwice(node.engine.model)

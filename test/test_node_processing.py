@@ -15,13 +15,12 @@ import pytest
 
 from pebal_perception.geometry import (camera_to_pixel, pixel_to_ground, pixel_to_ground_point, scale_intrinsics,
                                        valid_intrinsics)
-from pebal_perception.node.detector_node import (LatestFrameMailbox, RuntimeSettings, parse_threshold,
-                                                 plan_parameter_batch)
-from pebal_perception.node.processing import (FrameOutOfMemory, GroundModel, OomGuardedInference, PostProcessConfig,
-                                              RecentEvents, bottom_centre_pixel, check_camera_info, check_mounting,
-                                              drivable_mask, is_out_of_memory, make_ground_model, obstacle_mask,
-                                              parse_oom_fallback, process_frame, rescale_warning, roi_mask,
-                                              validate_roi)
+from pebal_perception.node.params import PARAMETERS_BY_NAME, RuntimeSettings, parse_threshold, plan_parameter_batch
+from pebal_perception.node.processing import (FrameOutOfMemory, GroundModel, LatestFrameMailbox, OomGuardedInference,
+                                              PostProcessConfig, RecentEvents, bottom_centre_pixel, check_camera_info,
+                                              check_mounting, drivable_mask, is_out_of_memory, make_ground_model,
+                                              obstacle_mask, parse_oom_fallback, process_frame, rescale_warning,
+                                              roi_mask, validate_roi)
 from pebal_training.data.synthetic import Camera, SceneConfig, generate_scene
 
 NAN = float("nan")
@@ -168,10 +167,6 @@ def test_threshold_and_mounting_values_outside_what_makes_sense_are_refused():
     assert make_ground_model(k, (640, 480), (640, 480), 1e308, 0.08) is None
 
 
-DECLARED = {"threshold", "smoothing", "restrict_to_drivable", "roi", "min_obstacle_area", "camera.height_m",
-            "camera.pitch_rad", "device", "checkpoint"}
-
-
 def settings(**changes) -> RuntimeSettings:
     base = dict(config=PostProcessConfig(threshold=-9.0), threshold_param=None, height_m=NAN, pitch_rad=NAN,
                 smoothing=True)
@@ -182,29 +177,41 @@ def test_a_parameter_batch_is_validated_whole_before_any_of_it_applies():
     current = settings()
     # A valid threshold and an invalid roi in one request: refused whole, naming the roi.
     with pytest.raises(ValueError, match="roi"):
-        plan_parameter_batch(current, [("threshold", -5.0), ("roi", [0.6, 0.0, 0.2, 1.0])], -9.0,
-                             DECLARED.__contains__)
+        plan_parameter_batch(current, [("threshold", -5.0), ("roi", [0.6, 0.0, 0.2, 1.0])], -9.0)
     with pytest.raises(ValueError, match="threshold"):  # the order does not matter
-        plan_parameter_batch(current, [("roi", [0.5, 0.0, 1.0, 1.0]), ("threshold", 1e308)], -9.0,
-                             DECLARED.__contains__)
+        plan_parameter_batch(current, [("roi", [0.5, 0.0, 1.0, 1.0]), ("threshold", 1e308)], -9.0)
     assert current == settings()  # nothing changed
     new = plan_parameter_batch(current, [("threshold", -5.0), ("roi", [0.5, 0.0, 1.0, 1.0]), ("smoothing", False),
-                                         ("camera.height_m", 1.5), ("camera.pitch_rad", 0.1)], -9.0,
-                               DECLARED.__contains__)
+                                         ("camera.height_m", 1.5), ("camera.pitch_rad", 0.1)], -9.0)
     assert new.config.threshold == -5.0 and new.threshold_param == -5.0 and new.config.roi == (0.5, 0.0, 1.0, 1.0)
     assert (new.smoothing, new.height_m, new.pitch_rad) == (False, 1.5, 0.1)
-    back = plan_parameter_batch(new, [("threshold", "auto")], -9.0, DECLARED.__contains__)
+    back = plan_parameter_batch(new, [("threshold", "auto")], -9.0)
     assert back.threshold_param is None and back.config.threshold == -9.0 and back.config.roi == new.config.roi
 
 
 @pytest.mark.parametrize("name,value,reason", [
-    ("", 1.0, "name"), ("no_such_parameter", 1.0, "no_such_parameter"), ("device", "cuda", "read-only"),
-    ("checkpoint", "/tmp/x.pt", "read-only"), ("smoothing", 1, "smoothing"), ("min_obstacle_area", -5, "min_obstacle"),
-    ("min_obstacle_area", 2.5, "min_obstacle"), ("camera.height_m", "high", "camera.height_m"),
-    ("roi", None, "roi"), ("restrict_to_drivable", "yes", "restrict_to_drivable")])
+    ("min_obstacle_area", -5, "min_obstacle"), ("camera.height_m", -1.0, "camera.height_m"),
+    ("camera.pitch_rad", 2.0, "camera.pitch_rad"), ("roi", [0.0, 0.0, 1.0], "roi"), ("device", "cuda", "run time")])
 def test_refused_parameter_changes_name_the_reason(name, value, reason):
     with pytest.raises(ValueError, match=reason):
-        plan_parameter_batch(settings(), [("threshold", -5.0), (name, value)], -9.0, DECLARED.__contains__)
+        plan_parameter_batch(settings(), [("threshold", -5.0), (name, value)], -9.0)
+
+
+@pytest.mark.parametrize("name,value,reason", [
+    ("smoothing", 1, "smoothing"), ("min_obstacle_area", -5, "min_obstacle"),
+    ("min_obstacle_area", 2.5, "min_obstacle"), ("camera.height_m", "high", "camera.height_m"), ("roi", None, "roi"),
+    ("restrict_to_drivable", "yes", "restrict_to_drivable")])
+def test_values_of_the_wrong_type_or_range_are_refused_by_the_table(name, value, reason):
+    """Wrong types and values out of range: refused by the table's check (what pebal-bag process applies;
+    the node's rclpy descriptors, built from the same table, refuse them before plan_parameter_batch)."""
+    with pytest.raises(ValueError, match=reason):
+        PARAMETERS_BY_NAME[name].check(value)
+
+
+def test_read_only_parameters_are_marked_in_the_table():
+    # rclpy refuses changes of read-only parameters (descriptor read_only, test_detector_node.py).
+    assert PARAMETERS_BY_NAME["device"].read_only and PARAMETERS_BY_NAME["checkpoint"].read_only
+    assert not any(PARAMETERS_BY_NAME[n].read_only for n in ("threshold", "smoothing", "roi", "camera.height_m"))
 
 
 def test_roi_restricts_mask():
@@ -312,7 +319,8 @@ def test_processing_core_is_ros_free():
     from pathlib import Path
 
     probe = ("import json, sys; import pebal_perception.geometry, pebal_perception.node.processing, "
-             "pebal_perception.node.detector_node; print(json.dumps(sorted(m for m in sys.modules if "
+             "pebal_perception.node.params, pebal_perception.node.outputs; "
+             "print(json.dumps(sorted(m for m in sys.modules if "
              "m.split('.')[0] in ('rclpy', 'sensor_msgs', 'pebal_training') or m == 'pebal_perception.msg')))")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
                          cwd=str(Path(__file__).resolve().parents[1]), env=dict(__import__("os").environ))

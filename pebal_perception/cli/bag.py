@@ -302,10 +302,14 @@ def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
 
 
 def load_parameters(params_file: Path | None, overrides: Sequence[str], node_name: str = "pebal_detector") -> dict:
-    """The node's parameters as the node would see them: declared defaults (config/detector.yaml's
-    values), then the params file's ``/**`` and ``<node>`` sections, then ``NAME:=VALUE`` overrides
-    (values parsed as YAML, like rcl does)."""
+    """The node's parameters as the node would see them: the defaults of the node's parameter table
+    (node/params.py), then the params file's ``/**`` and ``<node>`` sections, then ``NAME:=VALUE``
+    overrides (values parsed as YAML, like rcl does); every value checked against the table (type,
+    range, choices) as the node's descriptors check them. Names the table does not know are ignored,
+    as the node ignores undeclared overrides."""
     import yaml
+
+    from pebal_perception.node.params import resolve_parameters
 
     params: dict[str, Any] = {}
     if params_file is not None:
@@ -325,24 +329,26 @@ def load_parameters(params_file: Path | None, overrides: Sequence[str], node_nam
             params[name] = yaml.safe_load(text) if text else ""
         except yaml.YAMLError:
             params[name] = text
-    return params
+    try:
+        return resolve_parameters(params)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
 
 
-def _engine_and_config(args: argparse.Namespace, params: dict) -> tuple[Any, Any, dict]:
+def _engine_and_config(args: argparse.Namespace, params: dict) -> tuple[Any, Any]:
+    """The engine and the node's start-up RuntimeSettings from ``params`` (:func:`load_parameters`)."""
     from pebal_perception.core.default_model import default_checkpoint
     from pebal_perception.core.engine import InferenceEngine
-    from pebal_perception.node.detector_node import parse_threshold
-    from pebal_perception.node.processing import PostProcessConfig, validate_roi
+    from pebal_perception.node.params import initial_settings, parse_threshold
 
-    get = params.get
-    checkpoint = args.checkpoint if args.checkpoint is not None else str(get("checkpoint", "") or "")
-    model = args.model if args.model is not None else (str(get("model", "") or "") or None)
-    device = args.device or str(get("device", "auto") or "auto")
-    width, height = int(get("input_width", 0) or 0), int(get("input_height", 0) or 0)
+    checkpoint = args.checkpoint if args.checkpoint is not None else params["checkpoint"]
+    model = args.model if args.model is not None else params["model"]
+    device = args.device or params["device"] or "auto"
+    width, height = params["input_width"], params["input_height"]
     if (width == 0) != (height == 0):
         raise CliError(f"parameters input_width={width} and input_height={height}: set both or neither")
     try:
-        threshold = parse_threshold(get("threshold", float("nan")))
+        threshold = parse_threshold(params["threshold"])
     except ValueError as exc:
         raise CliError(f"parameter threshold: {exc}") from None
     try:
@@ -351,22 +357,16 @@ def _engine_and_config(args: argparse.Namespace, params: dict) -> tuple[Any, Any
         raise CliError(str(exc)) from None
     try:
         engine = InferenceEngine.from_checkpoint(
-            path, model or None, device=device, precision=str(get("precision", "fp32")),
-            input_size=(height, width) if width else None, threshold=threshold,
-            smoothing=bool(get("smoothing", True)))
+            path, model or None, device=device, precision=params["precision"],
+            input_size=(height, width) if width else None, threshold=threshold, smoothing=params["smoothing"])
     except Exception as exc:  # noqa: BLE001 - one line
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CliError(f"cannot load model from {path}: {text}") from None
     try:
-        config = PostProcessConfig(threshold=engine.threshold,
-                                   restrict_to_drivable=bool(get("restrict_to_drivable", True)),
-                                   roi=validate_roi(get("roi", [0.0, 0.0, 1.0, 1.0])),
-                                   min_obstacle_area=int(get("min_obstacle_area", 50)))
-    except (TypeError, ValueError) as exc:
+        settings = initial_settings(params, engine.meta.effective_threshold)
+    except ValueError as exc:
         raise CliError(f"invalid parameter: {exc}") from None
-    mounting = {"height_m": float(get("camera.height_m", float("nan"))),
-                "pitch_rad": float(get("camera.pitch_rad", float("nan")))}
-    return engine, config, mounting
+    return engine, settings
 
 
 def _percentile(values: list[float], q: float) -> float | None:
@@ -380,10 +380,11 @@ def _percentile(values: list[float], q: float) -> float | None:
 def process(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from pebal_perception.bag import AtomicBagWriter, BagError, check_bag_output, deserialize, image_msg, \
-        msg_class, open_bag, qos_profile
-    from pebal_perception.image_conversion import ImageConverter, ImageRejected, rgb_to_image_fields
-    from pebal_perception.node.processing import infer_maps, make_ground_model, obstacle_fields, process_frame
+    from pebal_perception.bag import AtomicBagWriter, BagError, check_bag_output, deserialize, msg_class, open_bag, \
+        qos_profile
+    from pebal_perception.image_conversion import ImageConverter, ImageRejected
+    from pebal_perception.node.outputs import MessageClasses, build_output_messages, uint8_array
+    from pebal_perception.node.processing import infer_maps, make_ground_model, process_frame
 
     image_topic = args.topic
     info_topic = args.camera_info_topic or f"{image_topic.rsplit('/', 1)[0]}/camera_info"
@@ -399,14 +400,16 @@ def process(args: argparse.Namespace) -> int:
         has_info = reader.topics().get(info_topic) == "sensor_msgs/msg/CameraInfo"
         params_file = args.params_file or _default_params_file()
         params = load_parameters(params_file, args.param)
-        engine, config, mounting = _engine_and_config(args, params)
+        engine, settings = _engine_and_config(args, params)
+        config = settings.config
         model_id = engine.meta.model_id or engine.meta.architecture
         converter = ImageConverter()
         to_rgb = converter.to_rgb if image_type.endswith("/Image") else converter.compressed_to_rgb
 
-        Result = msg_class("pebal_perception/msg/AnomalyResult")  # noqa: N806
-        ObstacleMsg = msg_class("pebal_perception/msg/Obstacle")  # noqa: N806
-        Point = msg_class("geometry_msgs/msg/Point")  # noqa: N806
+        classes = MessageClasses(  # the node's messages, as rosbags classes
+            Image=msg_class("sensor_msgs/msg/Image"), AnomalyResult=msg_class("pebal_perception/msg/AnomalyResult"),
+            Obstacle=msg_class("pebal_perception/msg/Obstacle"), Point=msg_class("geometry_msgs/msg/Point"),
+            image_data=uint8_array)
         out_qos = [qos_profile(reliable=True, depth=5)]  # the node's output QoS
         outputs = ["semantic", "energy", "obstacle_mask", "result"] + (["overlay"] if args.overlay else [])
         topics = {name: f"{prefix}/{name}" for name in outputs}
@@ -443,31 +446,22 @@ def process(args: argparse.Namespace) -> int:
                 except ImageRejected as exc:
                     stats["rejected"][exc.reason] = stats["rejected"].get(exc.reason, 0) + 1
                     continue
-                semantic, score, infer_ms = infer_maps(engine, rgb)
+                semantic, score, infer_ms = infer_maps(engine, rgb, smoothing=settings.smoothing)
                 h, w = score.shape
                 ground = None
                 if camera_info is not None:
-                    ground = make_ground_model(camera_info[0], camera_info[1:], (w, h), mounting["height_m"],
-                                               mounting["pitch_rad"])
+                    ground = make_ground_model(camera_info[0], camera_info[1:], (w, h), settings.height_m,
+                                               settings.pitch_rad)
                 frame = process_frame(semantic, score, config, ground)
-                hdr = msg.header
-                writer.write_msg(topics["semantic"], timestamp, image_msg(rgb_to_image_fields(semantic, "mono8"), hdr))
-                writer.write_msg(topics["energy"], timestamp, image_msg(rgb_to_image_fields(score, "32FC1"), hdr))
-                writer.write_msg(topics["obstacle_mask"], timestamp,
-                                 image_msg(rgb_to_image_fields(frame.mask.astype(np.uint8) * 255, "mono8"), hdr))
-                if args.overlay:
-                    from pebal_perception.core.visualize import overlay
-                    writer.write_msg(topics["overlay"], timestamp,
-                                     image_msg(rgb_to_image_fields(overlay(rgb, semantic, frame.mask), "rgb8"), hdr))
-                obstacles = []
-                for o in frame.obstacles:
-                    fields = obstacle_fields(o)
-                    obstacles.append(ObstacleMsg(ground_position=Point(**fields.pop("ground_position")), **fields))
+                messages = build_output_messages(rgb, semantic, score, frame, msg.header, classes,
+                                                 model_id=model_id, threshold=config.threshold, overlay=args.overlay)
+                result = messages.pop("result")
+                for name, out in messages.items():
+                    writer.write_msg(topics[name], timestamp, out)
                 elapsed_ms = (time.perf_counter() - received) * 1000.0
-                writer.write_msg(topics["result"], timestamp, Result(
-                    header=hdr, model_id=str(model_id), threshold=float(config.threshold),
-                    anomalous_fraction=float(frame.anomalous_fraction), max_score=float(frame.max_score),
-                    processing_time_ms=float(elapsed_ms), obstacles=obstacles))
+                result.processing_time_ms = float(elapsed_ms)
+                writer.write_msg(topics["result"], timestamp, result)
+                obstacles = result.obstacles
                 stats["frames_out"] += 1
                 stats["obstacles"] += len(obstacles)
                 stats["frames_with_obstacles"] += bool(obstacles)

@@ -37,7 +37,7 @@ from . import scoring
 from .constants import CITYSCAPES_CLASSES, IMAGENET_MEAN, IMAGENET_STD
 from .io import atomic_write_bytes
 from .limits import check_threshold
-from .models import NUM_INLIER_CLASSES, NUM_OUTPUTS, ModelSpec, get_model_spec, list_models
+from .models import NUM_INLIER_CLASSES, NUM_OUTPUTS, ModelSpec, canonical_model_name, get_model_spec, list_models
 from .models.common import (CheckpointError, check_against, describe_mismatch, expected_state_shapes,
                             load_state_dict_strict)
 from .preprocess import check_network_size, normalize
@@ -70,7 +70,7 @@ class ModelMeta:
     @classmethod
     def for_architecture(cls, name: str, **overrides: Any) -> "ModelMeta":
         spec = get_model_spec(name)
-        meta = cls(architecture=name, mean=list(spec.mean), std=list(spec.std), input_size=list(spec.input_size))
+        meta = cls(architecture=spec.name, mean=list(spec.mean), std=list(spec.std), input_size=list(spec.input_size))
         for key, value in overrides.items():
             setattr(meta, key, value)
         return meta
@@ -394,7 +394,7 @@ def load_checkpoint(path: str | os.PathLike, model_name: str | None = None) -> t
             meta = ModelMeta.from_dict(dict(obj["meta"]))
         except CheckpointError as exc:
             raise CheckpointError(f"{path}: {exc}") from None
-        if model_name is not None and model_name != meta.architecture:
+        if model_name is not None and canonical_model_name(model_name) != canonical_model_name(meta.architecture):
             raise CheckpointError(f"{path}: holds a {meta.architecture!r} model, not {model_name!r}")
         spec = check_metadata(meta, path)
         if meta.model_kwargs:  # the registered defaults are ours; only stored arguments can build huge models

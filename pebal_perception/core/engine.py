@@ -140,12 +140,14 @@ class InferenceEngine:
             return self.model(x)
 
     @torch.inference_mode()
-    def score_tensors(self, batch_uint8: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def score_tensors(self, batch_uint8: torch.Tensor,
+                      smoothing: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Device-side pipeline: uint8 N x 3 x H x W -> (semantic N x H x W uint8, score N x H x W float32).
 
         Outputs are at the input image size. The energy is computed at the network size, resized
         bilinearly to the image size and then smoothed there, so the Gaussian keeps the reference
         code's 7-pixel meaning at full resolution; the class map is resized with nearest neighbour.
+        ``smoothing`` overrides ``self.smoothing`` for this call (None = ``self.smoothing``).
         """
         logits = self.forward_logits(batch_uint8)
         out_hw = tuple(batch_uint8.shape[-2:])
@@ -153,7 +155,7 @@ class InferenceEngine:
         if tuple(energy.shape[-2:]) != out_hw:
             energy = F.interpolate(energy.unsqueeze(1), size=out_hw, mode="bilinear", align_corners=False).squeeze(1)
             semantic = F.interpolate(semantic.unsqueeze(1), size=out_hw, mode="nearest-exact").squeeze(1)
-        if self.smoothing:
+        if self.smoothing if smoothing is None else smoothing:
             energy = scoring.gaussian_smooth(energy, self.smoothing_kernel, self.smoothing_sigma)
         return semantic, energy
 

@@ -177,17 +177,17 @@ def process_frame(semantic: np.ndarray | None, score: np.ndarray, config: PostPr
 # Shared by the node (pebal_perception/node/detector_node.py) and offline bag processing
 # (``pebal-bag process``), so that both produce the same outputs for the same frame.
 
-def infer_maps(engine: Any, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+def infer_maps(engine: Any, rgb: np.ndarray, smoothing: bool | None = None) -> tuple[np.ndarray, np.ndarray, float]:
     """One H x W x 3 uint8 RGB frame through ``engine`` (an InferenceEngine) -> (semantic H x W uint8
     trainIds, score H x W float32, inference milliseconds). The only host synchronisation is the copy
-    of the two maps."""
+    of the two maps. ``smoothing`` overrides the engine's setting for this frame (None = the engine's)."""
     import time
 
     from pebal_perception.core.preprocess import to_uint8_batch
 
     t0 = time.perf_counter()
     batch = to_uint8_batch(rgb[None], engine.device, pin_memory=engine.device.type == "cuda")
-    semantic_t, score_t = engine.score_tensors(batch)
+    semantic_t, score_t = engine.score_tensors(batch, smoothing=smoothing)
     semantic = semantic_t[0].cpu().numpy()
     score = score_t[0].float().cpu().numpy()
     return semantic, score, (time.perf_counter() - t0) * 1000.0
@@ -246,8 +246,9 @@ class OomGuardedInference:
         self.dropped = 0
         self._infer = infer or infer_maps
 
-    def __call__(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-        failure = self._attempt(rgb)
+    def __call__(self, rgb: np.ndarray, **kwargs: Any) -> tuple[np.ndarray, np.ndarray, float]:
+        """The maps of ``rgb``; ``kwargs`` (e.g. ``smoothing``) go to every ``infer`` attempt."""
+        failure = self._attempt(rgb, kwargs)
         if not isinstance(failure, str):
             return failure
         # Retried outside the except block: the failed attempt's tensors (held by the traceback)
@@ -259,17 +260,17 @@ class OomGuardedInference:
                 if not self._apply(step):
                     continue
             self._release_cached_memory()
-            failure = self._attempt(rgb)
+            failure = self._attempt(rgb, kwargs)
             if not isinstance(failure, str):
                 return failure
         self.dropped += 1
         raise FrameOutOfMemory(f"out of memory on a {rgb.shape[1]}x{rgb.shape[0]} frame on {self.engine.device} "
                                f"({self.engine.precision}), no fallback left: {failure}")
 
-    def _attempt(self, rgb: np.ndarray):
+    def _attempt(self, rgb: np.ndarray, kwargs: dict[str, Any]):
         """The maps, or a one-line description of an out-of-memory failure (other errors propagate)."""
         try:
-            return self._infer(self.engine, rgb)
+            return self._infer(self.engine, rgb, **kwargs)
         except Exception as exc:  # noqa: BLE001 - only memory errors are handled here
             if not is_out_of_memory(exc):
                 raise
@@ -397,11 +398,34 @@ class RecentEvents:
         return (age, last[1]) if age <= self.window_s else None
 
 
-def obstacle_fields(o: Obstacle) -> dict[str, Any]:
-    """The fields of a ``pebal_perception/Obstacle`` message (ground_position as an x/y/z dict)."""
-    x, y, w, h = o.bbox
-    gx, gy, gz = o.ground_position
-    return dict(id=int(o.id), x_offset=int(x), y_offset=int(y), width=int(w), height=int(h), area=int(o.area),
-                mean_score=float(o.mean_score), max_score=float(o.max_score),
-                drivable_fraction=float(o.drivable_fraction),
-                ground_position=dict(x=float(gx), y=float(gy), z=float(gz)))
+class LatestFrameMailbox:
+    """One slot holding the newest unprocessed frame; ``put`` over an unprocessed frame drops it."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._item = None
+        self._closed = False
+        self.dropped = 0
+
+    def put(self, item: Any) -> bool:
+        """Stores ``item``; returns True when it replaced (dropped) an unprocessed frame."""
+        with self._cond:
+            replaced = self._item is not None
+            if replaced:
+                self.dropped += 1
+            self._item = item
+            self._cond.notify()
+            return replaced
+
+    def take(self, timeout: float | None = None) -> Any:
+        """Waits for a frame (or close); returns it, or None on timeout / close."""
+        with self._cond:
+            if self._item is None and not self._closed:
+                self._cond.wait(timeout)
+            item, self._item = self._item, None
+            return item
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()

@@ -36,6 +36,7 @@ class ModelSpec:
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
+_ALIASES: dict[str, str] = {}  # short name -> registered (canonical) name, e.g. wrn38 -> wrn38_deeplabv3plus
 # Modules that register models on import; loaded lazily so that importing the registry stays cheap.
 _BUILTIN_MODULES = (
     "pebal_perception.core.models.espnetv2",
@@ -45,10 +46,15 @@ _BUILTIN_MODULES = (
 _loaded_builtins = False
 
 
-def register_model(spec: ModelSpec) -> ModelSpec:
+def register_model(spec: ModelSpec, aliases: tuple[str, ...] = ()) -> ModelSpec:
+    """Registers ``spec`` under ``spec.name``; each of ``aliases`` is another name for it."""
     if spec.name in _REGISTRY and _REGISTRY[spec.name] is not spec:
         raise ValueError(f"model {spec.name!r} is already registered")
+    for alias in aliases:
+        if alias in _REGISTRY or _ALIASES.get(alias, spec.name) != spec.name:
+            raise ValueError(f"model alias {alias!r} is already taken")
     _REGISTRY[spec.name] = spec
+    _ALIASES.update((alias, spec.name) for alias in aliases)
     return spec
 
 
@@ -61,16 +67,31 @@ def _load_builtins() -> None:
 
 
 def list_models() -> list[str]:
+    """The registered (canonical) names; aliases are not listed (see :func:`model_aliases`)."""
     _load_builtins()
     return sorted(_REGISTRY)
 
 
+def model_aliases() -> dict[str, str]:
+    """Short name -> canonical name (``wrn38`` -> ``wrn38_deeplabv3plus``, ...)."""
+    _load_builtins()
+    return dict(_ALIASES)
+
+
+def canonical_model_name(name: str) -> str:
+    """The registered name ``name`` stands for (itself unless it is an alias; unknown names unchanged)."""
+    _load_builtins()
+    return _ALIASES.get(name, name)
+
+
 def get_model_spec(name: str) -> ModelSpec:
+    """The spec of a registered name or alias; KeyError naming the known models otherwise."""
     _load_builtins()
     try:
-        return _REGISTRY[name]
+        return _REGISTRY[canonical_model_name(name)]
     except KeyError:
-        raise KeyError(f"unknown model {name!r}; known models: {', '.join(sorted(_REGISTRY))}") from None
+        known = ", ".join([*sorted(_REGISTRY), *(f"{a} (= {n})" for a, n in sorted(_ALIASES.items()))])
+        raise KeyError(f"unknown model {name!r}; known models: {known}") from None
 
 
 def create_model(name: str, **kwargs: Any) -> nn.Module:

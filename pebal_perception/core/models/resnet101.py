@@ -124,4 +124,4 @@ register_model(ModelSpec(
     input_size=(512, 1024),
     size_divisor=8,
     head_prefixes=("final1.", "final2."),
-))
+), aliases=("resnet101",))

@@ -190,4 +190,4 @@ register_model(ModelSpec(
     input_size=(1024, 2048),
     size_divisor=8,
     head_prefixes=("final.",),
-))
+), aliases=("wrn38",))

@@ -1,0 +1,243 @@
+"""The detector node's parameters, ROS-free: one table, and the run-time settings they make up.
+
+:data:`PARAMETERS` lists every parameter the node declares (name, type, default, range, read-only,
+description). The node builds its ``ParameterDescriptor``\\ s from it (rclpy then refuses wrong types,
+values out of range and changes of read-only parameters); ``pebal-bag process`` takes its defaults and
+the same checks from it (:func:`resolve_parameters`); ``config/detector.yaml`` documents every entry
+with the same default (test/test_node_params.py compares them).
+
+:class:`RuntimeSettings` is everything a run-time change may alter (post-processing, threshold,
+smoothing, camera mounting); the node replaces the whole immutable object in one reference swap, and
+its worker takes one snapshot per frame.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+from pebal_perception.core.limits import check_threshold
+from pebal_perception.node.processing import (MAX_CAMERA_HEIGHT_M, MAX_MIN_OBSTACLE_AREA, PostProcessConfig,
+                                              check_mounting, validate_roi)
+
+NODE_NAME = "pebal_detector"
+DEVICES = ("auto", "cpu", "cuda")  # device is one of these, or cuda:N
+AUTO_THRESHOLD_STRINGS = ("", "nan", "auto", "checkpoint", "calibrated", "default")
+TYPES = ("string", "integer", "double", "bool", "double_array")
+NAN = float("nan")
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One node parameter. ``type`` is one of :data:`TYPES`; ``value_range`` is an inclusive
+    ``(lowest, highest)`` for an integer or double; ``choices`` the only values a string may take;
+    ``dynamic_typing`` lets a value of another type through (checked by whoever reads it)."""
+
+    name: str
+    type: str
+    default: Any
+    description: str
+    read_only: bool = False
+    value_range: tuple[float, float] | None = None
+    choices: tuple[str, ...] = ()
+    dynamic_typing: bool = False
+
+    def __post_init__(self):
+        if self.type not in TYPES:
+            raise ValueError(f"parameter {self.name}: unknown type {self.type!r}")
+
+    def check(self, value: Any) -> Any:
+        """``value`` as this parameter holds it (an integer passes as a double), or ValueError naming
+        the parameter: wrong type, out of range, not one of the choices."""
+        if self.dynamic_typing:
+            return value
+        kind = self.type
+        if kind == "double" and _is_int(value):
+            value = float(value)
+        elif kind == "double_array" and isinstance(value, (list, tuple)) and all(
+                _is_int(v) or isinstance(v, float) for v in value):
+            value = [float(v) for v in value]
+        ok = {"string": isinstance(value, str), "integer": _is_int(value), "double": isinstance(value, float),
+              "bool": isinstance(value, bool), "double_array": isinstance(value, list)}[kind]
+        if not ok:
+            raise ValueError(f"parameter {self.name} must be of type {kind}, got {type(value).__name__} {value!r}")
+        if self.value_range is not None and kind in ("integer", "double"):
+            low, high = self.value_range
+            if not low <= value <= high:
+                raise ValueError(f"parameter {self.name}={value!r} is outside [{low:g}, {high:g}]")
+        if self.choices and value not in self.choices:
+            raise ValueError(f"parameter {self.name}={value!r}: expected one of {', '.join(self.choices)}")
+        return value
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+RUN_TIME = "Changeable at run time."
+READ_ONLY_TEXT = "Read-only."
+
+PARAMETERS: tuple[ParamSpec, ...] = (
+    ParamSpec("checkpoint", "string", "",
+              "Model checkpoint file (pebal format or a supported third-party file); '' = the embedded default "
+              f"model. {READ_ONLY_TEXT}", read_only=True),
+    ParamSpec("model", "string", "",
+              "Architecture of a bare third-party state dict (espnetv2, wrn38 = wrn38_deeplabv3plus, resnet101 = "
+              f"resnet101_deeplabv3plus); '' = from the checkpoint. {READ_ONLY_TEXT}", read_only=True),
+    ParamSpec("device", "string", "auto",
+              f"Inference device: auto (CUDA when available), cuda, cuda:N or cpu. {READ_ONLY_TEXT}", read_only=True),
+    ParamSpec("precision", "string", "fp32",
+              f"fp32 or fp16 (autocast, CUDA only; CPU always runs fp32). {READ_ONLY_TEXT}", read_only=True,
+              choices=("fp32", "fp16")),
+    ParamSpec("oom_fallback", "string", "fp16",
+              "What to do when the device runs out of memory on a frame (after releasing cached memory and one "
+              "retry): 'none' (drop the frame), or a comma-separated list of 'fp16' (switch to half precision) "
+              "and 'cpu' (move the model to the CPU), applied in order and kept. Every case is counted in "
+              f"/diagnostics. {READ_ONLY_TEXT}", read_only=True),
+    ParamSpec("cpu_threads", "integer", 0,
+              "Intra-op threads PyTorch may use on the CPU (torch.set_num_threads); 0 = PyTorch's default (one "
+              "per core). 1 avoids OpenMP stalls when other processes share the cores. "
+              f"{READ_ONLY_TEXT}", read_only=True, value_range=(0, 1024)),
+    ParamSpec("input_width", "integer", 0,
+              "Network input width in pixels (multiple of the architecture's divisor); 0 = the checkpoint's. "
+              f"Set together with input_height. {READ_ONLY_TEXT}", read_only=True, value_range=(0, 8192)),
+    ParamSpec("input_height", "integer", 0,
+              f"Network input height in pixels; 0 = the checkpoint's. {READ_ONLY_TEXT}", read_only=True,
+              value_range=(0, 8192)),
+    ParamSpec("threshold", "double", NAN,
+              "Obstacle threshold on the anomaly score (smoothed free energy; pixels with score > threshold are "
+              f"anomalous). NaN, '' or 'auto' = the checkpoint's calibrated threshold. {RUN_TIME}",
+              dynamic_typing=True),
+    ParamSpec("smoothing", "bool", True,
+              f"Apply PEBAL's 7x7 Gaussian (sigma 1) to the energy map. {RUN_TIME}"),
+    ParamSpec("restrict_to_drivable", "bool", True,
+              "Keep only obstacle pixels inside the drivable area (predicted road plus the holes it encloses). "
+              f"{RUN_TIME}"),
+    ParamSpec("roi", "double_array", [0.0, 0.0, 1.0, 1.0],
+              "Region of interest [x0, y0, x1, y1], normalised 0..1 image coordinates (x0 < x1, y0 < y1); "
+              f"obstacle pixels outside are ignored. {RUN_TIME}"),
+    ParamSpec("min_obstacle_area", "integer", 50,
+              "Smallest obstacle region in pixels of the input image; smaller blobs are removed from the mask "
+              f"and not reported. {RUN_TIME}", value_range=(0, MAX_MIN_OBSTACLE_AREA)),
+    ParamSpec("qos.depth", "integer", 5,
+              f"History depth of the input subscriptions (only the newest frame is processed). {READ_ONLY_TEXT}",
+              read_only=True, value_range=(1, 1000)),
+    ParamSpec("qos.reliability", "string", "best_effort",
+              "Reliability of the input subscriptions: best_effort (sensor data; matches reliable and "
+              f"best-effort publishers) or reliable. {READ_ONLY_TEXT}", read_only=True,
+              choices=("best_effort", "reliable")),
+    ParamSpec("subscribe_compressed", "bool", False,
+              f"Also subscribe to image/compressed (sensor_msgs/CompressedImage). {READ_ONLY_TEXT}", read_only=True),
+    ParamSpec("camera.height_m", "double", NAN,
+              f"Camera mounting height above the flat ground [m], 0 < height <= {MAX_CAMERA_HEIGHT_M:g}; NaN = "
+              f"unknown (no ground positions). {RUN_TIME}"),
+    ParamSpec("camera.pitch_rad", "double", NAN,
+              "Camera pitch [rad], positive = looking down, |pitch| < pi/2; NaN = unknown (no ground positions). "
+              f"{RUN_TIME}"),
+    ParamSpec("diagnostics.window_s", "double", 10.0,
+              "The /diagnostics level reflects what happened within the last this many seconds (processing "
+              "failures, out-of-memory drops, rejected images); counters stay cumulative. "
+              f"{READ_ONLY_TEXT}", read_only=True, value_range=(0.1, 3600.0)),
+)
+PARAMETERS_BY_NAME: dict[str, ParamSpec] = {p.name: p for p in PARAMETERS}
+READ_ONLY = tuple(p.name for p in PARAMETERS if p.read_only)
+
+
+def resolve_parameters(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Every parameter of the table: its value from ``values`` (checked with :meth:`ParamSpec.check`)
+    or its default. Names the table does not know are ignored, as the node ignores undeclared
+    overrides. ValueError names the first refused parameter."""
+    return {p.name: p.check(values[p.name]) if p.name in values else p.check(p.default) for p in PARAMETERS}
+
+
+def parse_threshold(value: Any) -> float | None:
+    """Parameter value -> float threshold, or None for "the checkpoint's calibrated one".
+
+    Accepts a double/integer (NaN = calibrated), or a string: '' / 'nan' / 'auto' = calibrated, else
+    a number. Numbers must pass ``core.limits.check_threshold`` (finite, magnitude at most 1e6: the
+    float32 outputs must carry it); those and other strings raise ValueError with the reason.
+    """
+    if isinstance(value, bool):
+        raise ValueError("threshold must be a number (or NaN / '' for the checkpoint's calibrated one)")
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in AUTO_THRESHOLD_STRINGS:
+            return None
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValueError(f"threshold {value!r} is not a number (use NaN or '' for the checkpoint's "
+                             "calibrated threshold)") from None
+    if isinstance(value, (int, float)):
+        try:
+            number = float(value)
+        except OverflowError:  # an integer beyond any float
+            raise ValueError(f"threshold {value} is not a usable number") from None
+        if math.isnan(number):
+            return None
+        return check_threshold(number)
+    raise ValueError(f"threshold must be a number, got {type(value).__name__}")
+
+
+@dataclass(frozen=True)
+class RuntimeSettings:
+    """Everything a run-time parameter change may alter; the node swaps the whole object at once."""
+
+    config: PostProcessConfig  # its threshold resolved (the calibrated one when threshold_param is None)
+    threshold_param: float | None  # the threshold parameter; None = the checkpoint's calibrated threshold
+    height_m: float  # camera.height_m (NaN = unknown)
+    pitch_rad: float  # camera.pitch_rad (NaN = unknown)
+    smoothing: bool
+
+    @property
+    def positions_wanted(self) -> bool:
+        """Both mounting values are known (ground positions are configured)."""
+        return not (math.isnan(self.height_m) or math.isnan(self.pitch_rad))
+
+
+def initial_settings(values: Mapping[str, Any], calibrated_threshold: float) -> RuntimeSettings:
+    """The settings at start-up from the parameter values (names of :data:`PARAMETERS`); ValueError
+    with the reason for a threshold, roi, area or mounting that cannot be used."""
+    threshold_param = parse_threshold(values["threshold"])
+    config = PostProcessConfig(
+        threshold=calibrated_threshold if threshold_param is None else threshold_param,
+        restrict_to_drivable=bool(values["restrict_to_drivable"]), roi=validate_roi(values["roi"]),
+        min_obstacle_area=int(values["min_obstacle_area"]))
+    height_m, pitch_rad = check_mounting(values["camera.height_m"], values["camera.pitch_rad"])
+    return RuntimeSettings(config=config, threshold_param=threshold_param, height_m=height_m, pitch_rad=pitch_rad,
+                           smoothing=bool(values["smoothing"]))
+
+
+def plan_parameter_batch(current: RuntimeSettings, changes: Sequence[tuple[str, Any]],
+                         calibrated_threshold: float) -> RuntimeSettings:
+    """The settings after applying a whole batch of ``(name, value)`` changes (later duplicates win).
+
+    The values have the parameters' types and ranges (rclpy checks them against the descriptors built
+    from :data:`PARAMETERS` before the node sees a batch, and refuses read-only ones). Every change is
+    validated before anything is decided: when any one is refused (threshold, roi, mounting, area),
+    ValueError is raised with a reason that names it, and the caller keeps ``current``: a batch
+    applies whole or not at all.
+    """
+    config_changes: dict[str, Any] = {}
+    threshold_param = current.threshold_param
+    height_m, pitch_rad, smoothing = current.height_m, current.pitch_rad, current.smoothing
+    for name, value in changes:
+        if name == "threshold":
+            threshold_param = parse_threshold(value)
+        elif name in ("restrict_to_drivable", "min_obstacle_area"):
+            config_changes[name] = value
+        elif name == "smoothing":
+            smoothing = bool(value)
+        elif name == "roi":
+            config_changes["roi"] = validate_roi(value)
+        elif name == "camera.height_m":
+            height_m = value
+        elif name == "camera.pitch_rad":
+            pitch_rad = value
+        else:
+            raise ValueError(f"{name} cannot be changed at run time")
+    height_m, pitch_rad = check_mounting(height_m, pitch_rad)
+    config_changes["threshold"] = calibrated_threshold if threshold_param is None else threshold_param
+    config = current.config.with_changes(**config_changes)  # validates threshold, roi and min_obstacle_area
+    return RuntimeSettings(config=config, threshold_param=threshold_param, height_m=height_m, pitch_rad=pitch_rad,
+                           smoothing=bool(smoothing))
