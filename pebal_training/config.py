@@ -169,14 +169,6 @@ class ValidationConfig:
 
 
 @dataclass
-class DebugConfig:
-    #: Test-only fault injection: the loss of this global step becomes NaN (-1: never).
-    nan_at_step: int = -1
-    #: Test-only: return right after this global step (and its checkpoints), as if killed (-1: never).
-    stop_at_step: int = -1
-
-
-@dataclass
 class FinetuneConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -185,7 +177,6 @@ class FinetuneConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
-    debug: DebugConfig = field(default_factory=DebugConfig)
     #: Run folder (checkpoints, config.yaml, TensorBoard, metrics.json, model_final.pt).
     output: str = "runs/finetune"
 

@@ -185,12 +185,17 @@ def skipped_samples(dataset) -> dict[str, Any]:
     return {"num_skipped": len(skipped), "skipped": {str(i): reason for i, reason in sorted(skipped.items())}}
 
 
-def evaluate_anomaly(engine, dataset, output: str | Path, threshold: float | None = None,
+def evaluate_anomaly(engine, dataset, output: str | Path | None, threshold: float | None = None,
                      limit: int | None = None, worst_k: int = WORST_K, dataset_name: str = "",
                      progress: bool = True, extra_info: dict | None = None) -> dict:
-    """Runs ``engine`` over ``dataset`` (items ``dict(image, label, name)``), writes report/plots."""
-    out = Path(output)
-    out.mkdir(parents=True, exist_ok=True)
+    """Runs ``engine`` over ``dataset`` (items ``dict(image, label, name)``; label 1 anomaly, 0 inlier,
+    255 ignored) and returns the report. With an ``output`` folder it also writes ``report.json``, the
+    curves and the worst-frame panels; ``output=None`` (the trainer's validation) writes nothing."""
+    out = Path(output) if output is not None else None
+    if out is None:
+        worst_k = 0
+    else:
+        out.mkdir(parents=True, exist_ok=True)
     thr = engine.threshold if threshold is None else float(threshold)
     acc = AnomalyMetricAccumulator(ignore_label=VOID, positive_label=1, negative_label=0)
     comp = ComponentMetricAccumulator()
@@ -234,8 +239,9 @@ def evaluate_anomaly(engine, dataset, output: str | Path, threshold: float | Non
         raise ValueError(f"{dataset_name or 'dataset'}: {acc.num_pos} anomaly and {acc.num_neg} inlier pixels "
                          "in the evaluated images; AUROC/AP/FPR95 need both")
     metrics = acc.compute()
-    pos, neg = sorted_scores(acc)
-    plot_curves(curves(pos, neg), metrics, out, dataset_name or "anomaly")
+    if out is not None:
+        pos, neg = sorted_scores(acc)
+        plot_curves(curves(pos, neg), metrics, out, dataset_name or "anomaly")
     worst_records = []
     for badness, neg_index, name, (image, score, label) in sorted(worst, reverse=True):
         path = out / "worst" / f"{name}_overlay.png"
@@ -250,7 +256,8 @@ def evaluate_anomaly(engine, dataset, output: str | Path, threshold: float | Non
     }
     if extra_info:
         report.update(extra_info)
-    atomic_write_json(out / "report.json", _finite(report))
+    if out is not None:
+        atomic_write_json(out / "report.json", _finite(report))
     return report
 
 

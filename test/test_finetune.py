@@ -1,10 +1,11 @@
-"""Fine-tuning loop, config and CLI (pebal_training.trainer / config / cli.finetune).
+"""Fine-tuning loop, config and CLI (pebal_training.trainer / run_folder / config / cli.finetune).
 
 Everything runs on CPU with ``tiny_test_net`` and 64 x 128 synthetic scenes, so each test takes
 seconds. The DDP test spawns two gloo processes on 127.0.0.1.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -13,15 +14,18 @@ from pathlib import Path
 import pytest
 import torch
 
+import pebal_training.trainer as trainer
 import tiny_models  # noqa: F401  (registers tiny_test_net)
+from loss_oracle import oracle_terms
 from pebal_perception.core.checkpoint import _torch_load, load_checkpoint
 from pebal_training.cli.finetune import main as finetune_main
 from pebal_training.config import ConfigError, FinetuneConfig, config_from_dict, load_config
-from pebal_training.losses import pebal_loss
-from pebal_training.trainer import (PolySchedule, TrainingDiverged, build_model, capture_rng_state,
-                                    find_resume_checkpoint, freeze_all_but, list_checkpoints, loss_statistics,
-                                    partial_pebal_loss, reinit_abstention_row, restore_rng_state, set_train_mode,
-                                    train)
+from pebal_training.distributed import DistContext
+from pebal_training.losses import loss_statistics, partial_pebal_loss, pebal_loss
+from pebal_training.rng_state import capture_rng_state, restore_rng_state
+from pebal_training.run_folder import find_resume_checkpoint, list_checkpoints
+from pebal_training.trainer import (PolySchedule, TrainingDiverged, build_model, forward_and_loss, freeze_all_but,
+                                    pebal_loss_options, reinit_abstention_row, set_train_mode, train)
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = tiny_models.TINY
@@ -59,6 +63,33 @@ def final_state(run: Path) -> dict[str, torch.Tensor]:
 
 def read_log(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+
+
+class SimulatedKill(Exception):
+    """Raised inside a training step, as if the process had died there."""
+
+
+@contextlib.contextmanager
+def faulty_steps(nan_at: int | None = None, kill_after: int | None = None, kill_with: type = SimulatedKill):
+    """Fault injection by patching the trainer's per-step loss (steps counted from the first call):
+    the loss of step ``nan_at`` becomes NaN; the step after ``kill_after`` raises ``kill_with`` before
+    its backward pass, so the run folder is that of a run killed right after step ``kill_after`` and
+    its checkpoints."""
+    real, calls = trainer.forward_and_loss, []
+
+    def patched(*args, **kwargs):
+        step = len(calls)
+        calls.append(step)
+        if kill_after is not None and step == kill_after + 1:
+            raise kill_with(f"killed at step {step}")
+        loss, comps, logits = real(*args, **kwargs)
+        if step == nan_at:
+            loss, comps = loss * float("nan"), dict(comps, total=comps["total"] * float("nan"))
+        return loss, comps, logits
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(trainer, "forward_and_loss", patched)
+        yield
 
 
 # --------------------------------------------------------------------------------------------------
@@ -133,19 +164,66 @@ def _batch(seed: int = 0, n: int = 4, h: int = 12, w: int = 16):
 def test_partial_loss_sums_to_global_loss(variant):
     cfg = FinetuneConfig().loss
     cfg.pal_variant = variant
+    options = pebal_loss_options(cfg)
     logits, labels = _batch()
-    ref, ref_comps = pebal_loss(logits, labels, pal_variant=variant)
-    (g_ref,) = torch.autograd.grad(ref, logits)
-    # one rank
-    one, _ = partial_pebal_loss(logits, labels, loss_statistics(logits, labels), cfg)
-    torch.testing.assert_close(one, ref, rtol=1e-12, atol=1e-12)
+    want = oracle_terms(logits, labels, variant=variant)  # independent per-term computation (test/loss_oracle.py)
+    (g_ref,) = torch.autograd.grad(want["total"], logits)
+    # one rank: pebal_loss is the partial loss with the batch's own statistics
+    one, comps = pebal_loss(logits, labels, pal_variant=variant)
+    torch.testing.assert_close(one, want["total"], rtol=1e-12, atol=1e-12)
+    for key, value in want.items():
+        torch.testing.assert_close(comps[key], value.detach(), rtol=1e-10, atol=1e-14, msg=key)
     # two "ranks" holding halves of the batch, normalised with the summed statistics
     halves = [(logits[:2], labels[:2]), (logits[2:], labels[2:])]
     stats = sum(loss_statistics(x, y) for x, y in halves)
-    total = sum(partial_pebal_loss(x, y, stats, cfg)[0] for x, y in halves)
+    parts = [partial_pebal_loss(x, y, stats, **options) for x, y in halves]
+    total = sum(loss for loss, _ in parts)
     (g_split,) = torch.autograd.grad(total, logits)
-    torch.testing.assert_close(total, ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(total, want["total"], rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(g_split, g_ref, rtol=1e-10, atol=1e-12)
+    for key, value in want.items():  # every logged component sums over ranks to the global one
+        torch.testing.assert_close(sum(c[key] for _, c in parts), value.detach(), rtol=1e-10, atol=1e-14, msg=key)
+
+
+class PixelNet(torch.nn.Module):
+    """A per-pixel (1x1 conv) network: its logits inside a padded input equal those of the unpadded one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 20, 1).double()
+
+    def forward(self, x):
+        return self.conv(x) * 4.0
+
+
+def test_trainer_loss_is_the_loss_of_the_unpadded_crop():
+    torch.manual_seed(0)
+    model = PixelNet()
+    images = torch.randn(4, 3, 30, 26, dtype=torch.float64)  # not multiples of 8: padded to 32 x 32
+    _, labels = _batch(n=4, h=30, w=26)
+    labels[0, 24:, 20:] = 254  # outliers at the bottom/right edges, next to the padding
+    cfg = FinetuneConfig().loss
+    loss, comps, out = forward_and_loss(model, images, labels, 8, cfg, DistContext())
+    assert out.shape[-2:] == (30, 26)
+    want = oracle_terms(model(images), labels)
+    torch.testing.assert_close(loss, want["total"], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(comps["energy_smooth"], want["energy_smooth"].detach(), rtol=1e-12, atol=1e-14)
+    # the loss on the padded map (padding labelled void) is a different number: the check above bites
+    padded = model(torch.nn.functional.pad(images, (0, 6, 0, 2)))
+    padded_labels = torch.nn.functional.pad(labels, (0, 6, 0, 2), value=255)
+    assert abs(pebal_loss(padded, padded_labels)[0].item() - loss.item()) > 1e-6
+
+
+@pytest.mark.parametrize("objective", ["pebal", "cross_entropy"])
+def test_trainer_loss_refuses_labels_outside_the_label_space(objective):
+    cfg = FinetuneConfig().loss
+    cfg.objective = objective
+    images = torch.randn(1, 3, 8, 8, dtype=torch.float64)
+    labels = torch.zeros(1, 8, 8, dtype=torch.long)
+    labels[0, 3, 3] = 100  # neither a class (0..18), the outlier label 254 nor void 255
+    with pytest.raises(ValueError, match=r"labels must be in 0\.\.18, 254 \(outlier\) or 255 \(void\); "
+                                         r"found \[100\]"):
+        forward_and_loss(PixelNet(), images, labels, 8, cfg, DistContext())
 
 
 # --------------------------------------------------------------------------------------------------
@@ -230,7 +308,7 @@ def test_loss_decreases_on_fixed_batch():
     losses = []
     for _ in range(30):
         logits = model(images)
-        loss, _ = partial_pebal_loss(logits, labels, loss_statistics(logits, labels), cfg.loss)
+        loss, _ = pebal_loss(logits, labels, **pebal_loss_options(cfg.loss))
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -240,7 +318,7 @@ def test_loss_decreases_on_fixed_batch():
 
 
 def test_outlier_view_subset_and_scale():
-    from pebal_training.trainer import OutlierView, SyntheticOutliers
+    from pebal_training.data.sources import OutlierView, SyntheticOutliers
 
     src = SyntheticOutliers(4, size=64, seed=3)
     view = OutlierView(src, ["blob_0003", "blob_0001"], scale=0.5)
@@ -307,8 +385,9 @@ def test_kill_and_resume_is_bit_exact(tmp_path):
     train(tiny_cfg(full, **extra))
     # "killed" right after global step 4 (5 steps done); the newest checkpoint is step 4 (epoch 2,
     # iteration 0 is step 4 -> checkpoint at 4 steps = end of epoch 1); step 4 is re-run after resume.
-    summary = train(tiny_cfg(broken, **extra, **{"debug.stop_at_step": 4}))
-    assert summary["stopped_early"] and summary["global_step"] == 5
+    with faulty_steps(kill_after=4), pytest.raises(SimulatedKill):
+        train(tiny_cfg(broken, **extra))
+    assert len(read_log(broken)) == 5  # global steps 0..4 done
     ckpts = broken / "checkpoints"
     assert [p.name for p in sorted(ckpts.glob("step_*.pt"))][-1] == "step_000000004.pt"
     # a torn write (temp file of the atomic writer) and a damaged "newer" file are both ignored
@@ -327,7 +406,8 @@ def test_resume_mid_epoch_is_bit_exact(tmp_path):
     extra = {"train.epochs": 2, "train.checkpoint_every": 1, "train.batch_size": 3}  # 3 iterations per epoch
     full, broken = tmp_path / "full", tmp_path / "broken"
     train(tiny_cfg(full, **extra))
-    train(tiny_cfg(broken, **extra, **{"debug.stop_at_step": 4}))  # checkpoint at 5 steps: epoch 1, it 2
+    with faulty_steps(kill_after=4), pytest.raises(SimulatedKill):
+        train(tiny_cfg(broken, **extra))  # checkpoint at 5 steps: epoch 1, it 2
     summary = train(tiny_cfg(broken, **extra), resume="auto")
     assert summary["resumed_from"].endswith("step_000000005.pt")
     ts = _torch_load(broken / "checkpoints" / "step_000000005.pt")["training_state"]
@@ -339,15 +419,16 @@ def test_resume_mid_epoch_is_bit_exact(tmp_path):
 
 def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path, capsys):
     run = tmp_path / "run"
-    with pytest.raises(TrainingDiverged, match="global step 3"):
-        train(tiny_cfg(run, **{"train.checkpoint_every": 1, "debug.nan_at_step": 3}))
+    with faulty_steps(nan_at=3), pytest.raises(TrainingDiverged, match="global step 3"):
+        train(tiny_cfg(run, **{"train.checkpoint_every": 1}))
     last = sorted((run / "checkpoints").glob("step_*.pt"))[-1]
     assert last.name == "step_000000003.pt"
     model, _ = load_checkpoint(last, TINY)
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert not (run / "model_final.pt").exists()
     # through the CLI: exit status 1 and one line naming the step
-    rc = finetune_main(tiny_overrides(tmp_path / "cli", **{"debug.nan_at_step": 2}))
+    with faulty_steps(nan_at=2):
+        rc = finetune_main(tiny_overrides(tmp_path / "cli"))
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 1 and len(err) == 1 and "global step 2" in err[0]
 
@@ -401,7 +482,9 @@ def test_cli_config_error_and_success(tmp_path, capsys):
     # interrupted run continued with --resume auto through the CLI
     run2 = tmp_path / "run2"
     overrides = tiny_overrides(run2, **{"train.epochs": 1, "train.checkpoint_every": 1})
-    assert finetune_main(overrides + ["debug.stop_at_step=0"]) == 0
+    with faulty_steps(kill_after=0, kill_with=KeyboardInterrupt):  # Ctrl-C after the first step
+        assert finetune_main(overrides) == 130
+    assert "interrupted; resume with --resume auto" in capsys.readouterr().err
     assert not (run2 / "model_final.pt").exists()
     assert finetune_main(overrides) == 2  # a fresh run into a folder holding another run's checkpoints
     assert "--resume auto" in capsys.readouterr().err
@@ -452,10 +535,10 @@ def test_ddp_two_processes_match_one_process(tmp_path):
 
 
 def test_cross_entropy_objective_is_the_closed_set_mean_and_splits_across_ranks():
-    from pebal_training.trainer import DistContext, partial_cross_entropy
+    from pebal_training.losses import partial_cross_entropy
 
     logits, labels = _batch()
-    total, comps = partial_cross_entropy(logits, labels, DistContext())
+    total, comps = partial_cross_entropy(logits, labels, DistContext().all_reduce_sum)
     target = labels.clone()
     target[target >= 19] = 255  # outliers (254) and void are ignored
     expected = torch.nn.functional.cross_entropy(logits[:, :19], target, ignore_index=255)
@@ -465,7 +548,7 @@ def test_cross_entropy_objective_is_the_closed_set_mean_and_splits_across_ranks(
         def all_reduce_sum(self, tensor):
             return tensor * 0 + (labels < 19).sum().double()
 
-    halves = [partial_cross_entropy(logits[i:i + 2], labels[i:i + 2], TwoRanks())[0] for i in (0, 2)]
+    halves = [partial_cross_entropy(logits[i:i + 2], labels[i:i + 2], TwoRanks().all_reduce_sum)[0] for i in (0, 2)]
     assert torch.allclose(sum(halves), expected.float(), atol=1e-6)
 
 
@@ -536,7 +619,7 @@ SAVE_LOOP = r'''
 import os, pathlib, signal, sys, time
 import torch, tiny_models
 from pebal_perception.core.checkpoint import ModelMeta
-from pebal_training.trainer import save_training_checkpoint
+from pebal_training.run_folder import save_training_checkpoint
 
 run_dir, trap, saves = pathlib.Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 model = tiny_models.TinySegNet()
@@ -599,7 +682,7 @@ def _save_loop(run_dir: Path, trap: str, saves: int):
 def _check_run_folder(run_dir: Path, last_reported: int, new_one_complete: bool | None) -> int:
     """Every complete checkpoint loads and holds its own step; resume picks the newest one; stale temp
     files are removed. Returns the step resume would continue from."""
-    from pebal_training.trainer import list_checkpoints, load_training_checkpoint, remove_interrupted_writes
+    from pebal_training.run_folder import list_checkpoints, load_training_checkpoint, remove_interrupted_writes
 
     complete = list_checkpoints(run_dir)
     assert complete, "the previous checkpoints are gone"

@@ -1,4 +1,5 @@
-"""Tests for pebal_training.losses against hand-computed values and a brute-force per-pixel reference."""
+"""Tests for pebal_training.losses against hand-computed values, a brute-force per-pixel reference and an
+independent formula-by-formula reference (test/loss_oracle.py) for every term and the gradient."""
 from __future__ import annotations
 
 import math
@@ -7,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from loss_oracle import oracle_terms
 from pebal_training.losses import (
     energy_biased_penalty,
     energy_loss,
@@ -26,10 +28,11 @@ OUT, VOID = 254, 255
 
 
 def np_gaussian_blur(maps: np.ndarray) -> np.ndarray:
-    """7x7 sigma-1 Gaussian (torchvision construction) with reflect padding, per map, as a 2-D sum."""
+    """7x7 sigma-1 Gaussian (torchvision construction) with reflect padding, per map, as a 2-D sum.
+    The 1-D weights are rounded to float32, as the production kernel is stored."""
     offsets = np.arange(-3, 4, dtype=np.float64)
     w1 = np.exp(-0.5 * offsets ** 2)
-    w1 /= w1.sum()
+    w1 = (w1 / w1.sum()).astype(np.float32).astype(np.float64)
     kernel = np.outer(w1, w1)
     out = np.empty_like(maps, dtype=np.float64)
     for n, m in enumerate(maps):
@@ -44,6 +47,13 @@ def np_gaussian_blur(maps: np.ndarray) -> np.ndarray:
 def lse19(z: np.ndarray) -> float:
     m = max(z[:A])
     return m + math.log(sum(math.exp(v - m) for v in z[:A]))
+
+
+def np_penalty(z: np.ndarray) -> np.ndarray:
+    """a = G * LSE² (spec 2.1), pixel by pixel."""
+    n_img, _, h, w = z.shape
+    lse = np.array([[[lse19(z[n, :, i, j]) for j in range(w)] for i in range(h)] for n in range(n_img)])
+    return np_gaussian_blur(lse ** 2)
 
 
 def softmax20(z: np.ndarray) -> list[float]:
@@ -232,7 +242,7 @@ def test_penalty_matches_independent_blur():
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_against_bruteforce_reference(seed):
     z, y = random_case(seed)
-    a = energy_biased_penalty(z).numpy()
+    a = np_penalty(z.numpy())
     zn, yn = z.numpy(), y.numpy()
     assert (yn == OUT).any() and (yn == VOID).any() and not (yn[1] == OUT).any()
     want_code = ref_pal_code(zn, yn, a)
@@ -255,7 +265,7 @@ def test_against_bruteforce_reference(seed):
 
 def test_outlier_weight_and_non_default_margins():
     z, y = random_case(7)
-    a = energy_biased_penalty(z).numpy()
+    a = np_penalty(z.numpy())
     zn, yn = z.numpy(), y.numpy()
     assert pal_loss(z, y, outlier_weight=0.5).item() == pytest.approx(ref_pal_code(zn, yn, a, w=0.5), rel=1e-10)
     got = energy_loss(z, y, m_in=-5.0, m_out=-1.0, smooth_weight=1e-2, sparse_weight=1e-1).item()
@@ -265,7 +275,7 @@ def test_outlier_weight_and_non_default_margins():
 def test_all_ood_batch():
     z, y = random_case(4)
     y[1, 2, 3] = OUT                       # now every image has an outlier pixel
-    a = energy_biased_penalty(z).numpy()
+    a = np_penalty(z.numpy())
     _, parts = pebal_loss(z, y)
     assert parts["pal_in_img"].item() == 0.0
     assert parts["pal"].item() == pytest.approx(ref_pal_code(z.numpy(), y.numpy(), a), rel=1e-10)
@@ -274,7 +284,7 @@ def test_all_ood_batch():
 def test_inlier_only_batch():
     z, y = random_case(5)
     y[y == OUT] = 3
-    a = energy_biased_penalty(z).numpy()
+    a = np_penalty(z.numpy())
     want = ref_pal_code(z.numpy(), y.numpy(), a) + 0.1 * ref_energy(z.numpy(), y.numpy())
     z.requires_grad_(True)
     total, parts = pebal_loss(z, y)
@@ -287,6 +297,23 @@ def test_inlier_only_batch():
 
 # --------------------------------------------------------------------------------------------------
 # gradients
+
+
+@pytest.mark.parametrize("variant", ["code", "paper"])
+@pytest.mark.parametrize("seed", [0, 4])
+def test_every_term_and_the_gradient_match_the_independent_reference(seed, variant):
+    z, y = random_case(seed, n=3, h=9, w=11)
+    if seed == 4:
+        y[y == OUT] = 3  # a batch without outliers: no ½ factor, no sparsity term
+    z.requires_grad_(True)
+    want = oracle_terms(z, y, variant=variant)
+    (g_want,) = torch.autograd.grad(want["total"], z)
+    total, parts = pebal_loss(z, y, pal_variant=variant)
+    (g_got,) = torch.autograd.grad(total, z)
+    assert set(parts) == set(want)
+    for key, value in want.items():
+        assert parts[key].item() == pytest.approx(value.item(), rel=1e-10, abs=1e-15), key
+    torch.testing.assert_close(g_got, g_want, rtol=1e-9, atol=1e-15)
 
 
 def test_gradient_flows_through_penalty():

@@ -159,7 +159,7 @@ def test_folder_rule(tmp_path):
 
 
 def test_remove_output_folder_removes_only_a_folder_of_the_tool(tmp_path):
-    from pebal_training.trainer import RUN_FOLDER
+    from pebal_training.run_folder import RUN_FOLDER
 
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
@@ -182,7 +182,7 @@ def test_remove_output_folder_removes_only_a_folder_of_the_tool(tmp_path):
 
 
 def test_a_users_config_in_the_run_folder_is_not_the_runs(tmp_path):
-    from pebal_training.trainer import RUN_FOLDER
+    from pebal_training.run_folder import RUN_FOLDER
 
     (tmp_path / "config.yaml").write_text("# my config\n")
     with pytest.raises(OutputPathError, match="holding config.yaml"):

@@ -23,9 +23,11 @@ What it does (about 8.5 CPU minutes with the defaults: 80 iterations of batch 4)
    a few dozen steps; with 1e-4 the held-out AP did not move within 32 steps, see the report below).
    The poly schedule decays it over the run.
 4. **Held-out evaluation** before and after: every held-out object pasted onto both frames at
-   ``--positions`` random positions (fixed seed, different from training), pasted at 1024 x 512 and
-   evaluated at ``--eval-scale`` of that (default 512 x 256, to keep the CPU time down); pixel
-   AP / AUROC / FPR95 of the smoothed free energy, pasted pixels = anomaly, every other pixel = inlier.
+   ``--positions`` random positions (fixed seed, different from training), pasted at 1024 x 512; the
+   network runs at ``--eval-scale`` of that (default 512 x 256, to keep the CPU time down) and the score
+   is compared at 1024 x 512 by pebal-eval's code (:func:`pebal_training.evaluate.evaluate_anomaly`);
+   pixel AP / AUROC / FPR95 of the smoothed free energy, pasted pixels = anomaly, every other pixel =
+   inlier. (The numbers below were taken with the labels resized to the network size instead.)
 
 Results: ``<output>/smoke_metrics.json`` and one summary line on stdout. ``<output>/data`` holds
 resized copies of the Cityscapes frames (Cityscapes terms: keep them out of any release; ``runs/`` is
@@ -68,7 +70,7 @@ SIZE = (512, 1024)  # height, width
 def output_layout():
     """What this recipe writes into ``--output`` (see :class:`pebal_perception.core.io.FolderLayout`)."""
     from pebal_perception.core.io import FolderLayout
-    from pebal_training.trainer import RUN_FOLDER
+    from pebal_training.run_folder import RUN_FOLDER
 
     tool = "cityscapes_smoke"
     city = FolderLayout(tool, files=(r"frankfurt_\d{6}_\d{6}_(leftImg8bit|gtFine_labelTrainIds)\.png",))
@@ -145,7 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import torch
 
     from pebal_perception.core.io import OutputPathError, prepare_output_folder, remove_output_folder
-    from pebal_training.trainer import RUN_FOLDER
+    from pebal_training.run_folder import RUN_FOLDER
 
     try:
         prepare_output_folder(args.output, output_layout())  # refuses what this recipe did not write
@@ -155,14 +157,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pebal_perception.core.checkpoint import load_checkpoint
     from pebal_training.config import config_from_dict
     from pebal_training.data.datasets import CocoOutlierSource
-    from pebal_training.trainer import OutlierView, evaluate_anomaly, train
+    from pebal_perception.core.engine import InferenceEngine
+    from pebal_training.data.sources import OutlierView
+    from pebal_training.evaluate import evaluate_anomaly
+    from pebal_training.trainer import train
 
     t0 = time.time()
     torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
     out = args.output
     data_root = out / "data" / "cityscapes"
     remove_output_folder(out / "run", RUN_FOLDER)  # the recipe's own run folder: always a fresh run
-    base, _ = load_checkpoint(ckpt, "espnetv2")
+    base, base_meta = load_checkpoint(ckpt, "espnetv2")
     frames = _prepare_inliers(base, args.assets, data_root, args.min_confidence)
 
     source = CocoOutlierSource(coco, fmt="yolo", min_size=0)
@@ -187,10 +192,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     # "before" = the initial model of the run (same weights as the checkpoint; the abstention row does
     # not enter the energy score)
     eval_size = [int(SIZE[0] * args.eval_scale) // 16 * 16, int(SIZE[1] * args.eval_scale) // 16 * 16]
-    before = evaluate_anomaly(base, pairs, torch.device("cpu"), base_mean(), base_std(), 16, eval_size)
+    held_out = [{"image": rgb, "label": label, "name": f"held_out_{i:03d}"} for i, (rgb, label) in enumerate(pairs)]
+
+    def held_out_metrics(model, meta) -> dict:
+        engine = InferenceEngine(model, meta, device="cpu", input_size=eval_size, optimize=False)
+        report = evaluate_anomaly(engine, held_out, output=None, dataset_name="held-out", progress=False)
+        return {k: report[k] for k in ("auroc", "ap", "fpr95", "num_pos", "num_neg")}
+
+    before = held_out_metrics(base, base_meta)
     summary = train(cfg)
-    after_model, _ = load_checkpoint(summary["final_checkpoint"], "espnetv2")
-    after = evaluate_anomaly(after_model, pairs, torch.device("cpu"), base_mean(), base_std(), 16, eval_size)
+    after = held_out_metrics(*load_checkpoint(summary["final_checkpoint"], "espnetv2"))
     log_lines = (out / "run" / "train_log.jsonl").read_text().splitlines()
     first, last = json.loads(log_lines[0]), json.loads(log_lines[-1])
     result = {
@@ -207,18 +218,6 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"{after['auroc']:.4f}, FPR95 {before['fpr95']:.4f} -> {after['fpr95']:.4f} "
           f"({summary['global_step']} iterations, {result['wall_seconds']} s); details in {out / 'smoke_metrics.json'}")
     return 0
-
-
-def base_mean() -> tuple[float, float, float]:
-    from pebal_perception.core.models import get_model_spec
-
-    return get_model_spec("espnetv2").mean
-
-
-def base_std() -> tuple[float, float, float]:
-    from pebal_perception.core.models import get_model_spec
-
-    return get_model_spec("espnetv2").std
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ def output_layout():
     """What this recipe writes into ``--output`` (see :class:`pebal_perception.core.io.FolderLayout`)."""
     from pebal_perception.core.io import FolderLayout
     from pebal_training.cli.evaluate import OUTPUT_LAYOUT as EVAL_FOLDER
-    from pebal_training.trainer import RUN_FOLDER
+    from pebal_training.run_folder import RUN_FOLDER
 
     tool = "default_model"
     images = FolderLayout(tool, files=(r"\d{4}\.png",))
