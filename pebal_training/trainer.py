@@ -19,9 +19,10 @@ is a thin wrapper. The data sources live in :mod:`pebal_training.data.sources`, 
   without trainable parameters in eval mode.
 * **Data.** :class:`~pebal_training.data.outlier_exposure.CityscapesCocoMix` over Cityscapes or
   procedural scenes (:class:`~pebal_training.data.sources.SyntheticScenes`), with COCO (json / YOLO-seg /
-  ood_seg) or synthetic (:class:`~pebal_training.data.sources.SyntheticOutliers`) outliers, :class:`~pebal_training.data.transforms.TrainTransform`. Every
-  sample is a pure function of ``(seed, epoch, index)`` and the order of an epoch is a
-  ``DistributedSampler`` permutation of ``(seed, epoch)``, so a run can be resumed mid-epoch exactly.
+  ood_seg) or synthetic (:class:`~pebal_training.data.sources.SyntheticOutliers`) outliers,
+  :class:`~pebal_training.data.transforms.TrainTransform`. Every sample is a pure function of
+  ``(seed, epoch, index)`` and the order of an epoch is a ``DistributedSampler`` permutation of
+  ``(seed, epoch)``, so a run can be resumed mid-epoch exactly.
   Crops that are not a multiple of the network's size divisor are padded with 0 for the forward pass
   and the logits cropped back before the loss (:func:`forward_and_loss`), so the loss covers the crop.
 * **Optimiser / schedule.** Adam over the trainable parameters (lr 1e-5, betas (0.9, 0.999), no weight
@@ -51,9 +52,10 @@ is a thin wrapper. The data sources live in :mod:`pebal_training.data.sources`, 
   optimiser, schedule, epoch / iteration / global step and every RNG state (all weights_only-loadable).
 * **Outputs** (rank 0): ``config.yaml`` (resolved), ``train_log.jsonl`` (one line per step),
   TensorBoard scalars and image panels, ``metrics.json`` (held-out anomaly AP / AUROC / FPR95, when
-  ``validation.kind`` is set; computed by pebal-eval's :func:`pebal_training.evaluate.evaluate_anomaly`) and ``model_final.pt`` (``meta.training_config`` = resolved config).
-  The run folder must be new, empty or a run folder (:data:`~pebal_training.run_folder.RUN_FOLDER`: only the files above); a
-  folder holding anything else, a file, a device or a fifo is refused before any work
+  ``validation.kind`` is set; computed by pebal-eval's :func:`pebal_training.evaluate.evaluate_anomaly`)
+  and ``model_final.pt`` (``meta.training_config`` = resolved config). The run folder must be new,
+  empty or a run folder (:data:`~pebal_training.run_folder.RUN_FOLDER`: only the files above); a folder
+  holding anything else, a file, a device or a fifo is refused before any work
   (:class:`~pebal_perception.core.io.OutputPathError`, a ``ValueError``).
 
 Nothing here imports ROS.
@@ -180,7 +182,7 @@ def set_train_mode(model: nn.Module, bn_mode: str) -> None:
     model.train()
     if bn_mode == "frozen":
         for module in model.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):  # noqa: SLF001 - torch's BN base class
                 if not any(p.requires_grad for p in module.parameters(recurse=False)):
                     module.eval()
 
@@ -475,9 +477,9 @@ def fit(cfg: FinetuneConfig, resume: str | None, ctx: DistContext) -> dict[str, 
 
     train_model: nn.Module = model
     if ctx.enabled:
-        from torch.nn.parallel import DistributedDataParallel as DDP
+        from torch.nn.parallel import DistributedDataParallel
 
-        train_model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+        train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
     resolved = cfg.to_dict()
     if ctx.is_main:

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import pebal_training.trainer as trainer
-import tiny_models  # noqa: F401  (registers tiny_test_net)
+import tiny_models  # registers tiny_test_net
 from loss_oracle import oracle_terms
 from pebal_perception.core.checkpoint import _torch_load, load_checkpoint
 from pebal_training.cli.finetune import main as finetune_main
@@ -258,7 +258,8 @@ def test_reinit_abstention_touches_only_row_19():
     after = model.state_dict()
     w0, w1 = before["classifier.weight"], after["classifier.weight"]
     assert torch.equal(w0[:19], w1[:19]) and not torch.equal(w0[19], w1[19])
-    assert after["classifier.bias"][19] == 0 and torch.equal(before["classifier.bias"][:19], after["classifier.bias"][:19])
+    assert after["classifier.bias"][19] == 0
+    assert torch.equal(before["classifier.bias"][:19], after["classifier.bias"][:19])
     assert all(torch.equal(before[k], after[k]) for k in before if not k.startswith("classifier."))
 
 
