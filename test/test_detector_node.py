@@ -17,8 +17,6 @@ from __future__ import annotations
 import math
 import os
 import signal
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -28,22 +26,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-os.environ["ROS_LOCALHOST_ONLY"] = "1"
-os.environ["ROS_PYTHON_CHECK_FIELDS"] = "1"
+from pebal_perception.testing import ros_harness
+from pebal_perception.testing.ros_harness import Collector
+
+ros_harness.use_loopback()
+os.environ["ROS_PYTHON_CHECK_FIELDS"] = "1"  # this process and the node processes
 
 try:
     import rclpy
     from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
-    from rcl_interfaces.srv import GetParameters, SetParameters
     from rclpy.executors import SingleThreadedExecutor
-    from rclpy.parameter import Parameter, parameter_value_to_python
+    from rclpy.parameter import Parameter
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import CameraInfo, CompressedImage, Image
-    from std_msgs.msg import Float32
-
-    from pebal_perception.msg import AnomalyResult
 except ImportError as exc:  # pragma: no cover - depends on the environment
     pytest.skip(f"ROS 2 not available ({type(exc).__name__}: {exc}); run scripts/setup.sh",
                 allow_module_level=True)
@@ -53,8 +48,6 @@ import cv2
 from pebal_perception.geometry import pixel_to_ground_point, scale_intrinsics
 from pebal_perception.node.processing import PostProcessConfig, bottom_centre_pixel, process_frame
 
-LAUNCHER = Path(sys.prefix) / "lib" / "pebal_perception" / "detector_node"
-PARAMS_FILE = REPO_ROOT / "config" / "detector.yaml"
 NS = "/test_ns"
 NODE = f"{NS}/pebal_detector"
 IMAGE_TOPIC = "/cam/image"
@@ -63,8 +56,8 @@ START_TIMEOUT = 60.0
 TIMEOUT = 20.0
 MIN_AREA = 20
 
-if not LAUNCHER.exists():  # pragma: no cover
-    pytest.skip(f"{LAUNCHER} not installed; run scripts/setup.sh", allow_module_level=True)
+if ros_harness.ros_unavailable() is not None:  # pragma: no cover
+    pytest.skip(f"{ros_harness.ros_unavailable()}; run scripts/setup.sh", allow_module_level=True)
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -81,159 +74,29 @@ def make_checkpoint(path: Path) -> Path:
     return path
 
 
-class NodeProcess:
-    """The detector node as a subprocess (full environment inherited), output into files."""
+class NodeProcess(ros_harness.NodeProcess):
+    """The harness's detector node with this module's camera topics and namespace; stderr kept apart."""
 
     def __init__(self, workdir: Path, *ros_args: str, namespace: str = NS, checkpoint: Path | str | None = None,
                  extra_env: dict[str, str] | None = None):
-        self.workdir = workdir
-        tag = uuid.uuid4().hex[:8]
-        self.stdout_path = workdir / f"node-{tag}.out"
-        self.stderr_path = workdir / f"node-{tag}.err"
-        cmd = [str(LAUNCHER), "--ros-args", "--params-file", str(PARAMS_FILE)]
-        if checkpoint is not None:
-            cmd += ["-p", f"checkpoint:={checkpoint or repr('')}"]
-        cmd += ["-p", "device:=cpu", *ros_args,
-                "-r", f"image:={IMAGE_TOPIC}", "-r", f"image/compressed:={IMAGE_TOPIC}/compressed",
-                "-r", f"camera_info:={INFO_TOPIC}", "-r", f"__ns:={namespace}"]
-        env = dict(os.environ)
-        env.update(ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", ROS_LOCALHOST_ONLY="1", ROS_PYTHON_CHECK_FIELDS="1",
-                   PYTHONUNBUFFERED="1", **(extra_env or {}))
-        self.cmd = cmd
-        with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
-            self.proc = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env,
-                                         cwd=str(REPO_ROOT))
-
-    def output(self) -> str:
-        return self.stdout_path.read_text(errors="replace") + self.stderr_path.read_text(errors="replace")
-
-    def stderr(self) -> str:
-        return self.stderr_path.read_text(errors="replace")
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def stop(self, sig: int = signal.SIGINT, timeout: float = 10.0) -> tuple[int | None, float]:
-        """Sends ``sig``; returns (exit status, seconds to exit). Kills it when it does not exit."""
-        if self.proc.poll() is not None:
-            return self.proc.returncode, 0.0
-        start = time.monotonic()
-        self.proc.send_signal(sig)
-        try:
-            rc = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-            return None, time.monotonic() - start
-        return rc, time.monotonic() - start
+        super().__init__(ros_harness.detector_args(namespace=namespace, checkpoint=checkpoint, extra=ros_args,
+                                                   image_topic=IMAGE_TOPIC, info_topic=INFO_TOPIC),
+                         workdir, separate_stderr=True, extra_env=extra_env)
 
 
-class Collector:
-    """Keeps every message of one topic; wait() for one matching a predicate."""
-
-    def __init__(self, node, msg_type, topic: str, qos: QoSProfile | int = 50):
-        self.messages: list = []
-        self.times: list[float] = []
-        self._cond = threading.Condition()
-        self.sub = node.create_subscription(msg_type, topic, self._on_msg, qos)
-
-    def _on_msg(self, msg) -> None:
-        with self._cond:
-            self.messages.append(msg)
-            self.times.append(time.time())
-            self._cond.notify_all()
-
-    def find(self, predicate):
-        with self._cond:
-            return next((m for m in reversed(self.messages) if predicate(m)), None)
-
-    def wait(self, predicate, timeout: float = TIMEOUT):
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                for m in reversed(self.messages):
-                    if predicate(m):
-                        return m
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return None
-                self._cond.wait(left)
-
-    def clear(self) -> None:
-        with self._cond:
-            self.messages.clear()
-            self.times.clear()
-
-
-class Peer:
-    """This process's ROS node: publishers, output collectors and a parameter client."""
+class Peer(ros_harness.Peer):
+    """The harness's peer with publishers on this module's camera topics and a /diagnostics collector."""
 
     def __init__(self):
-        self.context = rclpy.Context()
-        rclpy.init(context=self.context)
-        self.node = rclpy.create_node(f"pebal_test_peer_{uuid.uuid4().hex[:6]}", context=self.context)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-        reliable = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
-        self.pub_image = self.node.create_publisher(Image, IMAGE_TOPIC, reliable)
-        self.pub_compressed = self.node.create_publisher(CompressedImage, f"{IMAGE_TOPIC}/compressed", reliable)
-        self.pub_info = self.node.create_publisher(CameraInfo, INFO_TOPIC, reliable)
-        self.diagnostics = Collector(self.node, DiagnosticArray, "/diagnostics", 100)
-        self._outputs: dict[str, dict[str, Collector]] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._spin, daemon=True)
-        self._thread.start()
-
-    def _spin(self) -> None:
-        while not self._stop.is_set() and self.context.ok():
-            try:
-                self.executor.spin_once(timeout_sec=0.05)
-            except Exception:  # noqa: BLE001 - shutting down
-                if self._stop.is_set():
-                    return
+        super().__init__("pebal_test_peer")
+        reliable = ros_harness.reliable_qos(50)
+        self.pub_image = self.publisher(Image, IMAGE_TOPIC, reliable)
+        self.pub_compressed = self.publisher(CompressedImage, f"{IMAGE_TOPIC}/compressed", reliable)
+        self.pub_info = self.publisher(CameraInfo, INFO_TOPIC, reliable)
+        self.diagnostics = self.collect(DiagnosticArray, "/diagnostics", 100)
 
     def outputs(self, node_name: str) -> dict[str, Collector]:
-        if node_name not in self._outputs:
-            qos = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
-            self._outputs[node_name] = {
-                "result": Collector(self.node, AnomalyResult, f"{node_name}/result", qos),
-                "semantic": Collector(self.node, Image, f"{node_name}/semantic", qos),
-                "energy": Collector(self.node, Image, f"{node_name}/energy", qos),
-                "obstacle_mask": Collector(self.node, Image, f"{node_name}/obstacle_mask", qos),
-                "overlay": Collector(self.node, Image, f"{node_name}/overlay", qos),
-                "processing_time_ms": Collector(self.node, Float32, f"{node_name}/processing_time_ms", qos),
-            }
-        return self._outputs[node_name]
-
-    def call(self, client, request, timeout: float = TIMEOUT):
-        assert client.wait_for_service(timeout_sec=timeout), f"service {client.srv_name} not available"
-        future = client.call_async(request)
-        done = threading.Event()
-        future.add_done_callback(lambda _f: done.set())
-        assert done.wait(timeout), f"no reply from {client.srv_name}"
-        return future.result()
-
-    def set_parameters(self, node_name: str, *params: Parameter):
-        client = self.node.create_client(SetParameters, f"{node_name}/set_parameters")
-        try:
-            reply = self.call(client, SetParameters.Request(parameters=[p.to_parameter_msg() for p in params]))
-            return reply.results
-        finally:
-            self.node.destroy_client(client)
-
-    def get_parameter(self, node_name: str, name: str):
-        client = self.node.create_client(GetParameters, f"{node_name}/get_parameters")
-        try:
-            reply = self.call(client, GetParameters.Request(names=[name]))
-            return parameter_value_to_python(reply.values[0])
-        finally:
-            self.node.destroy_client(client)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self.node.destroy_node()
-        self.context.try_shutdown()
+        return self.detector_outputs(node_name)
 
 
 def encode(rgb: np.ndarray, encoding: str, pad: int = 0) -> tuple[bytes, int]:
@@ -335,8 +198,7 @@ def latest_status(peer: Peer, node_name: str, predicate, timeout: float = 10.0, 
     msg = peer.diagnostics.wait(lambda m: status_of(m) is not None, timeout)
     assert msg is not None, f"no matching /diagnostics status from {node_name} within {timeout} s"
     if first:
-        with peer.diagnostics._cond:
-            msg = next(m for m in peer.diagnostics.messages if status_of(m) is not None)
+        msg = peer.diagnostics.find(lambda m: status_of(m) is not None, newest=False)
     return status_of(msg)
 
 
@@ -681,9 +543,8 @@ def stable_report(peer: Peer, node_name: str, predicate, since: int = 0,
     ``peer.diagnostics`` from index ``since`` on. ``timeout`` only keeps the test from hanging."""
     deadline = time.monotonic() + timeout
     while True:
-        with peer.diagnostics._cond:
-            reports = [{kv.key: kv.value for kv in st.values} for m in peer.diagnostics.messages[since:]
-                       for st in m.status if st.name.startswith(node_name + ":")]
+        reports = [{kv.key: kv.value for kv in st.values} for m in peer.diagnostics.snapshot(since)
+                   for st in m.status if st.name.startswith(node_name + ":")]
         for before, after in zip(reports, reports[1:]):
             if (predicate(after) and _settled(after)
                     and all(before[key] == after[key] for key in COUNTERS)):
@@ -759,7 +620,7 @@ EXIT_TIMEOUT = 60.0
 
 def test_sigterm_clean_exit(node):
     """SIGTERM: the node exits by itself (stop() kills it and reports None after EXIT_TIMEOUT), status 0."""
-    rc, _ = node.stop(signal.SIGTERM, timeout=EXIT_TIMEOUT)
+    rc = node.stop(signal.SIGTERM, timeout=EXIT_TIMEOUT)
     assert rc == 0, (rc, node.output())
     assert "Traceback" not in node.output()
 
@@ -794,8 +655,7 @@ def test_drops_instead_of_queueing_and_sigint(workdir, checkpoint, peer):
         sent: set[str] = set()
 
         def results_so_far():
-            with outputs["result"]._cond:
-                return [m for m in outputs["result"].messages if m.header.frame_id in sent]
+            return [m for m in outputs["result"].snapshot() if m.header.frame_id in sent]
 
         period, duration = 0.05, 6.0
         start = time.monotonic()
@@ -807,8 +667,7 @@ def test_drops_instead_of_queueing_and_sigint(workdir, checkpoint, peer):
             n += 1
             time.sleep(max(0.0, start + n * period - time.monotonic()))
         delivered_while_sending = len(results_so_far())
-        with peer.diagnostics._cond:
-            reports_while_sending = len(peer.diagnostics.messages)
+        reports_while_sending = len(peer.diagnostics)
         # Best effort may lose a few frames in transport; wait until the rest is received and accounted for.
         diag = stable_report(peer, name, lambda v: int(v["frames_received"]) >= int(base["frames_received"]) + n * 0.8,
                              since=reports_while_sending)
@@ -846,7 +705,7 @@ def test_drops_instead_of_queueing_and_sigint(workdir, checkpoint, peer):
         publisher = threading.Thread(target=keep_publishing, daemon=True)
         publisher.start()
         time.sleep(0.5)
-        rc, _ = proc.stop(signal.SIGINT, timeout=EXIT_TIMEOUT)
+        rc = proc.stop(signal.SIGINT, timeout=EXIT_TIMEOUT)
         stop_pub.set()
         publisher.join(5)
         assert rc == 0, (rc, proc.output())
