@@ -30,7 +30,7 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import figure, interleaved, median, skipped  # noqa: E402
+from bench.common import figure, interleaved, median, skipped
 
 ESPNET_TARGET = 1.3
 # Relative tolerance (max |diff| / max |logit|) between the engine and eager: folding and the
@@ -65,7 +65,7 @@ def randomise_batchnorm(model, seed: int = 0):
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):  # noqa: SLF001 - torch's BN base class
                 n = m.num_features
                 if m.track_running_stats and m.running_mean is not None:
                     m.running_mean.copy_(torch.randn(n, generator=gen) * 0.1)
@@ -165,7 +165,8 @@ def bench_compile(tag: str, engine, u8, ref, t_ours: float, t_eager: float, warm
 
         def run_compiled():
             with torch.inference_mode():
-                xx = normalize(u8, engine.meta.mean, engine.meta.std, size).contiguous(memory_format=torch.channels_last)
+                xx = normalize(u8, engine.meta.mean, engine.meta.std, size)
+                xx = xx.contiguous(memory_format=torch.channels_last)
                 return compiled(xx)
 
         t0 = time.perf_counter()

@@ -34,7 +34,7 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import StageTimer, figure, interleaved, median  # noqa: E402
+from bench.common import StageTimer, figure, interleaved, median
 
 TARGET_SHARE = 0.15
 STAGES = ("decode", "to_tensor", "preprocess", "forward", "score", "mask_to_host", "obstacles", "encode")

@@ -44,8 +44,8 @@ from typing import Any, Callable
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.bench_forward import SHORT_NAMES, build, compare  # noqa: E402
-from bench.common import figure, interleaved, median, skipped  # noqa: E402
+from bench.bench_forward import SHORT_NAMES, build, compare
+from bench.common import figure, interleaved, median, skipped
 
 TARGET_FPS = {("espnetv2", (2048, 1024)): 150.0, ("wrn38_deeplabv3plus", (2048, 1024)): 15.0}
 FP32_TOLERANCE = 1e-3

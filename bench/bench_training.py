@@ -29,7 +29,7 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import figure, median, skipped  # noqa: E402
+from bench.common import figure, median, skipped
 
 TARGET_RATIO = 1.5
 MODEL = "espnetv2"
@@ -154,7 +154,8 @@ def build_step(batch: dict[str, Any], lr: float = 1e-4, seed: int = 0):
         raise RuntimeError(f"no parameter starts with {prefixes}")
     model.train()
     for m in model.modules():  # frozen BatchNorms keep their statistics (trainer's bn_mode='frozen')
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(p.requires_grad for p in m.parameters(False)):
+        frozen = not any(p.requires_grad for p in m.parameters(False))
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and frozen:  # noqa: SLF001 - torch's BN base class
             m.eval()
     opt = torch.optim.Adam(trainable, lr=lr)
     images, labels = batch["image"], batch["label"]

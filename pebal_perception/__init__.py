@@ -6,6 +6,6 @@ prefix's site-packages under this same package name; extending ``__path__`` lets
 """
 from pkgutil import extend_path
 
-__path__ = extend_path(__path__, __name__)  # noqa: F821  (module attribute set by the import system)
+__path__ = extend_path(__path__, __name__)
 
 __version__ = "0.1.0"

@@ -58,7 +58,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from pebal_perception.core.limits import MAX_ASPECT_RATIO, MAX_IMAGE_PIXELS, aspect_ratio_problem
+from pebal_perception.core.limits import MAX_ASPECT_RATIO as MAX_ASPECT_RATIO  # re-exported: part of the contract
+from pebal_perception.core.limits import MAX_IMAGE_PIXELS, aspect_ratio_problem
 
 DEFAULT_MAX_PIXELS = MAX_IMAGE_PIXELS
 _UINT32_MAX = 2**32 - 1

@@ -276,7 +276,8 @@ def _apply_mapping(obj: Any, data: dict, prefix: str = "") -> None:
         dotted = f"{prefix}{key}"
         if not isinstance(key, str) or key not in hints:
             known = ", ".join(sorted(hints))
-            raise ConfigError(f"{dotted}: unknown key (known keys{' under ' + prefix.rstrip('.') if prefix else ''}: {known})")
+            under = f" under {prefix.rstrip('.')}" if prefix else ""
+            raise ConfigError(f"{dotted}: unknown key (known keys{under}: {known})")
         current = getattr(obj, key)
         if dataclasses.is_dataclass(current):
             _apply_mapping(current, value, dotted + ".")

@@ -295,7 +295,7 @@ def _one_shot(scores: Any, labels: Any, positive_label: int, negative_label: int
     acc = AnomalyMetricAccumulator(ignore_label=None, positive_label=positive_label,
                                    negative_label=negative_label)
     acc.update(scores, labels)
-    return acc._stats()
+    return acc._stats()  # noqa: SLF001 - same module's accumulator
 
 
 def anomaly_metrics(scores: Any, labels: Any, positive_label: int = 1, negative_label: int = 0) -> dict:

@@ -23,9 +23,12 @@ import time
 import uuid
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
+from pebal_perception.geometry import pixel_to_ground_point, scale_intrinsics
+from pebal_perception.node.processing import PostProcessConfig, bottom_centre_pixel, process_frame
 from pebal_perception.testing import ros_harness
 from pebal_perception.testing.ros_harness import Collector
 
@@ -42,11 +45,6 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the environment
     pytest.skip(f"ROS 2 not available ({type(exc).__name__}: {exc}); run scripts/setup.sh",
                 allow_module_level=True)
-
-import cv2
-
-from pebal_perception.geometry import pixel_to_ground_point, scale_intrinsics
-from pebal_perception.node.processing import PostProcessConfig, bottom_centre_pixel, process_frame
 
 NS = "/test_ns"
 NODE = f"{NS}/pebal_detector"
@@ -416,7 +414,8 @@ def test_ground_positions_with_camera_info(node, peer):
     energy = to_array(frame_outputs(outputs, msg.header.frame_id)["energy"])
     threshold = float(np.percentile(energy, 96))
     results = peer.set_parameters(NODE, Parameter("threshold", value=threshold),
-                                  Parameter("camera.height_m", value=height_m), Parameter("camera.pitch_rad", value=pitch))
+                                  Parameter("camera.height_m", value=height_m),
+                                  Parameter("camera.pitch_rad", value=pitch))
     assert all(r.successful for r in results), [r.reason for r in results]
     try:
         def positioned():
@@ -466,7 +465,7 @@ def test_ground_positions_with_camera_info(node, peer):
                             Parameter("threshold", value=float("nan")))
 
 
-def check_positions(result, K, height_m, pitch):
+def check_positions(result, K, height_m, pitch):  # noqa: N803 - the intrinsic matrix
     for o in result.obstacles:
         u, v = bottom_centre_pixel((o.x_offset, o.y_offset, o.width, o.height))
         want = pixel_to_ground_point(u, v, np.array(K).reshape(3, 3), height_m, pitch)

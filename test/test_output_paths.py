@@ -126,7 +126,8 @@ def test_atomic_write_replaces_regular_files_and_links_to_them(tmp_path):
 
 def test_a_file_where_a_folder_goes_is_refused(tmp_path):
     blocker = _make_target(tmp_path, "file")
-    with pytest.raises(OutputPathError, match=f"^{blocker / 'a' / 'b.json'}: {blocker} is a regular file, not a folder"):
+    expected = f"^{blocker / 'a' / 'b.json'}: {blocker} is a regular file, not a folder"
+    with pytest.raises(OutputPathError, match=expected):
         atomic_write_bytes(blocker / "a" / "b.json", b"{}")
     with pytest.raises(OutputPathError, match="not a folder"):
         check_output_folder(blocker, FolderLayout("tool"))

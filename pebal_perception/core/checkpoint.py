@@ -104,7 +104,7 @@ def _numpy_scalar_globals() -> list:
     import numpy as np
 
     dtypes = [type(np.dtype(t)) for t in (np.float64, np.float32, np.float16, np.int64, np.int32, np.uint8, np.bool_)]
-    return [np._core.multiarray.scalar, np.dtype, *dtypes]
+    return [np._core.multiarray.scalar, np.dtype, *dtypes]  # noqa: SLF001 - the class pickles name
 
 
 def _torch_load(path: str | os.PathLike) -> Any:
@@ -118,7 +118,7 @@ def _torch_load(path: str | os.PathLike) -> Any:
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{path}: refused to load (not plain weights; weights_only=True): {first}") from None
-    except Exception as exc:  # torch raises many types for truncated/garbage archives (IndexError, ...)
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for truncated/garbage archives
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({first})") from None
 

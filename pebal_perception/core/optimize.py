@@ -21,7 +21,8 @@ def _fold_pair(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> bool:
     if conv.out_channels != bn.num_features:
         return False
     with torch.no_grad():
-        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps) if bn.affine else 1.0 / torch.sqrt(bn.running_var + bn.eps)
+        inv_std = 1.0 / torch.sqrt(bn.running_var + bn.eps)
+        scale = bn.weight * inv_std if bn.affine else inv_std
         shift = (bn.bias if bn.affine else 0.0) - bn.running_mean * scale
         bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
         conv.weight.mul_(scale.reshape(-1, *([1] * (conv.weight.dim() - 1))))

@@ -122,7 +122,7 @@ class PostProcessConfig:
 class GroundModel:
     """Camera intrinsics (for the image size the node receives) + mounting for ground positions."""
 
-    K: np.ndarray  # noqa: N815 - 3 x 3
+    K: np.ndarray
     height_m: float
     pitch_rad: float
 
@@ -271,7 +271,7 @@ class OomGuardedInference:
         """The maps, or a one-line description of an out-of-memory failure (other errors propagate)."""
         try:
             return self._infer(self.engine, rgb, **kwargs)
-        except Exception as exc:  # noqa: BLE001 - only memory errors are handled here
+        except Exception as exc:
             if not is_out_of_memory(exc):
                 raise
             text = str(exc).strip()

@@ -130,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
                                          progress=not args.quiet, extra_info=info)
             c = report["components"]
             print(f"{PROG}: {args.dataset} {report['num_images']} images{_skipped_text(report)}: "
-                  f"AUROC {report['auroc']:.4f}, AP {report['ap']:.4f}, FPR95 {report['fpr95']:.4f}; sIoU {c['siou']:.3f}, "
+                  f"AUROC {report['auroc']:.4f}, AP {report['ap']:.4f}, FPR95 {report['fpr95']:.4f}; "
+                  f"sIoU {c['siou']:.3f}, "
                   f"PPV {c['ppv']:.3f}, mean F1 {c['mean_f1']:.3f} at threshold {report['threshold']:.4g}"
                   f" -> {args.output / 'report.json'}")
     except (DatasetError, ValueError) as exc:  # OutputPathError (a file there turned into a fifo) too

@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
                                dynamic_batch=args.dynamic_batch)
     except ValueError as exc:  # OutputPathError too
         return _error(exc)
-    except Exception as exc:  # exporter failures: report one line, not a trace
+    except Exception as exc:  # noqa: BLE001 - exporter failures of any type: one line, not a trace
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         print(f"{PROG}: export failed: {type(exc).__name__}: {first}", file=sys.stderr)
         return 1

@@ -447,7 +447,8 @@ def open_anomaly_dataset(name: str, root: str | Path, **options: Any) -> _Paired
     try:
         factory = ANOMALY_DATASETS[name]
     except KeyError:
-        raise DatasetError(f"unknown anomaly dataset {name!r} (expected one of {', '.join(ANOMALY_DATASETS)})") from None
+        raise DatasetError(f"unknown anomaly dataset {name!r} "
+                           f"(expected one of {', '.join(ANOMALY_DATASETS)})") from None
     return factory(root, **options)
 
 

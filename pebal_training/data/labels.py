@@ -30,7 +30,8 @@ import numpy as np
 
 # VOID / IGNORE_LABEL (255), OUTLIER_LABEL (254), the 19 classes and their names are defined once in
 # pebal_perception.core.constants; re-exported here under the names the data pipeline uses.
-from pebal_perception.core.constants import CITYSCAPES_CLASSES, IGNORE_LABEL, OUTLIER_LABEL, VOID
+from pebal_perception.core.constants import CITYSCAPES_CLASSES, IGNORE_LABEL, VOID
+from pebal_perception.core.constants import OUTLIER_LABEL as OUTLIER_LABEL  # re-exported
 from pebal_perception.core.constants import NUM_INLIER_CLASSES as NUM_CLASSES
 
 #: Unified anomaly-label encoding (void: :data:`VOID`).

@@ -60,7 +60,8 @@ from typing import Sequence
 
 import numpy as np
 
-DEFAULT_ASSETS = Path(os.environ.get("PEBAL_SHARED_ASSETS", Path(__file__).resolve().parents[2].parent / "shared" / "assets"))
+DEFAULT_ASSETS = Path(os.environ.get("PEBAL_SHARED_ASSETS",
+                                    Path(__file__).resolve().parents[2].parent / "shared" / "assets"))
 FRAMES = ("frankfurt_000000_000294", "frankfurt_000000_000576")
 HELD_OUT = ("000000000263", "000000000394", "000000000502", "000000000575")
 OBJECT_SCALE = 0.5
@@ -206,7 +207,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     first, last = json.loads(log_lines[0]), json.loads(log_lines[-1])
     result = {
         "iterations": summary["global_step"], "epochs": epochs, "batch_size": batch, "crop": [256, 512], "lr": args.lr,
-        "train_objects": train_names, "held_out_objects": list(HELD_OUT), "held_out_images": len(pairs), "eval_size": eval_size,
+        "train_objects": train_names, "held_out_objects": list(HELD_OUT), "held_out_images": len(pairs),
+        "eval_size": eval_size,
         "loss_first_step": first["loss"], "loss_last_step": last["loss"],
         "before": before, "after": after, "wall_seconds": round(time.time() - t0, 1),
         "final_checkpoint": summary["final_checkpoint"],

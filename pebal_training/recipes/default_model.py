@@ -146,7 +146,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     record = {
         "description": "Synthetic-world demo model (ESPNetv2 s=2.0 trained from scratch on pebal's procedural "
                        "street scenes, then PEBAL-fine-tuned with synthetic outlier blobs). Not for real roads.",
-        "recipe": "python -m pebal_training.recipes.default_model " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "recipe": "python -m pebal_training.recipes.default_model "
+                  + " ".join(argv if argv is not None else sys.argv[1:]),
         "size_hw": [height, width],
         "pretrain": {"epochs": args.pretrain_epochs, "lr": args.pretrain_lr, "scenes": args.scenes,
                      "seconds": pre["seconds"], "global_step": pre["global_step"]},

@@ -13,7 +13,7 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
-from ..constants import IMAGENET_MEAN, IMAGENET_STD  # noqa: F401  (re-exported)
+from ..constants import IMAGENET_MEAN, IMAGENET_STD
 from ..constants import NUM_INLIER_CLASSES, NUM_OUTPUTS  # noqa: F401  (19 classes + abstention channel)
 
 

@@ -50,7 +50,8 @@ def describe_mismatch(model_state: Mapping[str, torch.Tensor], given: Mapping[st
     return "; ".join(parts)
 
 
-def load_state_dict_strict(model: torch.nn.Module, state: Mapping[str, torch.Tensor], source: str = "checkpoint") -> None:
+def load_state_dict_strict(model: torch.nn.Module, state: Mapping[str, torch.Tensor],
+                           source: str = "checkpoint") -> None:
     """``load_state_dict(strict=True)`` with one clear CheckpointError listing every kind of mismatch.
 
     BatchNorm ``num_batches_tracked`` buffers are not needed at inference and are filled in when a

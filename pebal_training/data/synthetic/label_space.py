@@ -7,8 +7,9 @@ import numpy as np
 
 # VOID (255), the trainId names and the standard Cityscapes colours (for visualisation only; scenes use
 # photo colours) are defined once in pebal_perception.core.constants.
-from pebal_perception.core.constants import CITYSCAPES_PALETTE, NUM_INLIER_CLASSES, VOID
-from pebal_perception.core.constants import CITYSCAPES_CLASSES as TRAIN_ID_NAMES
+from pebal_perception.core.constants import CITYSCAPES_CLASSES as TRAIN_ID_NAMES  # noqa: F401 (re-exported)
+from pebal_perception.core.constants import CITYSCAPES_PALETTE, NUM_INLIER_CLASSES
+from pebal_perception.core.constants import VOID as VOID  # re-exported
 
 (ROAD, SIDEWALK, BUILDING, WALL, FENCE, POLE, TRAFFIC_LIGHT, TRAFFIC_SIGN, VEGETATION, TERRAIN, SKY,
  PERSON, RIDER, CAR, TRUCK, BUS, TRAIN, MOTORCYCLE, BICYCLE) = range(NUM_INLIER_CLASSES)
