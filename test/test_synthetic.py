@@ -299,3 +299,13 @@ def test_a_building_gap_ending_just_before_a_cross_street_does_not_hang():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                           cwd=str(Path(__file__).resolve().parents[1]))
     assert proc.returncode == 0 and "(188, 276, 3)" in proc.stdout, proc.stderr
+
+
+def test_the_lazy_names_of_pebal_training_data_are_the_generators_public_names():
+    """``pebal_training.data`` lists the generator's names to re-export them without importing it; the
+    two lists must stay the same (the generator's ``__all__`` is the reference)."""
+    import pebal_training.data as data
+    import pebal_training.data.synthetic as synthetic
+
+    assert sorted(data.__all__) == sorted(synthetic.__all__)
+    assert all(getattr(data, name) is getattr(synthetic, name) for name in synthetic.__all__)
