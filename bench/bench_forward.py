@@ -208,8 +208,7 @@ def run(quick: bool = False, models: list[str] | None = None, try_compile: bool 
             figs.append(skipped(f"{tag}_ours", f"--quick time budget of {QUICK_BUDGET_S:.0f} s used up; "
                                                "run without --quick"))
             continue
-        # torch.compile takes minutes on a small CPU (7.5 min measured on the shared 2-core machine):
-        # the quick suite reports it as skipped.
+        # torch.compile takes minutes on a small CPU: the quick suite reports it as skipped.
         compile_here = try_compile and is_espnet and tuple(size) == (1024, 512)
         figs += bench_model(model_name, size, warmup, repeats, target=ESPNET_TARGET if is_espnet else None,
                             try_compile=compile_here and not quick, verbose=verbose)

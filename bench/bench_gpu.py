@@ -16,7 +16,7 @@ BatchNorm statistics (as figure 1):
   engine (``InferenceEngine.forward_logits``: uint8 in, normalisation on the device, BatchNorm folded,
   channels-last, ``inference_mode``) in fp32, fp16 and bf16 autocast; frames per second, ratio vs the
   baseline, and the logits' deviation from eager fp32 (relative to the largest logit; fp16/bf16 are
-  held to 2e-2, fp32 to 1e-3). Targets (issue 5, on an H100): ESPNetv2 2048x1024 fp16 >= 150 fps,
+  held to 2e-2, fp32 to 1e-3). Targets (on an H100): ESPNetv2 2048x1024 fp16 >= 150 fps,
   WRN38 2048x1024 fp16 >= 15 fps.
 * **torch.compile** of the engine's model, fp16, ``mode="reduce-overhead"`` (inductor + CUDA graphs)
   and ``"max-autotune-no-cudagraphs"`` for ESPNetv2 2048x1024: fps vs the engine's fp16 path,

@@ -39,7 +39,7 @@ from pebal_perception.testing import ros_harness
 
 NAME = "node_e2e_espnetv2_1024x512"
 STARTUP_TIMEOUT_S = 90.0
-NODE_TARGET = 1.10  # issue 5: node end-to-end p50 <= 1.10x the bare core on the same frames
+NODE_TARGET = 1.10  # target: node end-to-end p50 <= 1.10x the bare core on the same frames
 FRAME_TIMEOUT_S = 60.0
 
 

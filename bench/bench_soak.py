@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Soak (issue 6): the detector node fed a 10 Hz camera replay for minutes; memory and queues must not grow.
+"""Soak: the detector node fed a 10 Hz camera replay for minutes; memory and queues must not grow.
 
     python bench/bench_soak.py [--duration 600] [--quick] [--fps 10] [--size 1024x512] [--out soak.json]
     python bench/run.py --only soak [--quick]        (full: 600 s; --quick: 25 s)
@@ -13,9 +13,8 @@ What runs (all on this machine, DDS on loopback only: ``ROS_AUTOMATIC_DISCOVERY_
   params file's defaults), ``device:=cpu``, the camera mounting height / pitch of the drive (so ground
   positions are computed), the launch file's remappings onto the bag's topics, and
   ``qos.reliability:=reliable`` (``--best-effort`` keeps the params file's best_effort: a 1.5 MB frame
-  is ~25 UDP fragments and one lost fragment loses the frame inside DDS, before the node sees it;
-  on a loaded 2-core machine about half of the frames, which would hide them from the node's
-  accounting and halve the load this soak puts on it);
+  is ~25 UDP fragments and one lost fragment loses the frame inside DDS, before the node sees it,
+  which would hide lost frames from the node's accounting and lighten the load this soak puts on it);
 * the **real replay tool**: a synthetic drive (``pebal_training.recipes.drive_bag``, 1024x512 ``bgr8``,
   a few seconds of frames with anomalies on the road, ``/camera/image_raw`` + ``/camera/camera_info``)
   is written once into a temporary bag and replayed with ``pebal-bag play --loop`` at its recorded

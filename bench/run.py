@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Runs the benchmark suite (issue 5) and stores the figures per machine.
+"""Runs the benchmark suite (BENCHMARKS.md) and stores the figures per machine.
 
     python bench/run.py [--quick] [--only forward,frame,node,metrics,training,soak,gpu]
 
@@ -37,14 +37,14 @@ if str(REPO_ROOT) not in sys.path:
 
 from bench.common import format_figure, machine_id, machine_info, machine_line  # noqa: E402
 
-# Suite order: cheapest-to-fail first is not the point; this is the order of issue 5's figures.
+# Suite order: the figures' order in BENCHMARKS.md (1-5, soak, 6), not cheapest-to-fail first.
 MODULES = {
     "forward": "bench.bench_forward",    # figure 1
     "frame": "bench.bench_frame",        # figure 2
     "node": "bench.bench_node",          # figure 3
     "metrics": "bench.bench_metrics",    # figure 4
     "training": "bench.bench_training",  # figure 5
-    "soak": "bench.bench_soak",          # issue 6: 10 minutes at 10 Hz (full), 25 s (--quick)
+    "soak": "bench.bench_soak",          # soak: 10 minutes at 10 Hz (full), 25 s (--quick)
     "gpu": "bench.bench_gpu",            # figure 6: CUDA fp16 (skipped without a GPU)
 }
 RESULTS_DIR = REPO_ROOT / "bench" / "results"

@@ -1,6 +1,6 @@
 """Fine-tuning configuration: nested dataclasses, YAML loading and ``key=value`` dotted overrides.
 
-The defaults are the reference code's values (spec section 4); ``config/finetune.yaml`` documents
+The defaults are the values of the reference code (tianyu0207/PEBAL); ``config/finetune.yaml`` documents
 every key. Loading is strict: an unknown key (in the YAML file or in an override) or a value of the
 wrong type raises :class:`ConfigError` with one line naming the key, so a typo never silently falls
 back to a default.
@@ -66,7 +66,7 @@ class OutlierConfig:
     split: str = "train2017"
     #: Drop outlier images smaller than this (Meta-OoD/PEBAL: 480); 0 keeps every image.
     min_size: int = 480
-    #: Outlier-exposure samples per epoch = int(fraction x #inlier images) (spec 3.3).
+    #: Outlier-exposure samples per epoch = int(fraction x #inlier images) (reference ``CityscapesCocoMix``).
     fraction: float = 0.1
     #: Use only these outlier images (names = file stems); null = all. E.g. to hold objects back.
     include: Optional[list] = None
@@ -84,7 +84,7 @@ class DataConfig:
     split: str = "train"
     synthetic: SyntheticDataConfig = field(default_factory=SyntheticDataConfig)
     outliers: OutlierConfig = field(default_factory=OutlierConfig)
-    #: Training crop (spec 3.4: 900); an int or [height, width].
+    #: Training crop (reference ``TrainPre``: 900); an int or [height, width].
     crop_size: Any = 900
     scales: list = field(default_factory=lambda: [0.5, 0.75, 1.0, 1.5, 1.75, 2.0])
     flip_prob: float = 0.8
@@ -122,7 +122,7 @@ class LossConfig:
     energy_weight: float = 0.1
     m_in: float = -12.0
     m_out: float = -6.0
-    #: code | paper (spec 2.2)
+    #: code (the reference's ``Gambler``) | paper (Eq. (3) of Tian et al., ECCV 2022)
     pal_variant: str = "code"
     outlier_weight: float = 0.1
     smooth_weight: float = 3e-6

@@ -1,8 +1,8 @@
 """Benchmark evaluation of a PEBAL model: pixel-pooled AUROC / AP / FPR95, component metrics, mIoU.
 
-Anomaly benchmarks (spec 6.2): every image is scored by the :class:`InferenceEngine` (at native
-resolution by default, the faithful protocol of spec 5), the score map and the unified label
-(0 inlier, 1 anomaly, 255 void) of all images are pooled in an exact
+Anomaly benchmarks (metrics as the reference's ``get_measures``): every image is scored by the
+:class:`InferenceEngine` (at native resolution by default, the reference code's test protocol), the score map
+and the unified label (0 inlier, 1 anomaly, 255 void) of all images are pooled in an exact
 :class:`~pebal_training.metrics.AnomalyMetricAccumulator` (void excluded; no per-image averaging).
 Per-image AUROC / AP are reported where the image has both classes. Component metrics (SMIYC sIoU,
 PPV, mean F1, :mod:`pebal_training.component_metrics`) use the binary prediction ``score > threshold``.
@@ -11,7 +11,7 @@ Curves (``roc.png``, ``pr.png``) are evaluated exactly from the accumulated, sor
 of thresholds (quantiles of the pooled scores plus the extremes), so the plotted points lie on the
 exact curves; only their number is reduced.
 
-Cityscapes (spec 5): the semantic prediction uses the reference ``SlidingEval`` protocol: crop 800,
+Cityscapes: the semantic prediction uses the reference ``SlidingEval`` protocol: crop 800,
 stride ⌈800·2/3⌉, zero padding in normalised space, logits of overlapping windows summed, argmax over
 the 19 classes; confusion matrix over the split (``crop_size=0`` runs the whole image at once).
 

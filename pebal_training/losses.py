@@ -1,4 +1,7 @@
-"""PEBAL training losses (spec section 2): PAL, the energy (EBM) loss and its regularisers.
+"""PEBAL training losses: PAL, the energy (EBM) loss and its regularisers.
+
+The method of Tian et al., ECCV 2022 (Sec. 3), as the reference code implements it (``Gambler``,
+``energy_loss``).
 
 Conventions
 -----------
@@ -48,7 +51,7 @@ PENALTY_FLOOR = 1e-12
 #: The reference clamps ``p_k + p_A / a`` of the PAL outlier term at 1e-7 before the log.
 OUTLIER_PROB_FLOOR = 1e-7
 
-# Defaults of spec 2.2-2.4.
+# The reference code's defaults (``Gambler``, ``energy_loss``, the weight of the energy loss).
 DEFAULT_OUTLIER_WEIGHT = 0.1
 DEFAULT_M_IN = -12.0
 DEFAULT_M_OUT = -6.0
@@ -144,7 +147,7 @@ def loss_statistics(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def energy_biased_penalty(logits: torch.Tensor) -> torch.Tensor:
-    """Energy-biased adaptive penalty (spec 2.1): ``a = G * (LSE_{k<C-1} z_k)^2 = G * E^2``.
+    """Energy-biased adaptive penalty (paper Sec. 3): ``a = G * (LSE_{k<C-1} z_k)^2 = G * E^2``.
 
     ``G`` is the 7x7, sigma-1, reflect-padded Gaussian blur applied per image. Returns ``N x H x W``
     (float32, or float64 for float64 logits). **Not detached**: gradients flow through the penalty
@@ -197,7 +200,7 @@ def _pal_terms(x: torch.Tensor, labels: torch.Tensor, lse: torch.Tensor, st: tor
 
 def pal_loss(logits: torch.Tensor, labels: torch.Tensor, variant: str = "code",
              outlier_weight: float = DEFAULT_OUTLIER_WEIGHT) -> torch.Tensor:
-    """Pixel-wise anomaly abstention loss (spec 2.2), with ``a`` = :func:`energy_biased_penalty`.
+    """Pixel-wise anomaly abstention loss (the reference's ``Gambler``), with ``a`` = :func:`energy_biased_penalty`.
 
     ``variant="code"`` (default, the reference implementation's behaviour). Images are split by
     ``is_ood`` (label 254 present in the image); each group's means are pooled over its images::
@@ -243,8 +246,8 @@ def smoothness_regulariser(energy: torch.Tensor, weight: float = DEFAULT_SMOOTH_
 def sparsity_regulariser(outlier_energies: torch.Tensor, weight: float = DEFAULT_SPARSE_WEIGHT) -> torch.Tensor:
     """``R_sparse = weight · ‖E_out‖₂``: the Euclidean norm of the vector of outlier-pixel energies.
 
-    Neither squared, averaged nor L1 (spec 2.3). Any shape is accepted and flattened; zero entries
-    contribute nothing, so a map with zeros outside the outlier pixels gives the same value. The
+    Neither squared, averaged nor L1, as in the reference's ``energy_loss``. Any shape is accepted and
+    flattened; zero entries contribute nothing, so a map with zeros outside the outlier pixels gives the same value. The
     gradient at an all-zero (or empty) input is 0.
     """
     return weight * torch.linalg.vector_norm(outlier_energies.reshape(-1))
@@ -277,7 +280,7 @@ def _energy_terms(energy: torch.Tensor, labels: torch.Tensor, st: torch.Tensor, 
 def energy_loss(logits: torch.Tensor, labels: torch.Tensor, m_in: float = DEFAULT_M_IN,
                 m_out: float = DEFAULT_M_OUT, smooth_weight: float = DEFAULT_SMOOTH_WEIGHT,
                 sparse_weight: float = DEFAULT_SPARSE_WEIGHT) -> torch.Tensor:
-    """EBM loss (spec 2.3) on the free energy ``E = -LSE_{k<C-1} z_k`` of the whole batch.
+    """EBM loss (the reference's ``energy_loss``) on the free energy ``E = -LSE_{k<C-1} z_k`` of the whole batch.
 
     With ``E_in`` = energies of pixels labelled ``0..C-2`` and ``E_out`` = energies of 254 pixels::
 
@@ -333,7 +336,7 @@ def pebal_loss(logits: torch.Tensor, labels: torch.Tensor, energy_weight: float 
                m_in: float = DEFAULT_M_IN, m_out: float = DEFAULT_M_OUT,
                smooth_weight: float = DEFAULT_SMOOTH_WEIGHT,
                sparse_weight: float = DEFAULT_SPARSE_WEIGHT) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Total PEBAL objective (spec 2.4): ``L = PAL + energy_weight · L_E`` (``energy_weight`` = 0.1),
+    """Total PEBAL objective (paper Sec. 3): ``L = PAL + energy_weight · L_E`` (``energy_weight`` = 0.1),
     i.e. :func:`partial_pebal_loss` with the statistics of this batch alone.
 
     Returns ``(total, components)``; ``components`` holds **detached** 0-d tensors (call ``.item()``

@@ -1,4 +1,4 @@
-"""Evaluation metrics: pixel-pooled anomaly metrics (spec 6.2) and the Cityscapes confusion matrix.
+"""Evaluation metrics: pixel-pooled anomaly metrics (reference ``get_measures``) and the Cityscapes confusion matrix.
 
 Anomaly metrics
 ---------------

@@ -1,4 +1,4 @@
-"""PEBAL fine-tuning loop (spec sections 1.2, 1.3, 3 and 4) as plain functions, in the shape of
+"""PEBAL fine-tuning loop (the training of the reference code, tianyu0207/PEBAL) as plain functions, in the shape of
 torchvision's segmentation reference: :func:`fit` sets a run up and loops over epochs,
 :func:`train_one_epoch` runs the optimiser steps of one epoch.
 

@@ -8,7 +8,7 @@ node's publishers, and ends by itself when ``--expect`` images went by and no ou
 
 * ``<out>/overlay.mp4`` (mp4v; ``overlay.avi`` MJPG when mp4 cannot be written): the node's overlays;
 * ``<out>/summary.json``: frames in/out, drops, latency percentiles (image received -> result
-  received, both measured here, so DDS transport is included; and the node's own
+  received, both timed in this recorder, so DDS transport is included; and the node's own
   ``processing_time_ms``), and obstacle detections vs ground truth per frame.
 
 Scoring: ground-truth obstacles are the 8-connected regions of anomaly pixels (value 1) of

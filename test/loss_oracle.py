@@ -1,4 +1,4 @@
-"""An independent PEBAL loss for the tests (spec 2.1-2.4, code column), written from the formulas.
+"""An independent PEBAL loss for the tests (reference ``Gambler`` + ``energy_loss``), written from the formulas.
 
 Plain float64 torch so autograd gives its gradient, but nothing shared with ``pebal_training``: the
 softmax and LSE are spelled out, the 7x7 blur is a hand-indexed reflect pad and 49 shifted sums,

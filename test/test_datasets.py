@@ -404,7 +404,7 @@ def test_yolo_source_class_exclusion_and_min_size(tmp_path):
             (tmp_path / "labels" / f"{name}.txt").write_text("".join(f"{c} {poly}\n" for c in classes.split()))
     src = CocoOutlierSource(tmp_path)
     assert src.fmt == "yolo"
-    assert src.names == ["dog", "train"]  # COCO 'train' is not in the excluded list (spec 3.2)
+    assert src.names == ["dog", "train"]  # COCO 'train' is not in Meta-OoD's excluded list
     assert src.dropped == {"car": "excluded class car", "empty": "no instance", "person": "excluded class person",
                            "small": "too small 120x100", "stop": "excluded class stop sign"}
     rgb, mask = src[0]

@@ -45,7 +45,7 @@ def fishy_root(tmp_path_factory):
 
 
 def hendrycks_fpr95(labels: np.ndarray, scores: np.ndarray, level: float = 0.95) -> float:
-    """Written from the spec's description of ``fpr_and_fdr_at_recall`` (independent of the package)."""
+    """Hendrycks' ``fpr_and_fdr_at_recall`` (used by the reference's ``get_measures``), independent of the package."""
     order = np.argsort(scores, kind="mergesort")[::-1]
     s, y = scores[order], labels[order].astype(np.float64)
     distinct = np.where(np.diff(s))[0]

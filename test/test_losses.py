@@ -50,7 +50,7 @@ def lse19(z: np.ndarray) -> float:
 
 
 def np_penalty(z: np.ndarray) -> np.ndarray:
-    """a = G * LSE² (spec 2.1), pixel by pixel."""
+    """a = G * LSE² (the energy-biased penalty), pixel by pixel."""
     n_img, _, h, w = z.shape
     lse = np.array([[[lse19(z[n, :, i, j]) for j in range(w)] for i in range(h)] for n in range(n_img)])
     return np_gaussian_blur(lse ** 2)
@@ -64,7 +64,7 @@ def softmax20(z: np.ndarray) -> list[float]:
 
 
 def ref_pal_code(z: np.ndarray, y: np.ndarray, a: np.ndarray, w: float = 0.1) -> float:
-    """Straight loops over pixels following the reference code's PAL (spec 2.2, code column)."""
+    """Straight loops over pixels following the reference code's PAL (``Gambler``)."""
     n_img, _, h, wd = z.shape
     in_terms, ood_in_terms, ood_out_terms = [], [], []
     for n in range(n_img):

@@ -1,4 +1,4 @@
-"""Soak, CI version (issue 6): the real detector node fed a looping 10 Hz replay of a 1024x512 synthetic
+"""Soak, CI version: the real detector node fed a looping 10 Hz replay of a 1024x512 synthetic
 drive (``pebal-bag play --loop``) for 30 s; its memory, threads, open files and queues must not grow.
 
 The same soak runner as the bench figure (``pebal_perception.testing.soak``; ``bench/bench_soak.py`` runs
@@ -19,12 +19,8 @@ from pebal_perception.testing import soak as soak_runner
 DURATION_S = 30.0
 WARMUP_S = 6.0  # soak_runner.warmup_for(30): 20 % of the duration
 # RSS growth bound after the warm-up (median of the first 5 post-warm-up 1-s samples vs the last 5).
-# Measured here (2 shared cores, 1024x512 at 10 Hz, ~5-7 processed fps): the node sits at ~650 MB and
-# swings by +-30 MB within a frame (the full-resolution output maps come and go), so a 5-sample median
-# moves by a few % between two windows while the growth itself stays within +-2 %. A leak of one
-# frame-sized buffer per frame (1.5 MB bgr8 input, 2 MB 32FC1 energy) over the ~19 s between the two
-# windows at >= 4 fps is >= 110 MB, i.e. >= 17 %; 12 % catches that and leaks down to ~1 MB/frame without
-# flaking on the swings.
+# RSS swings by a few % within a frame (the full-resolution output maps come and go); 12 % catches a
+# leak of one frame buffer per frame over the ~19 s between the windows without flaking on those swings.
 RSS_GROWTH_BOUND_PCT = 12.0
 WINDOW_S = 5.0  # at least one result in every such window after the warm-up
 

@@ -1,8 +1,9 @@
 """PEBAL's networks: WRN38 DeepLabv3+ (``DeepWV3Plus``) and the ResNet101 DeepLabv3+ variant.
 
-The WRN38 key/shape list below is written out independently from the specification (pebal-spec.md
-section 1.3), not derived from the model code, and the fake checkpoints are built from that list. The big
-models are built once per module; forward passes run on small inputs only.
+The WRN38 key/shape list below is the layout of NVIDIA's sdcnet ``DeepWV3Plus`` checkpoints
+(``cityscapes_best.pth`` without the ``module.`` prefix; 19 or 20 outputs), written out by hand, not
+derived from the model code, and the fake checkpoints are built from that list. The big models are
+built once per module; forward passes run on small inputs only.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from pebal_perception.core.models.wrn38 import DeepWV3Plus
 from pebal_perception.core.models.wrn38 import adapt_state_dict as adapt_wrn
 
 # --------------------------------------------------------------------------------------------------
-# The spec's WRN38 key list. An int is BN(c) (5 entries); a tuple is a conv ``.weight`` of that shape.
+# The WRN38 checkpoint key list. An int is BN(c) (5 entries); a tuple is a conv ``.weight`` of that shape.
 
 _SPEC_BLOCKS = [
     (["mod2.block1"], [("bn1.0", 64), ("convs.conv1", (128, 64, 3, 3)), ("convs.bn2.0", 128),
@@ -113,7 +114,7 @@ def wrn():
 
 @pytest.fixture(scope="module")
 def wrn_source():
-    """Random tensors for the spec's 19-class (NVIDIA) list, plus a 20-row final.6 for PEBAL checkpoints."""
+    """Random tensors for the 19-class (NVIDIA) list, plus a 20-row final.6 for PEBAL checkpoints."""
     state = _fake_state(spec_wrn38_entries(19), seed=1)
     gen = torch.Generator().manual_seed(2)
     return state, torch.randn((20, 256, 1, 1), generator=gen) * 0.05
@@ -161,7 +162,7 @@ def test_spec_list_counts():
     assert len(entries) == 268 == len({k for k, _ in entries})
     params = [(k, s) for k, s in entries if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
     assert len(params) == 139
-    # The spec's 137,104,192 is the parameter count of the 20-output model (final.6 [20,256,1,1]); the
+    # 137,104,192 is the parameter count of the 20-output model (final.6 [20,256,1,1]); the
     # 19-class NVIDIA layout has 256 fewer (137,103,936). Buffers are not counted.
     assert sum(math.prod(s) for _, s in params) == 137_104_192
     assert sum(math.prod(s) for k, s in spec_wrn38_entries(19)
@@ -171,8 +172,8 @@ def test_spec_list_counts():
 def test_wrn38_state_dict_matches_spec(wrn):
     got = _shapes(wrn.state_dict())
     expected = spec_wrn38_entries(20)
-    assert [e for e in expected if e not in got] == []  # spec -> model
-    assert [g for g in got if g not in expected] == []  # model -> spec
+    assert [e for e in expected if e not in got] == []  # list -> model
+    assert [g for g in got if g not in expected] == []  # model -> list
     assert got == expected  # same order as the checkpoints, too
     assert len(got) == 268
     assert sum(p.numel() for p in wrn.parameters()) == 137_104_192
@@ -208,7 +209,7 @@ def test_wrn38_head_parameters():
     head = [(n, p) for n, p in model.named_parameters() if n.startswith(spec.head_prefixes)]
     assert [n for n, _ in head] == ["final.0.weight", "final.1.weight", "final.1.bias", "final.3.weight",
                                     "final.4.weight", "final.4.bias", "final.6.weight"]
-    assert sum(p.numel() for _, p in head) == 1_296_384  # spec 1.2
+    assert sum(p.numel() for _, p in head) == 1_296_384  # the block the reference fine-tunes
 
 
 def _record(module, feats, name, what="out"):

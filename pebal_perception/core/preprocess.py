@@ -111,8 +111,9 @@ def normalize(batch_uint8: torch.Tensor, mean: Sequence[float], std: Sequence[fl
               dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """uint8 N x 3 x H x W -> normalised float N x 3 x h x w at the network size.
 
-    Resizing uses antialiased bilinear interpolation (what PIL's BILINEAR does when shrinking; within
-    one grey level of PIL, see espnetv2-spec 11.2). Sizes are checked first (:func:`check_resize`).
+    Resizing uses antialiased bilinear interpolation (what PIL's BILINEAR, the resize of the EdgeNets
+    ESPNetv2 evaluation, does when shrinking; within one grey level of PIL). Sizes are checked first
+    (:func:`check_resize`).
     """
     check_resize(tuple(batch_uint8.shape[-2:]), size)
     x = batch_uint8.to(torch.float32)

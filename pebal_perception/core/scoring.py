@@ -1,6 +1,6 @@
 """PEBAL scoring: free energy over the inlier logits, its Gaussian smoothing, and the derived masks.
 
-Conventions (PEBAL code, spec section 5): the anomaly score is the free energy
+Conventions (the PEBAL reference code's inference): the anomaly score is the free energy
 ``E = -logsumexp(logits[:19])`` at temperature 1, smoothed with a 7x7 Gaussian (sigma 1, reflect
 padding). Higher means more anomalous. The abstention channel (index 19) is never used for scoring.
 """

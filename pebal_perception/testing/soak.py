@@ -1,4 +1,4 @@
-"""The soak runner (issue 6): the detector node fed a looping camera replay; memory and queues sampled.
+"""The soak runner: the detector node fed a looping camera replay; memory and queues sampled.
 
 Shared by ``test/test_soak.py`` (30 s, asserted) and ``bench/bench_soak.py`` (10 minutes, the figures
 and their report). What runs (all on this machine, DDS on loopback only in the caller's

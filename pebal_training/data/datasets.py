@@ -1,4 +1,4 @@
-"""Readers for the real dataset layouts, exactly as the datasets ship (spec sections 3.1, 3.2 and 6.1).
+"""Readers for the real dataset layouts, exactly as the datasets ship.
 
 * :class:`CityscapesSegmentation`: the official ``leftImg8bit/`` + ``gtFine/`` tree, or PEBAL's flat
   ``images/city_gt_fine/`` + ``annotation/city_gt_fine/`` layout. Items: ``dict(image, label, name)``
@@ -7,7 +7,8 @@
   Anomaly, SegmentMeIfYouCan RoadAnomaly21 / RoadObstacle21. Items: ``dict(image, label, name)`` with
   ``image`` H x W x 3 uint8 RGB and ``label`` H x W uint8 in the unified encoding 0 inlier, 1 anomaly,
   255 void (see :mod:`pebal_training.data.labels`).
-* :class:`CocoOutlierSource`: COCO outlier proxies (spec 3.2); items ``(rgb uint8, mask bool)``.
+* :class:`CocoOutlierSource`: COCO outlier proxies (selected as Meta-OoD's COCO preparation script
+  does); items ``(rgb uint8, mask bool)``.
 
 Files are listed in sorted order (deterministic, unlike the reference's ``os.listdir``) and paired by
 name, never by position. A wrong or incomplete tree fails at construction with one
@@ -215,7 +216,7 @@ class CityscapesSegmentation(_PairedDataset):
       ``gtFine/<split>/<city>/<stem>_gtFine_labelTrainIds.png``; where a trainIds file is absent the
       ``<stem>_gtFine_labelIds.png`` beside it is converted on the fly
       (:func:`~pebal_training.data.labels.label_ids_to_train_ids`);
-    * PEBAL flat (spec 3.1): ``images/city_gt_fine/<split>/*.png`` with
+    * PEBAL flat (the reference code's layout): ``images/city_gt_fine/<split>/*.png`` with
       ``annotation/city_gt_fine/<split>/<stem>_gtFine.png`` (trainIds), ``<stem>`` being the image
       name truncated before ``_leftImg8bit``.
 
@@ -291,7 +292,7 @@ class CityscapesSegmentation(_PairedDataset):
 
 
 class FishyscapesDataset(_PairedDataset):
-    """Fishyscapes L&F / Static validation (SynBoost-preprocessed release, spec 6.1).
+    """Fishyscapes L&F / Static validation (SynBoost-preprocessed release, which the reference evaluates on).
 
     ``<root>/<subset>/original/*.png`` with ``<root>/<subset>/labels/<same name>.png``; the other
     SynBoost folders (entropy, semantic, ...) are ignored. Labels are already 0 / 1 / 255.
@@ -453,7 +454,7 @@ def open_anomaly_dataset(name: str, root: str | Path, **options: Any) -> _Paired
 
 
 # --------------------------------------------------------------------------------------------------
-# COCO outlier proxies (spec 3.2)
+# COCO outlier proxies (the selection of Meta-OoD's COCO preparation script)
 
 #: COCO classes that may appear in driving scenes; an image holding any of them is not an outlier.
 EXCLUDED_COCO_NAMES = ("person", "bicycle", "car", "motorcycle", "bus", "truck", "traffic light", "stop sign")

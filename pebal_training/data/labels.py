@@ -1,4 +1,4 @@
-"""Label tables and label-encoding mappers (spec sections 3.1 and 6.1).
+"""Label tables and label-encoding mappers.
 
 Two families of tables live here:
 
@@ -155,10 +155,10 @@ def check_train_ids(train_ids: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------------------------------
 # LostAndFound
 #
-# Provenance: restated from the spec (section 6.1): the LostAndFound trainIds are 1 = free road
-# (inlier), 2 = obstacle (anomaly), 0 = "random non-hazard" objects and 255 = everything else; the
-# spec names this "Meta-OoD's table, identical in PEBAL/RPL". The per-labelId assignment below
-# (which of the dataset's 42 object labelIds are "random non-hazards") follows that public table:
+# Provenance: Meta-OoD's LostAndFound trainId table (also used by PEBAL and RPL): 1 = free road
+# (inlier), 2 = obstacle (anomaly), 0 = "random non-hazard" objects and 255 = everything else. The
+# per-labelId assignment below (which of the dataset's 42 object labelIds are "random non-hazards")
+# follows that public table:
 # labelId 0 (unlabeled / ego vehicle / rectification border / out of roi / background) -> 255,
 # 1 (free) -> 1, 2..43 (objects) -> 2 except the seven random non-hazards -> 0.
 
@@ -273,7 +273,7 @@ def fishyscapes_to_unified(label: np.ndarray) -> np.ndarray:
 def road_anomaly_to_unified(label: np.ndarray, encoding: str = "synboost") -> np.ndarray:
     """Road Anomaly -> unified.
 
-    ``encoding="synboost"`` (the SynBoost-preprocessed release the reference evaluates on, spec 6.1):
+    ``encoding="synboost"`` (the SynBoost-preprocessed release the reference evaluates on):
     0 = inlier, 1 = anomaly; 255 is accepted as void although that release does not use it.
 
     ``encoding="epfl"``: the original EPFL release (``*.labels/labels_semantic.png``) marks anomalies

@@ -1,4 +1,4 @@
-"""Outlier exposure ("AnomalyMix", spec section 3.3): paste COCO objects onto Cityscapes scenes.
+"""Outlier exposure ("AnomalyMix" in Tian et al., ECCV 2022): paste COCO objects onto Cityscapes scenes.
 
 :func:`paste_outlier` is the paste itself; :class:`CityscapesCocoMix` is the mixed training set that
 is rebuilt every epoch. Unlike the reference, everything is deterministic: the outlier subset of an
@@ -88,7 +88,7 @@ def _split_sample(sample: Any) -> tuple[np.ndarray, np.ndarray, str]:
 
 
 class CityscapesCocoMix(Dataset):
-    """Inlier scenes plus an outlier-exposure subset re-drawn every epoch (spec 3.3).
+    """Inlier scenes plus an outlier-exposure subset re-drawn every epoch, as the reference's class of that name.
 
     ``len = N + M`` with ``N = len(inlier_dataset)`` and ``M = int(outlier_fraction * N)``, at least 1
     when an outlier source with any image is given (``M = 0`` without one). Sample ``i < N`` is inlier

@@ -1,4 +1,4 @@
-"""Training / evaluation preprocessing (spec section 3.4, ``TrainPre``).
+"""Training / evaluation preprocessing (the reference code's ``TrainPre``).
 
 :class:`TrainTransform` is applied identically to plain inlier samples and to outlier-exposure samples,
 *after* the paste. Every random choice comes from an explicit ``numpy.random.Generator`` passed by the
@@ -88,7 +88,7 @@ def _symmetric_pad(array: np.ndarray, out_h: int, out_w: int, value: float) -> n
 
 
 class TrainTransform:
-    """Spec 3.4 training augmentation; ``__call__(rgb, label, rng) -> (image, label, is_ood)``.
+    """The reference's ``TrainPre`` training augmentation; ``__call__(rgb, label, rng) -> (image, label, is_ood)``.
 
     ``rgb``: H x W x 3 uint8; ``label``: H x W integer (trainIds, 254 outliers, 255 void).
     Returns a float32 tensor ``3 x ch x cw``, an int64 tensor ``ch x cw`` and a Python bool.

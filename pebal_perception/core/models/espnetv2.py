@@ -1,7 +1,7 @@
 """ESPNetv2 (width scale s = 2.0) Cityscapes semantic segmentation network.
 
-Clean-room implementation of the architecture described in ``shared/reference/espnetv2-spec.md``
-(origin design: Mehta et al., "ESPNetv2", CVPR 2019; sacmehta/EdgeNets, MIT licence). Module and
+Clean-room implementation of ESPNetv2 (Mehta et al., "ESPNetv2", CVPR 2019; reference code
+sacmehta/EdgeNets, MIT licence). Module and
 attribute names reproduce the origin checkpoint's key spelling exactly, so the published
 ``espnetv2_s_2.0_city_1024x512.pth`` loads with ``strict=True`` (526 keys, 789,242 parameters).
 
@@ -26,7 +26,7 @@ from .common import unwrap_checkpoint, widen_head
 
 __all__ = ["ESPNetv2Segmentation", "adapt_state_dict"]
 
-# Channel configuration for s = 2.0 (the only width the spec defines).
+# Channel configuration for s = 2.0 (the only width built here: that of the Cityscapes checkpoint).
 _SUPPORTED_SCALE = 2.0
 _LEVEL_WIDTHS = (32, 128, 256, 512)  # encoder output widths of levels 1..4
 _BRANCHES = 4  # K: parallel dilated branches per EESP block

@@ -1,8 +1,8 @@
 """DeepLabv3+ on a dilated ResNet101 (output stride 8): the paper's ResNet101 variant of PEBAL.
 
 PEBAL's code has no ResNet101 model, only loader hooks (``final2.0.*``, ``dsn.4.*``) that match the
-head of the Standardized-Max-Logits / RobustNet ``DeepR101V3PlusD_OS8`` Cityscapes checkpoint (spec
-section 1.4). This model reproduces that *head* key for key (``aspp``, ``bot_fine``, ``bot_aspp``,
+head of the Standardized-Max-Logits / RobustNet ``DeepR101V3PlusD_OS8`` Cityscapes checkpoint.
+This model reproduces that *head* key for key (``aspp``, ``bot_fine``, ``bot_aspp``,
 ``final1``, ``final2``), but its backbone is torchvision's ``resnet101`` (random init, nothing is
 downloaded) with ``replace_stride_with_dilation=[False, True, True]``:
 

@@ -1,7 +1,7 @@
 """PEBAL's network: DeepLabv3+ on a dilated WideResNet38 (NVIDIA "sdcnet" ``DeepWV3Plus``).
 
 The module tree is laid out so that ``state_dict()`` has exactly the key names and shapes of the
-checkpoints in circulation (spec section 1.1/1.3): NVIDIA's ``cityscapes_best.pth`` (19 classes, keys
+checkpoints in circulation: NVIDIA's ``cityscapes_best.pth`` (19 classes, keys
 prefixed ``module.``) and PEBAL's own checkpoints (20 outputs, keys prefixed ``branch1.``).
 
 Layout (input H x W, output stride 8, decoder at 1/2 resolution)::
