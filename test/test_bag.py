@@ -198,6 +198,7 @@ def _ros_or_skip() -> None:
         pytest.skip(f"{reason}; run scripts/setup.sh")
 
 
+@pytest.mark.ros
 def test_process_matches_live_node(capsys, work, checkpoint, drive_bags):
     """Offline outputs == the live node's outputs (same frames, replayed with pebal-bag play)."""
     _ros_or_skip()
@@ -322,6 +323,7 @@ def test_missing_topic(capsys, work, checkpoint, drive_bags):
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_console_script_bad_bag(work):
     """The installed console script (subprocess): one line, exit 1, for process and play."""
     script = Path(sys.prefix) / "bin" / "pebal-bag"
@@ -369,6 +371,7 @@ def test_atomic_writer_abort_and_refuse_existing(work):
         AtomicBagWriter(out)
 
 
+@pytest.mark.ros
 def test_replaying_a_10hz_bag_into_a_slower_node_drops_frames_and_queues_nothing(work, checkpoint):
     """A 10 Hz bag played at its recorded rate into a node that needs far more than 100 ms per frame:
     frames are dropped (only the newest is processed), in order, and nothing is left queued at the end."""
@@ -411,6 +414,7 @@ def test_replaying_a_10hz_bag_into_a_slower_node_drops_frames_and_queues_nothing
     assert after_play <= 2 + 5, (after_play, len(results), tail)
 
 
+@pytest.mark.ros
 def test_play_never_imports_modules_named_by_the_bag(work):
     """A bag's type strings are data: ``this/msg/Zen`` must not import ``this`` (which prints the Zen of
     Python); unknown types are skipped, warned about and counted, the known topics are still played."""

@@ -9,6 +9,8 @@ import pytest
 
 from bench import common
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(autouse=True)
 def one_thread():

@@ -2,9 +2,12 @@
 import json
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from pebal_perception.cli import detect
+
+pytestmark = pytest.mark.slow
 
 FRAME = "frankfurt_000000_000294"
 

@@ -35,6 +35,8 @@ from pebal_perception.testing.ros_harness import Collector
 ros_harness.use_loopback()
 os.environ["ROS_PYTHON_CHECK_FIELDS"] = "1"  # this process and the node processes
 
+pytestmark = pytest.mark.ros
+
 try:
     import rclpy
     from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus

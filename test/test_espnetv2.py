@@ -19,6 +19,8 @@ from pebal_perception.core.models.espnetv2 import (
     eesp_dilations,
 )
 
+pytestmark = pytest.mark.slow
+
 NUM_PARAMS = 789_242
 NUM_KEYS = 526
 CLASSIFIER_W = "bu_dec_l4.merge_layer.3.weight"

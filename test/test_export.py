@@ -54,6 +54,7 @@ def tiny_checkpoint(tmp_path_factory):
     return save_checkpoint(path, TinySegNet(), ModelMeta.for_architecture(TINY, threshold=-2.5))
 
 
+@pytest.mark.slow
 def test_tiny_cli_both_formats(tmp_path, tiny_checkpoint, capsys):
     out = tmp_path / "export"
     rc = export_cli.main(["--checkpoint", str(tiny_checkpoint), "--output", str(out), "--format", "both",
@@ -116,6 +117,7 @@ def test_adaptive_pool_rewrite_is_exact():
     assert torch.nn.functional.adaptive_avg_pool2d.__name__ == "adaptive_avg_pool2d"  # restored
 
 
+@pytest.mark.slow
 def test_espnetv2_small_size(tmp_path):
     torch.manual_seed(0)
     model = create_model("espnetv2").eval()  # random init is enough for equivalence

@@ -239,6 +239,7 @@ def test_poly_schedule_follows_reference():
     assert code.lr_schedule.total_iters_mode == "code"
 
 
+@pytest.mark.slow
 def test_code_mode_total_iters_uses_inlier_count(tmp_path):
     # 8 inlier scenes + 2 OE samples, batch 4: exact T_tot = 2 x (10 // 4) = 4, code = 2 x (8 // 4) = 4;
     # with batch 3: exact 2 x 3 = 6, code 2 x 2 = 4 -> lr at the last step differs.
@@ -362,6 +363,7 @@ def test_rng_state_round_trip_is_weights_only(tmp_path):
 # outputs, resume, NaN
 
 
+@pytest.mark.slow
 def test_run_folder_outputs(tmp_path):
     run = tmp_path / "run"
     cfg = tiny_cfg(run, **{"validation.kind": "synthetic", "validation.num_scenes": 2, "train.tensorboard": True,
@@ -380,6 +382,7 @@ def test_run_folder_outputs(tmp_path):
     assert set(ts["rng"][0]) == {"python", "numpy", "torch", "cuda"}
 
 
+@pytest.mark.slow
 def test_kill_and_resume_is_bit_exact(tmp_path):
     extra = {"train.epochs": 3, "train.checkpoint_every": 2}
     full, broken = tmp_path / "full", tmp_path / "broken"
@@ -403,6 +406,7 @@ def test_kill_and_resume_is_bit_exact(tmp_path):
     assert read_log(full) == read_log(broken)  # same losses and lrs, step for step
 
 
+@pytest.mark.slow
 def test_resume_mid_epoch_is_bit_exact(tmp_path):
     extra = {"train.epochs": 2, "train.checkpoint_every": 1, "train.batch_size": 3}  # 3 iterations per epoch
     full, broken = tmp_path / "full", tmp_path / "broken"
@@ -418,6 +422,7 @@ def test_resume_mid_epoch_is_bit_exact(tmp_path):
     assert read_log(full) == read_log(broken)
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path, capsys):
     run = tmp_path / "run"
     with faulty_steps(nan_at=3), pytest.raises(TrainingDiverged, match="global step 3"):
@@ -471,6 +476,7 @@ def test_broken_cityscapes_sample_stops_naming_the_file_or_is_skipped_when_chose
     assert "data.on_error" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_cli_config_error_and_success(tmp_path, capsys):
     assert finetune_main(["train.epochz=1"]) == 2
     assert "train.epochz: unknown key" in capsys.readouterr().err
@@ -511,6 +517,7 @@ def _ddp_worker(rank: int, world: int, port: int, overrides: list[str]) -> None:
     train(config_from_dict({}, overrides))
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_match_one_process(tmp_path):
     import torch.multiprocessing as mp
 
@@ -587,6 +594,7 @@ sys.exit(main(sys.argv[3:]))
 '''
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kill_after_checkpoints", [1, 3])
 def test_sigkill_mid_run_then_resume_reproduces_the_uninterrupted_run(tmp_path, kill_after_checkpoints):
     """A real `pebal-finetune` process is SIGKILLed mid-step (in the backward pass after its k-th
@@ -705,6 +713,7 @@ def _check_run_folder(run_dir: Path, last_reported: int, new_one_complete: bool 
     return resume_step
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("trap", sorted(KILL_TRAPS))
 def test_sigkill_at_each_point_of_a_checkpoint_save_keeps_a_loadable_checkpoint(tmp_path, trap):
     """The process kills itself (SIGKILL) at a chosen point inside ``save_training_checkpoint``:
@@ -717,6 +726,7 @@ def test_sigkill_at_each_point_of_a_checkpoint_save_keeps_a_loadable_checkpoint(
     _check_run_folder(tmp_path, reported[-1], KILL_TRAPS[trap])
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_times_while_saving_continuously(tmp_path):
     """Saves back to back (so almost every moment is inside a save) and is SIGKILLed from outside at
     random times; after each kill the run folder is checked and the next process carries on from it."""
@@ -773,6 +783,7 @@ def test_full_disk_during_a_save_is_one_line_and_keeps_the_previous_checkpoints(
     assert find_resume_checkpoint(run).name == "step_000000002.pt"
 
 
+@pytest.mark.slow
 def test_real_full_disk_is_one_line_and_keeps_the_previous_checkpoints(tmp_path):
     """The same on a real 64 KiB tmpfs (a private mount namespace: nothing outlives the test): the
     run fills it, stops with one line and exit 1, and what it wrote before is complete."""

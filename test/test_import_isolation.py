@@ -72,12 +72,14 @@ def probe() -> dict:
     return result
 
 
+@pytest.mark.slow
 def test_core_and_training_modules_import(probe):
     assert "pebal_perception.core" in probe["imported"]
     assert not probe["errors"], "modules failed to import:\n" + "\n".join(
         f"--- {name}\n{tb}" for name, tb in probe["errors"].items())
 
 
+@pytest.mark.slow
 def test_no_ros_module_is_imported(probe):
     assert probe["imported"], "nothing was imported"
     assert "rclpy" not in probe["ros"]
@@ -123,6 +125,7 @@ def test_layering_of_source_imports(top, forbidden):
     assert not bad, "\n".join(bad)
 
 
+@pytest.mark.slow
 def test_the_test_harness_is_not_imported(probe):
     """pebal_perception.testing (the ROS test harness, the soak runner) is for tests and benchmarks only."""
     assert probe["imported"], "nothing was imported"

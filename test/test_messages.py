@@ -27,6 +27,8 @@ import time
 import uuid
 from pathlib import Path
 
+import pytest
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if __name__ == "__main__" and str(REPO_ROOT) not in sys.path:  # the peer subprocess
     sys.path.insert(0, str(REPO_ROOT))
@@ -209,6 +211,7 @@ def _topic(kind: str) -> str:
     return f"/pebal_test_{uuid.uuid4().hex[:10]}/{kind}"
 
 
+@pytest.mark.ros
 def test_subprocess_publishes_test_receives():
     topic = _topic("anomaly")
     with ros_harness.Peer("pebal_test_sub") as peer, ros_peer("publish", topic) as proc:
@@ -217,6 +220,7 @@ def test_subprocess_publishes_test_receives():
     assert assert_msg_equal(received.snapshot()[0], make_result()) == 32
 
 
+@pytest.mark.ros
 def test_test_publishes_subprocess_echoes_back():
     topic_in, topic_out = _topic("in"), _topic("out")
     sent = make_result()

@@ -16,6 +16,8 @@ import pytest
 
 from pebal_perception.testing import soak as soak_runner
 
+pytestmark = [pytest.mark.ros, pytest.mark.slow]
+
 DURATION_S = 30.0
 WARMUP_S = 6.0  # soak_runner.warmup_for(30): 20 % of the duration
 # RSS growth bound after the warm-up (median of the first 5 post-warm-up 1-s samples vs the last 5).

@@ -24,6 +24,8 @@ from pebal_perception.core.models.wrn38 import adapt_state_dict as adapt_wrn
 # --------------------------------------------------------------------------------------------------
 # The WRN38 checkpoint key list. An int is BN(c) (5 entries); a tuple is a conv ``.weight`` of that shape.
 
+pytestmark = pytest.mark.slow
+
 _SPEC_BLOCKS = [
     (["mod2.block1"], [("bn1.0", 64), ("convs.conv1", (128, 64, 3, 3)), ("convs.bn2.0", 128),
                        ("convs.conv2", (128, 128, 3, 3)), ("proj_conv", (128, 64, 1, 1))]),
