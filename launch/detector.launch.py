@@ -6,9 +6,9 @@
 Parameters come from ``params_file`` (default: share/pebal_perception/config/detector.yaml); the
 ``checkpoint``, ``device`` and ``threshold`` arguments override it (``threshold:=.nan``, the default,
 = the checkpoint's calibrated threshold; the override is always a double, like the parameter in the
-params file: rcl silently ignores an override whose type differs from the file's value). The node subscribes to
-``image_topic``,
-``image_topic``/compressed (only with ``subscribe_compressed: true``) and ``camera_info_topic``.
+params file: rcl silently ignores an override whose type differs from the file's value). The node
+subscribes to ``image_topic``, ``image_topic``/compressed (only with ``subscribe_compressed: true``) and
+``camera_info_topic``.
 """
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument
