@@ -16,6 +16,7 @@ HERE = Path(__file__).resolve().parent
 CONSOLE_SCRIPTS = {
     "pebal-detect": "pebal_perception.cli.detect:main",
     "pebal-bag": "pebal_perception.cli.bag:main",
+    "pebal-camera": "pebal_perception.cli.camera:main",
     "pebal-synth": "pebal_training.cli.synth:main",
     "pebal-finetune": "pebal_training.cli.finetune:main",
     "pebal-eval": "pebal_training.cli.evaluate:main",

@@ -11,8 +11,9 @@
   it into place only when it is complete, so the destination is never a half-written bag.
 * :func:`check_bag_output` - what an output bag may replace: nothing, or (with ``overwrite``) only a
   bag this package wrote: a folder holding exactly ``metadata.yaml``, the storage files it names and
-  the writer's summary (``summary.json`` of ``pebal-bag process``, ``drive.json`` of the drive
-  recipe). A user's folder, a recorded bag, a device node or a fifo is refused, never deleted.
+  the writer's summary (``summary.json`` of ``pebal-bag process``, ``footage.json`` of
+  ``pebal-bag from-video``, ``drive.json`` of the drive recipe). A user's folder, a recorded bag, a
+  device node or a fifo is refused, never deleted.
 
 Timestamps are integers in nanoseconds; :func:`stamp_ns` / :func:`stamp_from_ns` convert headers.
 """
@@ -220,7 +221,8 @@ def qos_of(connection: Any) -> list[Any]:
 
 # Summary files the writers put into their bags, with keys that identify them as ours.
 BAG_SUMMARIES = {"summary.json": ("input_bag", "output_bag", "output_topics"),
-                 "drive.json": ("frames", "topics", "ground_truth_values")}
+                 "drive.json": ("frames", "topics", "ground_truth_values"),
+                 "footage.json": ("input", "output_bag", "frames", "output_topics")}
 _OVERWRITE_RULE = "--overwrite replaces only a bag this tool wrote"
 
 

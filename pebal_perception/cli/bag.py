@@ -4,6 +4,8 @@
     pebal-bag process BAG --output OUT [--topic /camera/image_raw] [--checkpoint C --model M --device D]
                       [--params-file config/detector.yaml] [--param NAME:=VALUE ...] [--overlay]
                       [--storage sqlite3|mcap] [--prefix /pebal_detector]
+    pebal-bag from-video INPUT --output OUT [--topic /camera/image_raw] [--fps F] [--every N] [--size WxH]
+                      [--compressed] [--camera-info YAML] [--frame-id camera] [--start-time S]
 
 ``play`` publishes every message (sqlite3 or mcap bags) at its recorded time offset (the bag's own
 timestamps, scaled by ``--rate``) as the raw serialized bytes (nothing is deserialised) with rclpy
@@ -24,6 +26,16 @@ holding exactly ``metadata.yaml``, the storage files it names and our ``summary.
 folder, and only once the new bag is complete; anything else there (a folder with other files, a
 recorded bag, a file, a device, a fifo) is refused before any work, with one line
 ``pebal-bag: error: OUT: what is there``, and left untouched.
+
+``from-video`` turns a user's own footage (a video OpenCV reads, or a folder of PNG/JPEG images in name
+order; :mod:`pebal_perception.frame_sources`) into a version-8 bag: one ``sensor_msgs/Image`` (bgr8) per
+kept frame on ``--topic`` (``--compressed``: a JPEG ``sensor_msgs/CompressedImage`` on ``<topic>/compressed``
+instead), stamped ``start + source frame index / fps`` (``--fps``: the source's rate, by default the
+video's own, 10 for a folder), plus with ``--camera-info`` a ``sensor_msgs/CameraInfo`` of the same stamp on
+``camera_info`` next to ``--topic`` (scaled to ``--size``). It is written atomically like ``process``'s
+output, with ``footage.json`` inside; ``--overwrite`` replaces only a bag ``from-video`` wrote. Bad
+footage (unreadable video, empty folder, a file there that is not an image, bad calibration YAML) is one
+line ``pebal-bag: error: PATH: what``, exit 1, and nothing is left at the output path.
 
 Problems with the input (missing, truncated, corrupt, empty bag; missing topic) are reported as one
 line ``pebal-bag: error: BAG: ...`` with exit status 1 (2 for usage errors).
@@ -70,6 +82,16 @@ def _positive(text: str) -> float:
     return value
 
 
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="Replay or process ROS 2 bags (sqlite3 / mcap).")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -110,6 +132,32 @@ def build_parser() -> argparse.ArgumentParser:
                       help="replace an existing output bag that pebal-bag process wrote (once the new one is "
                            "complete); anything else at --output is refused")
     proc.add_argument("--quiet", "-q", action="store_true")
+
+    from pebal_perception.core.cli_args import image_size
+
+    video = sub.add_parser("from-video", help="write a bag of camera images from a video or a folder of images")
+    video.add_argument("input", type=Path, help="a video file OpenCV reads, or a folder of PNG/JPEG images "
+                                                "(in name order)")
+    video.add_argument("--output", "-o", type=Path, required=True,
+                       help="output bag directory (must not exist, see --overwrite)")
+    video.add_argument("--topic", default="/camera/image_raw", help="image topic (default /camera/image_raw)")
+    video.add_argument("--fps", type=_positive, default=None,
+                       help="frame rate of the source (default: the video's own; 10 for a folder)")
+    video.add_argument("--every", type=_count, default=1, metavar="N", help="keep every N-th frame (default 1)")
+    video.add_argument("--size", type=image_size, default=None, metavar="WxH", help="resize the frames")
+    video.add_argument("--compressed", action="store_true",
+                       help="write sensor_msgs/CompressedImage (JPEG) on <topic>/compressed instead")
+    video.add_argument("--camera-info", type=Path, default=None, metavar="YAML",
+                       help="camera calibration (camera_calibration_parsers YAML), written on camera_info next "
+                            "to --topic (scaled to --size)")
+    video.add_argument("--frame-id", default="camera", help="header frame_id (default camera)")
+    video.add_argument("--start-time", type=float, default=None, metavar="SECONDS",
+                       help="stamp of the first frame, seconds since the epoch (default: now)")
+    video.add_argument("--storage", choices=("sqlite3", "mcap"), default="sqlite3")
+    video.add_argument("--overwrite", action="store_true",
+                       help="replace an existing output bag that pebal-bag from-video wrote (once the new one is "
+                            "complete); anything else at --output is refused")
+    video.add_argument("--quiet", "-q", action="store_true", help="no progress bar, no summary line")
     return parser
 
 
@@ -118,6 +166,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "play":
             return play(args)
+        if args.command == "from-video":
+            return from_video(args)
         return process(args)
     except CliError as exc:
         sys.stderr.write(f"{PROG}: error: {exc}\n")
@@ -131,7 +181,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(exc, BagError):
             sys.stderr.write(f"{PROG}: error: {exc}\n")
         else:
-            sys.stderr.write(f"{PROG}: error: {args.bag}: {type(exc).__name__}: {exc}\n".splitlines()[0] + "\n")
+            where = getattr(args, "bag", None) or getattr(args, "input", "")
+            sys.stderr.write(f"{PROG}: error: {where}: {type(exc).__name__}: {exc}\n".splitlines()[0] + "\n")
         return 1
 
 
@@ -487,6 +538,89 @@ def process(args: argparse.Namespace) -> int:
         print(f"{PROG}: wrote {args.output} ({stats['frames_out']} of {stats['frames_in']} frames, "
               f"{stats['obstacles']} obstacles, p50 {summary['processing_time_ms']['p50']} ms/frame); "
               f"summary: {args.output / 'summary.json'}")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------- from-video
+
+FOOTAGE_SUMMARY = "footage.json"
+JPEG_QUALITY = 90
+
+
+def from_video(args: argparse.Namespace) -> int:
+    """A bag of the frames of a video or an image folder (see :mod:`pebal_perception.frame_sources`)."""
+    import cv2
+    import numpy as np
+    from tqdm import tqdm
+
+    from pebal_perception.bag import AtomicBagWriter, check_bag_output, header, msg_class, qos_profile
+    from pebal_perception.frame_sources import FootageError, camera_info_topic, load_calibration, open_source
+
+    check_bag_output(args.output, args.overwrite, FOOTAGE_SUMMARY)  # before any work
+    try:
+        calibration = load_calibration(args.camera_info) if args.camera_info is not None else None
+        source = open_source(args.input, every=args.every, size=args.size)
+        info_fields = calibration.fields(source.size) if calibration is not None else None
+    except FootageError as exc:
+        raise CliError(str(exc)) from None
+    fps = source.fps(args.fps)
+    start_ns = int(round((time.time() if args.start_time is None else args.start_time) * 1e9))
+    image_topic = f"{args.topic.rstrip('/')}/compressed" if args.compressed else args.topic
+    info_topic = camera_info_topic(args.topic)
+    image_type = "sensor_msgs/msg/CompressedImage" if args.compressed else "sensor_msgs/msg/Image"
+    Image, Compressed = msg_class("sensor_msgs/msg/Image"), msg_class("sensor_msgs/msg/CompressedImage")
+    CameraInfo, Roi = msg_class("sensor_msgs/msg/CameraInfo"), msg_class("sensor_msgs/msg/RegionOfInterest")
+    qos = [qos_profile(reliable=False, depth=5)]  # what a camera driver offers (sensor data)
+    frames = 0
+    try:
+        with _Interrupt() as stop, AtomicBagWriter(args.output, storage=args.storage, overwrite=args.overwrite,
+                                                   summary=FOOTAGE_SUMMARY) as writer:
+            writer.add_topic(image_topic, image_type, qos)
+            if info_fields is not None:
+                writer.add_topic(info_topic, "sensor_msgs/msg/CameraInfo", qos)
+            bar = tqdm(total=source.count, unit="frame", desc=PROG, disable=args.quiet, leave=False)
+            try:
+                for index, bgr in source.frames():
+                    if stop.is_set():
+                        raise CliError(f"{args.input}: interrupted; no output written")
+                    stamp = start_ns + int(round(index * 1e9 / fps))
+                    hdr = header(stamp, args.frame_id)
+                    if args.compressed:
+                        ok, jpeg = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+                        if not ok:
+                            raise CliError(f"{args.input}: frame {index} cannot be encoded as JPEG")
+                        msg = Compressed(header=hdr, format="bgr8; jpeg compressed bgr8",
+                                         data=np.frombuffer(jpeg.tobytes(), np.uint8))
+                    else:
+                        h, w = bgr.shape[:2]
+                        msg = Image(header=hdr, height=h, width=w, encoding="bgr8", is_bigendian=0, step=w * 3,
+                                    data=np.frombuffer(bgr.tobytes(), np.uint8))
+                    writer.write_msg(image_topic, stamp, msg)
+                    if info_fields is not None:
+                        f = info_fields
+                        writer.write_msg(info_topic, stamp, CameraInfo(
+                            header=hdr, height=f["height"], width=f["width"], distortion_model=f["distortion_model"],
+                            d=np.asarray(f["d"], np.float64), k=np.asarray(f["k"], np.float64),
+                            r=np.asarray(f["r"], np.float64), p=np.asarray(f["p"], np.float64),
+                            binning_x=0, binning_y=0,
+                            roi=Roi(x_offset=0, y_offset=0, height=0, width=0, do_rectify=False)))
+                    frames += 1
+                    bar.update(1)
+            finally:
+                bar.close()
+            if frames == 0:
+                raise CliError(f"{args.input}: no frames")
+            summary = {"input": str(args.input), "output_bag": str(args.output), "kind": source.kind,
+                       "frames": frames, "fps": fps, "every": args.every,
+                       "size": [source.size[1], source.size[0]], "frame_id": args.frame_id,
+                       "start_ns": start_ns, "camera_info": str(args.camera_info) if args.camera_info else None,
+                       "output_topics": dict(writer.counts)}
+            writer.commit(extra_files={FOOTAGE_SUMMARY: json.dumps(summary, indent=1) + "\n"})
+    except FootageError as exc:  # a bad image in the middle of a folder: the partial bag is gone
+        raise CliError(str(exc)) from None
+    if not args.quiet:
+        print(f"{PROG}: wrote {args.output} ({frames} frames {source.size[1]}x{source.size[0]} at "
+              f"{fps / args.every:g} fps on {image_topic}{' and ' + info_topic if info_fields else ''})")
     return 0
 
 
