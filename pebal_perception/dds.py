@@ -28,7 +28,7 @@ def find_profile() -> Path | None:
 
         try:
             candidates.append(Path(get_package_share_directory("pebal_perception")) / "config" / PROFILE_NAME)
-        except PackageNotFoundError:
+        except (PackageNotFoundError, OSError):  # OSError: no AMENT_PREFIX_PATH (env.sh not sourced)
             pass
     except ImportError:  # no ROS: only the checkout's copy
         pass
