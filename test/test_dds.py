@@ -4,7 +4,7 @@ from __future__ import annotations
 from pebal_perception import dds
 
 
-def test_our_profile_is_applied_when_none_is_set(monkeypatch):
+def test_our_profile_is_applied_when_none_is_set():
     profile = dds.find_profile()
     if profile is None:  # pragma: no cover - the checkout always has config/
         import pytest
