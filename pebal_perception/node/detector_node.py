@@ -14,10 +14,11 @@ Diagnostics
 -----------
 The counters in ``/diagnostics`` are cumulative since start-up. The status *level* reflects the last
 ``diagnostics.window_s`` seconds (default 10): ERROR while a frame failed to process within the window,
-WARN while a frame was dropped for lack of device memory or an input image was rejected within it, and
-also WARN while the model runs degraded after running out of memory, before the first image, and while
-the latest camera_info is unusable although ground positions are configured; OK otherwise. Once
-failures stop, the level returns to OK after one window.
+WARN while a frame was dropped for lack of device memory, an input image was rejected or input frames
+were lost in transport within it (lost frames are also logged, rate-limited, with the remedy: the
+large-image Fast DDS profile on the publisher too), and also WARN while the model runs degraded after
+running out of memory, before the first image, and while the latest camera_info is unusable although
+ground positions are configured; OK otherwise. Once failures stop, the level returns to OK after one window.
 
 camera_info
 -----------
@@ -68,6 +69,7 @@ from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Float32, Header
 
+from pebal_perception.dds import PROFILE_NAME, PROFILE_VARIABLE, find_profile
 from pebal_perception.image_conversion import REJECT_REASONS, ImageConverter, ImageRejected
 from pebal_perception.msg import AnomalyResult, Obstacle
 from pebal_perception.node.outputs import OUTPUT_TOPICS, MessageClasses, build_output_messages
@@ -86,6 +88,11 @@ PARAMETER_TYPES = {"string": ParameterType.PARAMETER_STRING, "integer": Paramete
 
 class StartupError(Exception):
     """Configuration or model problem at start-up: reported as one line, exit status 1."""
+
+
+def lost_frames_profile() -> str:
+    """The large-image Fast DDS profile named in the lost-frames warning: its path, else its file name."""
+    return str(find_profile() or PROFILE_NAME)
 
 
 def parameter_descriptor(spec: ParamSpec) -> ParameterDescriptor:
@@ -300,8 +307,18 @@ class DetectorNode(Node):
         self._accept(msg, self.converter.compressed_to_rgb)
 
     def _on_message_lost(self, info) -> None:
+        change = int(info.total_count_change)
         with self._lock:
-            self._lost_in_transport += int(info.total_count_change)
+            self._lost_in_transport += change
+            total = self._lost_in_transport
+        if change > 0:
+            self._events.note("lost_in_transport", f"{total} in total")
+            self.get_logger().warning(
+                f"{total} input frames lost in transport (the middleware dropped them before they reached "
+                f"the node). Remedy: load the large-image Fast DDS profile {lost_frames_profile()} in the "
+                f"publisher too (camera driver, bag player: export {PROFILE_VARIABLE}=<that file>), or use "
+                "a reliable publisher with input_reliability:=reliable, or subscribe to compressed images",
+                throttle_duration_sec=10.0)
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
         """Keeps the latest camera_info; an unusable one (check_camera_info) makes the camera unknown
@@ -419,6 +436,7 @@ class DetectorNode(Node):
             failure = events.recent("processing_failed")
             oom_dropped = events.recent("out_of_memory_dropped")
             rejection = events.recent("rejected")
+            lost_recently = events.recent("lost_in_transport")
             status.level, status.message = DiagnosticStatus.OK, "running"
             if failure:
                 status.level = DiagnosticStatus.ERROR
@@ -434,6 +452,10 @@ class DetectorNode(Node):
             elif rejection:
                 status.level = DiagnosticStatus.WARN
                 status.message = f"input images rejected (last {rejection[0]:.0f} s ago: {rejection[1]})"
+            elif lost_recently:
+                status.level = DiagnosticStatus.WARN
+                status.message = (f"input frames lost in transport (last {lost_recently[0]:.0f} s ago, "
+                                  f"{lost_recently[1]}): see the node's log for the remedy")
             elif camera_info_problem and settings.positions_wanted:
                 status.level = DiagnosticStatus.WARN
                 status.message = f"no ground positions: camera_info ignored ({camera_info_problem})"

@@ -2,7 +2,8 @@
 
 * ``use_loopback`` / ``child_env``: DDS restricted to this machine (``ROS_AUTOMATIC_DISCOVERY_RANGE=
   LOCALHOST``, ``ROS_LOCALHOST_ONLY=1``) on a domain of its own (never the default 0), for this process
-  (rclpy reads the variables at init) and every child process.
+  (rclpy reads the variables at init) and every child process, with the large-image Fast DDS profile
+  (``pebal_perception.dds.apply_default_profile``: ``FASTDDS_DEFAULT_PROFILES_FILE`` unless already set).
 * ``ros_unavailable``: None when rclpy, the project's messages and the installed executables are there,
   else the reason (a test turns it into ``pytest.skip``, a benchmark into a skipped figure).
 * ``NodeProcess``: the installed detector node (``$VENV/lib/pebal_perception/detector_node``, the
@@ -65,6 +66,10 @@ def use_loopback(domain_id: str | int | None = None) -> dict[str, str]:
     else:
         env["ROS_DOMAIN_ID"] = current
     os.environ.update(env)
+    from pebal_perception.dds import PROFILE_VARIABLE, apply_default_profile
+
+    if apply_default_profile() is not None:  # large frames intact (the caller's own profile is kept)
+        env[PROFILE_VARIABLE] = os.environ[PROFILE_VARIABLE]
     return env
 
 
