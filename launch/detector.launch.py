@@ -9,13 +9,27 @@ Parameters come from ``params_file`` (default: share/pebal_perception/config/det
 params file: rcl silently ignores an override whose type differs from the file's value). The node
 subscribes to ``image_topic``, ``image_topic``/compressed (only with ``subscribe_compressed: true``) and
 ``camera_info_topic``.
+
+``dds_profile`` (default: share/pebal_perception/config/fastdds_large_images.xml) becomes the node's
+``FASTDDS_DEFAULT_PROFILES_FILE`` unless that variable is already set; ``dds_profile:=''`` leaves the
+environment as it is. Camera drivers and bag players publishing raw images need the same profile.
 """
+import os
+
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument
+from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
+
+
+def _dds_profile(context):
+    """FASTDDS_DEFAULT_PROFILES_FILE := dds_profile, unless it is '' or the variable is already set."""
+    profile = LaunchConfiguration("dds_profile").perform(context)
+    if not profile or os.environ.get("FASTDDS_DEFAULT_PROFILES_FILE"):
+        return []
+    return [SetEnvironmentVariable("FASTDDS_DEFAULT_PROFILES_FILE", profile)]
 
 
 def generate_launch_description():
@@ -39,6 +53,12 @@ def generate_launch_description():
                                           "every publisher) | reliable (needs a reliable publisher; no large "
                                           "frames lost in transport)"),
         DeclareLaunchArgument("namespace", default_value="", description="namespace of the node"),
+        DeclareLaunchArgument("dds_profile",
+                              default_value=PathJoinSubstitution(
+                                  [FindPackageShare("pebal_perception"), "config", "fastdds_large_images.xml"]),
+                              description="Fast DDS XML profile for large images (FASTDDS_DEFAULT_PROFILES_FILE "
+                                          "unless already set); '' = leave the environment as it is"),
+        OpaqueFunction(function=_dds_profile),
         Node(
             package="pebal_perception",
             executable="detector_node",

@@ -22,6 +22,11 @@ export ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST
 export ROS_LOCALHOST_ONLY=1
 export ROS_DOMAIN_ID="${ROS_DOMAIN_ID:-42}"
 export PYTHONUNBUFFERED=1
+# Camera-sized raw images need the large-image Fast DDS profile in every participant (publishers too);
+# a profile already chosen by the user is kept. UDP in it is restricted to 127.0.0.1 by the profile.
+if [ -z "${FASTDDS_DEFAULT_PROFILES_FILE:-}" ] && [ -f "$PEBAL_ROOT/config/fastdds_large_images.xml" ]; then
+  export FASTDDS_DEFAULT_PROFILES_FILE="$PEBAL_ROOT/config/fastdds_large_images.xml"
+fi
 # Generated ROS messages (Jazzy/Kilted) skip field type/range checks unless this is 1; without them
 # a numpy float32 field silently publishes as 0.0 and an out-of-range uint32 wraps. Checked here.
 export ROS_PYTHON_CHECK_FIELDS="${ROS_PYTHON_CHECK_FIELDS:-1}"

@@ -66,7 +66,7 @@ def test_launch_file_imports_only_the_launch_api():
     modules = {alias.name if isinstance(n, ast.Import) else n.module
                for n in ast.walk(_tree()) if isinstance(n, (ast.Import, ast.ImportFrom))
                for alias in n.names}
-    assert modules <= {"launch", "launch.actions", "launch.substitutions", "launch_ros.actions",
+    assert modules <= {"os", "launch", "launch.actions", "launch.substitutions", "launch_ros.actions",
                        "launch_ros.substitutions", "launch_ros.parameter_descriptions"}, modules
     assert any(isinstance(n, ast.FunctionDef) and n.name == "generate_launch_description" for n in _tree().body)
 
@@ -82,6 +82,40 @@ def test_declared_arguments_and_defaults():
     # params_file defaults to share/pebal_perception/config/detector.yaml
     assert declared["params_file"] == ("PathJoinSubstitution",
                                        [("FindPackageShare", "pebal_perception"), "config", "detector.yaml"])
+    # dds_profile defaults to the installed large-image Fast DDS profile
+    assert declared["dds_profile"] == ("PathJoinSubstitution",
+                                       [("FindPackageShare", "pebal_perception"), "config",
+                                        "fastdds_large_images.xml"])
+
+
+def test_dds_profile_is_applied_unless_already_set_or_empty(monkeypatch):
+    """The OpaqueFunction sets FASTDDS_DEFAULT_PROFILES_FILE from dds_profile, before the Node, only when
+    the argument is not '' and the variable is not set (evaluated with stand-ins for the launch API)."""
+    tree = _tree()
+    entities = _calls(tree, "LaunchDescription")[0].args[0].elts
+    kinds = [_describe(e)[0] for e in entities]
+    assert kinds.index("OpaqueFunction") < kinds.index("Node")
+    (opaque,) = _calls(tree, "OpaqueFunction")
+    function = _describe(_kw(opaque, "function"))
+    assert function[0] == "name"
+    source = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == function[1])
+
+    class Config:
+        def __init__(self, name):
+            self.name = name
+
+        def perform(self, context):
+            return context[self.name]
+
+    namespace = {"os": __import__("os"), "LaunchConfiguration": Config,
+                 "SetEnvironmentVariable": lambda name, value: (name, value)}
+    exec(compile(ast.Module(body=[source], type_ignores=[]), str(LAUNCH_FILE), "exec"), namespace)
+    apply = namespace[function[1]]
+    monkeypatch.delenv("FASTDDS_DEFAULT_PROFILES_FILE", raising=False)
+    assert apply({"dds_profile": "/p.xml"}) == [("FASTDDS_DEFAULT_PROFILES_FILE", "/p.xml")]
+    assert apply({"dds_profile": ""}) == []
+    monkeypatch.setenv("FASTDDS_DEFAULT_PROFILES_FILE", "/users_own.xml")
+    assert apply({"dds_profile": "/p.xml"}) == []
 
 
 def test_node_description():
@@ -130,6 +164,8 @@ def test_installed_executable_and_params_file_exist():
     assert installed.read_text() == PARAMS_FILE.read_text(), "stale install: re-run scripts/setup.sh"
     assert (prefix / "share" / "pebal_perception" / "launch" / "detector.launch.py").read_text() == \
         LAUNCH_FILE.read_text()
+    profile = REPO_ROOT / "config" / "fastdds_large_images.xml"
+    assert (prefix / "share" / "pebal_perception" / "config" / profile.name).read_text() == profile.read_text()
 
 
 def test_params_file_documents_every_parameter():

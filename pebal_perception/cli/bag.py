@@ -261,6 +261,9 @@ def play(args: argparse.Namespace) -> int:
         except ImportError as exc:
             raise CliError(f"play needs rclpy (ROS 2): {exc}; run scripts/setup.sh") from None
 
+        from pebal_perception.dds import apply_default_profile
+
+        apply_default_profile()  # raw frames intact over Fast DDS (a user's own profile is kept)
         with _Interrupt() as stop:
             context = rclpy.Context()
             rclpy.init(args=[PROG], context=context, signal_handler_options=SignalHandlerOptions.NO)
