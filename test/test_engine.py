@@ -171,6 +171,30 @@ def test_antialiased_resize_is_close_to_pil():
     assert (ours - ref).abs().max() < 2.0 / 255 / 0.25 + 1e-4  # within ~1 grey level of PIL
 
 
+@pytest.mark.parametrize("image_hw, size", [((270, 480), (128, 256)), ((32, 64), (64, 128)), ((108, 192), (64, 96))])
+def test_uint8_resize_is_within_a_grey_level_of_the_float_resize(image_hw, size):
+    """On the CPU a uint8 frame is resized as uint8 (no float copy of the full-size frame): the network
+    input differs from the float32 resize by the rounding to whole grey levels, at most one level."""
+    img = _image(*image_hw, seed=5)
+    nhwc = torch.from_numpy(img)[None]
+    t = nhwc.permute(0, 3, 1, 2)  # what to_uint8_batch gives (channels-last memory)
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    ours = normalize(t, mean, std, size)
+    plain = normalize(t.contiguous(), mean, std, size)  # NCHW memory: same values
+    shrinking = image_hw[0] > size[0] or image_hw[1] > size[1]
+    x = torch.nn.functional.interpolate(t.float(), size=size, mode="bilinear", align_corners=False,
+                                        antialias=shrinking)
+    m = torch.tensor(mean).view(1, 3, 1, 1) * 255.0
+    s = torch.tensor(std).view(1, 3, 1, 1) * 255.0
+    ref = (x - m) / s
+    assert ours.shape == ref.shape == (1, 3, *size) and ours.dtype == torch.float32
+    grey_levels = ((ours - ref) * s).abs().max().item()
+    assert grey_levels <= 1.0 + 1e-3
+    assert torch.equal(ours, plain)
+    # the values are whole grey levels (the uint8 resize), normalised
+    assert torch.allclose(ours * s + m, (ours * s + m).round(), atol=1e-3)
+
+
 @pytest.mark.parametrize("arch, size", [("tiny_test_net", (32, 64)), ("espnetv2", (64, 128))])
 def test_optimized_path_equals_plain_model(arch, size):
     """BN folding + channels-last must not change results beyond float rounding."""

@@ -477,3 +477,14 @@ def test_oom_guard_with_a_real_engine_gives_the_normal_outputs():
     assert engine.precision == "fp32" and engine.device.type == "cpu"
     with pytest.raises(ValueError):
         engine.set_precision("int8")
+
+
+def test_finite_max_ignores_nan_and_inf():
+    from pebal_perception.node.processing import finite_max
+
+    score = np.array([[0.5, -2.0], [1.5, 0.0]], dtype=np.float32)
+    assert finite_max(score) == 1.5
+    assert finite_max(np.array([np.nan, 2.0, -1.0], dtype=np.float32)) == 2.0
+    assert finite_max(np.array([np.inf, 3.0, -np.inf], dtype=np.float32)) == 3.0
+    assert math.isnan(finite_max(np.array([np.nan, np.inf, -np.inf], dtype=np.float32)))
+    assert math.isnan(finite_max(np.zeros((0, 4), dtype=np.float32)))

@@ -155,6 +155,18 @@ def bottom_centre_pixel(bbox: tuple[int, int, int, int]) -> tuple[float, float]:
     return x + (w - 1) / 2.0, float(y + h - 1)
 
 
+def finite_max(score: np.ndarray) -> float:
+    """The largest finite value of ``score`` (NaN when none is finite). One pass when the plain maximum is
+    finite (then no NaN or +inf is present), the masked copy only otherwise."""
+    if score.size == 0:
+        return float("nan")
+    peak = float(score.max())
+    if math.isfinite(peak):
+        return peak
+    finite = np.isfinite(score)
+    return float(score[finite].max()) if finite.any() else float("nan")
+
+
 def process_frame(semantic: np.ndarray | None, score: np.ndarray, config: PostProcessConfig,
                   ground: GroundModel | None = None) -> ProcessedFrame:
     """Mask, obstacle summaries and frame statistics for one frame (all at the score's resolution)."""
@@ -167,8 +179,7 @@ def process_frame(semantic: np.ndarray | None, score: np.ndarray, config: PostPr
         for obstacle in obstacles:
             u, v = bottom_centre_pixel(obstacle.bbox)
             obstacle.ground_position = pixel_to_ground_point(u, v, ground.K, ground.height_m, ground.pitch_rad)
-    finite = np.isfinite(score)
-    max_score = float(score[finite].max()) if finite.any() else float("nan")
+    max_score = finite_max(score)
     fraction = float(raw.mean()) if raw.size else 0.0
     return ProcessedFrame(mask=mask, obstacles=obstacles, anomalous_fraction=fraction, max_score=max_score)
 
