@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Runs the benchmark suite (BENCHMARKS.md) and stores the figures per machine.
 
-    python bench/run.py [--quick] [--only forward,frame,node,metrics,training,soak,gpu]
+    python bench/run.py [--quick] [--only forward,frame,node,metrics,training,soak,gpu,dds]
 
 Every figure module exposes ``run(quick) -> list[dict]`` (see ``bench/common.py`` for the record).
 One line is printed per figure::
@@ -37,7 +37,7 @@ if str(REPO_ROOT) not in sys.path:
 
 from bench.common import format_figure, machine_id, machine_info, machine_line  # noqa: E402
 
-# Suite order: the figures' order in BENCHMARKS.md (1-5, soak, 6), not cheapest-to-fail first.
+# Suite order: the figures' order in BENCHMARKS.md (1-5, soak, 6, 7), not cheapest-to-fail first.
 MODULES = {
     "forward": "bench.bench_forward",    # figure 1
     "frame": "bench.bench_frame",        # figure 2
@@ -46,6 +46,7 @@ MODULES = {
     "training": "bench.bench_training",  # figure 5
     "soak": "bench.bench_soak",          # soak: 10 minutes at 10 Hz (full), 25 s (--quick)
     "gpu": "bench.bench_gpu",            # figure 6: CUDA fp16 (skipped without a GPU)
+    "dds": "bench.bench_dds",            # figure 7: 1920x1080 at 30 Hz best effort into the node
 }
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
 

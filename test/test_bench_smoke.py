@@ -65,12 +65,41 @@ def test_forward_tiny():
 def test_frame_tiny():
     from bench import bench_frame
 
-    figs = bench_frame.run(quick=True, width=128, height=64, warmup=0, repeats=1, verbose=False)
+    figs = bench_frame.run(quick=True, width=128, height=64, warmup=0, repeats=1, verbose=False,
+                           large=(192, 108), network=(128, 64))
+    assert len(figs) == 4
     for fig in figs:
         _check_figure(fig)
     share = figs[1]
     assert 0.0 < share["value"] < 100.0
     assert set(figs[0]["stages_ms"]) == set(bench_frame.STAGES)
+    # figure 2b: a larger frame through the node's path, the network at a smaller size
+    assert figs[2]["name"] == "frame_node_path_espnetv2_192x108_to_128x64_total"
+    assert set(figs[2]["stages_ms"]) == set(bench_frame.NODE_STAGES)
+    assert 0.0 < figs[3]["value"] < 100.0 and figs[3]["io_stages"] == list(bench_frame.LARGE_IO_STAGES)
+
+
+def test_dds_module_analysis():
+    from bench import bench_dds
+
+    diag = {"frames_received": "305", "frames_lost_in_transport": "2", "frames_processed": "40",
+            "dropped_frames": "263"}
+    stats = bench_dds.analyse(300, diag, [(0.50, 0.49), (0.40, 0.38), (0.60, 0.57)], received_before=5,
+                              lost_before=2)
+    assert stats["received"] == 300 and stats["lost_in_transport"] == 0
+    assert stats["delivered_fraction"] == pytest.approx(1.0)
+    assert stats["e2e_s"] == pytest.approx(0.50) and stats["outside_node_s"] == pytest.approx(0.02)
+    assert stats["dds_share"] == pytest.approx(0.04)
+    figs = bench_dds.figures(stats, 1920, 1080, 30.0, 10.0)
+    assert [f["name"] for f in figs] == ["dds_delivery_1920x1080_30hz_best_effort",
+                                         "dds_latency_share_1920x1080_30hz_best_effort"]
+    for fig in figs:
+        _check_figure(fig)
+    assert figs[0]["meets_target"] is True and figs[1]["meets_target"] is True
+    short = bench_dds.figures(bench_dds.analyse(300, diag, [(0.5, 0.3)]), 1920, 1080, 30.0, 10.0)
+    # 2 lost in transport; 40 % of the latency outside the node
+    assert short[0]["meets_target"] is False and short[1]["meets_target"] is False
+    assert bench_dds.diag_values(type("A", (), {"status": []})()) is None
 
 
 def test_training_tiny():
@@ -165,5 +194,5 @@ def test_runner_lists_every_module(tmp_path, capsys, monkeypatch):
     assert ok and path is not None and path.parent == tmp_path
     stored = json.loads(path.read_text())
     assert [f["name"] for f in stored["figures"]] == ["node_fake"]
-    assert set(bench_run.MODULES) == {"forward", "frame", "node", "metrics", "training", "soak", "gpu"}
+    assert set(bench_run.MODULES) == {"forward", "frame", "node", "metrics", "training", "soak", "gpu", "dds"}
     assert "node_fake: skipped (stubbed in the smoke test)" in capsys.readouterr().out
