@@ -87,9 +87,8 @@ read -r CAM_HEIGHT CAM_PITCH < <("$PY" -c 'import json,sys; c=json.load(open(sys
 
 # --- 2. the node, as the launch file starts it ------------------------------------------------------
 # Network input: the checkpoint's own size (the embedded model runs at 320x160), unless set above.
-# Reliable input (the bag player offers reliable): with the params file's best-effort default, Fast DDS
-# on loopback lost half or more of these 0.6 MB frames in transport here (counted by the node as
-# frames_lost_in_transport), which hid the node's own behaviour (it drops only stale frames).
+# Reliable input (the bag player offers reliable): delivery does not depend on the DDS profile then,
+# so the summary shows the node's own behaviour (it drops only stale frames).
 "$VENV/lib/pebal_perception/detector_node" --ros-args --params-file config/detector.yaml \
   "${node_params[@]}" -p qos.reliability:=reliable \
   -p "camera.height_m:=$CAM_HEIGHT" -p "camera.pitch_rad:=$CAM_PITCH" \
