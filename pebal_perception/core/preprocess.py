@@ -117,9 +117,9 @@ def normalize(batch_uint8: torch.Tensor, mean: Sequence[float], std: Sequence[fl
 
     A uint8 batch on the CPU is resized *as uint8* (torch's channels-last uint8 kernel, what PIL does
     too: results rounded to whole grey levels, at most 1 level from the float resize) and only the
-    network-sized result becomes float: no float copy of a full-size frame. At 1920x1080 -> 1024x512
-    that is ~8x cheaper than the float resize (bench/bench_frame.py, figure 2b). Elsewhere (CUDA,
-    float input) the resize runs in float32 as before.
+    network-sized result becomes float: no float copy of a full-size frame. From 1920x1080 that is 2.2x
+    (to 1024x512) to 4x (to 320x160) cheaper than the float resize with 2 threads (bench/bench_frame.py,
+    figure 2b; BENCHMARKS.md). Elsewhere (CUDA, float input) the resize runs in float32 as before.
     """
     check_resize(tuple(batch_uint8.shape[-2:]), size)
     x = batch_uint8
