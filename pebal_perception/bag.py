@@ -211,6 +211,15 @@ def open_bag(path: str | os.PathLike, require_messages: bool = True) -> BagReade
     return reader
 
 
+def read_all_messages(path: str | os.PathLike) -> dict[str, list[tuple[int, Any]]]:
+    """Every message of a bag, deserialised: topic -> [(bag timestamp ns, message), ...] in bag order."""
+    out: dict[str, list[tuple[int, Any]]] = {}
+    with open_bag(path) as reader:
+        for conn, timestamp, data in reader.messages():
+            out.setdefault(conn.topic, []).append((timestamp, deserialize(data, conn.msgtype)))
+    return out
+
+
 def qos_of(connection: Any) -> list[Any]:
     """The recorded (offered) QoS profiles of a connection (rosbags ``Qos`` objects; may be empty)."""
     ext = getattr(connection, "ext", None)

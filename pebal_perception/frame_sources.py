@@ -31,6 +31,19 @@ IMAGE_FORMATS = ("png", "jpeg")
 ASPECT_TOLERANCE = 0.02
 
 
+def wait_until(deadline: float, stop: Any) -> bool:
+    """Sleeps until ``time.monotonic()`` reaches ``deadline`` in steps of at most 0.1 s, so that
+    ``stop`` (a threading.Event) ends the wait at once; returns False when it was stopped."""
+    import time
+
+    while not stop.is_set():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return True
+        stop.wait(min(left, 0.1))
+    return False
+
+
 class FootageError(Exception):
     """Unusable footage or calibration; the message is one line ``PATH: what``."""
 

@@ -26,7 +26,8 @@ from pebal_perception.testing import ros_harness
 ros_harness.use_loopback()
 pytest.importorskip("rosbags")
 
-from pebal_perception.bag import AtomicBagWriter, BagError, deserialize, image_msg, open_bag, serialize  # noqa: E402
+from pebal_perception.bag import (AtomicBagWriter, BagError, deserialize, image_msg, open_bag,  # noqa: E402
+                                  read_all_messages, serialize)
 from pebal_perception.cli import bag as bag_cli  # noqa: E402
 from pebal_perception.image_conversion import image_to_rgb, rgb_to_image_fields  # noqa: E402
 from pebal_training.recipes.drive_bag import GT_TOPIC, IMAGE_TOPIC, INFO_TOPIC, write_drive_bag  # noqa: E402
@@ -79,12 +80,7 @@ def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
     return rc, captured.out, captured.err
 
 
-def read_all(bag: Path) -> dict[str, list[tuple[int, object]]]:
-    out: dict[str, list] = {}
-    with open_bag(bag) as reader:
-        for conn, timestamp, data in reader.messages():
-            out.setdefault(conn.topic, []).append((timestamp, deserialize(data, conn.msgtype)))
-    return out
+read_all = read_all_messages
 
 
 def stamp(msg) -> int:

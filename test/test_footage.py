@@ -21,7 +21,7 @@ ros_harness.use_loopback()
 pytest.importorskip("rosbags")
 cv2 = pytest.importorskip("cv2")
 
-from pebal_perception.bag import deserialize, open_bag  # noqa: E402
+from pebal_perception.bag import read_all_messages  # noqa: E402
 from pebal_perception.cli import bag as bag_cli  # noqa: E402
 from pebal_perception.frame_sources import FootageError, load_calibration, open_source  # noqa: E402
 
@@ -85,12 +85,7 @@ def run(capsys, *argv) -> tuple[int, str, str]:
     return rc, captured.out, captured.err
 
 
-def read_bag(bag: Path) -> dict[str, list[tuple[int, object]]]:
-    out: dict[str, list] = {}
-    with open_bag(bag) as reader:
-        for conn, timestamp, data in reader.messages():
-            out.setdefault(conn.topic, []).append((timestamp, deserialize(data, conn.msgtype)))
-    return out
+read_bag = read_all_messages
 
 
 def stamp(msg) -> int:

@@ -248,6 +248,7 @@ def _rclpy_qos(profiles: list[Any]) -> Any:
 
 def play(args: argparse.Namespace) -> int:
     from pebal_perception.bag import open_bag, qos_of
+    from pebal_perception.frame_sources import wait_until
 
     remap = dict(args.remap)
     with open_bag(args.bag) as reader:
@@ -310,13 +311,7 @@ def play(args: argparse.Namespace) -> int:
                     for conn, timestamp, data in reader.messages(list(publishers)):
                         if first is None:
                             first = timestamp
-                        due = start_wall + (timestamp - first) / 1e9 / args.rate
-                        while not stop.is_set():
-                            left = due - time.monotonic()
-                            if left <= 0:
-                                break
-                            stop.wait(min(left, 0.1))
-                        if stop.is_set():
+                        if not wait_until(start_wall + (timestamp - first) / 1e9 / args.rate, stop):
                             break
                         publishers[conn.topic].publish(data)
                         published += 1

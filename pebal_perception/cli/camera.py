@@ -48,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from pebal_perception.cli.bag import _Interrupt
-    from pebal_perception.frame_sources import FootageError, camera_info_topic, load_calibration, open_source
+    from pebal_perception.frame_sources import (FootageError, camera_info_topic, load_calibration, open_source,
+                                                wait_until)
 
     args = build_parser().parse_args(argv)
     try:
@@ -91,12 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             due = time.monotonic()
             while not stop.is_set():
                 for _, bgr in source.frames():
-                    while not stop.is_set():
-                        left = due - time.monotonic()
-                        if left <= 0:
-                            break
-                        stop.wait(min(left, 0.1))
-                    if stop.is_set():
+                    if not wait_until(due, stop):
                         break
                     due = max(due + period, time.monotonic() - period)  # no burst after a stall
                     stamp = node.get_clock().now().to_msg()
