@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import signal
 import sys
@@ -52,6 +51,8 @@ import threading
 import time
 from pathlib import Path
 from typing import Any, Sequence
+
+from pebal_perception.core.cli_args import image_size, positive_int, positive_number
 
 PROG = "pebal-bag"
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -72,40 +73,20 @@ def _remap(text: str) -> tuple[str, str]:
     return old, new
 
 
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="Replay or process ROS 2 bags (sqlite3 / mcap).")
     sub = parser.add_subparsers(dest="command", required=True)
 
     play = sub.add_parser("play", help="publish a bag at its recorded rate (raw serialized messages)")
     play.add_argument("bag", type=Path)
-    play.add_argument("--rate", type=_positive, default=1.0, help="playback speed factor (default 1)")
+    play.add_argument("--rate", type=positive_number, default=1.0, help="playback speed factor (default 1)")
     play.add_argument("--loop", action="store_true", help="start again at the end (until Ctrl-C)")
     play.add_argument("--topics", nargs="+", metavar="TOPIC", help="only these topics (default: all)")
     play.add_argument("--remap", type=_remap, action="append", default=[], metavar="OLD:=NEW",
                       help="publish topic OLD as NEW (repeatable)")
     play.add_argument("--wait-for-subscribers", action="store_true",
                       help="before playing, wait until every topic has a subscriber (at most --wait-timeout)")
-    play.add_argument("--wait-timeout", type=_positive, default=15.0, help="seconds (default 15)")
+    play.add_argument("--wait-timeout", type=positive_number, default=15.0, help="seconds (default 15)")
     play.add_argument("--delay", type=float, default=0.0, help="seconds to wait after creating the publishers")
     play.add_argument("--quiet", "-q", action="store_true")
 
@@ -133,17 +114,15 @@ def build_parser() -> argparse.ArgumentParser:
                            "complete); anything else at --output is refused")
     proc.add_argument("--quiet", "-q", action="store_true")
 
-    from pebal_perception.core.cli_args import image_size
-
     video = sub.add_parser("from-video", help="write a bag of camera images from a video or a folder of images")
     video.add_argument("input", type=Path, help="a video file OpenCV reads, or a folder of PNG/JPEG images "
                                                 "(in name order)")
     video.add_argument("--output", "-o", type=Path, required=True,
                        help="output bag directory (must not exist, see --overwrite)")
     video.add_argument("--topic", default="/camera/image_raw", help="image topic (default /camera/image_raw)")
-    video.add_argument("--fps", type=_positive, default=None,
+    video.add_argument("--fps", type=positive_number, default=None,
                        help="frame rate of the source (default: the video's own; 10 for a folder)")
-    video.add_argument("--every", type=_count, default=1, metavar="N", help="keep every N-th frame (default 1)")
+    video.add_argument("--every", type=positive_int, default=1, metavar="N", help="keep every N-th frame (default 1)")
     video.add_argument("--size", type=image_size, default=None, metavar="WxH", help="resize the frames")
     video.add_argument("--compressed", action="store_true",
                        help="write sensor_msgs/CompressedImage (JPEG) on <topic>/compressed instead")

@@ -28,16 +28,16 @@ PROG = "pebal-camera"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from pebal_perception.cli.bag import _count, _positive
+    from pebal_perception.core.cli_args import positive_int, positive_number
     from pebal_perception.core.cli_args import image_size
 
     parser = argparse.ArgumentParser(prog=PROG, description="Publish a video or an image folder as a live camera.")
     parser.add_argument("input", type=Path, help="a video file OpenCV reads, or a folder of PNG/JPEG images")
     parser.add_argument("--topic", default="/camera/image_raw", help="image topic (default /camera/image_raw)")
-    parser.add_argument("--rate", type=_positive, default=None,
+    parser.add_argument("--rate", type=positive_number, default=None,
                         help="frames per second of the source (default: the video's own; 10 for a folder)")
     parser.add_argument("--loop", action="store_true", help="start again at the end (until Ctrl-C)")
-    parser.add_argument("--every", type=_count, default=1, metavar="N", help="publish every N-th frame")
+    parser.add_argument("--every", type=positive_int, default=1, metavar="N", help="publish every N-th frame")
     parser.add_argument("--size", type=image_size, default=None, metavar="WxH", help="resize the frames")
     parser.add_argument("--frame-id", default="camera", help="header frame_id (default camera)")
     parser.add_argument("--camera-info", type=Path, default=None, metavar="YAML",

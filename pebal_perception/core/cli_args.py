@@ -7,6 +7,7 @@ it imports neither ROS nor training code.
 from __future__ import annotations
 
 import argparse
+import math
 
 
 def image_size(text: str, allow_native: bool = False) -> tuple[int, int] | str:
@@ -25,6 +26,28 @@ def image_size(text: str, allow_native: bool = False) -> tuple[int, int] | str:
 
 def image_size_or_native(text: str) -> tuple[int, int] | str:
     return image_size(text, allow_native=True)
+
+
+def positive_number(text: str) -> float:
+    """A finite number > 0 (rates, durations). For argparse ``type=``."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """An integer >= 1 (counts, every N-th frame). For argparse ``type=``."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    return value
 
 
 class UsageError(Exception):

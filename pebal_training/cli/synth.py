@@ -27,6 +27,7 @@ from typing import Sequence
 
 from pebal_perception.core.cli_args import Parser as _Parser
 from pebal_perception.core.cli_args import UsageError as _UsageError
+from pebal_perception.core.cli_args import positive_int, positive_number
 from pebal_perception.core.io import FolderLayout, OutputPathError, json_keys, prepare_output_folder, replace_checked
 
 PROG = "pebal-synth"
@@ -46,16 +47,6 @@ def _size(text: str) -> tuple[int, int]:
     return w, h
 
 
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid integer {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
-    return v
-
-
 def _nonneg_int(text: str) -> int:
     try:
         v = int(text)
@@ -63,16 +54,6 @@ def _nonneg_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"invalid integer {text!r}") from None
     if v < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
-    return v
-
-
-def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid number {text!r}") from None
-    if not v > 0 or v != v or v == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
     return v
 
 
@@ -90,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog=PROG, description="Render procedural synthetic street scenes with road anomalies.")
     p.add_argument("--output", "-o", required=True, type=Path,
                    help="output folder: new (created), empty, or written by pebal-synth before")
-    p.add_argument("--count", "-n", type=_positive_int, default=10,
+    p.add_argument("--count", "-n", type=positive_int, default=10,
                    help="number of scenes (frames with --drive); default 10")
     p.add_argument("--seed", "-s", type=_nonneg_int, default=0, help="random seed, >= 0 (default 0)")
     p.add_argument("--size", type=_size, default=(1024, 512), metavar="WxH",
@@ -98,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--drive", action="store_true",
                    help="write one temporally coherent drive (camera moving along the road) instead of "
                         "independent scenes")
-    p.add_argument("--fps", type=_positive_float, default=10.0, help="frame rate of a drive (default 10)")
+    p.add_argument("--fps", type=positive_number, default=10.0, help="frame rate of a drive (default 10)")
     p.add_argument("--speed", type=_nonneg_float, default=10.0, help="speed of a drive in m/s (default 10)")
     p.add_argument("--anomalies", type=str, default=None, metavar="MIN:MAX",
                    help="number of anomalies per scene, e.g. 1:3 (default 0:3)")
