@@ -200,19 +200,14 @@ def run(quick: bool = False, duration: float | None = None, rate: float = RATE_H
     return figures(stats, width, height, rate, duration)
 
 
-def _size(text: str) -> tuple[int, int]:
-    w, h = text.lower().split("x")
-    return int(w), int(h)
-
-
 def main(argv: list[str] | None = None) -> int:
-    from bench.common import format_figure
+    from bench.common import format_figure, size_wh
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--duration", type=float, default=None, help="seconds of publishing (default 10, quick 3)")
     parser.add_argument("--rate", type=float, default=RATE_HZ)
-    parser.add_argument("--size", type=_size, default=(WIDTH, HEIGHT), help="WxH")
+    parser.add_argument("--size", type=size_wh, default=(WIDTH, HEIGHT), help="WxH")
     args = parser.parse_args(argv)
     for fig in run(args.quick, args.duration, args.rate, *args.size):
         print(format_figure(fig))

@@ -209,47 +209,36 @@ class NodePathPipeline:
                                      threshold=self.threshold)
 
 
-def build(width: int = 1024, height: int = 512, seed: int = 0):
+def _calibrated_pipeline(pipeline: type, width: int, height: int, network_hw: tuple[int, int], seed: int):
+    """``pipeline`` around ESPNetv2 (random weights, randomised BN statistics) at ``network_hw``, with a
+    ``width x height`` bgr8 message and a threshold at the first frame's 99th score percentile."""
     import numpy as np
+    import torch
 
     from bench.bench_forward import randomise_batchnorm
     from pebal_perception.core.checkpoint import ModelMeta
     from pebal_perception.core.engine import InferenceEngine
     from pebal_perception.core.models import create_model
 
-    import torch
-
     torch.manual_seed(seed)
     model = randomise_batchnorm(create_model("espnetv2"), seed).eval()
     meta = ModelMeta.for_architecture("espnetv2")
-    engine = InferenceEngine(model, meta, device="cpu", input_size=(height, width))
+    engine = InferenceEngine(model, meta, device="cpu", input_size=network_hw)
     msg = make_message(width, height, seed)
-    pipe = FramePipeline(engine)
+    pipe = pipeline(engine)
     first = pipe.run(msg)
     pipe.threshold = float(np.percentile(first["score"], 99.0))
     return pipe, msg
+
+
+def build(width: int = 1024, height: int = 512, seed: int = 0):
+    return _calibrated_pipeline(FramePipeline, width, height, (height, width), seed)
 
 
 def build_node_path(width: int = 1920, height: int = 1080, net_width: int = 1024, net_height: int = 512,
                     seed: int = 0):
     """Figure 2b's pipeline: ESPNetv2 (random weights) at ``net`` size fed ``width x height`` bgr8 frames."""
-    import numpy as np
-    import torch
-
-    from bench.bench_forward import randomise_batchnorm
-    from pebal_perception.core.checkpoint import ModelMeta
-    from pebal_perception.core.engine import InferenceEngine
-    from pebal_perception.core.models import create_model
-
-    torch.manual_seed(seed)
-    model = randomise_batchnorm(create_model("espnetv2"), seed).eval()
-    meta = ModelMeta.for_architecture("espnetv2")
-    engine = InferenceEngine(model, meta, device="cpu", input_size=(net_height, net_width))
-    msg = make_message(width, height, seed)
-    pipe = NodePathPipeline(engine)
-    first = pipe.run(msg)
-    pipe.threshold = float(np.percentile(first["score"], 99.0))
-    return pipe, msg
+    return _calibrated_pipeline(NodePathPipeline, width, height, (net_height, net_width), seed)
 
 
 def run_node_path(quick: bool = False, width: int = 1920, height: int = 1080, net_width: int = 1024,
@@ -368,19 +357,14 @@ def run(quick: bool = False, width: int = 1024, height: int = 512, warmup: int =
     return figs
 
 
-def _size(text: str) -> tuple[int, int]:
-    w, h = text.lower().split("x")
-    return int(w), int(h)
-
-
 def main(argv: list[str] | None = None) -> int:
-    from bench.common import format_figure
+    from bench.common import format_figure, size_wh
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--profile", action="store_true", help="print a torch.profiler table of one frame")
-    parser.add_argument("--large", type=_size, default=(1920, 1080), help="figure 2b's input size WxH")
-    parser.add_argument("--network", type=_size, default=(1024, 512), help="figure 2b's network size WxH")
+    parser.add_argument("--large", type=size_wh, default=(1920, 1080), help="figure 2b's input size WxH")
+    parser.add_argument("--network", type=size_wh, default=(1024, 512), help="figure 2b's network size WxH")
     parser.add_argument("--only-large", action="store_true", help="figure 2b only")
     args = parser.parse_args(argv)
     figs = (run_node_path(args.quick, *args.large, *args.network) if args.only_large

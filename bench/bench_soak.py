@@ -173,13 +173,8 @@ def run(quick: bool = False, duration_s: float | None = None, verbose: bool = Tr
     return figures(record)
 
 
-def _size(text: str) -> tuple[int, int]:
-    w, h = (int(v) for v in text.lower().split("x"))
-    return w, h
-
-
 def main(argv: list[str] | None = None) -> int:
-    from bench.common import format_figure
+    from bench.common import format_figure, size_wh
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=None,
@@ -188,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help=f"{QUICK_DURATION_S:.0f} s instead of "
                                                              f"{FULL_DURATION_S:.0f} s")
     parser.add_argument("--fps", type=float, default=10.0, help="replay rate of the bag's stamps (default 10)")
-    parser.add_argument("--size", type=_size, default=(1024, 512), help="frame WIDTHxHEIGHT (default 1024x512)")
+    parser.add_argument("--size", type=size_wh, default=(1024, 512), help="frame WIDTHxHEIGHT (default 1024x512)")
     parser.add_argument("--frames", type=int, default=30, help="frames in the looped bag (default 30)")
     parser.add_argument("--warmup", type=float, default=None, help="warm-up seconds (default 20 %% of the "
                                                                    "duration, 5..30 s)")

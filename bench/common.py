@@ -121,6 +121,12 @@ def interleaved(candidates: Mapping[str, Callable[[], Any]], repeats: int, warmu
     return samples
 
 
+def size_wh(text: str) -> tuple[int, int]:
+    """'WIDTHxHEIGHT' -> (width, height), for the bench scripts' ``--size``-style arguments."""
+    w, h = (int(v) for v in text.lower().split("x"))
+    return w, h
+
+
 def median(values: list[float]) -> float:
     return float(statistics.median(values)) if values else float("nan")
 
