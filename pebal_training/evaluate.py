@@ -6,6 +6,10 @@ and the unified label (0 inlier, 1 anomaly, 255 void) of all images are pooled i
 :class:`~pebal_training.metrics.AnomalyMetricAccumulator` (void excluded; no per-image averaging).
 Per-image AUROC / AP are reported where the image has both classes. Component metrics (SMIYC sIoU,
 PPV, mean F1, :mod:`pebal_training.component_metrics`) use the binary prediction ``score > threshold``.
+Planner metrics (false-frame rate, obstacle recall at 25 % coverage, region precision, stray regions per
+frame, :mod:`pebal_training.planner_metrics`) score the regions a ``report_regions`` hook reports per frame
+(default: the 8-connected components of ``score > threshold``) against the obstacle instances (the
+sample's ``instances`` map, else the 8-connected components of ``label == 1``; void is ``label == 255``).
 
 Curves (``roc.png``, ``pr.png``) are evaluated exactly from the accumulated, sorted scores at a subset
 of thresholds (quantiles of the pooled scores plus the extremes), so the plotted points lie on the
@@ -25,18 +29,20 @@ from __future__ import annotations
 import heapq
 import math
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from pebal_perception.core.constants import CITYSCAPES_CLASSES, IGNORE_LABEL, NUM_INLIER_CLASSES, VOID
+from pebal_perception.core.engine import FrameResult
 from pebal_perception.core.io import atomic_save_image, atomic_write, atomic_write_json
 from pebal_perception.core.preprocess import normalize, to_uint8_batch
 from pebal_perception.core.visualize import score_to_colour
 from pebal_training.component_metrics import ComponentMetricAccumulator
 from pebal_training.metrics import AnomalyMetricAccumulator, ConfusionMatrix, anomaly_metrics
+from pebal_training.planner_metrics import PlannerMetricAccumulator
 
 PLOT_POINTS = 2000
 WORST_K = 4
@@ -185,12 +191,29 @@ def skipped_samples(dataset) -> dict[str, Any]:
     return {"num_skipped": len(skipped), "skipped": {str(i): reason for i, reason in sorted(skipped.items())}}
 
 
+def _components(mask: np.ndarray) -> np.ndarray:
+    import cv2
+
+    return cv2.connectedComponents(mask.astype(np.uint8), connectivity=8, ltype=cv2.CV_32S)[1]
+
+
+def threshold_regions(res: FrameResult) -> np.ndarray:
+    """Default ``report_regions``: the 8-connected components of ``score > threshold`` (int32 ids)."""
+    return _components(res.score > res.threshold)
+
+
 def evaluate_anomaly(engine, dataset, output: str | Path | None, threshold: float | None = None,
                      limit: int | None = None, worst_k: int = WORST_K, dataset_name: str = "",
-                     progress: bool = True, extra_info: dict | None = None) -> dict:
+                     progress: bool = True, extra_info: dict | None = None,
+                     report_regions: Callable[[FrameResult], np.ndarray] | None = None) -> dict:
     """Runs ``engine`` over ``dataset`` (items ``dict(image, label, name)``; label 1 anomaly, 0 inlier,
-    255 ignored) and returns the report. With an ``output`` folder it also writes ``report.json``, the
-    curves and the worst-frame panels; ``output=None`` (the trainer's validation) writes nothing."""
+    255 ignored; optional ``instances``, an H x W int map of the obstacle instances) and returns the report.
+    With an ``output`` folder it also writes ``report.json``, the curves and the worst-frame panels;
+    ``output=None`` (the trainer's validation) writes nothing.
+
+    ``report_regions(frame_result)`` gives the H x W int label map of the regions reported to the planner
+    (0 none, 1..R); the frame result it gets carries the evaluation threshold (``threshold`` when given)
+    and ``obstacle = score > threshold``. None: :func:`threshold_regions`."""
     out = Path(output) if output is not None else None
     if out is None:
         worst_k = 0
@@ -199,6 +222,8 @@ def evaluate_anomaly(engine, dataset, output: str | Path | None, threshold: floa
     thr = engine.threshold if threshold is None else float(threshold)
     acc = AnomalyMetricAccumulator(ignore_label=VOID, positive_label=1, negative_label=0)
     comp = ComponentMetricAccumulator()
+    planner = PlannerMetricAccumulator()
+    regions_of = threshold_regions if report_regions is None else report_regions
     per_image: list[dict] = []
     worst: list[tuple[float, int, str, Any]] = []  # min-heap on badness: keeps the worst_k largest
     n = len(dataset) if limit is None else min(limit, len(dataset))
@@ -213,6 +238,12 @@ def evaluate_anomaly(engine, dataset, output: str | Path | None, threshold: floa
         acc.update(score, label)
         pred = score > thr
         comp_stats = comp.update(pred, label)
+        frame = FrameResult(semantic=getattr(res, "semantic", None), score=score, obstacle=pred, threshold=thr)
+        instances = sample.get("instances")
+        if instances is None:
+            instances = _components(label == 1)
+        planner_stats = planner.update(regions_of(frame), instances, ignore=label == VOID,
+                                       group=sample.get("group"))
         valid = label != VOID
         num_pos, num_neg = int((label == 1).sum()), int((label == 0).sum())
         rec: dict[str, Any] = {"name": name, "num_pos": num_pos, "num_neg": num_neg,
@@ -220,7 +251,7 @@ def evaluate_anomaly(engine, dataset, output: str | Path | None, threshold: floa
                                "auroc": None, "ap": None, "fpr95": None,
                                "fpr_at_threshold": float((pred & (label == 0)).sum() / num_neg) if num_neg else None,
                                "tpr_at_threshold": float((pred & (label == 1)).sum() / num_pos) if num_pos else None,
-                               **comp_stats}
+                               **comp_stats, "planner": planner_stats}
         if num_pos and num_neg:
             m = anomaly_metrics(score, label)
             rec["auroc"], rec["ap"], rec["fpr95"] = m["auroc"], m["ap"], m["fpr95"]
@@ -250,7 +281,7 @@ def evaluate_anomaly(engine, dataset, output: str | Path | None, threshold: floa
     report = {
         "dataset": dataset_name, "auroc": metrics["auroc"], "ap": metrics["ap"], "fpr95": metrics["fpr95"],
         "num_images": len(per_image), "num_pos": metrics["num_pos"], "num_neg": metrics["num_neg"],
-        "threshold": thr, "components": comp.compute(),
+        "threshold": thr, "components": comp.compute(), "planner": planner.compute(),
         "model": model_info(engine, (extra_info or {}).get("checkpoint")),
         "worst": worst_records, "per_image": per_image, **skipped_samples(dataset),
     }
