@@ -56,6 +56,10 @@ PEER_LIFETIME_S = 60.0  # hard cap for the subprocess even if the test process v
 
 OBSTACLE_FIELDS = {
     "id": "uint32",
+    "track_id": "uint32",
+    "age_frames": "uint32",
+    "first_seen": "builtin_interfaces/Time",
+    "held": "boolean",
     "x_offset": "uint32",
     "y_offset": "uint32",
     "width": "uint32",
@@ -64,6 +68,7 @@ OBSTACLE_FIELDS = {
     "mean_score": "float",
     "max_score": "float",
     "drivable_fraction": "float",
+    "width_m": "float",
     "ground_position": "geometry_msgs/Point",
 }
 ANOMALY_RESULT_FIELDS = {
@@ -89,11 +94,15 @@ def make_result() -> AnomalyResult:
     msg.anomalous_fraction = 0.015625
     msg.max_score = 4.5
     msg.processing_time_ms = 37.25
+    from builtin_interfaces.msg import Time
+
     msg.obstacles = [
-        Obstacle(id=0, x_offset=812, y_offset=540, width=64, height=48, area=2345,
+        Obstacle(id=0, track_id=17, age_frames=5, first_seen=Time(sec=1_700_000_122, nanosec=956_789_000),
+                 held=False, width_m=0.625, x_offset=812, y_offset=540, width=64, height=48, area=2345,
                  mean_score=1.625, max_score=4.5, drivable_fraction=0.875,
                  ground_position=Point(x=-0.5, y=1.5, z=14.25)),
-        Obstacle(id=1, x_offset=0, y_offset=1023, width=2048, height=1, area=4_294_967_295,
+        Obstacle(id=1, track_id=4_294_967_295, age_frames=1, held=True, width_m=nan,
+                 x_offset=0, y_offset=1023, width=2048, height=1, area=4_294_967_295,
                  mean_score=0.8125, max_score=1.0, drivable_fraction=nan,
                  ground_position=Point(x=nan, y=nan, z=nan)),
     ]
@@ -217,7 +226,7 @@ def test_subprocess_publishes_test_receives():
     with ros_harness.Peer("pebal_test_sub") as peer, ros_peer("publish", topic) as proc:
         received = peer.collect(AnomalyResult, topic, 10)
         _wait_until(lambda: len(received), proc, f"AnomalyResult on {topic}")
-    assert assert_msg_equal(received.snapshot()[0], make_result()) == 32
+    assert assert_msg_equal(received.snapshot()[0], make_result()) == 44
 
 
 @pytest.mark.ros
@@ -230,7 +239,7 @@ def test_test_publishes_subprocess_echoes_back():
         publisher = peer.publisher(AnomalyResult, topic_in, 10)
         peer.node.create_timer(0.1, lambda: publisher.publish(sent))
         _wait_until(lambda: len(received), proc, f"echo on {topic_out}")
-    assert assert_msg_equal(received.snapshot()[0], sent) == 32
+    assert assert_msg_equal(received.snapshot()[0], sent) == 44
 
 
 # ----------------------------------------------------------------------------------------------

@@ -19,8 +19,9 @@ import yaml
 
 from pebal_perception.core.obstacles import Obstacle
 from pebal_perception.node.outputs import OUTPUT_TOPICS, MessageClasses, build_output_messages, uint8_array
-from pebal_perception.node.params import (PARAMETERS, PARAMETERS_BY_NAME, READ_ONLY, RuntimeSettings,
-                                          initial_settings, resolve_parameters)
+from pebal_perception.core.tracking import TrackingConfig
+from pebal_perception.node.params import (CONFIG_PARAMETERS, PARAMETERS, PARAMETERS_BY_NAME, READ_ONLY,
+                                          TRACKING_PARAMETERS, RuntimeSettings, initial_settings, resolve_parameters)
 from pebal_perception.node.processing import PostProcessConfig, process_frame
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -57,8 +58,8 @@ def test_table_entries_are_well_formed():
         assert _same(spec.check(spec.default), spec.default), spec.name  # the default passes its own check
     assert set(READ_ONLY) == {p.name for p in PARAMETERS if p.read_only}
     runtime = {p.name for p in PARAMETERS if not p.read_only}
-    assert runtime == {"threshold", "smoothing", "restrict_to_drivable", "roi", "min_obstacle_area",
-                       "camera.height_m", "camera.pitch_rad"}
+    assert runtime == {"threshold", "smoothing", "camera.height_m", "camera.pitch_rad",
+                       *CONFIG_PARAMETERS, *TRACKING_PARAMETERS}
 
 
 def test_resolve_parameters_fills_defaults_and_checks_values():
@@ -77,7 +78,11 @@ def test_resolve_parameters_fills_defaults_and_checks_values():
 def test_initial_settings_from_the_defaults():
     settings = initial_settings(resolve_parameters({}), -9.0)
     assert isinstance(settings, RuntimeSettings) and settings.threshold_param is None
-    assert settings.config == PostProcessConfig(threshold=-9.0, restrict_to_drivable=True, min_obstacle_area=50)
+    assert repr(settings.config) == repr(PostProcessConfig(  # repr: NaN fields compare unequal
+        threshold=-9.0, restrict_to_drivable=True, min_obstacle_area=50, hysteresis=1.0, boundary_band=0.03,
+        min_footprint_on_road=0.5, border_margin=0.01, horizon_margin=0.0, max_range_m=60.0, far_road_width=0.1,
+        min_width_m=0.1, road_width_m=7.0))
+    assert settings.tracking == TrackingConfig(confirm_hits=2, confirm_window=3, hold_frames=2)
     assert settings.smoothing and not settings.positions_wanted
     mounted = initial_settings(resolve_parameters({"camera.height_m": 1.5, "camera.pitch_rad": 0.1,
                                                    "threshold": -5.0}), -9.0)
@@ -151,7 +156,9 @@ def _summary(messages) -> dict:
                 anomalous_fraction=msg.anomalous_fraction, max_score=msg.max_score,
                 processing_time_ms=msg.processing_time_ms,
                 obstacles=[(o.id, o.x_offset, o.y_offset, o.width, o.height, o.area, o.mean_score, o.max_score,
-                            o.drivable_fraction, (o.ground_position.x, o.ground_position.y, o.ground_position.z))
+                            o.drivable_fraction, o.track_id, o.age_frames, o.held, o.width_m,
+                            (getattr(o, "first_seen", None) and (o.first_seen.sec, o.first_seen.nanosec)),
+                            (o.ground_position.x, o.ground_position.y, o.ground_position.z))
                            for o in msg.obstacles])
         else:
             out[topic] = (msg.header, msg.encoding, msg.height, msg.width, msg.step, msg.is_bigendian,
@@ -201,7 +208,7 @@ def test_rclpy_and_rosbags_messages_are_the_same():
     bag_classes = MessageClasses(
         Image=msg_class("sensor_msgs/msg/Image"), AnomalyResult=msg_class("pebal_perception/msg/AnomalyResult"),
         Obstacle=msg_class("pebal_perception/msg/Obstacle"), Point=msg_class("geometry_msgs/msg/Point"),
-        image_data=uint8_array)
+        image_data=uint8_array, Time=msg_class("builtin_interfaces/msg/Time"))
     live = build_output_messages(rgb, semantic, score, frame, Header(frame_id="cam"), ROS_MESSAGES, model_id="m",
                                  threshold=-5.0, overlay=True)
     offline = build_output_messages(rgb, semantic, score, frame, bag_header(0, "cam"), bag_classes, model_id="m",

@@ -367,7 +367,7 @@ def _engine_and_config(args: argparse.Namespace, params: dict) -> tuple[Any, Any
     """The engine and the node's start-up RuntimeSettings from ``params`` (:func:`load_parameters`)."""
     from pebal_perception.core.default_model import default_checkpoint
     from pebal_perception.core.engine import InferenceEngine
-    from pebal_perception.node.params import initial_settings, parse_threshold
+    from pebal_perception.node.params import calibrated_postprocess, initial_settings, parse_threshold
 
     checkpoint = args.checkpoint if args.checkpoint is not None else params["checkpoint"]
     model = args.model if args.model is not None else params["model"]
@@ -391,7 +391,7 @@ def _engine_and_config(args: argparse.Namespace, params: dict) -> tuple[Any, Any
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CliError(f"cannot load model from {path}: {text}") from None
     try:
-        settings = initial_settings(params, engine.meta.effective_threshold)
+        settings = initial_settings(params, engine.meta.effective_threshold, calibrated_postprocess(engine.meta))
     except ValueError as exc:
         raise CliError(f"invalid parameter: {exc}") from None
     return engine, settings
@@ -412,7 +412,8 @@ def process(args: argparse.Namespace) -> int:
         qos_profile
     from pebal_perception.image_conversion import ImageConverter, ImageRejected
     from pebal_perception.node.outputs import MessageClasses, build_output_messages, uint8_array
-    from pebal_perception.node.processing import infer_maps, make_ground_model, process_frame
+    from pebal_perception.bag import stamp_ns
+    from pebal_perception.node.processing import ObstaclePipeline, infer_maps, make_ground_model
 
     image_topic = args.topic
     info_topic = args.camera_info_topic or f"{image_topic.rsplit('/', 1)[0]}/camera_info"
@@ -437,7 +438,7 @@ def process(args: argparse.Namespace) -> int:
         classes = MessageClasses(  # the node's messages, as rosbags classes
             Image=msg_class("sensor_msgs/msg/Image"), AnomalyResult=msg_class("pebal_perception/msg/AnomalyResult"),
             Obstacle=msg_class("pebal_perception/msg/Obstacle"), Point=msg_class("geometry_msgs/msg/Point"),
-            image_data=uint8_array)
+            image_data=uint8_array, Time=msg_class("builtin_interfaces/msg/Time"))
         out_qos = [qos_profile(reliable=True, depth=5)]  # the node's output QoS
         outputs = ["semantic", "energy", "obstacle_mask", "result"] + (["overlay"] if args.overlay else [])
         topics = {name: f"{prefix}/{name}" for name in outputs}
@@ -446,6 +447,7 @@ def process(args: argparse.Namespace) -> int:
         times: list[float] = []
         infer_times: list[float] = []
         camera_info = None
+        pipeline = ObstaclePipeline(settings.tracking)  # as the node: tracking over the bag's frames
         started = time.monotonic()
 
         with _Interrupt() as stop, AtomicBagWriter(args.output, storage=args.storage,
@@ -480,7 +482,7 @@ def process(args: argparse.Namespace) -> int:
                 if camera_info is not None:
                     ground = make_ground_model(camera_info[0], camera_info[1:], (w, h), settings.height_m,
                                                settings.pitch_rad)
-                frame = process_frame(semantic, score, config, ground)
+                frame = pipeline.process(semantic, score, config, stamp_ns(msg.header), ground)
                 messages = build_output_messages(rgb, semantic, score, frame, msg.header, classes,
                                                  model_id=model_id, threshold=config.threshold, overlay=args.overlay)
                 result = messages.pop("result")

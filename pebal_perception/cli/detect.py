@@ -3,9 +3,15 @@
 For every frame NAME it writes, under --output:
   NAME_semantic.png  mono8 Cityscapes trainIds at the input resolution
   NAME_energy.npy    float32 H x W anomaly score (smoothed free energy, higher = more anomalous)
-  NAME_obstacle.png  0/255 mask of score > threshold
-  NAME_overlay.jpg   class colours with obstacles in magenta
+  NAME_obstacle.png  0/255 mask of the reported obstacles
+  NAME_overlay.jpg   class colours with the reported obstacles in magenta
+  NAME_debug.jpg     (--debug) drivable surface, excluded zone, horizon, every candidate region and why
+                     it was rejected
 and summary.json with the model, threshold and per-frame statistics and obstacles.
+
+The obstacles are what the node reports for a single image (core/postprocess.py with the node's default
+parameters, config/detector.yaml, and the ego mask a normal-driving calibration stored in the checkpoint;
+no tracking over frames): regions on the drivable surface whose mean score exceeds the threshold.
 
 --output must be a new or empty folder, or one pebal-detect wrote before (holding only files named
 as above); a re-run there replaces the files of the same name. Anything else (a folder with other
@@ -32,7 +38,7 @@ VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpe
 PROG = "pebal-detect"
 # What pebal-detect writes into --output: a folder holding only these is one it wrote before.
 OUTPUT_LAYOUT = FolderLayout(PROG, files=(r".+_semantic\.png", r".+_energy\.npy", r".+_obstacle\.png",
-                                          r".+_overlay\.jpg", r"summary\.json"),
+                                          r".+_overlay\.jpg", r".+_debug\.jpg", r"summary\.json"),
                              own=json_keys("summary.json", ("frames", "threshold_source", "num_frames")))
 
 
@@ -55,7 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-size", type=image_size_or_native, help="network input WIDTHxHEIGHT or 'native' "
                    "(default: the checkpoint's)")
     p.add_argument("--no-smoothing", action="store_true", help="skip PEBAL's 7x7 Gaussian on the energy")
-    p.add_argument("--min-area", type=int, default=50, help="smallest obstacle region (pixels) listed in summary.json")
+    p.add_argument("--min-area", type=int, help="smallest obstacle region in pixels (default: the node's "
+                   "min_obstacle_area)")
+    p.add_argument("--debug", action="store_true", help="also write NAME_debug.jpg (what the post-processing decided)")
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--every", type=int, default=1, help="process every N-th frame of videos")
     return p
@@ -174,7 +182,7 @@ def _video_frames(path: Path, base: str, every: int,
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.batch_size < 1 or args.every < 1 or args.min_area < 0:
+    if args.batch_size < 1 or args.every < 1 or (args.min_area is not None and args.min_area < 0):
         print(f"{PROG}: error: --batch-size and --every must be >= 1, --min-area >= 0", file=sys.stderr)
         return 2
     try:
@@ -202,6 +210,11 @@ def main(argv: list[str] | None = None) -> int:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"{PROG}: error: {msg}", file=sys.stderr)
         return 2
+    from pebal_perception.node.params import calibrated_postprocess, initial_settings, resolve_parameters
+
+    overrides = {} if args.min_area is None else {"min_obstacle_area": args.min_area}
+    args.postprocess = initial_settings(resolve_parameters(overrides), engine.threshold,
+                                        calibrated_postprocess(engine.meta)).config
 
     frames, failures = [], []
     started = time.perf_counter()
@@ -251,8 +264,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run_batch(engine, batch: list[tuple[str, np.ndarray]], args) -> list[dict]:
     from pebal_perception.core.io import atomic_save_image, atomic_save_npy
-    from pebal_perception.core.obstacles import extract_obstacles
-    from pebal_perception.core.visualize import overlay
+    from pebal_perception.core.postprocess import process_frame
+    from pebal_perception.core.visualize import debug_overlay, overlay
 
     t0 = time.perf_counter()
     results = engine.infer([img for _, img in batch])
@@ -262,13 +275,16 @@ def _run_batch(engine, batch: list[tuple[str, np.ndarray]], args) -> list[dict]:
         out = args.output
         atomic_save_image(out / f"{name}_semantic.png", res.semantic)
         atomic_save_npy(out / f"{name}_energy.npy", res.score.astype(np.float32, copy=False))
-        atomic_save_image(out / f"{name}_obstacle.png", res.obstacle.astype(np.uint8) * 255)
-        atomic_save_image(out / f"{name}_overlay.jpg", overlay(image, res.semantic, res.obstacle))
-        obstacles = extract_obstacles(res.obstacle, res.score, res.semantic, min_area=args.min_area)
+        frame = process_frame(res.semantic, res.score, args.postprocess)
+        atomic_save_image(out / f"{name}_obstacle.png", frame.mask.astype(np.uint8) * 255)
+        atomic_save_image(out / f"{name}_overlay.jpg", overlay(image, res.semantic, frame.mask))
+        if args.debug:
+            atomic_save_image(out / f"{name}_debug.jpg", debug_overlay(image, frame))
         records.append({
             "name": name, "height": int(image.shape[0]), "width": int(image.shape[1]),
             "anomalous_fraction": float(res.obstacle.mean()), "max_score": float(np.nanmax(res.score)),
-            "inference_ms": round(per_frame_ms, 2), "obstacles": [o.to_dict() for o in obstacles],
+            "inference_ms": round(per_frame_ms, 2), "obstacles": [o.to_dict() for o in frame.obstacles],
+            "rejected_regions": dict(Counter(r.rejected for r in frame.regions if r.rejected)),
         })
     return records
 

@@ -19,11 +19,18 @@ class Obstacle:
     max_score: float
     drivable_fraction: float  # share of the footprint (the rows just below the blob) predicted drivable
     ground_position: tuple[float, float, float] = field(default=(float("nan"),) * 3)  # camera frame, metres
+    width_m: float = float("nan")  # width at its distance [m], NaN when no scale is known
+    track_id: int = 0  # stable over frames (core.tracking); 0 = not tracked
+    age_frames: int = 1  # frames since first detected (first = 1)
+    first_seen_ns: int = 0  # stamp of the first frame it was detected in
+    held: bool = False  # not detected in this frame, kept by the tracker's hold
 
     def to_dict(self) -> dict:
         return {"id": self.id, "bbox": list(self.bbox), "area": self.area, "mean_score": self.mean_score,
                 "max_score": self.max_score, "drivable_fraction": self.drivable_fraction,
-                "ground_position": list(self.ground_position)}
+                "ground_position": list(self.ground_position), "width_m": self.width_m,
+                "track_id": self.track_id, "age_frames": self.age_frames, "first_seen_ns": self.first_seen_ns,
+                "held": self.held}
 
 
 def remove_small_blobs(mask: np.ndarray, min_area: int) -> np.ndarray:

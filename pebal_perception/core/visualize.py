@@ -38,3 +38,38 @@ def score_to_colour(score: np.ndarray, low: float | None = None, high: float | N
     scaled = np.clip((score - low) / max(high - low, 1e-6), 0, 1)
     grey = np.nan_to_num(scaled * 255).astype(np.uint8)
     return cv2.cvtColor(cv2.applyColorMap(grey, cv2.COLORMAP_INFERNO), cv2.COLOR_BGR2RGB)
+
+
+# Rejected candidate regions in the debug view, by reason (see core.postprocess.REJECT_REASONS).
+REASON_COLOURS = {"score": (255, 160, 0), "off_road": (0, 160, 255), "narrow": (255, 255, 255),
+                  "small": (128, 128, 128)}
+SURFACE_COLOUR = np.array((0, 200, 80), dtype=np.uint8)
+
+
+def debug_overlay(image: np.ndarray, frame) -> np.ndarray:
+    """What the post-processing decided (a ``core.postprocess.ProcessedFrame``): the excluded zone
+    darkened, the drivable surface tinted green, the horizon in yellow, every candidate region boxed with
+    its mean score (magenta = reported, orange = score too low, blue = off the drivable surface, white =
+    too narrow for its distance), reported obstacles with their track id."""
+    out = image.copy()
+    if frame.excluded is not None:
+        out[frame.excluded] = (out[frame.excluded] * 0.35).astype(np.uint8)
+    if frame.surface is not None and frame.surface.any():
+        out[frame.surface] = (0.7 * out[frame.surface] + 0.3 * SURFACE_COLOUR).astype(np.uint8)
+    h, w = out.shape[:2]
+    thick = max(1, h // 360)
+    scale = max(0.4, h / 1400)
+    if np.isfinite(frame.horizon_row) and 0 <= frame.horizon_row < h:
+        cv2.line(out, (0, int(frame.horizon_row)), (w - 1, int(frame.horizon_row)), (255, 255, 0), thick)
+    for region in frame.regions:
+        x, y, bw, bh = region.bbox
+        colour = REASON_COLOURS.get(region.rejected, tuple(int(c) for c in OBSTACLE_COLOUR))
+        cv2.rectangle(out, (x, y), (x + bw - 1, y + bh - 1), colour, thick)
+        text = f"{region.score:.1f}" + (f" {region.rejected}" if region.rejected else "")
+        cv2.putText(out, text, (x, max(10, y - 3)), cv2.FONT_HERSHEY_SIMPLEX, scale, colour, thick, cv2.LINE_AA)
+    for obstacle in frame.obstacles:
+        x, y, bw, bh = obstacle.bbox
+        if obstacle.track_id:
+            cv2.putText(out, f"#{obstacle.track_id}", (x, min(h - 2, y + bh + int(14 * scale) + 2)),
+                        cv2.FONT_HERSHEY_SIMPLEX, scale, tuple(int(c) for c in OBSTACLE_COLOUR), thick, cv2.LINE_AA)
+    return out

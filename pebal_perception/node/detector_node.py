@@ -55,6 +55,7 @@ from typing import Any
 
 import numpy as np
 import rclpy
+from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Point
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType, SetParametersResult
@@ -74,13 +75,14 @@ from pebal_perception.image_conversion import REJECT_REASONS, ImageConverter, Im
 from pebal_perception.msg import AnomalyResult, Obstacle
 from pebal_perception.node.outputs import OUTPUT_TOPICS, MessageClasses, build_output_messages
 from pebal_perception.node.params import (DEVICES, NODE_NAME, PARAMETERS, PARAMETERS_BY_NAME, ParamSpec,
-                                          RuntimeSettings, initial_settings, parse_threshold, plan_parameter_batch)
-from pebal_perception.node.processing import (FrameOutOfMemory, GroundModel, LatestFrameMailbox, OomGuardedInference,
-                                              RecentEvents, check_camera_info, make_ground_model, parse_oom_fallback,
-                                              process_frame, rescale_warning)
+                                          RuntimeSettings, calibrated_postprocess, initial_settings, parse_threshold,
+                                          plan_parameter_batch)
+from pebal_perception.node.processing import (FrameOutOfMemory, GroundModel, LatestFrameMailbox, ObstaclePipeline,
+                                              OomGuardedInference, RecentEvents, check_camera_info, make_ground_model,
+                                              parse_oom_fallback, rescale_warning)
 
 PROG = "detector_node"
-ROS_MESSAGES = MessageClasses(Image=Image, AnomalyResult=AnomalyResult, Obstacle=Obstacle, Point=Point)
+ROS_MESSAGES = MessageClasses(Image=Image, AnomalyResult=AnomalyResult, Obstacle=Obstacle, Point=Point, Time=Time)
 PARAMETER_TYPES = {"string": ParameterType.PARAMETER_STRING, "integer": ParameterType.PARAMETER_INTEGER,
                    "double": ParameterType.PARAMETER_DOUBLE, "bool": ParameterType.PARAMETER_BOOL,
                    "double_array": ParameterType.PARAMETER_DOUBLE_ARRAY}
@@ -161,6 +163,7 @@ class DetectorNode(Node):
         self._camera_info_problem: str | None = None  # why the latest camera_info was refused
         self._rescale_warned: set[tuple[tuple[int, int], tuple[int, int]]] = set()
         self.mailbox = LatestFrameMailbox()
+        self.pipeline: ObstaclePipeline | None = None  # post-processing with memory (tracking); worker only
         self.converter = ImageConverter()
 
         self._load_engine()  # raises StartupError
@@ -168,7 +171,8 @@ class DetectorNode(Node):
             # Everything a run-time change may alter, in one immutable object: replaced whole (one
             # reference assignment), read once per frame by the worker.
             self._settings: RuntimeSettings = initial_settings(
-                {spec.name: self._value(spec.name) for spec in PARAMETERS}, self.calibrated_threshold)
+                {spec.name: self._value(spec.name) for spec in PARAMETERS}, self.calibrated_threshold,
+                calibrated_postprocess(self.engine.meta))
         except ValueError as exc:
             raise StartupError(f"invalid parameter: {exc}") from None
         self.add_on_set_parameters_callback(self._on_set_parameters)
@@ -389,13 +393,19 @@ class DetectorNode(Node):
         # Out-of-memory errors are retried / degraded by self.inference (see oom_fallback).
         semantic, score, infer_ms = self.inference(rgb, smoothing=settings.smoothing)
         h, w = score.shape
-        frame = process_frame(semantic, score, settings.config, self._ground_model(w, h, settings))
+        if self.pipeline is None:
+            self.pipeline = ObstaclePipeline(settings.tracking)
+        elif self.pipeline.tracker.config != settings.tracking:
+            self.pipeline.set_tracking(settings.tracking)
+        stamp = int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
+        frame = self.pipeline.process(semantic, score, settings.config, stamp, self._ground_model(w, h, settings))
         if self._stop.is_set():
             return
         publishers = self.publishers_by_topic
         messages = build_output_messages(  # the overlay only while someone subscribes to it
             rgb, semantic, score, frame, header, ROS_MESSAGES, model_id=self.model_id,
-            threshold=settings.config.threshold, overlay=publishers["overlay"].get_subscription_count() > 0)
+            threshold=settings.config.threshold, overlay=publishers["overlay"].get_subscription_count() > 0,
+            debug=publishers["debug"].get_subscription_count() > 0)
         result = messages.pop("result")
         for topic, msg in messages.items():
             publishers[topic].publish(msg)

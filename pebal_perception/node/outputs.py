@@ -4,7 +4,9 @@ ROS-free: the message classes come in as :class:`MessageClasses`, so both produc
 same mapping of a processed frame to messages:
 
 * ``semantic``: mono8 trainIds, ``energy``: 32FC1 anomaly score, ``obstacle_mask``: mono8 0/255,
-  ``overlay`` (only when asked for): rgb8 visualisation, all at the input resolution;
+  ``overlay`` and ``debug`` (each only when asked for: the node asks while someone subscribes): rgb8
+  visualisations (``debug``: drivable surface, excluded zone, horizon, every candidate region with its
+  score and why it was rejected), all at the input resolution;
 * ``result``: ``pebal_perception/AnomalyResult`` with one ``Obstacle`` per region;
 * every message carries the input image's header.
 """
@@ -20,7 +22,7 @@ from pebal_perception.image_conversion import rgb_to_image_fields
 from pebal_perception.node.processing import ProcessedFrame
 
 #: Output topic suffixes (relative to the node's ``~/``), in publishing order.
-OUTPUT_TOPICS = ("semantic", "energy", "obstacle_mask", "overlay", "result")
+OUTPUT_TOPICS = ("semantic", "energy", "obstacle_mask", "overlay", "debug", "result")
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,7 @@ class MessageClasses:
     Obstacle: Callable[..., Any]
     Point: Callable[..., Any]
     image_data: Callable[[bytes], Any] = bytes
+    Time: Callable[..., Any] | None = None  # builtin_interfaces/Time (Obstacle.first_seen)
 
 
 def uint8_array(data: bytes) -> np.ndarray:
@@ -46,17 +49,23 @@ def obstacle_message(o: Obstacle, classes: MessageClasses) -> Any:
     """A ``pebal_perception/Obstacle`` message of one obstacle."""
     x, y, w, h = o.bbox
     gx, gy, gz = o.ground_position
-    return classes.Obstacle(id=int(o.id), x_offset=int(x), y_offset=int(y), width=int(w), height=int(h),
+    first_seen = {}
+    if classes.Time is not None:
+        sec, nanosec = divmod(int(o.first_seen_ns), 1_000_000_000)
+        first_seen["first_seen"] = classes.Time(sec=int(sec), nanosec=int(nanosec))
+    return classes.Obstacle(id=int(o.id), track_id=int(o.track_id), age_frames=int(o.age_frames), held=bool(o.held),
+                            x_offset=int(x), y_offset=int(y), width=int(w), height=int(h),
                             area=int(o.area), mean_score=float(o.mean_score), max_score=float(o.max_score),
-                            drivable_fraction=float(o.drivable_fraction),
-                            ground_position=classes.Point(x=float(gx), y=float(gy), z=float(gz)))
+                            drivable_fraction=float(o.drivable_fraction), width_m=float(o.width_m),
+                            ground_position=classes.Point(x=float(gx), y=float(gy), z=float(gz)), **first_seen)
 
 
 def build_output_messages(rgb: np.ndarray, semantic: np.ndarray, score: np.ndarray, frame: ProcessedFrame,
                           header: Any, classes: MessageClasses, *, model_id: str, threshold: float,
-                          overlay: bool = False, processing_time_ms: float = 0.0) -> dict[str, Any]:
-    """Topic suffix -> message for one frame (keys in :data:`OUTPUT_TOPICS` order; ``overlay`` only
-    when asked for). ``rgb`` is the input frame, ``semantic`` / ``score`` the engine's maps and
+                          overlay: bool = False, debug: bool = False,
+                          processing_time_ms: float = 0.0) -> dict[str, Any]:
+    """Topic suffix -> message for one frame (keys in :data:`OUTPUT_TOPICS` order; ``overlay`` and
+    ``debug`` only when asked for). ``rgb`` is the input frame, ``semantic`` / ``score`` the engine's maps and
     ``frame`` their post-processing (processing.process_frame); ``header`` (the input image's) is
     copied into every message. The caller may update ``result.processing_time_ms`` once it has
     published the images."""
@@ -75,6 +84,10 @@ def build_output_messages(rgb: np.ndarray, semantic: np.ndarray, score: np.ndarr
         from pebal_perception.core.visualize import overlay as draw_overlay
 
         messages["overlay"] = image(draw_overlay(rgb, semantic, frame.mask), "rgb8")
+    if debug:
+        from pebal_perception.core.visualize import debug_overlay
+
+        messages["debug"] = image(debug_overlay(rgb, frame), "rgb8")
     messages["result"] = classes.AnomalyResult(
         header=header, model_id=str(model_id), threshold=float(threshold),
         anomalous_fraction=float(frame.anomalous_fraction), max_score=float(frame.max_score),

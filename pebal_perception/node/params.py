@@ -13,10 +13,11 @@ its worker takes one snapshot per frame.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Mapping, Sequence
 
 from pebal_perception.core.limits import check_threshold
+from pebal_perception.core.tracking import TrackingConfig
 from pebal_perception.node.processing import (MAX_CAMERA_HEIGHT_M, MAX_MIN_OBSTACLE_AREA, PostProcessConfig,
                                               check_mounting, validate_roi)
 
@@ -119,6 +120,54 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("min_obstacle_area", "integer", 50,
               "Smallest obstacle region in pixels of the input image; smaller blobs are removed from the mask "
               f"and not reported. {RUN_TIME}", value_range=(0, MAX_MIN_OBSTACLE_AREA)),
+    ParamSpec("hysteresis", "double", 1.0,
+              "Candidate pixels score above threshold - hysteresis; a region is an obstacle only when its mean "
+              f"score exceeds the threshold (region score, not single pixels). Score units (nats). {RUN_TIME}",
+              value_range=(0.0, 1e6)),
+    ParamSpec("drivable.boundary_band", "double", 0.03,
+              "Band along the road region's outer boundary excluded from the drivable surface, as a fraction of "
+              f"the image height (class transitions at road edges score high). {RUN_TIME}", value_range=(0.0, 0.5)),
+    ParamSpec("drivable.min_footprint_on_road", "double", 0.5,
+              "Share of a region's footprint (the pixel rows just below its lower boundary) that must lie on the "
+              f"drivable surface for it to be an obstacle (with restrict_to_drivable). {RUN_TIME}",
+              value_range=(0.0, 1.0)),
+    ParamSpec("border_margin", "double", 0.01,
+              f"Margin along every image border excluded, as a fraction of the image height. {RUN_TIME}",
+              value_range=(0.0, 0.25)),
+    ParamSpec("ego_mask.polygon", "double_array", [],
+              "Ego vehicle (hood, mirrors) to exclude: polygon x0, y0, x1, y1, ... in normalised image "
+              "coordinates (at least 3 vertices); [] = none, or the one a normal-driving calibration stored in "
+              f"the checkpoint. {RUN_TIME}"),
+    ParamSpec("horizon.row", "double", NAN,
+              "Horizon row as a fraction of the image height; NaN = from camera height/pitch and camera_info "
+              f"when known, else estimated from the road region (median over recent frames). {RUN_TIME}"),
+    ParamSpec("horizon.margin", "double", 0.0,
+              "Rows down to this fraction of the image height below the horizon are excluded (far road, the "
+              f"horizon band); NaN = no horizon cut. {RUN_TIME}"),
+    ParamSpec("max_range_m", "double", 60.0,
+              "With camera height/pitch and camera_info: rows whose flat-ground point lies farther than this are "
+              f"excluded [m]; NaN = no limit. {RUN_TIME}"),
+    ParamSpec("far_road_width", "double", 0.1,
+              "Without a camera model: rows where the road, as fitted (width per row), is narrower than this "
+              f"fraction of the image width count as beyond range and are excluded; 0 = off. {RUN_TIME}",
+              value_range=(0.0, 1.0)),
+    ParamSpec("min_width_m", "double", 0.1,
+              "Smallest obstacle width at the distance its bottom row implies [m] (camera model, or the road "
+              f"width per row taken as road_width_m); 0 = pixel minimum only. {RUN_TIME}", value_range=(0.0, 100.0)),
+    ParamSpec("road_width_m", "double", 7.0,
+              "Road width assumed for the scale estimated from the road region without a camera model [m]. "
+              f"{RUN_TIME}", value_range=(0.5, 100.0)),
+    ParamSpec("tracking.enabled", "bool", True,
+              "Persistence over frames: obstacles are associated across frames (box IoU / centroid) and get a "
+              f"stable track_id; off = every detection is reported at once. {RUN_TIME}"),
+    ParamSpec("tracking.confirm_hits", "integer", 2,
+              f"An obstacle is reported once detected in this many of the last tracking.confirm_window frames. "
+              f"{RUN_TIME}", value_range=(1, 100)),
+    ParamSpec("tracking.confirm_window", "integer", 3,
+              f"Window (frames) for tracking.confirm_hits. {RUN_TIME}", value_range=(1, 100)),
+    ParamSpec("tracking.hold_frames", "integer", 2,
+              f"A reported obstacle stays reported this many frames after it was last detected. {RUN_TIME}",
+              value_range=(0, 100)),
     ParamSpec("qos.depth", "integer", 5,
               f"History depth of the input subscriptions (only the newest frame is processed). {READ_ONLY_TEXT}",
               read_only=True, value_range=(1, 1000)),
@@ -179,6 +228,37 @@ def parse_threshold(value: Any) -> float | None:
     raise ValueError(f"threshold must be a number, got {type(value).__name__}")
 
 
+#: Node parameter -> PostProcessConfig field (the parameters that shape what a planner receives).
+CONFIG_PARAMETERS = {
+    "restrict_to_drivable": "restrict_to_drivable", "roi": "roi", "min_obstacle_area": "min_obstacle_area",
+    "hysteresis": "hysteresis", "drivable.boundary_band": "boundary_band",
+    "drivable.min_footprint_on_road": "min_footprint_on_road", "border_margin": "border_margin",
+    "ego_mask.polygon": "ego_mask_polygon", "horizon.row": "horizon_row", "horizon.margin": "horizon_margin",
+    "max_range_m": "max_range_m", "far_road_width": "far_road_width", "min_width_m": "min_width_m",
+    "road_width_m": "road_width_m",
+}
+#: Node parameter -> TrackingConfig field.
+TRACKING_PARAMETERS = {"tracking.enabled": "enabled", "tracking.confirm_hits": "confirm_hits",
+                       "tracking.confirm_window": "confirm_window", "tracking.hold_frames": "hold_frames"}
+
+
+def calibrated_postprocess(meta: Any) -> dict[str, Any]:
+    """The post-processing values a normal-driving calibration (``pebal-calibrate --normal``) stored in a
+    checkpoint's metadata (``threshold_info["normal_driving"]["postprocess"]``), {} when there are none."""
+    info = getattr(meta, "threshold_info", None) or {}
+    normal = info.get("normal_driving") if isinstance(info, dict) else None
+    post = normal.get("postprocess") if isinstance(normal, dict) else None
+    return dict(post) if isinstance(post, dict) else {}
+
+
+def _config_value(name: str, value: Any) -> Any:
+    if name == "roi":
+        return validate_roi(value)
+    if name == "ego_mask.polygon":
+        return tuple(value)
+    return value
+
+
 @dataclass(frozen=True)
 class RuntimeSettings:
     """Everything a run-time parameter change may alter; the node swaps the whole object at once."""
@@ -188,6 +268,7 @@ class RuntimeSettings:
     height_m: float  # camera.height_m (NaN = unknown)
     pitch_rad: float  # camera.pitch_rad (NaN = unknown)
     smoothing: bool
+    tracking: TrackingConfig = TrackingConfig()
 
     @property
     def positions_wanted(self) -> bool:
@@ -195,17 +276,22 @@ class RuntimeSettings:
         return not (math.isnan(self.height_m) or math.isnan(self.pitch_rad))
 
 
-def initial_settings(values: Mapping[str, Any], calibrated_threshold: float) -> RuntimeSettings:
+def initial_settings(values: Mapping[str, Any], calibrated_threshold: float,
+                     calibrated: Mapping[str, Any] | None = None) -> RuntimeSettings:
     """The settings at start-up from the parameter values (names of :data:`PARAMETERS`); ValueError
-    with the reason for a threshold, roi, area or mounting that cannot be used."""
+    with the reason for a threshold, roi, area, mounting or post-processing value that cannot be used.
+    ``calibrated`` (PostProcessConfig fields a normal-driving calibration stored in the checkpoint, e.g.
+    its ego mask) fills the ego mask when the parameter is left empty."""
     threshold_param = parse_threshold(values["threshold"])
-    config = PostProcessConfig(
-        threshold=calibrated_threshold if threshold_param is None else threshold_param,
-        restrict_to_drivable=bool(values["restrict_to_drivable"]), roi=validate_roi(values["roi"]),
-        min_obstacle_area=int(values["min_obstacle_area"]))
+    fields_ = {field: _config_value(name, values[name]) for name, field in CONFIG_PARAMETERS.items()}
+    if calibrated and not fields_["ego_mask_polygon"] and calibrated.get("ego_mask_polygon"):
+        fields_["ego_mask_polygon"] = tuple(calibrated["ego_mask_polygon"])
+    config = PostProcessConfig(threshold=calibrated_threshold if threshold_param is None else threshold_param,
+                               **fields_)
+    tracking = TrackingConfig(**{field: values[name] for name, field in TRACKING_PARAMETERS.items()})
     height_m, pitch_rad = check_mounting(values["camera.height_m"], values["camera.pitch_rad"])
     return RuntimeSettings(config=config, threshold_param=threshold_param, height_m=height_m, pitch_rad=pitch_rad,
-                           smoothing=bool(values["smoothing"]))
+                           smoothing=bool(values["smoothing"]), tracking=tracking)
 
 
 def plan_parameter_batch(current: RuntimeSettings, changes: Sequence[tuple[str, Any]],
@@ -214,22 +300,23 @@ def plan_parameter_batch(current: RuntimeSettings, changes: Sequence[tuple[str, 
 
     The values have the parameters' types and ranges (rclpy checks them against the descriptors built
     from :data:`PARAMETERS` before the node sees a batch, and refuses read-only ones). Every change is
-    validated before anything is decided: when any one is refused (threshold, roi, mounting, area),
-    ValueError is raised with a reason that names it, and the caller keeps ``current``: a batch
-    applies whole or not at all.
+    validated before anything is decided: when any one is refused (threshold, roi, mounting, area,
+    post-processing, tracking), ValueError is raised with a reason that names it, and the caller keeps
+    ``current``: a batch applies whole or not at all.
     """
     config_changes: dict[str, Any] = {}
+    tracking_changes: dict[str, Any] = {}
     threshold_param = current.threshold_param
     height_m, pitch_rad, smoothing = current.height_m, current.pitch_rad, current.smoothing
     for name, value in changes:
         if name == "threshold":
             threshold_param = parse_threshold(value)
-        elif name in ("restrict_to_drivable", "min_obstacle_area"):
-            config_changes[name] = value
+        elif name in CONFIG_PARAMETERS:
+            config_changes[CONFIG_PARAMETERS[name]] = _config_value(name, value)
+        elif name in TRACKING_PARAMETERS:
+            tracking_changes[TRACKING_PARAMETERS[name]] = value
         elif name == "smoothing":
             smoothing = bool(value)
-        elif name == "roi":
-            config_changes["roi"] = validate_roi(value)
         elif name == "camera.height_m":
             height_m = value
         elif name == "camera.pitch_rad":
@@ -238,6 +325,7 @@ def plan_parameter_batch(current: RuntimeSettings, changes: Sequence[tuple[str, 
             raise ValueError(f"{name} cannot be changed at run time")
     height_m, pitch_rad = check_mounting(height_m, pitch_rad)
     config_changes["threshold"] = calibrated_threshold if threshold_param is None else threshold_param
-    config = current.config.with_changes(**config_changes)  # validates threshold, roi and min_obstacle_area
+    config = current.config.with_changes(**config_changes)  # validates every field
+    tracking = replace(current.tracking, **tracking_changes)  # validates k <= n and the ranges
     return RuntimeSettings(config=config, threshold_param=threshold_param, height_m=height_m, pitch_rad=pitch_rad,
-                           smoothing=bool(smoothing))
+                           smoothing=bool(smoothing), tracking=tracking)

@@ -1,188 +1,22 @@
-"""ROS-free frame processing for the detector node: score map -> obstacle mask -> obstacle summaries.
-
-Given the engine's per-pixel outputs at the input resolution (``semantic`` trainIds, ``score`` = smoothed
-free energy, higher = more anomalous), :func:`process_frame` builds the published obstacle mask
-
-    mask = (score > threshold) [AND drivable area] [AND region of interest], blobs < min_area removed
-
-and one :class:`~pebal_perception.core.obstacles.Obstacle` per remaining 8-connected region, with a
-flat-ground position of its bounding box's bottom-centre pixel when a camera model is given.
-
-*Drivable area*: pixels the network labels road (Cityscapes trainId 0) plus the holes enclosed by the
-road region. An object lying on the road is usually not labelled road itself, but it is surrounded by
-road, so filling the enclosed holes keeps it while excluding everything off the road (sidewalk,
-buildings, sky).
+"""ROS-free frame processing for the detector node: inference with out-of-memory handling, camera_info
+checks, the latest-frame mailbox and the diagnostics window. The post-processing itself (score map ->
+obstacles a planner receives) is :mod:`pebal_perception.core.postprocess`.
 """
 from __future__ import annotations
 
 import math
 import threading
 import time
-from dataclasses import dataclass, replace
 from typing import Any, Callable, Sequence
 
-import cv2
 import numpy as np
 
-from pebal_perception.core.limits import check_threshold
-from pebal_perception.core.obstacles import DRIVABLE_TRAIN_IDS, Obstacle, extract_obstacles, remove_small_blobs
-from pebal_perception.geometry import pixel_to_ground_point, valid_intrinsics, valid_mounting
-
-FULL_ROI = (0.0, 0.0, 1.0, 1.0)
-# Largest camera mounting height accepted [m]: above it a "flat ground" model makes no sense (and a typo
-# such as 1e308 would give absurd positions).
-MAX_CAMERA_HEIGHT_M = 1000.0
-# Largest min_obstacle_area [px]: 10^8 pixels is far beyond any camera image (the parameter's range).
-MAX_MIN_OBSTACLE_AREA = 100_000_000
-
-
-def check_mounting(height_m: float, pitch_rad: float) -> tuple[float, float]:
-    """``camera.height_m`` / ``camera.pitch_rad`` as floats; NaN means unknown (no ground positions).
-
-    A known height must lie in (0, MAX_CAMERA_HEIGHT_M] metres and a known pitch in (-pi/2, pi/2);
-    anything else (infinite, 1e308, looking straight down) raises ValueError with the reason."""
-    height_m, pitch_rad = float(height_m), float(pitch_rad)
-    if not math.isnan(height_m) and not (math.isfinite(height_m) and 0.0 < height_m <= MAX_CAMERA_HEIGHT_M):
-        raise ValueError(f"camera.height_m must lie in (0, {MAX_CAMERA_HEIGHT_M:g}] m (or NaN = unknown), "
-                         f"got {height_m:g}")
-    if not math.isnan(pitch_rad) and not (math.isfinite(pitch_rad) and abs(pitch_rad) < math.pi / 2):
-        raise ValueError(f"camera.pitch_rad must lie in (-pi/2, pi/2) (or NaN = unknown), got {pitch_rad:g}")
-    return height_m, pitch_rad
-
-
-def validate_roi(roi: Sequence[float]) -> tuple[float, float, float, float]:
-    """``(x0, y0, x1, y1)`` normalised to [0, 1] with x0 < x1 and y0 < y1; ValueError otherwise."""
-    try:
-        values = tuple(float(v) for v in roi)
-    except (TypeError, ValueError):
-        raise ValueError(f"roi must be 4 numbers [x0, y0, x1, y1], got {roi!r}") from None
-    if len(values) != 4:
-        raise ValueError(f"roi must have 4 values [x0, y0, x1, y1] (normalised 0..1), got {len(values)}")
-    x0, y0, x1, y1 = values
-    if not all(math.isfinite(v) and 0.0 <= v <= 1.0 for v in values):
-        raise ValueError(f"roi values must lie in [0, 1], got {list(values)}")
-    if not (x0 < x1 and y0 < y1):
-        raise ValueError(f"roi needs x0 < x1 and y0 < y1, got {list(values)}")
-    return values  # type: ignore[return-value]
-
-
-def roi_slices(shape: tuple[int, int], roi: Sequence[float]) -> tuple[slice, slice]:
-    """Row and column slices of the pixels inside a normalised ROI (pixel i is inside when its left/top
-    edge i/W lies in [x0, x1)): columns ``round(x0 * W) .. round(x1 * W)``, same for rows."""
-    h, w = shape[:2]
-    x0, y0, x1, y1 = roi
-    c0, c1 = int(round(x0 * w)), int(round(x1 * w))
-    r0, r1 = int(round(y0 * h)), int(round(y1 * h))
-    return slice(r0, max(r0, r1)), slice(c0, max(c0, c1))
-
-
-def roi_mask(shape: tuple[int, int], roi: Sequence[float]) -> np.ndarray:
-    """H x W bool mask of the ROI."""
-    mask = np.zeros(shape[:2], dtype=bool)
-    rows, cols = roi_slices(shape, roi)
-    mask[rows, cols] = True
-    return mask
-
-
-def drivable_mask(semantic: np.ndarray, fill_holes: bool = True) -> np.ndarray:
-    """H x W bool: road pixels, plus (``fill_holes``) every hole the road region encloses."""
-    road = np.isin(semantic, DRIVABLE_TRAIN_IDS)
-    if not fill_holes or not road.any():
-        return road
-    road_u8 = road.astype(np.uint8)
-    contours, _ = cv2.findContours(road_u8, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-    filled = np.zeros_like(road_u8)
-    cv2.drawContours(filled, contours, -1, 1, thickness=cv2.FILLED)
-    return filled.astype(bool) | road
-
-
-@dataclass(frozen=True)
-class PostProcessConfig:
-    """Run-time adjustable post-processing (the node swaps the whole object atomically)."""
-
-    threshold: float
-    restrict_to_drivable: bool = False
-    roi: tuple[float, float, float, float] = FULL_ROI
-    min_obstacle_area: int = 1
-
-    def __post_init__(self):
-        object.__setattr__(self, "threshold", check_threshold(self.threshold))
-        object.__setattr__(self, "roi", validate_roi(self.roi))
-        if not 0 <= int(self.min_obstacle_area) <= MAX_MIN_OBSTACLE_AREA:
-            raise ValueError(f"min_obstacle_area must lie in [0, {MAX_MIN_OBSTACLE_AREA}], "
-                             f"got {self.min_obstacle_area}")
-        object.__setattr__(self, "min_obstacle_area", int(self.min_obstacle_area))
-        object.__setattr__(self, "restrict_to_drivable", bool(self.restrict_to_drivable))
-
-    def with_changes(self, **changes: Any) -> "PostProcessConfig":
-        return replace(self, **changes)
-
-
-@dataclass(frozen=True)
-class GroundModel:
-    """Camera intrinsics (for the image size the node receives) + mounting for ground positions."""
-
-    K: np.ndarray
-    height_m: float
-    pitch_rad: float
-
-    @property
-    def usable(self) -> bool:
-        return valid_intrinsics(self.K) and valid_mounting(self.height_m, self.pitch_rad)
-
-
-@dataclass
-class ProcessedFrame:
-    mask: np.ndarray  # H x W bool, the published obstacle mask
-    obstacles: list[Obstacle]
-    anomalous_fraction: float  # share of all pixels with score > threshold (before restrictions)
-    max_score: float  # largest finite score in the image (NaN when none is finite)
-
-
-def obstacle_mask(score: np.ndarray, semantic: np.ndarray | None, config: PostProcessConfig) -> np.ndarray:
-    """The published obstacle mask (bool) for one frame; see the module docstring."""
-    mask = score > config.threshold  # NaN scores compare False: never obstacles
-    if config.restrict_to_drivable and semantic is not None:
-        mask &= drivable_mask(semantic)
-    if tuple(config.roi) != FULL_ROI:
-        mask &= roi_mask(mask.shape, config.roi)
-    return remove_small_blobs(mask, config.min_obstacle_area)
-
-
-def bottom_centre_pixel(bbox: tuple[int, int, int, int]) -> tuple[float, float]:
-    """(u, v) of the bottom-centre pixel of an ``x, y, w, h`` box (pixel centres at integers)."""
-    x, y, w, h = bbox
-    return x + (w - 1) / 2.0, float(y + h - 1)
-
-
-def finite_max(score: np.ndarray) -> float:
-    """The largest finite value of ``score`` (NaN when none is finite). One pass when the plain maximum is
-    finite (then no NaN or +inf is present), the masked copy only otherwise."""
-    if score.size == 0:
-        return float("nan")
-    peak = float(score.max())
-    if math.isfinite(peak):
-        return peak
-    finite = np.isfinite(score)
-    return float(score[finite].max()) if finite.any() else float("nan")
-
-
-def process_frame(semantic: np.ndarray | None, score: np.ndarray, config: PostProcessConfig,
-                  ground: GroundModel | None = None) -> ProcessedFrame:
-    """Mask, obstacle summaries and frame statistics for one frame (all at the score's resolution)."""
-    score = np.asarray(score, dtype=np.float32)
-    raw = score > config.threshold
-    mask = obstacle_mask(score, semantic, config)
-    # The mask already has small blobs removed; min_area=1 lists every remaining region.
-    obstacles = extract_obstacles(mask, score, semantic, min_area=1)
-    if ground is not None and ground.usable:
-        for obstacle in obstacles:
-            u, v = bottom_centre_pixel(obstacle.bbox)
-            obstacle.ground_position = pixel_to_ground_point(u, v, ground.K, ground.height_m, ground.pitch_rad)
-    max_score = finite_max(score)
-    fraction = float(raw.mean()) if raw.size else 0.0
-    return ProcessedFrame(mask=mask, obstacles=obstacles, anomalous_fraction=fraction, max_score=max_score)
-
+# The post-processing lives in the core (shared with pebal-detect); re-exported for the node's users.
+from pebal_perception.core.postprocess import (FULL_ROI, MAX_CAMERA_HEIGHT_M, MAX_MIN_OBSTACLE_AREA,  # noqa: F401
+                                               GroundModel, ObstaclePipeline, PostProcessConfig, ProcessedFrame,
+                                               bottom_centre_pixel, check_mounting, drivable_mask, finite_max,
+                                               obstacle_mask, process_frame, roi_mask, roi_slices, validate_roi)
+from pebal_perception.geometry import valid_intrinsics
 
 # ------------------------------------------------------------------------------------------------------
 # Shared by the node (pebal_perception/node/detector_node.py) and offline bag processing

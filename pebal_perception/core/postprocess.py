@@ -1,0 +1,574 @@
+"""From per-pixel scores to the obstacles a planner receives (ROS-free; node, pebal-bag and pebal-detect).
+
+Per-pixel anomaly scores separate objects on the road well; what a planner sees is decided here. A
+region is reported as an obstacle only when all of these hold (each test can be switched off by its
+parameter; :class:`PostProcessConfig` defaults to the plain per-pixel behaviour, the node's parameter
+table holds the product defaults):
+
+1. **Candidate pixels**: score > ``threshold - hysteresis`` inside the region of interest and outside
+   the *excluded zone* (a margin along the image border, the ego vehicle mask, everything above the
+   horizon and beyond the range limit). Regions are their 8-connected components. They are not
+   clipped to the road: an object at the road's edge, or a near one that reaches above the road
+   region, cuts a notch into the road rather than a hole.
+2. **Region score**: the region's mean score exceeds ``threshold`` (not single pixels: hysteresis lets
+   a region grow over pixels down to ``threshold - hysteresis``, its mean decides).
+3. **On the drivable surface** (``restrict_to_drivable``): the pixels just below the region's lower
+   boundary (per column, ``FOOTPRINT_ROWS`` rows) lie, for at least ``min_footprint_on_road`` of them,
+   on the *drivable surface*: the filled road (predicted road plus every hole the road region
+   encloses: an object on the road is rarely labelled road itself, but the road surrounds it) minus a
+   band of ``boundary_band`` (fraction of the image height) along its outer boundary (class
+   transitions at road edges score high), minus the excluded zone. A blob of vegetation or kerb at
+   the road's edge stands on the band, not on the surface.
+4. **Large enough for its distance**: at least ``min_obstacle_area`` pixels and, when the scale at its
+   bottom row is known, at least ``min_width_m`` wide. The scale comes from the camera model (flat
+   ground, intrinsics, height, pitch) or, without one, from the road itself: the road's pixel width per
+   row is fitted as a line ``w(v) = a (v - v_h)`` (flat road, straight edges), which also gives the
+   horizon row ``v_h``; the road is taken to be ``road_width_m`` wide.
+
+Horizon and range: with a camera model the horizon row is ``cy - fy tan(pitch)`` and rows whose ground
+point lies beyond ``max_range_m`` are excluded; without one the horizon is ``horizon_row`` when set (a
+fraction of the image height, e.g. from a calibration drive), else the road fit's, and rows where the
+fitted road is narrower than ``far_road_width`` (fraction of the image width) count as beyond range.
+``horizon_margin`` (fraction of the image height) extends the excluded band below the horizon.
+
+:class:`ObstaclePipeline` adds what needs memory: persistence over frames (``core.tracking``) and a
+horizon smoothed over recent frames.
+"""
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Sequence
+
+import cv2
+import numpy as np
+
+from pebal_perception.core.limits import check_threshold
+from pebal_perception.core.obstacles import DRIVABLE_TRAIN_IDS, Obstacle
+from pebal_perception.geometry import pixel_to_ground, valid_intrinsics, valid_mounting
+
+FULL_ROI = (0.0, 0.0, 1.0, 1.0)
+# Largest camera mounting height accepted [m]: above it a "flat ground" model makes no sense (and a typo
+# such as 1e308 would give absurd positions).
+MAX_CAMERA_HEIGHT_M = 1000.0
+# Largest min_obstacle_area [px]: 10^8 pixels is far beyond any camera image (the parameter's range).
+MAX_MIN_OBSTACLE_AREA = 100_000_000
+FOOTPRINT_ROWS = 3  # rows below a region's lower boundary that make up its footprint
+MIN_FIT_ROWS = 8  # road rows needed for the width-per-row line fit
+REJECT_REASONS = ("small", "score", "off_road", "narrow")
+
+
+def check_mounting(height_m: float, pitch_rad: float) -> tuple[float, float]:
+    """``camera.height_m`` / ``camera.pitch_rad`` as floats; NaN means unknown (no ground positions).
+
+    A known height must lie in (0, MAX_CAMERA_HEIGHT_M] metres and a known pitch in (-pi/2, pi/2);
+    anything else (infinite, 1e308, looking straight down) raises ValueError with the reason."""
+    height_m, pitch_rad = float(height_m), float(pitch_rad)
+    if not math.isnan(height_m) and not (math.isfinite(height_m) and 0.0 < height_m <= MAX_CAMERA_HEIGHT_M):
+        raise ValueError(f"camera.height_m must lie in (0, {MAX_CAMERA_HEIGHT_M:g}] m (or NaN = unknown), "
+                         f"got {height_m:g}")
+    if not math.isnan(pitch_rad) and not (math.isfinite(pitch_rad) and abs(pitch_rad) < math.pi / 2):
+        raise ValueError(f"camera.pitch_rad must lie in (-pi/2, pi/2) (or NaN = unknown), got {pitch_rad:g}")
+    return height_m, pitch_rad
+
+
+def validate_roi(roi: Sequence[float]) -> tuple[float, float, float, float]:
+    """``(x0, y0, x1, y1)`` normalised to [0, 1] with x0 < x1 and y0 < y1; ValueError otherwise."""
+    try:
+        values = tuple(float(v) for v in roi)
+    except (TypeError, ValueError):
+        raise ValueError(f"roi must be 4 numbers [x0, y0, x1, y1], got {roi!r}") from None
+    if len(values) != 4:
+        raise ValueError(f"roi must have 4 values [x0, y0, x1, y1] (normalised 0..1), got {len(values)}")
+    x0, y0, x1, y1 = values
+    if not all(math.isfinite(v) and 0.0 <= v <= 1.0 for v in values):
+        raise ValueError(f"roi values must lie in [0, 1], got {list(values)}")
+    if not (x0 < x1 and y0 < y1):
+        raise ValueError(f"roi needs x0 < x1 and y0 < y1, got {list(values)}")
+    return values  # type: ignore[return-value]
+
+
+def validate_polygon(values: Sequence[float], name: str = "ego_mask_polygon") -> tuple[float, ...]:
+    """A polygon as a flat ``(x0, y0, x1, y1, ...)`` tuple of normalised [0, 1] image coordinates: empty
+    (no polygon) or at least three vertices; ValueError otherwise."""
+    try:
+        flat = tuple(float(v) for v in values)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be numbers x0, y0, x1, y1, ... got {values!r}") from None
+    if not flat:
+        return ()
+    if len(flat) % 2 or len(flat) < 6:
+        raise ValueError(f"{name} needs an even number of values, at least 3 vertices (6 values), got {len(flat)}")
+    if not all(math.isfinite(v) and 0.0 <= v <= 1.0 for v in flat):
+        raise ValueError(f"{name} values must lie in [0, 1] (normalised image coordinates)")
+    return flat
+
+
+def roi_slices(shape: tuple[int, int], roi: Sequence[float]) -> tuple[slice, slice]:
+    """Row and column slices of the pixels inside a normalised ROI (pixel i is inside when its left/top
+    edge i/W lies in [x0, x1)): columns ``round(x0 * W) .. round(x1 * W)``, same for rows."""
+    h, w = shape[:2]
+    x0, y0, x1, y1 = roi
+    c0, c1 = int(round(x0 * w)), int(round(x1 * w))
+    r0, r1 = int(round(y0 * h)), int(round(y1 * h))
+    return slice(r0, max(r0, r1)), slice(c0, max(c0, c1))
+
+
+def roi_mask(shape: tuple[int, int], roi: Sequence[float]) -> np.ndarray:
+    """H x W bool mask of the ROI."""
+    mask = np.zeros(shape[:2], dtype=bool)
+    rows, cols = roi_slices(shape, roi)
+    mask[rows, cols] = True
+    return mask
+
+
+def polygon_mask(shape: tuple[int, int], polygon: Sequence[float]) -> np.ndarray:
+    """H x W bool mask of a normalised polygon (flat x, y list); all False for an empty one."""
+    h, w = shape[:2]
+    mask = np.zeros((h, w), np.uint8)
+    if len(polygon) >= 6:
+        pts = np.asarray(polygon, np.float64).reshape(-1, 2) * (w, h)
+        cv2.fillPoly(mask, [np.round(pts).astype(np.int32)], 1)
+    return mask.astype(bool)
+
+
+def mask_to_polygon(mask: np.ndarray, tolerance: float = 0.005) -> tuple[float, ...]:
+    """The outline of the largest region of ``mask`` as a normalised polygon (flat x, y tuple; () when
+    empty), simplified to ``tolerance`` of the image diagonal: how an estimated ego mask is stored."""
+    h, w = mask.shape[:2]
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    if not contours:
+        return ()
+    largest = max(contours, key=cv2.contourArea)
+    approx = cv2.approxPolyDP(largest, tolerance * math.hypot(h, w), True).reshape(-1, 2)
+    if len(approx) < 3:
+        return ()
+    return tuple(float(v) for v in (np.clip(approx / (w, h), 0.0, 1.0)).reshape(-1))
+
+
+def drivable_mask(semantic: np.ndarray, fill_holes: bool = True) -> np.ndarray:
+    """H x W bool: road pixels, plus (``fill_holes``) every hole the road region encloses."""
+    road = np.isin(semantic, DRIVABLE_TRAIN_IDS)
+    if not fill_holes or not road.any():
+        return road
+    road_u8 = road.astype(np.uint8)
+    contours, _ = cv2.findContours(road_u8, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    filled = np.zeros_like(road_u8)
+    cv2.drawContours(filled, contours, -1, 1, thickness=cv2.FILLED)
+    return filled.astype(bool) | road
+
+
+def erode(mask: np.ndarray, radius: int) -> np.ndarray:
+    """``mask`` shrunk by ``radius`` pixels (an elliptic structuring element); unchanged for radius <= 0."""
+    if radius <= 0 or not mask.any():
+        return mask
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+    return cv2.erode(mask.astype(np.uint8), kernel, borderType=cv2.BORDER_REPLICATE).astype(bool)
+
+
+# ---------------------------------------------------------------------------------------------- road scale
+@dataclass(frozen=True)
+class RoadScale:
+    """The road's pixel width per row fitted as ``w(v) = slope * (v - horizon_row)`` (rows of the image)."""
+
+    horizon_row: float
+    slope: float  # road pixels per row below the horizon
+
+    def road_width_px(self, row: np.ndarray | float) -> np.ndarray | float:
+        return self.slope * (np.asarray(row, np.float64) - self.horizon_row)
+
+
+def fit_road_scale(road: np.ndarray, hood_share: float = 0.08) -> RoadScale | None:
+    """Fits the road's width per row ``w(v) = slope (v - horizon)`` by robust least squares (rows beyond
+    three robust sigmas dropped, refitted). Rows that would bias it are left out when enough others
+    remain: the bottom ``hood_share`` of the image (the ego hood), rows where the road reaches the left
+    or right image border (their width is cut off) and the upper 20 % of the road's rows (far, noisy;
+    sky or hills joined to the road). None when the road is too small or the fit is not a road that
+    narrows toward a horizon above it."""
+    h, w = road.shape
+    widths = road.sum(axis=1).astype(np.float64)
+    rows = np.flatnonzero(widths >= max(3.0, 0.01 * w))
+    if rows.size < MIN_FIT_ROWS:
+        return None
+    edge = max(2, w // 100)
+    for test in (lambda r: r < h * (1.0 - hood_share),
+                 lambda r: ~(road[r, :edge].any(axis=1) | road[r, w - edge:].any(axis=1))):
+        keep = test(rows)
+        if keep.sum() >= MIN_FIT_ROWS:
+            rows = rows[keep]
+    lower = rows[rows >= rows[0] + 0.2 * (rows[-1] - rows[0])]
+    if lower.size >= MIN_FIT_ROWS:
+        rows = lower
+    v, y = rows.astype(np.float64), widths[rows]
+    keep = np.ones(v.size, bool)
+    for _ in range(4):
+        slope, intercept = np.polyfit(v[keep], y[keep], 1)
+        resid = y - (slope * v + intercept)
+        mad = float(np.median(np.abs(resid[keep] - np.median(resid[keep]))))
+        new = np.abs(resid) <= max(3.0 * 1.4826 * mad, 1.0)
+        if np.array_equal(new, keep) or new.sum() < MIN_FIT_ROWS:
+            break
+        keep = new
+    if not (math.isfinite(slope) and slope > 1e-3):
+        return None
+    horizon = -intercept / slope
+    if not (math.isfinite(horizon) and -h <= horizon < rows.min()):
+        return None
+    return RoadScale(horizon_row=float(horizon), slope=float(slope))
+
+
+# ---------------------------------------------------------------------------------------------- config
+@dataclass(frozen=True)
+class PostProcessConfig:
+    """Run-time adjustable post-processing (the node swaps the whole object atomically). Defaults are the
+    plain per-pixel behaviour; see the module docstring for each test."""
+
+    threshold: float
+    restrict_to_drivable: bool = False
+    roi: tuple[float, float, float, float] = FULL_ROI
+    min_obstacle_area: int = 1
+    hysteresis: float = 0.0  # score units below threshold that candidate pixels may have
+    boundary_band: float = 0.0  # band along the road's outer boundary, fraction of the image height
+    min_footprint_on_road: float = 0.5  # share of the footprint that must lie on the drivable surface
+    border_margin: float = 0.0  # margin along every image border, fraction of the image height
+    ego_mask_polygon: tuple[float, ...] = ()  # normalised polygon of the ego vehicle (excluded)
+    horizon_row: float = math.nan  # fraction of the image height; NaN = from the camera model or the road
+    horizon_margin: float = math.nan  # excluded rows below the horizon (fraction of H); NaN = no horizon cut
+    max_range_m: float = math.nan  # with a camera model: rows whose ground point is farther are excluded
+    far_road_width: float = 0.0  # without one: rows where the fitted road is narrower (fraction of W)
+    min_width_m: float = 0.0  # smallest obstacle width at its distance [m] (when a scale is known)
+    road_width_m: float = 7.0  # assumed road width for the road-derived scale [m]
+
+    def __post_init__(self):
+        set_ = object.__setattr__
+        set_(self, "threshold", check_threshold(self.threshold))
+        set_(self, "roi", validate_roi(self.roi))
+        if not 0 <= int(self.min_obstacle_area) <= MAX_MIN_OBSTACLE_AREA:
+            raise ValueError(f"min_obstacle_area must lie in [0, {MAX_MIN_OBSTACLE_AREA}], "
+                             f"got {self.min_obstacle_area}")
+        set_(self, "min_obstacle_area", int(self.min_obstacle_area))
+        set_(self, "restrict_to_drivable", bool(self.restrict_to_drivable))
+        set_(self, "ego_mask_polygon", validate_polygon(self.ego_mask_polygon))
+        ranges = {"hysteresis": (0.0, 1e6), "boundary_band": (0.0, 0.5), "min_footprint_on_road": (0.0, 1.0),
+                  "border_margin": (0.0, 0.25), "far_road_width": (0.0, 1.0), "min_width_m": (0.0, 100.0),
+                  "road_width_m": (0.5, 100.0)}
+        for name, (low, high) in ranges.items():
+            value = float(getattr(self, name))
+            if not (math.isfinite(value) and low <= value <= high):
+                raise ValueError(f"{name} must lie in [{low:g}, {high:g}], got {value:g}")
+            set_(self, name, value)
+        optional = {"horizon_row": (0.0, 1.0), "horizon_margin": (-1.0, 1.0), "max_range_m": (0.1, 1e4)}
+        for name, (low, high) in optional.items():
+            value = float(getattr(self, name))
+            if not (math.isnan(value) or low <= value <= high):
+                raise ValueError(f"{name} must lie in [{low:g}, {high:g}] (or NaN = off/automatic), got {value:g}")
+            set_(self, name, value)
+
+    def with_changes(self, **changes: Any) -> "PostProcessConfig":
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values (lists for tuples), e.g. for a calibration's provenance."""
+        return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in fields(self)}
+
+
+POSTPROCESS_FIELDS = tuple(f.name for f in fields(PostProcessConfig))
+
+
+@dataclass(frozen=True)
+class GroundModel:
+    """Camera intrinsics (for the image size the node receives) + mounting for ground positions."""
+
+    K: np.ndarray
+    height_m: float
+    pitch_rad: float
+
+    @property
+    def usable(self) -> bool:
+        return valid_intrinsics(self.K) and valid_mounting(self.height_m, self.pitch_rad)
+
+    def horizon_row(self) -> float:
+        """Image row of the horizon (a flat ground's vanishing line, no roll)."""
+        k = np.asarray(self.K, np.float64).reshape(3, 3)
+        return float(k[1, 2] - k[1, 1] * math.tan(self.pitch_rad))
+
+    def row_geometry(self, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+        """Per image row (centre column): the ground point's range [m] and pixels per metre across the
+        image at that distance; NaN above the horizon."""
+        k = np.asarray(self.K, np.float64).reshape(3, 3)
+        rows = np.arange(height, dtype=np.float64)
+        points = pixel_to_ground(np.full(height, k[0, 2]), rows, k, self.height_m, self.pitch_rad)
+        ranges = np.linalg.norm(points, axis=1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ppm = k[0, 0] / points[:, 2]
+        return ranges, ppm
+
+
+# ---------------------------------------------------------------------------------------------- results
+@dataclass
+class Region:
+    """One candidate region and what was decided about it (for debugging views and tuning)."""
+
+    bbox: tuple[int, int, int, int]
+    area: int
+    score: float  # mean score over the region
+    footprint_on_road: float  # NaN without the drivable test
+    width_m: float  # NaN when no scale is known
+    rejected: str = ""  # one of REJECT_REASONS, '' = reported
+
+
+@dataclass
+class ProcessedFrame:
+    mask: np.ndarray  # H x W bool, the published obstacle mask (pixels of the reported regions)
+    obstacles: list[Obstacle]
+    anomalous_fraction: float  # share of all pixels with score > threshold (before any test)
+    max_score: float  # largest finite score in the image (NaN when none is finite)
+    regions: list[Region] = field(default_factory=list)  # every candidate, reported or not
+    surface: np.ndarray | None = None  # H x W bool drivable surface (None without the drivable test)
+    excluded: np.ndarray | None = None  # H x W bool excluded zone (None when nothing is excluded)
+    horizon_row: float = math.nan  # the horizon used [row], NaN when none
+    labels: np.ndarray | None = None  # H x W int32: reported obstacle i+1 at its pixels, 0 elsewhere
+    road_fit_horizon: float = math.nan  # this frame's own road-fit horizon [row] (NaN without a fit)
+
+
+def bottom_centre_pixel(bbox: tuple[int, int, int, int]) -> tuple[float, float]:
+    """(u, v) of the bottom-centre pixel of an ``x, y, w, h`` box (pixel centres at integers)."""
+    x, y, w, h = bbox
+    return x + (w - 1) / 2.0, float(y + h - 1)
+
+
+def finite_max(score: np.ndarray) -> float:
+    """The largest finite value of ``score`` (NaN when none is finite). One pass when the plain maximum is
+    finite (then no NaN or +inf is present), the masked copy only otherwise."""
+    if score.size == 0:
+        return float("nan")
+    peak = float(score.max())
+    if math.isfinite(peak):
+        return peak
+    finite = np.isfinite(score)
+    return float(score[finite].max()) if finite.any() else float("nan")
+
+
+# ---------------------------------------------------------------------------------------------- the frame
+@dataclass
+class _Scene:
+    """Per-frame geometry: horizon, range cut-off row and pixels-per-metre per row (or None)."""
+
+    horizon: float = math.nan
+    far_row: int = 0  # rows above it are excluded (0 = none)
+    ppm: np.ndarray | None = None
+    fit_horizon: float = math.nan  # the road fit's own horizon (NaN without a fit)
+
+
+def _scene_geometry(shape: tuple[int, int], filled_road: np.ndarray | None, config: PostProcessConfig,
+                    ground: GroundModel | None, horizon_hint: float = math.nan) -> _Scene:
+    h, w = shape
+    scene = _Scene()
+    rows = np.arange(h, dtype=np.float64)
+    if ground is not None and ground.usable:
+        ranges, ppm = ground.row_geometry(h, w)
+        scene.horizon, scene.ppm = ground.horizon_row(), ppm
+        if not math.isnan(config.max_range_m):
+            beyond = ~(ranges <= config.max_range_m)  # NaN (above the horizon) counts as beyond
+            scene.far_row = int(np.flatnonzero(~beyond)[0]) if (~beyond).any() else h
+    else:
+        fit = fit_road_scale(filled_road) if filled_road is not None else None
+        if fit is not None:
+            scene.fit_horizon = fit.horizon_row
+        if not math.isnan(config.horizon_row):
+            scene.horizon = config.horizon_row * h
+        elif not math.isnan(horizon_hint):
+            scene.horizon = horizon_hint
+        elif fit is not None:
+            scene.horizon = fit.horizon_row
+        if fit is not None:
+            road_px = fit.slope * (rows - scene.horizon if not math.isnan(scene.horizon) else rows - fit.horizon_row)
+            scene.ppm = np.where(road_px > 0, road_px / config.road_width_m, np.nan)
+            if config.far_road_width > 0:
+                narrow = ~(road_px >= config.far_road_width * w)
+                scene.far_row = int(np.flatnonzero(~narrow)[0]) if (~narrow).any() else h
+    if not math.isnan(config.horizon_margin) and not math.isnan(scene.horizon):
+        scene.far_row = max(scene.far_row, int(math.ceil(scene.horizon + config.horizon_margin * h)))
+    scene.far_row = int(min(max(scene.far_row, 0), h))
+    return scene
+
+
+def _excluded_zone(shape: tuple[int, int], config: PostProcessConfig, scene: _Scene) -> np.ndarray | None:
+    h, w = shape
+    if not (config.border_margin > 0 or config.ego_mask_polygon or scene.far_row > 0):
+        return None
+    excluded = polygon_mask(shape, config.ego_mask_polygon) if config.ego_mask_polygon else np.zeros(shape, bool)
+    m = int(round(config.border_margin * h))
+    if m > 0:
+        excluded[:m] = excluded[-m:] = True
+        excluded[:, :m] = excluded[:, -m:] = True
+    excluded[:scene.far_row] = True
+    return excluded
+
+
+def _footprint_share(region: np.ndarray, surface_box: np.ndarray) -> float:
+    """Share of the footprint pixels (``FOOTPRINT_ROWS`` below each column's lowest region pixel) on the
+    surface; ``region`` and ``surface_box`` cover the region's box extended by the footprint rows."""
+    hb = region.shape[0]
+    present = region.any(axis=0)
+    if not present.any():
+        return 0.0
+    lowest = hb - 1 - np.argmax(region[::-1], axis=0)  # per column, the region's lowest row
+    cols = np.flatnonzero(present)
+    on = total = 0
+    for k in range(1, FOOTPRINT_ROWS + 1):
+        r = lowest[cols] + k
+        inside = r < hb
+        total += int(inside.sum())
+        on += int(surface_box[r[inside], cols[inside]].sum())
+    if total == 0:  # the region reaches the image bottom: judge its own lowest pixels
+        return float(surface_box[lowest[cols], cols].mean())
+    return on / total
+
+
+def process_frame(semantic: np.ndarray | None, score: np.ndarray, config: PostProcessConfig,
+                  ground: GroundModel | None = None, horizon_hint: float = math.nan) -> ProcessedFrame:
+    """Regions, the reported obstacles and frame statistics for one frame (all at the score's resolution).
+
+    ``horizon_hint`` (a row; NaN = none) replaces the road fit's horizon when no camera model and no
+    ``horizon_row`` are configured: :class:`ObstaclePipeline` passes one smoothed over recent frames."""
+    from pebal_perception.geometry import pixel_to_ground_point
+
+    score = np.asarray(score, dtype=np.float32)
+    shape = score.shape
+    raw = score > config.threshold  # NaN scores compare False: never obstacles
+    drivable = config.restrict_to_drivable and semantic is not None
+    filled = drivable_mask(semantic) if semantic is not None else None
+    scene = _scene_geometry(shape, filled, config, ground, horizon_hint)
+    excluded = _excluded_zone(shape, config, scene)
+    candidates = score > (config.threshold - config.hysteresis) if config.hysteresis > 0 else raw.copy()
+    if tuple(config.roi) != FULL_ROI:
+        candidates &= roi_mask(shape, config.roi)
+    if excluded is not None:
+        candidates &= ~excluded
+    surface = None
+    if drivable:
+        # Candidates are not clipped to the road: an object at the road's edge, or a near one reaching
+        # above the road region, is a notch in the road, not an enclosed hole. The footprint test
+        # decides whether a region stands on the road.
+        surface = erode(filled, int(round(config.boundary_band * shape[0])))
+        if excluded is not None:
+            surface = surface & ~excluded
+    regions: list[Region] = []
+    obstacles: list[Obstacle] = []
+    labels_out = np.zeros(shape, np.int32)
+    if candidates.any():
+        n, labels, stats, _ = cv2.connectedComponentsWithStats(candidates.astype(np.uint8), connectivity=8)
+        h = shape[0]
+        for i in range(1, n):
+            x, y, bw, bh = (int(v) for v in stats[i, :4])
+            area = int(stats[i, cv2.CC_STAT_AREA])
+            if area < config.min_obstacle_area:  # cheapest test first; not listed (noise)
+                continue
+            y1 = min(h, y + bh + FOOTPRINT_ROWS)
+            region = labels[y:y + bh, x:x + bw] == i
+            values = score[y:y + bh, x:x + bw][region]
+            mean = float(values.mean())
+            footprint = math.nan
+            if surface is not None:
+                box = np.zeros((y1 - y, bw), bool)
+                box[:bh] = region
+                footprint = _footprint_share(box, surface[y:y1, x:x + bw])
+            bottom = y + bh - 1
+            width_m = math.nan
+            if scene.ppm is not None and math.isfinite(scene.ppm[bottom]) and scene.ppm[bottom] > 0:
+                width_m = bw / float(scene.ppm[bottom])
+            reason = ""
+            if not mean > config.threshold:
+                reason = "score"
+            elif surface is not None and not footprint >= config.min_footprint_on_road:
+                reason = "off_road"
+            elif config.min_width_m > 0 and math.isfinite(width_m) and width_m < config.min_width_m:
+                reason = "narrow"
+            regions.append(Region(bbox=(x, y, bw, bh), area=area, score=mean, footprint_on_road=footprint,
+                                  width_m=width_m, rejected=reason))
+            if reason:
+                continue
+            labels_out[y:y + bh, x:x + bw][region] = len(obstacles) + 1
+            obstacle = Obstacle(id=len(obstacles), bbox=(x, y, bw, bh), area=area, mean_score=mean,
+                                max_score=float(values.max()),
+                                drivable_fraction=footprint if surface is not None else _below_fraction(
+                                    semantic, x, y, bw, bh),
+                                width_m=width_m)
+            if ground is not None and ground.usable:
+                u, v = bottom_centre_pixel(obstacle.bbox)
+                obstacle.ground_position = pixel_to_ground_point(u, v, ground.K, ground.height_m, ground.pitch_rad)
+            obstacles.append(obstacle)
+    fraction = float(raw.mean()) if raw.size else 0.0
+    return ProcessedFrame(mask=labels_out > 0, obstacles=obstacles, anomalous_fraction=fraction,
+                          max_score=finite_max(score), regions=regions, surface=surface, excluded=excluded,
+                          horizon_row=scene.horizon, labels=labels_out,
+                          road_fit_horizon=scene.fit_horizon)
+
+
+def obstacle_mask(score: np.ndarray, semantic: np.ndarray | None, config: PostProcessConfig) -> np.ndarray:
+    """The published obstacle mask (bool) of one frame: the pixels of its reported regions."""
+    return process_frame(semantic, score, config).mask
+
+
+def _below_fraction(semantic: np.ndarray | None, x: int, y: int, w: int, h: int) -> float:
+    """Share of the rows just below the box predicted drivable (the box's own bottom rows at the image
+    bottom); NaN without a semantic map. Used when the drivable-surface test is off."""
+    if semantic is None:
+        return math.nan
+    y0, y1 = y + h, min(semantic.shape[0], y + h + FOOTPRINT_ROWS)
+    below = semantic[y0:y1, x:x + w]
+    if below.size == 0:
+        below = semantic[max(y, y + h - FOOTPRINT_ROWS):y + h, x:x + w]
+    return float(np.isin(below, DRIVABLE_TRAIN_IDS).mean()) if below.size else math.nan
+
+
+# ---------------------------------------------------------------------------------------------- streams
+class ObstaclePipeline:
+    """:func:`process_frame` for a stream of frames: the horizon (without a camera model or a configured
+    row) is the median of the road fits of the last ``horizon_frames`` frames, and obstacles persist over
+    frames through an :class:`~pebal_perception.core.tracking.ObstacleTracker` (k of n, hold m, stable
+    ids). Not thread-safe: one per stream."""
+
+    def __init__(self, tracking: Any = None, horizon_frames: int = 15):
+        from pebal_perception.core.tracking import ObstacleTracker, TrackingConfig
+
+        self.tracker = ObstacleTracker(tracking if tracking is not None else TrackingConfig())
+        self._horizons: deque[float] = deque(maxlen=max(1, int(horizon_frames)))
+        self._shape: tuple[int, int] | None = None
+
+    def set_tracking(self, tracking: Any) -> None:
+        self.tracker.set_config(tracking)
+
+    def reset(self) -> None:
+        self.tracker.reset()
+        self._horizons.clear()
+
+    def process(self, semantic: np.ndarray | None, score: np.ndarray, config: PostProcessConfig,
+                stamp_ns: int, ground: GroundModel | None = None) -> ProcessedFrame:
+        """One frame: its :class:`ProcessedFrame` with ``obstacles`` replaced by the *reported* ones (tracked:
+        ``track_id``, ``age_frames``, ``first_seen_ns``; ``held`` ones were not detected in this frame and
+        keep their last box) and ``mask``/``labels`` showing the reported obstacles detected in this frame."""
+        from pebal_perception.core.tracking import Detection
+
+        shape = tuple(np.shape(score))
+        if shape != self._shape:  # another camera or resolution: nothing carries over
+            self.reset()
+            self._shape = shape
+        hint = float(np.median(self._horizons)) if self._horizons else math.nan
+        frame = process_frame(semantic, score, config, ground, horizon_hint=hint)
+        if math.isfinite(frame.road_fit_horizon):
+            self._horizons.append(frame.road_fit_horizon)
+        tracks = self.tracker.update([Detection(bbox=o.bbox, score=o.mean_score, payload=o) for o in frame.obstacles],
+                                     int(stamp_ns))
+        labels = np.zeros(shape, np.int32)
+        reported = []
+        for index, track in enumerate(tracks):
+            detected = track.missed == 0
+            if detected and frame.labels is not None:
+                labels[frame.labels == track.payload.id + 1] = index + 1
+            reported.append(replace(track.payload, id=index, track_id=track.track_id, age_frames=track.age_frames,
+                                    first_seen_ns=track.first_seen_ns, held=not detected))
+        frame.obstacles, frame.labels, frame.mask = reported, labels, labels > 0
+        return frame
