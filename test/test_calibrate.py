@@ -121,3 +121,55 @@ def test_errors_are_one_line_exit_2(tmp_path, checkpoint, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 3 and all(line.startswith("pebal-calibrate: error: ") for line in err)
     assert str(tmp_path / "missing") in err[0]
+
+
+# ------------------------------------------------------------------------------------ --normal
+@pytest.fixture(scope="module")
+def normal_folder(tmp_path_factory):
+    """Six frames of a synthetic drive with no anomaly on the road (image folder input)."""
+    import cv2
+
+    from pebal_training.data.synthetic import SceneConfig, generate_scene
+
+    folder = tmp_path_factory.mktemp("normal")
+    config = SceneConfig(height=48, width=96, anomaly_count_range=(0, 0))
+    for i in range(6):
+        scene = generate_scene(100 + i, config)
+        cv2.imwrite(str(folder / f"frame_{i:02d}.png"), cv2.cvtColor(scene.image, cv2.COLOR_RGB2BGR))
+    return folder
+
+
+def test_normal_driving_calibration_meets_the_rate_and_records_provenance(checkpoint, normal_folder, capsys):
+    from pebal_perception.core.postprocess import PostProcessConfig, process_frame
+    from pebal_perception.node.params import calibrated_postprocess
+
+    assert calibrate.main(["--checkpoint", str(checkpoint), "--normal", str(normal_folder),
+                           "--max-false-frames", "0.2", "--quiet"]) == 0
+    assert "normal frames report an obstacle" in capsys.readouterr().out
+    _, meta = load_checkpoint(checkpoint)
+    normal = meta.threshold_info["normal_driving"]
+    assert normal["num_frames"] == 6 and normal["max_false_frames"] == 0.2
+    assert normal["inputs"] == [str(normal_folder)] and normal["date"]
+    assert normal["postprocess"]["threshold"] == meta.threshold
+    assert calibrated_postprocess(meta) == normal["postprocess"]
+    assert (checkpoint.parent / "tiny_false_frames.png").is_file()
+    # Re-running the post-processing at the stored threshold: at most floor(0.2 * 6) = 1 frame reports.
+    engine = InferenceEngine(*load_checkpoint(checkpoint), device="cpu")
+    fields = {k: (tuple(v) if isinstance(v, list) else v) for k, v in normal["postprocess"].items()}
+    config = PostProcessConfig(**fields)
+    import cv2
+
+    reporting = 0
+    for path in sorted(normal_folder.glob("*.png")):
+        res = engine.infer_one(cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB))
+        reporting += bool(process_frame(res.semantic, res.score, config).obstacles)
+    assert reporting <= 1
+    assert normal["achieved_false_frames"] == pytest.approx(reporting / 6)
+
+
+def test_normal_driving_needs_inputs_that_exist(checkpoint, tmp_path, capsys):
+    assert calibrate.main(["--checkpoint", str(checkpoint), "--normal", str(tmp_path / "none")]) == 2
+    assert calibrate.main(["--checkpoint", str(checkpoint)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all(line.startswith("pebal-calibrate: error: ") for line in err)
+    assert str(tmp_path / "none") in err[0]

@@ -281,11 +281,15 @@ def initial_settings(values: Mapping[str, Any], calibrated_threshold: float,
     """The settings at start-up from the parameter values (names of :data:`PARAMETERS`); ValueError
     with the reason for a threshold, roi, area, mounting or post-processing value that cannot be used.
     ``calibrated`` (PostProcessConfig fields a normal-driving calibration stored in the checkpoint, e.g.
-    its ego mask) fills the ego mask when the parameter is left empty."""
+    its ego mask and horizon) fills the ego mask and the horizon row when those parameters are left at
+    their defaults ([] and NaN)."""
     threshold_param = parse_threshold(values["threshold"])
     fields_ = {field: _config_value(name, values[name]) for name, field in CONFIG_PARAMETERS.items()}
-    if calibrated and not fields_["ego_mask_polygon"] and calibrated.get("ego_mask_polygon"):
+    calibrated = calibrated or {}
+    if not fields_["ego_mask_polygon"] and calibrated.get("ego_mask_polygon"):
         fields_["ego_mask_polygon"] = tuple(calibrated["ego_mask_polygon"])
+    if math.isnan(fields_["horizon_row"]) and isinstance(calibrated.get("horizon_row"), float):
+        fields_["horizon_row"] = calibrated["horizon_row"]
     config = PostProcessConfig(threshold=calibrated_threshold if threshold_param is None else threshold_param,
                                **fields_)
     tracking = TrackingConfig(**{field: values[name] for name, field in TRACKING_PARAMETERS.items()})

@@ -16,6 +16,16 @@ float32, so the threshold is a float32 value too.
   N inlier pixels at most m = floor(f * N) may be above it; the threshold is the (m+1)-th largest
   inlier score itself (pixels tied with it are not obstacles).
 
+* --normal INPUT... (bags, videos or image folders of normal driving: no anomaly on the road) with
+  --max-false-frames RATE (default 0.05): the threshold at which at most RATE of those frames report any
+  obstacle after the node's full post-processing (``pebal_training.normal_calibration``; the node's default
+  parameters, single images, no tracking). From the same frames, when there are at least 3 of one size,
+  the ego vehicle mask (bottom-connected pixels whose class and score barely change) and the horizon
+  (median of the road fits) are estimated and stored for the node. threshold_info["normal_driving"] keeps
+  the inputs, rate, achieved rate, date and the post-processing parameters used; ``false_frames.png``
+  beside the written checkpoint plots the false-frame rate against the threshold. With --dataset as well,
+  both operating points are computed and reported; the normal-driving one is stored.
+
 The threshold and threshold_info {target, achieved tpr/fpr, dataset, root, num images, pixels, input
 size, date} go into the checkpoint's metadata (atomic rewrite). Third-party checkpoints carry no
 metadata: give --output-checkpoint and the model is written there in our format with the threshold.
@@ -74,8 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", type=Path, required=True)
     p.add_argument("--model", help="architecture of a bare third-party state dict")
     p.add_argument("--device", default="auto")
-    p.add_argument("--dataset", required=True, choices=ANOMALY_NAMES)
-    p.add_argument("--root", type=Path, required=True)
+    p.add_argument("--dataset", choices=ANOMALY_NAMES, help="labelled anomaly dataset (pixel-level targets)")
+    p.add_argument("--root", type=Path, help="its root folder")
+    p.add_argument("--normal", nargs="+", type=Path, metavar="INPUT",
+                   help="bags, videos or image folders of normal driving (no anomaly on the road)")
+    p.add_argument("--max-false-frames", type=float, default=0.05, metavar="RATE",
+                   help="--normal: share of normal frames allowed to report an obstacle (default 0.05)")
+    p.add_argument("--every", type=int, default=1, help="--normal: use every N-th frame of each input")
     p.add_argument("--split", help="lostandfound split (default test)")
     target = p.add_mutually_exclusive_group()
     target.add_argument("--target-tpr", type=float, help="wanted true-positive rate (default 0.95)")
@@ -100,6 +115,12 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except UsageError as exc:
         return _error(exc)
+    if args.dataset is None and not args.normal:
+        return _error("give --dataset and --root (labelled anomalies), --normal INPUT... (normal driving), or both")
+    if args.dataset is not None and args.root is None:
+        return _error("--dataset needs --root")
+    if not 0.0 <= args.max_false_frames <= 1.0 or args.every < 1:
+        return _error("--max-false-frames must lie in [0, 1] and --every be >= 1")
     if args.target_tpr is None and args.target_fpr is None:
         args.target_tpr = 0.95
     value = args.target_tpr if args.target_tpr is not None else args.target_fpr
@@ -110,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     dest = args.output_checkpoint or args.checkpoint
     try:  # before any work: only a regular file (or a new one) is written, atomically
         check_output_file(dest)
+        if args.normal:
+            check_output_file(dest.with_name(dest.stem + "_false_frames.png"))
     except OutputPathError as exc:
         return _error(exc)
 
@@ -123,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     from pebal_perception.core.constants import VOID
     from pebal_training.metrics import AnomalyMetricAccumulator
 
+    if args.dataset is None:
+        return _calibrate_normal(args, dest)
     try:
         options = {"split": args.split or "test"} if args.dataset == "lostandfound" else {}
         if args.split and args.dataset != "lostandfound":
@@ -174,6 +199,9 @@ def main(argv: list[str] | None = None) -> int:
         "smoothing": engine.smoothing,
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
+    if args.normal:
+        return _calibrate_normal(args, dest, engine=engine, model=model, meta=meta, ours=ours, pixel_info=info,
+                                 pixel_threshold=thr)
     try:
         if ours and args.output_checkpoint is None:
             update_checkpoint_meta(dest, threshold=thr, threshold_info=info)
@@ -193,6 +221,152 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{PROG}: threshold {thr:.6g} (TPR {tpr:.4f}, FPR {fpr:.4f} on {used} images of {args.dataset}) "
           f"-> {dest}")
     return 0
+
+
+def _normal_frames(inputs: list[Path], every: int):
+    """(source name, index, RGB frame) of the normal-driving inputs: bags (every image topic), videos and
+    image folders."""
+    import cv2
+
+    from pebal_perception.frame_sources import open_source
+
+    for path in inputs:
+        if path.is_dir() and (path / "metadata.yaml").is_file():
+            from pebal_perception.bag import deserialize, open_bag
+            from pebal_perception.image_conversion import ImageConverter, ImageRejected
+
+            converter = ImageConverter()
+            with open_bag(path) as reader:
+                topics = [t for t, kind in reader.topics().items()
+                          if kind in ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")]
+                if not topics:
+                    raise ValueError(f"{path}: the bag has no sensor_msgs Image or CompressedImage topic")
+                for index, (conn, _, data) in enumerate(reader.messages(topics)):
+                    if index % every:
+                        continue
+                    msg = deserialize(data, conn.msgtype)
+                    try:
+                        rgb = (converter.to_rgb(msg) if conn.msgtype.endswith("/Image")
+                               else converter.compressed_to_rgb(msg))
+                    except ImageRejected:
+                        continue
+                    yield f"{path.name}:{conn.topic}", index, rgb
+        else:
+            source = open_source(path, every=every)
+            for index, bgr in source.frames():
+                yield path.name, index, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def _calibrate_normal(args, dest: Path, engine=None, model=None, meta=None, ours=None, pixel_info=None,
+                      pixel_threshold=None) -> int:
+    """The --normal path: threshold for at most --max-false-frames normal frames with an obstacle."""
+    from dataclasses import replace
+
+    from tqdm import tqdm
+
+    from pebal_perception.core.checkpoint import (CheckpointError, _torch_load, is_pebal_checkpoint,
+                                                  load_checkpoint, save_checkpoint, update_checkpoint_meta)
+    from pebal_perception.core.engine import InferenceEngine
+    from pebal_perception.core.postprocess import drivable_mask, fit_road_scale
+    from pebal_perception.frame_sources import FootageError
+    from pebal_perception.node.params import initial_settings, resolve_parameters
+    from pebal_perception.node.processing import infer_maps
+    from pebal_training.evaluate import _save_figure
+    from pebal_training.normal_calibration import clean_threshold, ego_polygon, false_frame_rate, threshold_for_rate
+
+    if engine is None:
+        try:
+            ours = is_pebal_checkpoint(_torch_load(args.checkpoint))
+            if not ours and args.output_checkpoint is None:
+                raise CheckpointError(f"{args.checkpoint}: a third-party checkpoint has no metadata to store the "
+                                      "threshold in; give --output-checkpoint to write one in the pebal format")
+            model, meta = load_checkpoint(args.checkpoint, args.model)
+            engine = InferenceEngine(model, meta, device=args.device, input_size=args.input_size,
+                                     smoothing=not args.no_smoothing)
+        except (CheckpointError, KeyError, ValueError) as exc:
+            return _error(exc.args[0] if isinstance(exc, KeyError) and exc.args else exc)
+    maps, counts = [], {}
+    try:
+        frames = _normal_frames(list(args.normal), args.every)
+        for source, _, rgb in tqdm(frames, desc=f"{PROG} --normal", unit="frame",
+                                   disable=True if args.quiet else None):
+            if args.limit is not None and len(maps) >= args.limit:
+                break
+            semantic, score, _ = infer_maps(engine, rgb)
+            maps.append((semantic, score))
+            counts[source] = counts.get(source, 0) + 1
+    except (FootageError, ValueError, OSError) as exc:
+        return _error(exc)
+    if not maps:
+        return _error(f"{', '.join(map(str, args.normal))}: no frames to calibrate on")
+    config = initial_settings(resolve_parameters({}), engine.threshold).config
+    sizes = {m[0].shape for m in maps}
+    learned: dict = {}
+    if len(sizes) == 1:
+        polygon = ego_polygon([m[0] for m in maps], [m[1] for m in maps])
+        if polygon:
+            learned["ego_mask_polygon"] = list(polygon)
+            config = replace(config, ego_mask_polygon=polygon)
+        fits = [fit_road_scale(drivable_mask(m[0])) for m in maps]
+        rows = [f.horizon_row for f in fits if f is not None]
+        if len(rows) >= 3:
+            learned["horizon_row"] = float(np.median(rows) / maps[0][0].shape[0])
+            config = replace(config, horizon_row=learned["horizon_row"])
+    clean = [clean_threshold(semantic, score, config) for semantic, score in
+             tqdm(maps, desc=f"{PROG} thresholds", unit="frame", disable=True if args.quiet else None)]
+    thr = float(np.float32(threshold_for_rate(clean, args.max_false_frames)))
+    achieved = false_frame_rate(clean, thr)
+    normal = {
+        "inputs": [str(p) for p in args.normal], "frames_per_input": counts, "num_frames": len(maps),
+        "max_false_frames": args.max_false_frames, "achieved_false_frames": achieved,
+        "rule": "false frame = any obstacle reported after the full post-processing (single images)",
+        "postprocess": {**config.to_dict(), **learned, "threshold": thr}, "estimated": sorted(learned),
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    info = dict(pixel_info or {})
+    if pixel_info is not None:
+        info["pixel_threshold"] = pixel_threshold
+    info["normal_driving"] = normal
+    try:
+        if ours and args.output_checkpoint is None:
+            update_checkpoint_meta(dest, threshold=thr, threshold_info=info)
+        else:
+            meta.threshold, meta.threshold_info = thr, info
+            if not meta.source:
+                meta.source = Path(args.checkpoint).name
+            extra = None
+            if ours:
+                loaded = _torch_load(args.checkpoint)
+                extra = {k: v for k, v in loaded.items() if k not in ("format", "format_version", "meta", "state_dict")}
+            save_checkpoint(dest, model, meta, extra=extra)
+    except (CheckpointError, OSError) as exc:
+        return _error(exc)
+    _plot_false_frames(clean, thr, args.max_false_frames, dest.with_name(dest.stem + "_false_frames.png"),
+                       _save_figure)
+    both = f"; pixel-level operating point {pixel_threshold:.6g}" if pixel_threshold is not None else ""
+    print(f"{PROG}: threshold {thr:.6g} ({achieved:.1%} of {len(maps)} normal frames report an obstacle, target "
+          f"{args.max_false_frames:.1%}; estimated {', '.join(sorted(learned)) or 'nothing'}){both} -> {dest}")
+    return 0
+
+
+def _plot_false_frames(clean, threshold: float, rate: float, path: Path, save) -> None:
+    """False-frame rate against threshold (the empirical survival of the clean thresholds)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    finite = np.sort(np.asarray([c for c in clean if np.isfinite(c)], np.float64))
+    fig, ax = plt.subplots(figsize=(6, 4))
+    if finite.size:
+        xs = np.linspace(finite[0] - 0.5, finite[-1] + 0.5, 200)
+        ax.plot(xs, [(np.asarray(clean) >= x).mean() for x in xs], label="normal frames with an obstacle")
+    ax.axvline(threshold, color="k", linestyle=":", label=f"calibrated {threshold:.3g}")
+    ax.axhline(rate, color="r", linestyle="--", linewidth=0.8, label=f"target {rate:.0%}")
+    ax.set_xlabel("threshold (score)")
+    ax.set_ylabel("false-frame rate")
+    ax.legend()
+    save(path, fig)
 
 
 if __name__ == "__main__":
