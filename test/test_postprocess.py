@@ -109,9 +109,6 @@ def test_object_notching_the_road_edge_is_reported_when_its_footprint_is_on_the_
     assert len(frame.obstacles) == 1 and frame.obstacles[0].drivable_fraction == 1.0
 
 
-@pytest.mark.xfail(strict=True, reason="a notch's lower edge is part of the filled road's outer boundary, so "
-                   "with boundary_band >= FOOTPRINT_ROWS px the footprint of any object that reaches above "
-                   "the road region (e.g. a vehicle taller than the camera) lies in the band: off_road")
 def test_near_object_reaching_above_the_road_is_reported_with_a_boundary_band():
     sem = road_scene()
     sem[10:41, 30:40] = CAR  # in the middle of the road, its top above the road's top row (20)
@@ -139,9 +136,6 @@ def test_region_at_the_image_bottom_is_judged_by_its_lowest_pixels():
     assert process_frame(road_scene(), score, DRIVE).regions[0].rejected == "off_road"
 
 
-@pytest.mark.xfail(strict=True, reason="the region is clipped at the bottom border margin and its footprint "
-                   "then lies in the excluded zone, which counts as off the surface (0.0): a near object "
-                   "reaching the image bottom is rejected off_road whenever border_margin > 0")
 def test_near_object_reaching_the_bottom_margin_is_reported():
     score = blank()
     score[45:60, 30:40] = 2.0  # on the road, reaching the image bottom

@@ -16,9 +16,10 @@ table holds the product defaults):
    boundary (per column, ``FOOTPRINT_ROWS`` rows) lie, for at least ``min_footprint_on_road`` of them,
    on the *drivable surface*: the filled road (predicted road plus every hole the road region
    encloses: an object on the road is rarely labelled road itself, but the road surrounds it) minus a
-   band of ``boundary_band`` (fraction of the image height) along its outer boundary (class
-   transitions at road edges score high), minus the excluded zone. A blob of vegetation or kerb at
-   the road's edge stands on the band, not on the surface.
+   band of ``boundary_band`` (fraction of the image height) along its left and right edges (class
+   transitions at road edges score high; the far end is the horizon cut's). A blob of vegetation or
+   kerb at the road's edge stands on the band, not on the surface. Footprint pixels in the excluded
+   zone are not counted (an obstacle just above the hood is judged by what can be seen).
 4. **Large enough for its distance**: at least ``min_obstacle_area`` pixels and, when the scale at its
    bottom row is known, at least ``min_width_m`` wide. The scale comes from the camera model (flat
    ground, intrinsics, height, pitch) or, without one, from the road itself: the road's pixel width per
@@ -157,14 +158,6 @@ def drivable_mask(semantic: np.ndarray, fill_holes: bool = True) -> np.ndarray:
     filled = np.zeros_like(road_u8)
     cv2.drawContours(filled, contours, -1, 1, thickness=cv2.FILLED)
     return filled.astype(bool) | road
-
-
-def erode(mask: np.ndarray, radius: int) -> np.ndarray:
-    """``mask`` shrunk by ``radius`` pixels (an elliptic structuring element); unchanged for radius <= 0."""
-    if radius <= 0 or not mask.any():
-        return mask
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
-    return cv2.erode(mask.astype(np.uint8), kernel, borderType=cv2.BORDER_REPLICATE).astype(bool)
 
 
 # ---------------------------------------------------------------------------------------------- road scale
@@ -407,9 +400,12 @@ def _excluded_zone(shape: tuple[int, int], config: PostProcessConfig, scene: _Sc
     return excluded
 
 
-def _footprint_share(region: np.ndarray, surface_box: np.ndarray) -> float:
+def _footprint_share(region: np.ndarray, surface_box: np.ndarray, known_box: np.ndarray | None) -> float:
     """Share of the footprint pixels (``FOOTPRINT_ROWS`` below each column's lowest region pixel) on the
-    surface; ``region`` and ``surface_box`` cover the region's box extended by the footprint rows."""
+    surface, counting only pixels outside the excluded zone (``known_box``; an obstacle right above the
+    bottom margin or the hood is judged by the footprint pixels that can be seen, not rejected).
+    ``region``, ``surface_box`` and ``known_box`` cover the region's box extended by the footprint rows.
+    Without any such footprint pixel the region's own lowest pixels are judged."""
     hb = region.shape[0]
     present = region.any(axis=0)
     if not present.any():
@@ -420,11 +416,26 @@ def _footprint_share(region: np.ndarray, surface_box: np.ndarray) -> float:
     for k in range(1, FOOTPRINT_ROWS + 1):
         r = lowest[cols] + k
         inside = r < hb
-        total += int(inside.sum())
-        on += int(surface_box[r[inside], cols[inside]].sum())
-    if total == 0:  # the region reaches the image bottom: judge its own lowest pixels
+        rr, cc = r[inside], cols[inside]
+        if known_box is not None:
+            seen = known_box[rr, cc]
+            rr, cc = rr[seen], cc[seen]
+        total += int(rr.size)
+        on += int(surface_box[rr, cc].sum())
+    if total == 0:  # at the image bottom or above the excluded zone: judge its own lowest pixels
         return float(surface_box[lowest[cols], cols].mean())
     return on / total
+
+
+def lateral_erode(mask: np.ndarray, radius: int) -> np.ndarray:
+    """``mask`` shrunk by ``radius`` pixels sideways only (a 1 x (2 radius + 1) element): the band along
+    the road's left and right edges, where kerbs, vegetation and walls meet it. The road's lower edge
+    under a near object that reaches above the road region (a notch) stays: the full-width road below
+    it has no lateral edge there. The far end is the horizon / range cut's job."""
+    if radius <= 0 or not mask.any():
+        return mask
+    kernel = np.ones((1, 2 * radius + 1), np.uint8)
+    return cv2.erode(mask.astype(np.uint8), kernel, borderType=cv2.BORDER_REPLICATE).astype(bool)
 
 
 def process_frame(semantic: np.ndarray | None, score: np.ndarray, config: PostProcessConfig,
@@ -452,9 +463,7 @@ def process_frame(semantic: np.ndarray | None, score: np.ndarray, config: PostPr
         # Candidates are not clipped to the road: an object at the road's edge, or a near one reaching
         # above the road region, is a notch in the road, not an enclosed hole. The footprint test
         # decides whether a region stands on the road.
-        surface = erode(filled, int(round(config.boundary_band * shape[0])))
-        if excluded is not None:
-            surface = surface & ~excluded
+        surface = lateral_erode(filled, int(round(config.boundary_band * shape[0])))
     regions: list[Region] = []
     obstacles: list[Obstacle] = []
     labels_out = np.zeros(shape, np.int32)
@@ -474,7 +483,8 @@ def process_frame(semantic: np.ndarray | None, score: np.ndarray, config: PostPr
             if surface is not None:
                 box = np.zeros((y1 - y, bw), bool)
                 box[:bh] = region
-                footprint = _footprint_share(box, surface[y:y1, x:x + bw])
+                footprint = _footprint_share(box, surface[y:y1, x:x + bw],
+                                             None if excluded is None else ~excluded[y:y1, x:x + bw])
             bottom = y + bh - 1
             width_m = math.nan
             if scene.ppm is not None and math.isfinite(scene.ppm[bottom]) and scene.ppm[bottom] > 0:
