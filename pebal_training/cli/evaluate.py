@@ -2,7 +2,10 @@
 
 Anomaly datasets (fishyscapes_laf, fishyscapes_static, lostandfound, road_anomaly, smiyc_anomaly,
 smiyc_obstacle): pixel-pooled AUROC, AP and FPR@95%TPR (fractions in [0, 1]; void excluded), per-image
-metrics, SMIYC component metrics at the threshold, roc.png, pr.png and worst/NAME_overlay.png.
+metrics, SMIYC component metrics at the threshold, roc.png, pr.png and worst/NAME_overlay.png, and the
+metrics planners care about (``planner``): share of normal frames with a false obstacle, obstacle recall
+(a labelled obstacle is found when reported regions cover >= 25 % of it), region precision and stray
+regions per frame, for the regions the node reports (its default post-processing, single images).
 cityscapes: mIoU, pixel accuracy and per-class IoU (sliding-window protocol, --split val by default).
 
 Everything goes to --output/report.json (written atomically). Images run at their native resolution
@@ -60,6 +63,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _skipped_text(report: dict) -> str:
     return f" ({report['num_skipped']} skipped, listed in report.json)" if report.get("num_skipped") else ""
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def node_regions(engine):
+    """``report_regions`` for evaluate_anomaly: the regions the node would report for a single image
+    (core.postprocess with the node's default parameters and the checkpoint's calibrated ego mask /
+    horizon; no tracking), at the evaluation threshold."""
+    from dataclasses import replace
+
+    from pebal_perception.core.postprocess import process_frame
+    from pebal_perception.node.params import calibrated_postprocess, initial_settings, resolve_parameters
+
+    config = initial_settings(resolve_parameters({}), engine.threshold, calibrated_postprocess(engine.meta)).config
+
+    def regions(res):
+        return process_frame(res.semantic, res.score, replace(config, threshold=float(res.threshold))).labels
+
+    return regions
 
 
 def _error(msg: object) -> int:
@@ -127,13 +151,16 @@ def main(argv: list[str] | None = None) -> int:
         else:
             report = ev.evaluate_anomaly(engine, dataset, args.output, threshold=args.threshold,
                                          limit=args.limit, worst_k=args.worst, dataset_name=args.dataset,
-                                         progress=not args.quiet, extra_info=info)
-            c = report["components"]
+                                         progress=not args.quiet, extra_info=info,
+                                         report_regions=node_regions(engine))
+            c, planner = report["components"], report["planner"]
             print(f"{PROG}: {args.dataset} {report['num_images']} images{_skipped_text(report)}: "
                   f"AUROC {report['auroc']:.4f}, AP {report['ap']:.4f}, FPR95 {report['fpr95']:.4f}; "
                   f"sIoU {c['siou']:.3f}, "
-                  f"PPV {c['ppv']:.3f}, mean F1 {c['mean_f1']:.3f} at threshold {report['threshold']:.4g}"
-                  f" -> {args.output / 'report.json'}")
+                  f"PPV {c['ppv']:.3f}, mean F1 {c['mean_f1']:.3f} at threshold {report['threshold']:.4g}; "
+                  f"planner: obstacle recall {_fmt(planner['object_recall'])}, "
+                  f"stray regions/frame {_fmt(planner['stray_regions_per_frame'])}, "
+                  f"false-frame rate {_fmt(planner['false_frame_rate'])} -> {args.output / 'report.json'}")
     except (DatasetError, ValueError) as exc:  # OutputPathError (a file there turned into a fifo) too
         return _error(exc)
     return 0
