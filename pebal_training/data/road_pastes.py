@@ -47,6 +47,17 @@ COCO80_NAMES: tuple[str, ...] = (
 HOOD_FRACTION = 0.08
 
 
+#: The real scenes (``load_real_frames`` names) by role, one fixed split used everywhere: fine-tuning the
+#: real-roads model (``recipes/real_roads.py``; the post-processing defaults were also chosen looking at
+#: these), calibrating the threshold, and the reported numbers (``bench/bench_planner.py``).
+TRAIN_SCENES = ("straight_lines1", "test1", "test4", "frankfurt_000000_000576")
+CALIBRATION_SCENES = ("straight_lines2", "test2")
+REPORT_SCENES = ("test3", "test5", "test6", "frankfurt_000000_000294")
+#: COCO sample images whose objects are only ever pasted for evaluation, never for training.
+HELD_OUT_COCO = ("000000000263", "000000000394", "000000000502", "000000000575")
+#: Rendered obstacles: training renders use seeds below this, evaluation renders seeds from it up.
+EVALUATION_RENDER_SEED = 1000
+
 @dataclass
 class Cutout:
     """One object to paste: ``rgb`` ``h x w x 3`` uint8 and ``mask`` ``h x w`` bool, cropped to the mask's
