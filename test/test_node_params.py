@@ -262,3 +262,32 @@ def test_a_checkpoint_made_under_an_alias_stores_the_canonical_name():
     from pebal_perception.core.checkpoint import ModelMeta
 
     assert ModelMeta.for_architecture("resnet101").architecture == "resnet101_deeplabv3plus"
+
+
+def test_ego_mask_image_becomes_the_polygon_and_bad_files_are_refused(tmp_path):
+    import cv2
+
+    mask = np.zeros((100, 200), np.uint8)
+    mask[80:, 20:180] = 255  # a hood along the bottom
+    cv2.imwrite(str(tmp_path / "ego.png"), mask)
+    settings = initial_settings(resolve_parameters({"ego_mask.image": str(tmp_path / "ego.png")}), -9.0)
+    xs, ys = settings.config.ego_mask_polygon[0::2], settings.config.ego_mask_polygon[1::2]
+    assert min(ys) == pytest.approx(0.8, abs=0.02) and max(ys) == pytest.approx(0.99, abs=0.02)
+    assert min(xs) == pytest.approx(0.1, abs=0.02) and max(xs) == pytest.approx(0.895, abs=0.02)
+    explicit = initial_settings(resolve_parameters({"ego_mask.image": str(tmp_path / "ego.png"),
+                                                    "ego_mask.polygon": [0.0, 0.9, 1.0, 0.9, 0.5, 1.0]}), -9.0)
+    assert explicit.config.ego_mask_polygon == (0.0, 0.9, 1.0, 0.9, 0.5, 1.0)  # the polygon wins
+    cv2.imwrite(str(tmp_path / "black.png"), np.zeros((10, 10), np.uint8))
+    for bad, reason in ((tmp_path / "missing.png", "missing.png"), (tmp_path / "black.png", "no ego pixel")):
+        with pytest.raises(ValueError, match=reason):
+            initial_settings(resolve_parameters({"ego_mask.image": str(bad)}), -9.0)
+
+
+def test_calibrated_ego_mask_and_horizon_fill_unset_parameters():
+    calibrated = {"ego_mask_polygon": [0.0, 0.8, 1.0, 0.8, 1.0, 1.0, 0.0, 1.0], "horizon_row": 0.45}
+    settings = initial_settings(resolve_parameters({}), -9.0, calibrated)
+    assert settings.config.ego_mask_polygon == (0.0, 0.8, 1.0, 0.8, 1.0, 1.0, 0.0, 1.0)
+    assert settings.config.horizon_row == 0.45
+    own = initial_settings(resolve_parameters({"horizon.row": 0.5, "ego_mask.polygon": [0.0, 0.9, 1.0, 0.9, 0.5, 1.0]}),
+                           -9.0, calibrated)
+    assert own.config.horizon_row == 0.5 and own.config.ego_mask_polygon == (0.0, 0.9, 1.0, 0.9, 0.5, 1.0)

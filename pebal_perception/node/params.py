@@ -138,6 +138,9 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "Ego vehicle (hood, mirrors) to exclude: polygon x0, y0, x1, y1, ... in normalised image "
               "coordinates (at least 3 vertices); [] = none, or the one a normal-driving calibration stored in "
               f"the checkpoint. {RUN_TIME}"),
+    ParamSpec("ego_mask.image", "string", "",
+              "Ego vehicle as a mask image (PNG/JPEG of any size, stretched to the frame; non-black pixels = ego), "
+              f"used when ego_mask.polygon is empty; '' = none. {READ_ONLY_TEXT}", read_only=True),
     ParamSpec("horizon.row", "double", NAN,
               "Horizon row as a fraction of the image height; NaN = from camera height/pitch and camera_info "
               f"when known, else estimated from the road region (median over recent frames). {RUN_TIME}"),
@@ -251,6 +254,22 @@ def calibrated_postprocess(meta: Any) -> dict[str, Any]:
     return dict(post) if isinstance(post, dict) else {}
 
 
+def ego_mask_from_image(path: str) -> tuple[float, ...]:
+    """The ego mask image at ``path`` (non-black pixels = ego vehicle) as a normalised polygon (its largest
+    region); ValueError naming the file when it cannot be read or holds no ego pixel."""
+    from pebal_perception.core.postprocess import mask_to_polygon
+    from pebal_perception.image_conversion import ImageRejected, read_image_file
+
+    try:
+        rgb = read_image_file(path)
+    except (ImageRejected, OSError) as exc:
+        raise ValueError(f"ego_mask.image {path}: {exc}") from None
+    polygon = mask_to_polygon(rgb.max(axis=2) > 0)
+    if not polygon:
+        raise ValueError(f"ego_mask.image {path}: no ego pixel (non-black) in the image")
+    return polygon
+
+
 def _config_value(name: str, value: Any) -> Any:
     if name == "roi":
         return validate_roi(value)
@@ -286,6 +305,8 @@ def initial_settings(values: Mapping[str, Any], calibrated_threshold: float,
     threshold_param = parse_threshold(values["threshold"])
     fields_ = {field: _config_value(name, values[name]) for name, field in CONFIG_PARAMETERS.items()}
     calibrated = calibrated or {}
+    if not fields_["ego_mask_polygon"] and values.get("ego_mask.image"):
+        fields_["ego_mask_polygon"] = ego_mask_from_image(values["ego_mask.image"])
     if not fields_["ego_mask_polygon"] and calibrated.get("ego_mask_polygon"):
         fields_["ego_mask_polygon"] = tuple(calibrated["ego_mask_polygon"])
     if math.isnan(fields_["horizon_row"]) and isinstance(calibrated.get("horizon_row"), float):
