@@ -39,7 +39,10 @@ START = 1_700_000_000.0
 PREFIX = "/pebal_detector"
 OUTPUTS = {"semantic": "sensor_msgs/msg/Image", "energy": "sensor_msgs/msg/Image",
            "obstacle_mask": "sensor_msgs/msg/Image", "result": "pebal_perception/msg/AnomalyResult"}
-COMMON_PARAMS = ["min_obstacle_area:=20", "restrict_to_drivable:=false"]
+# The planner-facing post-processing switched off (see ros_harness.PER_PIXEL_PARAMS): these tests are
+# about bags; they compare the outputs per frame with PostProcessConfig's defaults, and the live node
+# (which may drop frames) with the offline run, so no state may carry over frames (tracking).
+COMMON_PARAMS = ["min_obstacle_area:=20", "restrict_to_drivable:=false", *ros_harness.PER_PIXEL_PARAMS]
 
 
 def make_checkpoint(path: Path) -> Path:

@@ -55,6 +55,9 @@ INFO_TOPIC = "/cam/camera_info"
 START_TIMEOUT = 60.0
 TIMEOUT = 20.0
 MIN_AREA = 20
+# The planner-facing post-processing switched off (see ros_harness.PER_PIXEL_PARAMS): these tests check
+# transport and consistency between outputs, recomputed per frame with PostProcessConfig's defaults.
+PER_PIXEL_ARGS = tuple(arg for param in ros_harness.PER_PIXEL_PARAMS for arg in ("-p", param))
 
 if ros_harness.ros_unavailable() is not None:  # pragma: no cover
     pytest.skip(f"{ros_harness.ros_unavailable()}; run scripts/setup.sh", allow_module_level=True)
@@ -239,6 +242,7 @@ def peer():
 def node(workdir, checkpoint, peer):
     proc = NodeProcess(workdir, "-p", "restrict_to_drivable:=false", "-p", f"min_obstacle_area:={MIN_AREA}",
                        "-p", "subscribe_compressed:=true", "-p", "qos.depth:=10", "-p", "cpu_threads:=1",
+                       *PER_PIXEL_ARGS,
                        checkpoint=checkpoint)
     outputs = peer.outputs(NODE)
     rgb = scene_image()

@@ -49,6 +49,13 @@ def _params_file() -> Path:
 
 
 PARAMS_FILE = _params_file()
+# Node parameters (NAME:=VALUE) that switch off the planner-facing tests of core/postprocess.py
+# (hysteresis, boundary band, border margin, horizon and range cut, width at distance, persistence over
+# frames): the obstacle mask is then score > threshold (with the ROI, drivable area and minimum area as
+# set), the same per frame as PostProcessConfig's defaults. For tests about something else (transport,
+# QoS, parameters, bags) that recompute the outputs per frame.
+PER_PIXEL_PARAMS = ("hysteresis:=0.0", "drivable.boundary_band:=0.0", "border_margin:=0.0", "horizon.margin:=.nan",
+                    "max_range_m:=.nan", "far_road_width:=0.0", "min_width_m:=0.0", "tracking.enabled:=false")
 
 
 # ------------------------------------------------------------------------------------------ environment
