@@ -150,7 +150,8 @@ def mask_to_polygon(mask: np.ndarray, tolerance: float = 0.005) -> tuple[float, 
 
 def drivable_mask(semantic: np.ndarray, fill_holes: bool = True) -> np.ndarray:
     """H x W bool: road pixels, plus (``fill_holes``) every hole the road region encloses."""
-    road = np.isin(semantic, DRIVABLE_TRAIN_IDS)
+    # One drivable class (road): a comparison is several times faster than np.isin on a full frame.
+    road = semantic == DRIVABLE_TRAIN_IDS[0] if len(DRIVABLE_TRAIN_IDS) == 1 else np.isin(semantic, DRIVABLE_TRAIN_IDS)
     if not fill_holes or not road.any():
         return road
     road_u8 = road.astype(np.uint8)
