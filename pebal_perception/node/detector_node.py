@@ -60,7 +60,7 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Point
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType, SetParametersResult
 from rclpy.event_handler import SubscriptionEventCallbacks
-from rclpy.exceptions import ParameterNotDeclaredException
+from rclpy.exceptions import ParameterNotDeclaredException, ParameterUninitializedException
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
@@ -143,7 +143,12 @@ class DetectorNode(Node):
         super().__init__(NODE_NAME, start_parameter_services=False, **kwargs)
         self._stop = stop_event
         for spec in PARAMETERS:
-            self.declare_parameter(spec.name, spec.default, parameter_descriptor(spec))
+            default = spec.default
+            if spec.type == "double_array" and not default:
+                # rclpy would infer BYTE_ARRAY from [], and a YAML [] leaves a parameter unset: declare the
+                # type itself; _value reads an unset one as the table's default.
+                default = Parameter.Type.DOUBLE_ARRAY
+            self.declare_parameter(spec.name, default, parameter_descriptor(spec))
         self._lock = threading.Lock()  # guards the counters
         self._rejected = {reason: 0 for reason in sorted(REJECT_REASONS)}
         self._rejected["internal_error"] = 0
@@ -208,7 +213,10 @@ class DetectorNode(Node):
 
     # ------------------------------------------------------------------------------ parameters
     def _value(self, name: str) -> Any:
-        return self.get_parameter(name).value
+        try:
+            return self.get_parameter(name).value
+        except ParameterUninitializedException:  # declared by type only (an empty array default)
+            return PARAMETERS_BY_NAME[name].default
 
     def _input_size_text(self) -> str:
         size = self.engine.input_size

@@ -274,7 +274,7 @@ def _config_value(name: str, value: Any) -> Any:
     if name == "roi":
         return validate_roi(value)
     if name == "ego_mask.polygon":
-        return tuple(value)
+        return tuple(value or ())  # an unset array parameter (None) = no polygon
     return value
 
 
