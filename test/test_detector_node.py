@@ -854,3 +854,57 @@ def test_out_of_memory_on_a_frame_is_counted_and_the_node_continues(checkpoint, 
         node.destroy_node()
         peer.node.destroy_publisher(publisher)
         context.try_shutdown()
+
+
+def test_obstacles_are_tracked_over_frames_and_the_debug_view_is_published(workdir, checkpoint, peer):
+    """With tracking (confirm 2 of 3, hold 1) the same region is reported from the second frame on, with
+    one stable track_id, growing age_frames and the first frame's stamp as first_seen; ~/debug is
+    published while subscribed; the ego polygon (an empty double array by default) takes a polygon at
+    run time and the excluded rows drop out of the obstacle mask. (A random model: the threshold is set below every score, so the whole
+    image is one region; the geometric tests that need a real road are switched off.)"""
+    name = "/track_ns/pebal_detector"
+    proc = NodeProcess(workdir, "-p", "restrict_to_drivable:=false", "-p", "threshold:=-1000.0",
+                       "-p", "hysteresis:=0.0", "-p", "border_margin:=0.0", "-p", "horizon.margin:=.nan",
+                       "-p", "far_road_width:=0.0", "-p", "min_width_m:=0.0", "-p", "tracking.confirm_hits:=2",
+                       "-p", "tracking.confirm_window:=3", "-p", "tracking.hold_frames:=1",
+                       namespace="/track_ns", checkpoint=checkpoint)
+    outputs = peer.outputs(name)
+    debug = peer.detector_outputs(name, ["debug"])["debug"]
+    rgb = scene_image(size=(160, 320))
+    try:
+        results, stamps = [], []
+        deadline = time.monotonic() + START_TIMEOUT
+        while len(results) < 4:
+            assert proc.alive(), proc.output()
+            assert time.monotonic() < deadline, f"only {len(results)} results:\n{proc.output()}"
+            try:
+                msg, result = send_and_wait(peer, outputs, lambda: image_msg(rgb, frame_id=uuid.uuid4().hex),
+                                            timeout=5.0, retry=2.0)
+            except AssertionError:
+                continue
+            stamps.append((msg.header.stamp.sec, msg.header.stamp.nanosec))
+            results.append(result)
+        first_reported = next(i for i, r in enumerate(results) if r.obstacles)
+        reported = [r.obstacles for r in results[first_reported:]]
+        assert all(len(o) == 1 for o in reported)
+        assert len({o[0].track_id for o in reported}) == 1 and reported[0][0].track_id > 0
+        ages = [o[0].age_frames for o in reported]
+        assert ages == sorted(ages) and ages[-1] > ages[0]
+        assert not any(o[0].held for o in reported)
+        # The first frame of the track: the one at which age_frames counts 1.
+        start = first_reported - (ages[0] - 1)
+        assert start >= 0
+        first = reported[0][0].first_seen
+        assert (first.sec, first.nanosec) == stamps[start]
+        assert debug.wait(timeout=TIMEOUT) is not None  # subscribed: published
+        image = debug.find()
+        assert image.encoding == "rgb8" and (image.height, image.width) == rgb.shape[:2]
+
+        hood = [0.0, 0.75, 1.0, 0.75, 1.0, 1.0, 0.0, 1.0]  # the bottom quarter
+        assert peer.set_parameters(name, Parameter("ego_mask.polygon", value=hood))[0].successful
+        fid = uuid.uuid4().hex
+        send_and_wait(peer, outputs, lambda: image_msg(rgb, frame_id=fid), timeout=TIMEOUT)
+        mask = to_array(outputs["obstacle_mask"].wait(same_frame(fid), 10.0))
+        assert mask[:100].any() and not mask[125:].any()
+    finally:
+        proc.stop(signal.SIGTERM)

@@ -335,7 +335,11 @@ def detector_output_types() -> dict[str, Any]:
     from pebal_perception.msg import AnomalyResult
 
     return {"result": AnomalyResult, "semantic": Image, "energy": Image, "obstacle_mask": Image,
-            "overlay": Image, "processing_time_ms": Float32}
+            "overlay": Image, "debug": Image, "processing_time_ms": Float32}
+
+
+#: Outputs ``detector_outputs`` subscribes to only when asked by name (each costs work per frame).
+ON_REQUEST_OUTPUTS = ("debug",)
 
 
 class Peer:
@@ -385,11 +389,11 @@ class Peer:
         return self.node.create_publisher(msg_type, topic, qos if qos is not None else reliable_qos())
 
     def detector_outputs(self, node_name: str, names: Iterable[str] | None = None) -> dict[str, Collector]:
-        """Collectors (reliable, depth 50) of the outputs ``names`` (default: all, see
-        ``detector_output_types``) of the detector node ``node_name`` (full name, e.g.
+        """Collectors (reliable, depth 50) of the outputs ``names`` (default: all of
+        ``detector_output_types`` but the ON_REQUEST_OUTPUTS) of the detector node ``node_name`` (full name, e.g.
         ``/ns/pebal_detector``); each is subscribed on the first call that asks for it."""
         types = detector_output_types()
-        wanted = list(types) if names is None else list(names)
+        wanted = [n for n in types if n not in ON_REQUEST_OUTPUTS] if names is None else list(names)
         cache = self._outputs.setdefault(node_name, {})
         for name in wanted:
             if name not in cache:
