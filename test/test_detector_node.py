@@ -860,8 +860,9 @@ def test_obstacles_are_tracked_over_frames_and_the_debug_view_is_published(workd
     """With tracking (confirm 2 of 3, hold 1) the same region is reported from the second frame on, with
     one stable track_id, growing age_frames and the first frame's stamp as first_seen; ~/debug is
     published while subscribed; the ego polygon (an empty double array by default) takes a polygon at
-    run time and the excluded rows drop out of the obstacle mask. (A random model: the threshold is set below every score, so the whole
-    image is one region; the geometric tests that need a real road are switched off.)"""
+    run time and the excluded rows drop out of the obstacle mask. (A random model: the threshold is set
+    below every score, so the whole image is one region; the geometric tests that need a real road are
+    switched off.)"""
     name = "/track_ns/pebal_detector"
     proc = NodeProcess(workdir, "-p", "restrict_to_drivable:=false", "-p", "threshold:=-1000.0",
                        "-p", "hysteresis:=0.0", "-p", "border_margin:=0.0", "-p", "horizon.margin:=.nan",

@@ -357,3 +357,36 @@ def test_pipeline_labels_follow_the_reported_order():
         assert (frame.labels[y:y + bh, x:x + bw] == o.id + 1).all()
     assert set(np.unique(frame.labels)) == {0, 1, 2}
     np.testing.assert_array_equal(frame.mask, frame.labels > 0)
+
+
+# ---------------------------------------------------------------------------------------------- analysis width
+def test_analysis_width_finds_regions_on_a_smaller_copy_and_maps_them_back():
+    sem = np.repeat(np.repeat(road_scene(), 4, axis=0), 4, axis=1)  # 240 x 320
+    score = blank(shape=sem.shape)
+    score[120:160, 120:160] = 2.0  # an object on the road
+    score[200:204, 200:202] = 2.0  # 8 pixels: below min_obstacle_area at full resolution
+    cfg = PostProcessConfig(threshold=1.0, restrict_to_drivable=True, min_obstacle_area=40)
+    full = process_frame(sem, score, cfg)
+    assert process_frame(sem, score, cfg.with_changes(analysis_width=320)).labels.tolist() == full.labels.tolist()
+    small = process_frame(sem, score, cfg.with_changes(analysis_width=80))
+    assert small.mask.shape == sem.shape and small.labels.shape == sem.shape
+    assert len(small.obstacles) == len(full.obstacles) == 1
+    o, f = small.obstacles[0], full.obstacles[0]
+    assert o.bbox == f.bbox == (120, 120, 40, 40)
+    assert o.area == int(small.mask.sum()) == f.area
+    assert o.mean_score == pytest.approx(2.0)
+    assert small.surface.shape == sem.shape
+
+
+def test_analysis_width_keeps_ground_positions_at_full_resolution():
+    k = np.array([[200.0, 0, 160.0], [0, 200.0, 120.0], [0, 0, 1]])
+    ground = GroundModel(K=k, height_m=1.5, pitch_rad=0.05)
+    sem = np.zeros((240, 320), np.uint8)
+    score = blank(shape=sem.shape)
+    score[180:200, 150:170] = 2.0
+    cfg = PostProcessConfig(threshold=1.0)
+    full = process_frame(sem, score, cfg, ground).obstacles[0]
+    small = process_frame(sem, score, cfg.with_changes(analysis_width=160), ground).obstacles[0]
+    assert small.bbox == full.bbox
+    np.testing.assert_allclose(small.ground_position, full.ground_position, rtol=1e-9)
+    assert small.width_m == pytest.approx(full.width_m, rel=0.1)

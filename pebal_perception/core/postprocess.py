@@ -233,6 +233,7 @@ class PostProcessConfig:
     far_road_width: float = 0.0  # without one: rows where the fitted road is narrower (fraction of W)
     min_width_m: float = 0.0  # smallest obstacle width at its distance [m] (when a scale is known)
     road_width_m: float = 7.0  # assumed road width for the road-derived scale [m]
+    analysis_width: int = 0  # find regions at this width (mapped back); 0 = at the frame's own resolution
 
     def __post_init__(self):
         set_ = object.__setattr__
@@ -242,6 +243,9 @@ class PostProcessConfig:
             raise ValueError(f"min_obstacle_area must lie in [0, {MAX_MIN_OBSTACLE_AREA}], "
                              f"got {self.min_obstacle_area}")
         set_(self, "min_obstacle_area", int(self.min_obstacle_area))
+        if not 0 <= int(self.analysis_width) <= 100_000:
+            raise ValueError(f"analysis_width must lie in [0, 100000] pixels, got {self.analysis_width}")
+        set_(self, "analysis_width", int(self.analysis_width))
         set_(self, "restrict_to_drivable", bool(self.restrict_to_drivable))
         set_(self, "ego_mask_polygon", validate_polygon(self.ego_mask_polygon))
         ranges = {"hysteresis": (0.0, 1e6), "boundary_band": (0.0, 0.5), "min_footprint_on_road": (0.0, 1.0),
@@ -441,13 +445,68 @@ def lateral_erode(mask: np.ndarray, radius: int) -> np.ndarray:
 
 def process_frame(semantic: np.ndarray | None, score: np.ndarray, config: PostProcessConfig,
                   ground: GroundModel | None = None, horizon_hint: float = math.nan) -> ProcessedFrame:
-    """Regions, the reported obstacles and frame statistics for one frame (all at the score's resolution).
+    """Regions, the reported obstacles and frame statistics for one frame; every output is at the score's
+    resolution.
+
+    With ``config.analysis_width`` smaller than the frame's width the regions are found on a copy scaled
+    to that width (score area-averaged, classes nearest) and mapped back: masks by nearest neighbour,
+    boxes scaled, areas counted on the full-resolution mask, ground positions from the full-resolution
+    box. The score map comes from the network at about that size anyway (bilinearly upsampled), so
+    little is lost, and the work no longer grows with the camera's resolution.
 
     ``horizon_hint`` (a row; NaN = none) replaces the road fit's horizon when no camera model and no
     ``horizon_row`` are configured: :class:`ObstaclePipeline` passes one smoothed over recent frames."""
+    score = np.asarray(score, dtype=np.float32)
+    h, w = score.shape
+    if not 0 < config.analysis_width < w:
+        return _process(semantic, score, config, ground, horizon_hint)
+    from pebal_perception.geometry import pixel_to_ground_point, scale_intrinsics
+
+    small = (max(1, int(round(h * config.analysis_width / w))), int(config.analysis_width))
+    sx, sy = w / small[1], h / small[0]
+    score_s = cv2.resize(score, small[::-1], interpolation=cv2.INTER_AREA)
+    semantic_s = None if semantic is None else cv2.resize(semantic, small[::-1], interpolation=cv2.INTER_NEAREST)
+    ground_s = None
+    if ground is not None and ground.usable:
+        ground_s = replace(ground, K=scale_intrinsics(ground.K, (w, h), small[::-1]))
+    config_s = replace(config, min_obstacle_area=int(math.ceil(config.min_obstacle_area / (sx * sy))))
+    frame = _process(semantic_s, score_s, config_s, ground_s, horizon_hint / sy if math.isfinite(horizon_hint)
+                     else horizon_hint)
+
+    def up(mask):
+        return None if mask is None else cv2.resize(mask.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST)
+
+    labels = cv2.resize(frame.labels, (w, h), interpolation=cv2.INTER_NEAREST)
+    areas = np.bincount(labels.ravel(), minlength=len(frame.obstacles) + 1)
+
+    def scale_box(b):
+        x0, y0 = int(math.floor(b[0] * sx)), int(math.floor(b[1] * sy))
+        x1, y1 = int(math.ceil((b[0] + b[2]) * sx)), int(math.ceil((b[1] + b[3]) * sy))
+        return x0, y0, min(w, x1) - x0, min(h, y1) - y0
+
+    for region in frame.regions:
+        region.bbox = scale_box(region.bbox)
+        region.area = int(round(region.area * sx * sy))
+    for k, obstacle in enumerate(frame.obstacles):
+        obstacle.bbox, obstacle.area = scale_box(obstacle.bbox), int(areas[k + 1])
+        if ground is not None and ground.usable:
+            u, v = bottom_centre_pixel(obstacle.bbox)
+            obstacle.ground_position = pixel_to_ground_point(u, v, ground.K, ground.height_m, ground.pitch_rad)
+    raw = score > config.threshold
+    surface, excluded = up(frame.surface), up(frame.excluded)
+    return ProcessedFrame(mask=labels > 0, obstacles=frame.obstacles,
+                          anomalous_fraction=float(raw.mean()) if raw.size else 0.0, max_score=finite_max(score),
+                          regions=frame.regions, surface=None if surface is None else surface.astype(bool),
+                          excluded=None if excluded is None else excluded.astype(bool),
+                          horizon_row=frame.horizon_row * sy, labels=labels,
+                          road_fit_horizon=frame.road_fit_horizon * sy)
+
+
+def _process(semantic: np.ndarray | None, score: np.ndarray, config: PostProcessConfig,
+             ground: GroundModel | None, horizon_hint: float) -> ProcessedFrame:
+    """:func:`process_frame` at the score's own resolution."""
     from pebal_perception.geometry import pixel_to_ground_point
 
-    score = np.asarray(score, dtype=np.float32)
     shape = score.shape
     raw = score > config.threshold  # NaN scores compare False: never obstacles
     drivable = config.restrict_to_drivable and semantic is not None

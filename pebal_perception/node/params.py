@@ -160,6 +160,11 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("road_width_m", "double", 7.0,
               "Road width assumed for the scale estimated from the road region without a camera model [m]. "
               f"{RUN_TIME}", value_range=(0.5, 100.0)),
+    ParamSpec("analysis_width", "integer", 1024,
+              "Regions are found on a copy of the frame scaled to this width (then mapped back to the input "
+              "resolution): the score map comes from the network at about that size anyway, and the work no "
+              f"longer grows with the camera's resolution. 0 = at the input resolution. {RUN_TIME}",
+              value_range=(0, 100_000)),
     ParamSpec("tracking.enabled", "bool", True,
               "Persistence over frames: obstacles are associated across frames (box IoU / centroid) and get a "
               f"stable track_id; off = every detection is reported at once. {RUN_TIME}"),
@@ -238,7 +243,7 @@ CONFIG_PARAMETERS = {
     "drivable.min_footprint_on_road": "min_footprint_on_road", "border_margin": "border_margin",
     "ego_mask.polygon": "ego_mask_polygon", "horizon.row": "horizon_row", "horizon.margin": "horizon_margin",
     "max_range_m": "max_range_m", "far_road_width": "far_road_width", "min_width_m": "min_width_m",
-    "road_width_m": "road_width_m",
+    "road_width_m": "road_width_m", "analysis_width": "analysis_width",
 }
 #: Node parameter -> TrackingConfig field.
 TRACKING_PARAMETERS = {"tracking.enabled": "enabled", "tracking.confirm_hits": "confirm_hits",

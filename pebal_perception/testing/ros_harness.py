@@ -55,7 +55,8 @@ PARAMS_FILE = _params_file()
 # set), the same per frame as PostProcessConfig's defaults. For tests about something else (transport,
 # QoS, parameters, bags) that recompute the outputs per frame.
 PER_PIXEL_PARAMS = ("hysteresis:=0.0", "drivable.boundary_band:=0.0", "border_margin:=0.0", "horizon.margin:=.nan",
-                    "max_range_m:=.nan", "far_road_width:=0.0", "min_width_m:=0.0", "tracking.enabled:=false")
+                    "max_range_m:=.nan", "far_road_width:=0.0", "min_width_m:=0.0", "tracking.enabled:=false",
+                    "analysis_width:=0")
 
 
 # ------------------------------------------------------------------------------------------ environment
