@@ -158,16 +158,16 @@ def worst_frame_panel(image: np.ndarray, score: np.ndarray, label: np.ndarray, t
 # evaluation loops
 
 
-def _finite(x: Any) -> Any:
+def json_safe(x: Any) -> Any:
     """NaN / inf -> None, recursively, so report.json is strict JSON."""
     if isinstance(x, float):
         return x if math.isfinite(x) else None
     if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
+        return {k: json_safe(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_finite(v) for v in x]
+        return [json_safe(v) for v in x]
     if isinstance(x, np.generic):
-        return _finite(x.item())
+        return json_safe(x.item())
     return x
 
 
@@ -179,7 +179,7 @@ def model_info(engine, checkpoint: str | Path | None = None) -> dict:
             "smoothing": engine.smoothing, "threshold_calibrated": meta.threshold is not None}
 
 
-def _progress(iterable: Iterable, total: int, desc: str, enabled: bool):
+def progress_bar(iterable: Iterable, total: int, desc: str, enabled: bool):
     from tqdm import tqdm
 
     return tqdm(iterable, total=total, desc=desc, unit="img", disable=None if enabled else True)
@@ -191,7 +191,7 @@ def skipped_samples(dataset) -> dict[str, Any]:
     return {"num_skipped": len(skipped), "skipped": {str(i): reason for i, reason in sorted(skipped.items())}}
 
 
-def _components(mask: np.ndarray) -> np.ndarray:
+def instance_components(mask: np.ndarray) -> np.ndarray:
     import cv2
 
     return cv2.connectedComponents(mask.astype(np.uint8), connectivity=8, ltype=cv2.CV_32S)[1]
@@ -199,7 +199,7 @@ def _components(mask: np.ndarray) -> np.ndarray:
 
 def threshold_regions(res: FrameResult) -> np.ndarray:
     """Default ``report_regions``: the 8-connected components of ``score > threshold`` (int32 ids)."""
-    return _components(res.score > res.threshold)
+    return instance_components(res.score > res.threshold)
 
 
 def evaluate_anomaly(engine, dataset, output: str | Path | None, threshold: float | None = None,
@@ -228,7 +228,7 @@ def evaluate_anomaly(engine, dataset, output: str | Path | None, threshold: floa
     worst: list[tuple[float, int, str, Any]] = []  # min-heap on badness: keeps the worst_k largest
     n = len(dataset) if limit is None else min(limit, len(dataset))
     score_lo, score_hi = math.inf, -math.inf
-    for i in _progress(range(n), n, f"pebal-eval {dataset_name}", progress):
+    for i in progress_bar(range(n), n, f"pebal-eval {dataset_name}", progress):
         sample = dataset[i]
         if sample is None:  # skipped by the reader (on_error="skip")
             continue
@@ -241,7 +241,7 @@ def evaluate_anomaly(engine, dataset, output: str | Path | None, threshold: floa
         frame = FrameResult(semantic=getattr(res, "semantic", None), score=score, obstacle=pred, threshold=thr)
         instances = sample.get("instances")
         if instances is None:
-            instances = _components(label == 1)
+            instances = instance_components(label == 1)
         planner_stats = planner.update(regions_of(frame), instances, ignore=label == VOID,
                                        group=sample.get("group"))
         valid = label != VOID
@@ -288,7 +288,7 @@ def evaluate_anomaly(engine, dataset, output: str | Path | None, threshold: floa
     if extra_info:
         report.update(extra_info)
     if out is not None:
-        atomic_write_json(out / "report.json", _finite(report))
+        atomic_write_json(out / "report.json", json_safe(report))
     return report
 
 
@@ -324,7 +324,7 @@ def evaluate_cityscapes(engine, dataset, output: str | Path, limit: int | None =
     cm = ConfusionMatrix(num_classes=NUM_INLIER_CLASSES, ignore_label=IGNORE_LABEL)
     per_image = []
     n = len(dataset) if limit is None else min(limit, len(dataset))
-    for i in _progress(range(n), n, "pebal-eval cityscapes", progress):
+    for i in progress_bar(range(n), n, "pebal-eval cityscapes", progress):
         sample = dataset[i]
         if sample is None:
             continue
@@ -348,5 +348,5 @@ def evaluate_cityscapes(engine, dataset, output: str | Path, limit: int | None =
     }
     if extra_info:
         report.update(extra_info)
-    atomic_write_json(out / "report.json", _finite(report))
+    atomic_write_json(out / "report.json", json_safe(report))
     return report

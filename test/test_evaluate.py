@@ -403,3 +403,16 @@ def test_component_accumulator_sums_counts_over_images():
     empty = ComponentMetricAccumulator()
     empty.update(*_canvas()[::-1])
     assert math.isnan(empty.compute()["mean_f1"])
+
+
+def test_planner_sweep_writes_curves_and_the_plot(tmp_path, checkpoint, fishy_root, capsys):
+    out = tmp_path / "sweep"
+    assert eval_cli.main(["--checkpoint", str(checkpoint), "--dataset", "fishyscapes_laf", "--root", str(fishy_root),
+                          "--output", str(out), "--limit", "2", "--planner-sweep", "--quiet", "--worst", "0"]) == 0
+    assert "planner: obstacle recall" in capsys.readouterr().out
+    report = json.loads((out / "report.json").read_text())
+    sweep = report["planner_sweep"]
+    assert sweep["objects"] > 0 and len(sweep["thresholds"]) == len(sweep["object_recall"]) == 60
+    recall = sweep["object_recall"]
+    assert recall[0] >= recall[-1] and recall[-1] == 0.0  # nothing is found above every score
+    assert (out / "planner.png").stat().st_size > 0
