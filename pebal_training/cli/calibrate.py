@@ -138,9 +138,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from tqdm import tqdm
 
-    from pebal_perception.core.checkpoint import (CheckpointError, _torch_load, is_pebal_checkpoint,
-                                                  load_checkpoint, save_checkpoint, update_checkpoint_meta)
-    from pebal_perception.core.engine import InferenceEngine
+    from pebal_perception.core.checkpoint import CheckpointError
     from pebal_training.data.datasets import DatasetError, open_anomaly_dataset
     from pebal_training.evaluate import sorted_scores
     from pebal_perception.core.constants import VOID
@@ -156,15 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     except DatasetError as exc:
         return _error(exc)
     try:
-        ours = is_pebal_checkpoint(_torch_load(args.checkpoint))
-        if not ours and args.output_checkpoint is None:
-            raise CheckpointError(f"{args.checkpoint}: a third-party checkpoint has no metadata to store the "
-                                  "threshold in; give --output-checkpoint to write one in the pebal format")
-        # The engine may rewrite its own copy of the model for speed (BatchNorm folding); the
-        # untouched ``model`` is the one written to a new checkpoint.
-        model, meta = load_checkpoint(args.checkpoint, args.model)
-        engine = InferenceEngine(model, meta, device=args.device, input_size=args.input_size,
-                                 smoothing=not args.no_smoothing)
+        model, meta, engine, ours = _load_model(args)
     except (CheckpointError, KeyError, ValueError) as exc:
         return _error(exc.args[0] if isinstance(exc, KeyError) and exc.args else exc)
 
@@ -203,24 +193,47 @@ def main(argv: list[str] | None = None) -> int:
         return _calibrate_normal(args, dest, engine=engine, model=model, meta=meta, ours=ours, pixel_info=info,
                                  pixel_threshold=thr)
     try:
-        if ours and args.output_checkpoint is None:
-            update_checkpoint_meta(dest, threshold=thr, threshold_info=info)
-        else:
-            meta.threshold, meta.threshold_info = thr, info
-            if not meta.source:
-                meta.source = Path(args.checkpoint).name
-            if ours:  # copy of ours with new meta: keep anything stored beside the weights
-                update_target = _torch_load(args.checkpoint)
-                extra = {k: v for k, v in update_target.items()
-                         if k not in ("format", "format_version", "meta", "state_dict")}
-            else:
-                extra = None
-            save_checkpoint(dest, model, meta, extra=extra)
+        _store(args, dest, model, meta, ours, thr, info)
     except (CheckpointError, OSError) as exc:
         return _error(exc)
     print(f"{PROG}: threshold {thr:.6g} (TPR {tpr:.4f}, FPR {fpr:.4f} on {used} images of {args.dataset}) "
           f"-> {dest}")
     return 0
+
+
+def _load_model(args):
+    """(model, meta, engine, ours) of --checkpoint; CheckpointError when a third-party file has no
+    --output-checkpoint to write the threshold to. The engine may rewrite its own copy of the model for
+    speed (BatchNorm folding); the untouched ``model`` is the one written to a new checkpoint."""
+    from pebal_perception.core.checkpoint import CheckpointError, _torch_load, is_pebal_checkpoint, load_checkpoint
+    from pebal_perception.core.engine import InferenceEngine
+
+    ours = is_pebal_checkpoint(_torch_load(args.checkpoint))
+    if not ours and args.output_checkpoint is None:
+        raise CheckpointError(f"{args.checkpoint}: a third-party checkpoint has no metadata to store the "
+                              "threshold in; give --output-checkpoint to write one in the pebal format")
+    model, meta = load_checkpoint(args.checkpoint, args.model)
+    engine = InferenceEngine(model, meta, device=args.device, input_size=args.input_size,
+                             smoothing=not args.no_smoothing)
+    return model, meta, engine, ours
+
+
+def _store(args, dest: Path, model, meta, ours: bool, threshold: float, info: dict) -> None:
+    """Writes ``threshold`` and ``info`` into ``dest``: in place for ours, else a copy in our format
+    (anything stored beside the weights of ours is kept)."""
+    from pebal_perception.core.checkpoint import _torch_load, save_checkpoint, update_checkpoint_meta
+
+    if ours and args.output_checkpoint is None:
+        update_checkpoint_meta(dest, threshold=threshold, threshold_info=info)
+        return
+    meta.threshold, meta.threshold_info = threshold, info
+    if not meta.source:
+        meta.source = Path(args.checkpoint).name
+    extra = None
+    if ours:
+        loaded = _torch_load(args.checkpoint)
+        extra = {k: v for k, v in loaded.items() if k not in ("format", "format_version", "meta", "state_dict")}
+    save_checkpoint(dest, model, meta, extra=extra)
 
 
 def _normal_frames(inputs: list[Path], every: int):
@@ -264,9 +277,7 @@ def _calibrate_normal(args, dest: Path, engine=None, model=None, meta=None, ours
 
     from tqdm import tqdm
 
-    from pebal_perception.core.checkpoint import (CheckpointError, _torch_load, is_pebal_checkpoint,
-                                                  load_checkpoint, save_checkpoint, update_checkpoint_meta)
-    from pebal_perception.core.engine import InferenceEngine
+    from pebal_perception.core.checkpoint import CheckpointError
     from pebal_perception.core.postprocess import drivable_mask, fit_road_scale
     from pebal_perception.frame_sources import FootageError
     from pebal_perception.node.params import initial_settings, resolve_parameters
@@ -276,13 +287,7 @@ def _calibrate_normal(args, dest: Path, engine=None, model=None, meta=None, ours
 
     if engine is None:
         try:
-            ours = is_pebal_checkpoint(_torch_load(args.checkpoint))
-            if not ours and args.output_checkpoint is None:
-                raise CheckpointError(f"{args.checkpoint}: a third-party checkpoint has no metadata to store the "
-                                      "threshold in; give --output-checkpoint to write one in the pebal format")
-            model, meta = load_checkpoint(args.checkpoint, args.model)
-            engine = InferenceEngine(model, meta, device=args.device, input_size=args.input_size,
-                                     smoothing=not args.no_smoothing)
+            model, meta, engine, ours = _load_model(args)
         except (CheckpointError, KeyError, ValueError) as exc:
             return _error(exc.args[0] if isinstance(exc, KeyError) and exc.args else exc)
     maps, counts = [], {}
@@ -328,17 +333,7 @@ def _calibrate_normal(args, dest: Path, engine=None, model=None, meta=None, ours
         info["pixel_threshold"] = pixel_threshold
     info["normal_driving"] = normal
     try:
-        if ours and args.output_checkpoint is None:
-            update_checkpoint_meta(dest, threshold=thr, threshold_info=info)
-        else:
-            meta.threshold, meta.threshold_info = thr, info
-            if not meta.source:
-                meta.source = Path(args.checkpoint).name
-            extra = None
-            if ours:
-                loaded = _torch_load(args.checkpoint)
-                extra = {k: v for k, v in loaded.items() if k not in ("format", "format_version", "meta", "state_dict")}
-            save_checkpoint(dest, model, meta, extra=extra)
+        _store(args, dest, model, meta, ours, thr, info)
     except (CheckpointError, OSError) as exc:
         return _error(exc)
     _plot_false_frames(clean, thr, args.max_false_frames, dest.with_name(dest.stem + "_false_frames.png"),
