@@ -112,7 +112,8 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("smoothing", "bool", True,
               f"Apply PEBAL's 7x7 Gaussian (sigma 1) to the energy map. {RUN_TIME}"),
     ParamSpec("restrict_to_drivable", "bool", True,
-              "Keep only obstacle pixels inside the drivable area (predicted road plus the holes it encloses). "
+              "Report only regions standing on the drivable surface (predicted road plus the holes it encloses, "
+              "minus the boundary band): their footprint, the rows just below them, must lie on it. "
               f"{RUN_TIME}"),
     ParamSpec("roi", "double_array", [0.0, 0.0, 1.0, 1.0],
               "Region of interest [x0, y0, x1, y1], normalised 0..1 image coordinates (x0 < x1, y0 < y1); "
@@ -125,8 +126,9 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               f"score exceeds the threshold (region score, not single pixels). Score units (nats). {RUN_TIME}",
               value_range=(0.0, 1e6)),
     ParamSpec("drivable.boundary_band", "double", 0.03,
-              "Band along the road region's outer boundary excluded from the drivable surface, as a fraction of "
-              f"the image height (class transitions at road edges score high). {RUN_TIME}", value_range=(0.0, 0.5)),
+              "Band along the road region's left and right edges excluded from the drivable surface, as a "
+              f"fraction of the image height (class transitions at road edges score high). {RUN_TIME}",
+              value_range=(0.0, 0.5)),
     ParamSpec("drivable.min_footprint_on_road", "double", 0.5,
               "Share of a region's footprint (the pixel rows just below its lower boundary) that must lie on the "
               f"drivable surface for it to be an obstacle (with restrict_to_drivable). {RUN_TIME}",
