@@ -173,41 +173,65 @@ class RoadScale:
         return self.slope * (np.asarray(row, np.float64) - self.horizon_row)
 
 
-def fit_road_scale(road: np.ndarray, hood_share: float = 0.08) -> RoadScale | None:
-    """Fits the road's width per row ``w(v) = slope (v - horizon)`` by robust least squares (rows beyond
-    three robust sigmas dropped, refitted). Rows that would bias it are left out when enough others
-    remain: the bottom ``hood_share`` of the image (the ego hood), rows where the road reaches the left
-    or right image border (their width is cut off) and the upper 20 % of the road's rows (far, noisy;
-    sky or hills joined to the road). None when the road is too small or the fit is not a road that
-    narrows toward a horizon above it."""
+def road_width_rows(road: np.ndarray, hood_share: float = 0.08,
+                    min_rows: int = MIN_FIT_ROWS) -> tuple[np.ndarray, np.ndarray] | None:
+    """The rows (and their road pixel counts) a width-per-row fit should use; None when fewer than
+    ``min_rows`` rows hold road. Rows that would bias the fit are left out when enough others remain:
+    the bottom ``hood_share`` of the image (the ego hood), rows where the road reaches the left or right
+    image border (their width is cut off) and the upper 20 % of the road's rows (far, noisy; sky or hills
+    joined to the road)."""
     h, w = road.shape
     widths = road.sum(axis=1).astype(np.float64)
     rows = np.flatnonzero(widths >= max(3.0, 0.01 * w))
-    if rows.size < MIN_FIT_ROWS:
+    if rows.size < min_rows:
         return None
     edge = max(2, w // 100)
     for test in (lambda r: r < h * (1.0 - hood_share),
                  lambda r: ~(road[r, :edge].any(axis=1) | road[r, w - edge:].any(axis=1))):
         keep = test(rows)
-        if keep.sum() >= MIN_FIT_ROWS:
+        if keep.sum() >= min_rows:
             rows = rows[keep]
     lower = rows[rows >= rows[0] + 0.2 * (rows[-1] - rows[0])]
-    if lower.size >= MIN_FIT_ROWS:
+    if lower.size >= min_rows:
         rows = lower
-    v, y = rows.astype(np.float64), widths[rows]
-    keep = np.ones(v.size, bool)
+    return rows, widths[rows]
+
+
+def robust_line(x: np.ndarray, y: np.ndarray, min_points: int = 3) -> tuple[float, float] | None:
+    """Least-squares ``y = slope x + intercept``, refitted without points beyond three robust sigmas
+    (median absolute deviation) until nothing changes; None with fewer than ``min_points`` points."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    keep = np.ones(x.size, bool)
+    slope = intercept = math.nan
     for _ in range(4):
-        slope, intercept = np.polyfit(v[keep], y[keep], 1)
-        resid = y - (slope * v + intercept)
+        if keep.sum() < min_points:
+            return None
+        slope, intercept = np.polyfit(x[keep], y[keep], 1)
+        resid = y - (slope * x + intercept)
         mad = float(np.median(np.abs(resid[keep] - np.median(resid[keep]))))
         new = np.abs(resid) <= max(3.0 * 1.4826 * mad, 1.0)
-        if np.array_equal(new, keep) or new.sum() < MIN_FIT_ROWS:
+        if np.array_equal(new, keep) or new.sum() < min_points:
             break
         keep = new
+    return float(slope), float(intercept)
+
+
+def fit_road_scale(road: np.ndarray, hood_share: float = 0.08) -> RoadScale | None:
+    """The road's width per row fitted as ``w(v) = slope (v - horizon)`` (:func:`road_width_rows`,
+    :func:`robust_line`). None when the road is too small or the fit is not a road that narrows toward a
+    horizon above it."""
+    selected = road_width_rows(road, hood_share)
+    if selected is None:
+        return None
+    rows, widths = selected
+    line = robust_line(rows, widths, MIN_FIT_ROWS)
+    if line is None:
+        return None
+    slope, intercept = line
     if not (math.isfinite(slope) and slope > 1e-3):
         return None
     horizon = -intercept / slope
-    if not (math.isfinite(horizon) and -h <= horizon < rows.min()):
+    if not (math.isfinite(horizon) and -road.shape[0] <= horizon < rows.min()):
         return None
     return RoadScale(horizon_row=float(horizon), slope=float(slope))
 

@@ -201,23 +201,6 @@ def coco_cutouts(root: str | Path, names: Sequence[str] | None = None, min_area:
 
 # -- road geometry ---------------------------------------------------------------------------------------
 
-def _robust_line(v: np.ndarray, w: np.ndarray, iterations: int = 3) -> tuple[float, float] | None:
-    """Least-squares ``w = a * v + b`` with residuals beyond 3 robust sigmas dropped and refitted."""
-    keep = np.ones(v.size, dtype=bool)
-    a = b = 0.0
-    for _ in range(iterations + 1):
-        if keep.sum() < 3:
-            return None
-        a, b = np.polyfit(v[keep], w[keep], 1)
-        r = w - (a * v + b)
-        mad = float(np.median(np.abs(r[keep] - np.median(r[keep]))))
-        new_keep = np.abs(r) <= max(3.0 * 1.4826 * mad, 1.0)
-        if np.array_equal(new_keep, keep):
-            break
-        keep = new_keep
-    return float(a), float(b)
-
-
 def road_geometry(road: np.ndarray, road_width_m: float = 7.0, horizon_row: float | None = None,
                   min_rows: int = 5, camera_height_m: float | None = None) -> RoadGeometry | None:
     """Horizon row and the pixels-per-metre model of a road mask (``None`` without usable road).
@@ -237,27 +220,18 @@ def road_geometry(road: np.ndarray, road_width_m: float = 7.0, horizon_row: floa
     road = np.asarray(road, dtype=bool)
     if road.ndim != 2:
         raise ValueError(f"road mask must be 2-D, got shape {road.shape}")
-    h, w = road.shape
-    widths = road.sum(axis=1).astype(np.float64)
-    rows = np.flatnonzero(widths >= max(3.0, 0.01 * w))
-    if rows.size < min_rows:
+    from pebal_perception.core.postprocess import road_width_rows, robust_line
+
+    h = road.shape[0]
+    selected = road_width_rows(road, HOOD_FRACTION, min_rows)
+    if selected is None:
         return None
-    top = int(rows[0])
-    sel = rows[rows < h * (1.0 - HOOD_FRACTION)]
-    if sel.size < min_rows:
-        sel = rows
-    m = max(2, int(round(0.01 * w)))
-    untouched = sel[~(road[sel, :m].any(axis=1) | road[sel, w - m:].any(axis=1))]
-    if untouched.size >= min_rows:
-        sel = untouched
-    lower = sel[sel >= sel[0] + 0.2 * (sel[-1] - sel[0])]
-    if lower.size >= min_rows:
-        sel = lower
+    top = int(np.flatnonzero(road.sum(axis=1) >= max(3.0, 0.01 * road.shape[1]))[0])
+    sel, wid = selected
     v = sel.astype(np.float64)
-    wid = widths[sel]
     fit_ok = horizon_row is not None
     if horizon_row is None:
-        line = _robust_line(v, wid) if sel.size >= min_rows else None
+        line = robust_line(v, wid) if sel.size >= min_rows else None
         if line is not None and line[0] > 0:
             vh = -line[1] / line[0]
             if -h <= vh < float(sel.min()):
