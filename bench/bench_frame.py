@@ -44,7 +44,7 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import StageTimer, figure, interleaved, median
+from bench.common import StageTimer, figure, interleaved, median, node_postprocess
 
 TARGET_SHARE = 0.15
 STAGES = ("decode", "to_tensor", "preprocess", "forward", "score", "mask_to_host", "obstacles", "encode")
@@ -158,7 +158,7 @@ class NodePathPipeline:
         from pebal_perception.core import scoring
         from pebal_perception.core.preprocess import normalize, to_uint8_batch
         from pebal_perception.node.outputs import build_output_messages
-        from pebal_perception.node.processing import PostProcessConfig, process_frame
+        from pebal_perception.node.processing import process_frame
 
         t = timer or StageTimer()
         eng = self.engine
@@ -189,7 +189,7 @@ class NodePathPipeline:
             with t("to_host"):
                 sem, score = semantic[0].cpu().numpy(), energy[0].float().cpu().numpy()
         with t("postprocess"):
-            frame = process_frame(sem, score, PostProcessConfig(threshold=self.threshold, min_obstacle_area=1))
+            frame = process_frame(sem, score, node_postprocess(self.threshold))
         with t("encode"):
             messages = build_output_messages(rgb, sem, score, frame, {"stamp": 0}, self.classes, model_id="bench",
                                              threshold=self.threshold)
@@ -200,11 +200,11 @@ class NodePathPipeline:
         import types
 
         from pebal_perception.node.outputs import build_output_messages
-        from pebal_perception.node.processing import PostProcessConfig, infer_maps, process_frame
+        from pebal_perception.node.processing import infer_maps, process_frame
 
         rgb = self.converter.to_rgb(types.SimpleNamespace(**msg))
         sem, score, _ = infer_maps(self.engine, rgb)
-        frame = process_frame(sem, score, PostProcessConfig(threshold=self.threshold, min_obstacle_area=1))
+        frame = process_frame(sem, score, node_postprocess(self.threshold))
         return build_output_messages(rgb, sem, score, frame, {"stamp": 0}, self.classes, model_id="bench",
                                      threshold=self.threshold)
 

@@ -45,7 +45,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.bench_forward import SHORT_NAMES, build, compare
-from bench.common import figure, interleaved, median, skipped
+from bench.common import figure, interleaved, median, node_postprocess, skipped
 
 TARGET_FPS = {("espnetv2", (2048, 1024)): 150.0, ("wrn38_deeplabv3plus", (2048, 1024)): 15.0}
 FP32_TOLERANCE = 1e-3
@@ -187,13 +187,13 @@ def bench_frame(size_wh: tuple[int, int], warmup: int, repeats: int, device: str
     import numpy as np
 
     from pebal_perception.core.engine import InferenceEngine
-    from pebal_perception.node.processing import PostProcessConfig, infer_maps, process_frame
+    from pebal_perception.node.processing import infer_maps, process_frame
 
     w, h = size_wh
     model, cpu_engine, _, _ = build("espnetv2", size_wh)
     engine = InferenceEngine(model, cpu_engine.meta, device=device, precision=precision, input_size=(h, w))
     rgb = np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)
-    config = PostProcessConfig(threshold=-9.0, min_obstacle_area=50)
+    config = node_postprocess(-9.0)
     forward_ms: list[float] = []
 
     def frame():

@@ -147,9 +147,9 @@ def evaluate_split(samples, maps, cameras, calib_scenes, config, rate: float) ->
 
 def node_config():
     """The node's default post-processing (the parameter table), without a threshold yet."""
-    from pebal_perception.node.params import initial_settings, resolve_parameters
+    from bench.common import node_postprocess
 
-    return initial_settings(resolve_parameters({}), 0.0).config
+    return node_postprocess(0.0)
 
 
 def main(argv=None) -> int:

@@ -204,3 +204,11 @@ def format_figure(fig: Mapping[str, Any]) -> str:
     if fig.get("note"):
         text += f" [{fig['note']}]"
     return text
+
+
+def node_postprocess(threshold: float):
+    """The post-processing the node runs with its default parameters (config/detector.yaml), at
+    ``threshold``: what the benchmarks time (single frames, no tracking)."""
+    from pebal_perception.node.params import initial_settings, resolve_parameters
+
+    return initial_settings(resolve_parameters({}), float(threshold)).config
