@@ -209,6 +209,6 @@ def format_figure(fig: Mapping[str, Any]) -> str:
 def node_postprocess(threshold: float):
     """The post-processing the node runs with its default parameters (config/detector.yaml), at
     ``threshold``: what the benchmarks time (single frames, no tracking)."""
-    from pebal_perception.node.params import initial_settings, resolve_parameters
+    from pebal_perception.core.postprocess import planner_config
 
-    return initial_settings(resolve_parameters({}), float(threshold)).config
+    return planner_config(float(threshold))

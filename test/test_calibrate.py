@@ -141,7 +141,7 @@ def normal_folder(tmp_path_factory):
 
 def test_normal_driving_calibration_meets_the_rate_and_records_provenance(checkpoint, normal_folder, capsys):
     from pebal_perception.core.postprocess import PostProcessConfig, process_frame
-    from pebal_perception.node.params import calibrated_postprocess
+    from pebal_perception.core.postprocess import calibrated_postprocess
 
     assert calibrate.main(["--checkpoint", str(checkpoint), "--normal", str(normal_folder),
                            "--max-false-frames", "0.2", "--quiet"]) == 0

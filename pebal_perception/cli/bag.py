@@ -367,7 +367,8 @@ def _engine_and_config(args: argparse.Namespace, params: dict) -> tuple[Any, Any
     """The engine and the node's start-up RuntimeSettings from ``params`` (:func:`load_parameters`)."""
     from pebal_perception.core.default_model import default_checkpoint
     from pebal_perception.core.engine import InferenceEngine
-    from pebal_perception.node.params import calibrated_postprocess, initial_settings, parse_threshold
+    from pebal_perception.core.postprocess import calibrated_postprocess
+    from pebal_perception.node.params import initial_settings, parse_threshold
 
     checkpoint = args.checkpoint if args.checkpoint is not None else params["checkpoint"]
     model = args.model if args.model is not None else params["model"]

@@ -210,11 +210,10 @@ def main(argv: list[str] | None = None) -> int:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"{PROG}: error: {msg}", file=sys.stderr)
         return 2
-    from pebal_perception.node.params import calibrated_postprocess, initial_settings, resolve_parameters
+    from pebal_perception.core.postprocess import planner_config
 
     overrides = {} if args.min_area is None else {"min_obstacle_area": args.min_area}
-    args.postprocess = initial_settings(resolve_parameters(overrides), engine.threshold,
-                                        calibrated_postprocess(engine.meta)).config
+    args.postprocess = planner_config(engine.threshold, engine.meta, **overrides)
 
     frames, failures = [], []
     started = time.perf_counter()

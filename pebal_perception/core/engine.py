@@ -180,3 +180,19 @@ class InferenceEngine:
 
     def infer_one(self, image: np.ndarray) -> FrameResult:
         return self.infer(image[None])[0]
+
+
+def infer_maps(engine: InferenceEngine, rgb: np.ndarray,
+               smoothing: bool | None = None) -> tuple[np.ndarray, np.ndarray, float]:
+    """One H x W x 3 uint8 RGB frame through ``engine`` -> (semantic H x W uint8 trainIds, score H x W
+    float32, inference milliseconds), as the node, ``pebal-bag process`` and the calibration run it. The
+    only host synchronisation is the copy of the two maps. ``smoothing`` overrides the engine's setting
+    for this frame (None = the engine's)."""
+    import time
+
+    t0 = time.perf_counter()
+    batch = to_uint8_batch(rgb[None], engine.device, pin_memory=engine.device.type == "cuda")
+    semantic_t, score_t = engine.score_tensors(batch, smoothing=smoothing)
+    semantic = semantic_t[0].cpu().numpy()
+    score = score_t[0].float().cpu().numpy()
+    return semantic, score, (time.perf_counter() - t0) * 1000.0

@@ -40,7 +40,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import cv2
 import numpy as np
@@ -296,6 +296,46 @@ class PostProcessConfig:
 
 
 POSTPROCESS_FIELDS = tuple(f.name for f in fields(PostProcessConfig))
+
+#: What the product runs (the node's parameter defaults, config/detector.yaml; pebal-detect, pebal-eval
+#: and pebal-calibrate --normal use the same): every PostProcessConfig field that differs from the plain
+#: per-pixel behaviour of the dataclass defaults.
+PLANNER_DEFAULTS: dict[str, Any] = {
+    "restrict_to_drivable": True, "min_obstacle_area": 50, "hysteresis": 1.0, "boundary_band": 0.03,
+    "min_footprint_on_road": 0.5, "border_margin": 0.01, "horizon_margin": 0.0, "max_range_m": 60.0,
+    "far_road_width": 0.1, "min_width_m": 0.1, "road_width_m": 7.0, "analysis_width": 1024,
+}
+#: Fields a normal-driving calibration estimates and stores in a checkpoint.
+CALIBRATED_FIELDS = ("ego_mask_polygon", "horizon_row")
+
+
+def calibrated_postprocess(meta: Any) -> dict[str, Any]:
+    """The post-processing values a normal-driving calibration (``pebal-calibrate --normal``) stored in a
+    checkpoint's metadata (``threshold_info["normal_driving"]["postprocess"]``), {} when there are none."""
+    info = getattr(meta, "threshold_info", None) or {}
+    normal = info.get("normal_driving") if isinstance(info, dict) else None
+    post = normal.get("postprocess") if isinstance(normal, dict) else None
+    return dict(post) if isinstance(post, dict) else {}
+
+
+def fill_from_calibration(values: dict[str, Any], calibrated: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``values`` (PostProcessConfig fields) with the ego mask and horizon row taken from a calibration
+    where they are unset (empty polygon, NaN row)."""
+    values = dict(values)
+    calibrated = calibrated or {}
+    if not values.get("ego_mask_polygon") and calibrated.get("ego_mask_polygon"):
+        values["ego_mask_polygon"] = tuple(calibrated["ego_mask_polygon"])
+    row = values.get("horizon_row", math.nan)
+    if (row is None or math.isnan(row)) and isinstance(calibrated.get("horizon_row"), float):
+        values["horizon_row"] = calibrated["horizon_row"]
+    return values
+
+
+def planner_config(threshold: float, meta: Any = None, **overrides: Any) -> PostProcessConfig:
+    """The product's post-processing (:data:`PLANNER_DEFAULTS`, ``overrides`` on top) at ``threshold``,
+    with the calibrated ego mask / horizon of ``meta`` (a checkpoint's ModelMeta) where unset."""
+    values = fill_from_calibration({**PLANNER_DEFAULTS, **overrides}, calibrated_postprocess(meta))
+    return PostProcessConfig(threshold=threshold, **values)
 
 
 @dataclass(frozen=True)

@@ -70,12 +70,13 @@ from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Float32, Header
 
+from pebal_perception.core.postprocess import calibrated_postprocess
 from pebal_perception.dds import PROFILE_NAME, PROFILE_VARIABLE, find_profile
 from pebal_perception.image_conversion import REJECT_REASONS, ImageConverter, ImageRejected
 from pebal_perception.msg import AnomalyResult, Obstacle
 from pebal_perception.node.outputs import OUTPUT_TOPICS, MessageClasses, build_output_messages
 from pebal_perception.node.params import (DEVICES, NODE_NAME, PARAMETERS, PARAMETERS_BY_NAME, ParamSpec,
-                                          RuntimeSettings, calibrated_postprocess, initial_settings, parse_threshold,
+                                          RuntimeSettings, initial_settings, parse_threshold,
                                           plan_parameter_batch)
 from pebal_perception.node.processing import (FrameOutOfMemory, GroundModel, LatestFrameMailbox, ObstaclePipeline,
                                               OomGuardedInference, RecentEvents, check_camera_info, make_ground_model,

@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Mapping, Sequence
 
 from pebal_perception.core.limits import check_threshold
+from pebal_perception.core.postprocess import PLANNER_DEFAULTS, fill_from_calibration
 from pebal_perception.core.tracking import TrackingConfig
 from pebal_perception.node.processing import (MAX_CAMERA_HEIGHT_M, MAX_MIN_OBSTACLE_AREA, PostProcessConfig,
                                               check_mounting, validate_roi)
@@ -111,29 +112,29 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               dynamic_typing=True),
     ParamSpec("smoothing", "bool", True,
               f"Apply PEBAL's 7x7 Gaussian (sigma 1) to the energy map. {RUN_TIME}"),
-    ParamSpec("restrict_to_drivable", "bool", True,
+    ParamSpec("restrict_to_drivable", "bool", PLANNER_DEFAULTS["restrict_to_drivable"],
               "Report only regions standing on the drivable surface (predicted road plus the holes it encloses, "
               "minus the boundary band): their footprint, the rows just below them, must lie on it. "
               f"{RUN_TIME}"),
     ParamSpec("roi", "double_array", [0.0, 0.0, 1.0, 1.0],
               "Region of interest [x0, y0, x1, y1], normalised 0..1 image coordinates (x0 < x1, y0 < y1); "
               f"obstacle pixels outside are ignored. {RUN_TIME}"),
-    ParamSpec("min_obstacle_area", "integer", 50,
+    ParamSpec("min_obstacle_area", "integer", PLANNER_DEFAULTS["min_obstacle_area"],
               "Smallest obstacle region in pixels of the input image; smaller blobs are removed from the mask "
               f"and not reported. {RUN_TIME}", value_range=(0, MAX_MIN_OBSTACLE_AREA)),
-    ParamSpec("hysteresis", "double", 1.0,
+    ParamSpec("hysteresis", "double", PLANNER_DEFAULTS["hysteresis"],
               "Candidate pixels score above threshold - hysteresis; a region is an obstacle only when its mean "
               f"score exceeds the threshold (region score, not single pixels). Score units (nats). {RUN_TIME}",
               value_range=(0.0, 1e6)),
-    ParamSpec("drivable.boundary_band", "double", 0.03,
+    ParamSpec("drivable.boundary_band", "double", PLANNER_DEFAULTS["boundary_band"],
               "Band along the road region's left and right edges excluded from the drivable surface, as a "
               f"fraction of the image height (class transitions at road edges score high). {RUN_TIME}",
               value_range=(0.0, 0.5)),
-    ParamSpec("drivable.min_footprint_on_road", "double", 0.5,
+    ParamSpec("drivable.min_footprint_on_road", "double", PLANNER_DEFAULTS["min_footprint_on_road"],
               "Share of a region's footprint (the pixel rows just below its lower boundary) that must lie on the "
               f"drivable surface for it to be an obstacle (with restrict_to_drivable). {RUN_TIME}",
               value_range=(0.0, 1.0)),
-    ParamSpec("border_margin", "double", 0.01,
+    ParamSpec("border_margin", "double", PLANNER_DEFAULTS["border_margin"],
               f"Margin along every image border excluded, as a fraction of the image height. {RUN_TIME}",
               value_range=(0.0, 0.25)),
     ParamSpec("ego_mask.polygon", "double_array", [],
@@ -146,23 +147,23 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("horizon.row", "double", NAN,
               "Horizon row as a fraction of the image height; NaN = from camera height/pitch and camera_info "
               f"when known, else estimated from the road region (median over recent frames). {RUN_TIME}"),
-    ParamSpec("horizon.margin", "double", 0.0,
+    ParamSpec("horizon.margin", "double", PLANNER_DEFAULTS["horizon_margin"],
               "Rows down to this fraction of the image height below the horizon are excluded (far road, the "
               f"horizon band); NaN = no horizon cut. {RUN_TIME}"),
-    ParamSpec("max_range_m", "double", 60.0,
+    ParamSpec("max_range_m", "double", PLANNER_DEFAULTS["max_range_m"],
               "With camera height/pitch and camera_info: rows whose flat-ground point lies farther than this are "
               f"excluded [m]; NaN = no limit. {RUN_TIME}"),
-    ParamSpec("far_road_width", "double", 0.1,
+    ParamSpec("far_road_width", "double", PLANNER_DEFAULTS["far_road_width"],
               "Without a camera model: rows where the road, as fitted (width per row), is narrower than this "
               f"fraction of the image width count as beyond range and are excluded; 0 = off. {RUN_TIME}",
               value_range=(0.0, 1.0)),
-    ParamSpec("min_width_m", "double", 0.1,
+    ParamSpec("min_width_m", "double", PLANNER_DEFAULTS["min_width_m"],
               "Smallest obstacle width at the distance its bottom row implies [m] (camera model, or the road "
               f"width per row taken as road_width_m); 0 = pixel minimum only. {RUN_TIME}", value_range=(0.0, 100.0)),
-    ParamSpec("road_width_m", "double", 7.0,
+    ParamSpec("road_width_m", "double", PLANNER_DEFAULTS["road_width_m"],
               "Road width assumed for the scale estimated from the road region without a camera model [m]. "
               f"{RUN_TIME}", value_range=(0.5, 100.0)),
-    ParamSpec("analysis_width", "integer", 1024,
+    ParamSpec("analysis_width", "integer", PLANNER_DEFAULTS["analysis_width"],
               "Regions are found on a copy of the frame scaled to this width (then mapped back to the input "
               "resolution): the score map comes from the network at about that size anyway, and the work no "
               f"longer grows with the camera's resolution. 0 = at the input resolution. {RUN_TIME}",
@@ -252,15 +253,6 @@ TRACKING_PARAMETERS = {"tracking.enabled": "enabled", "tracking.confirm_hits": "
                        "tracking.confirm_window": "confirm_window", "tracking.hold_frames": "hold_frames"}
 
 
-def calibrated_postprocess(meta: Any) -> dict[str, Any]:
-    """The post-processing values a normal-driving calibration (``pebal-calibrate --normal``) stored in a
-    checkpoint's metadata (``threshold_info["normal_driving"]["postprocess"]``), {} when there are none."""
-    info = getattr(meta, "threshold_info", None) or {}
-    normal = info.get("normal_driving") if isinstance(info, dict) else None
-    post = normal.get("postprocess") if isinstance(normal, dict) else None
-    return dict(post) if isinstance(post, dict) else {}
-
-
 def ego_mask_from_image(path: str) -> tuple[float, ...]:
     """The ego mask image at ``path`` (non-black pixels = ego vehicle) as a normalised polygon (its largest
     region); ValueError naming the file when it cannot be read or holds no ego pixel."""
@@ -311,13 +303,9 @@ def initial_settings(values: Mapping[str, Any], calibrated_threshold: float,
     their defaults ([] and NaN)."""
     threshold_param = parse_threshold(values["threshold"])
     fields_ = {field: _config_value(name, values[name]) for name, field in CONFIG_PARAMETERS.items()}
-    calibrated = calibrated or {}
     if not fields_["ego_mask_polygon"] and values.get("ego_mask.image"):
         fields_["ego_mask_polygon"] = ego_mask_from_image(values["ego_mask.image"])
-    if not fields_["ego_mask_polygon"] and calibrated.get("ego_mask_polygon"):
-        fields_["ego_mask_polygon"] = tuple(calibrated["ego_mask_polygon"])
-    if math.isnan(fields_["horizon_row"]) and isinstance(calibrated.get("horizon_row"), float):
-        fields_["horizon_row"] = calibrated["horizon_row"]
+    fields_ = fill_from_calibration(fields_, calibrated)
     config = PostProcessConfig(threshold=calibrated_threshold if threshold_param is None else threshold_param,
                                **fields_)
     tracking = TrackingConfig(**{field: values[name] for name, field in TRACKING_PARAMETERS.items()})

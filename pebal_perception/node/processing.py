@@ -16,27 +16,12 @@ from pebal_perception.core.postprocess import (FULL_ROI, MAX_CAMERA_HEIGHT_M, MA
                                                GroundModel, ObstaclePipeline, PostProcessConfig, ProcessedFrame,
                                                bottom_centre_pixel, check_mounting, drivable_mask, finite_max,
                                                obstacle_mask, process_frame, roi_mask, roi_slices, validate_roi)
+from pebal_perception.core.engine import infer_maps  # the default inference of OomGuardedInference
 from pebal_perception.geometry import valid_intrinsics
 
 # ------------------------------------------------------------------------------------------------------
 # Shared by the node (pebal_perception/node/detector_node.py) and offline bag processing
 # (``pebal-bag process``), so that both produce the same outputs for the same frame.
-
-def infer_maps(engine: Any, rgb: np.ndarray, smoothing: bool | None = None) -> tuple[np.ndarray, np.ndarray, float]:
-    """One H x W x 3 uint8 RGB frame through ``engine`` (an InferenceEngine) -> (semantic H x W uint8
-    trainIds, score H x W float32, inference milliseconds). The only host synchronisation is the copy
-    of the two maps. ``smoothing`` overrides the engine's setting for this frame (None = the engine's)."""
-    import time
-
-    from pebal_perception.core.preprocess import to_uint8_batch
-
-    t0 = time.perf_counter()
-    batch = to_uint8_batch(rgb[None], engine.device, pin_memory=engine.device.type == "cuda")
-    semantic_t, score_t = engine.score_tensors(batch, smoothing=smoothing)
-    semantic = semantic_t[0].cpu().numpy()
-    score = score_t[0].float().cpu().numpy()
-    return semantic, score, (time.perf_counter() - t0) * 1000.0
-
 
 OOM_FALLBACK_STEPS = ("fp16", "cpu")
 

@@ -280,8 +280,8 @@ def _calibrate_normal(args, dest: Path, engine=None, model=None, meta=None, ours
     from pebal_perception.core.checkpoint import CheckpointError
     from pebal_perception.core.postprocess import drivable_mask, fit_road_scale
     from pebal_perception.frame_sources import FootageError
-    from pebal_perception.node.params import initial_settings, resolve_parameters
-    from pebal_perception.node.processing import infer_maps
+    from pebal_perception.core.engine import infer_maps
+    from pebal_perception.core.postprocess import planner_config
     from pebal_training.evaluate import _save_figure
     from pebal_training.normal_calibration import clean_threshold, ego_polygon, false_frame_rate, threshold_for_rate
 
@@ -304,7 +304,7 @@ def _calibrate_normal(args, dest: Path, engine=None, model=None, meta=None, ours
         return _error(exc)
     if not maps:
         return _error(f"{', '.join(map(str, args.normal))}: no frames to calibrate on")
-    config = initial_settings(resolve_parameters({}), engine.threshold).config
+    config = planner_config(engine.threshold)  # the node's defaults; ego mask and horizon estimated below
     sizes = {m[0].shape for m in maps}
     learned: dict = {}
     if len(sizes) == 1:

@@ -82,9 +82,9 @@ def node_regions(engine):
     from dataclasses import replace
 
     from pebal_perception.core.postprocess import process_frame
-    from pebal_perception.node.params import calibrated_postprocess, initial_settings, resolve_parameters
+    from pebal_perception.core.postprocess import planner_config
 
-    config = initial_settings(resolve_parameters({}), engine.threshold, calibrated_postprocess(engine.meta)).config
+    config = planner_config(engine.threshold, engine.meta)
 
     def regions(res):
         return process_frame(res.semantic, res.score, replace(config, threshold=float(res.threshold))).labels
@@ -98,15 +98,13 @@ def planner_sweep(engine, dataset, output: Path, threshold: float, limit: int | 
     through the node's post-processing (``pebal_training.normal_calibration``: per frame the highest
     threshold at which it still reports, per object the highest at which it is still found); plotted to
     ``output/planner.png``."""
-    from dataclasses import replace
 
-    from pebal_perception.node.params import calibrated_postprocess, initial_settings, resolve_parameters
+    from pebal_perception.core.postprocess import planner_config
     from pebal_training import evaluate as ev
     from pebal_training.normal_calibration import clean_threshold, false_frame_rate, found_thresholds, recall_at
     from pebal_training.planner_metrics import plot_planner_sweep
 
-    config = initial_settings(resolve_parameters({}), engine.threshold, calibrated_postprocess(engine.meta)).config
-    config = replace(config, threshold=float(threshold))
+    config = planner_config(float(threshold), engine.meta)
     clean, found = [], []
     n = len(dataset) if limit is None else min(limit, len(dataset))
     for i in ev.progress_bar(range(n), n, f"{PROG} planner sweep", progress):
