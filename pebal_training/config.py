@@ -92,6 +92,10 @@ class DataConfig:
     #: A broken Cityscapes sample (unreadable file, image/label size mismatch, unexpected label id):
     #: raise = stop naming the file; skip = log it, count it and train on the next sample instead.
     on_error: str = "raise"
+    #: Accept 254 (OUTLIER_LABEL) in Cityscapes labelTrainIds: inlier frames that carry outlier pixels
+    #: (e.g. objects pasted on the road beforehand); those images count as is_ood and their 254 pixels
+    #: are outliers in the losses, exactly as pasted OE pixels. false: a 254 is a DatasetError (faithful).
+    inlier_outlier_label: bool = False
 
 
 @dataclass

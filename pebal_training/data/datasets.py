@@ -2,7 +2,7 @@
 
 * :class:`CityscapesSegmentation`: the official ``leftImg8bit/`` + ``gtFine/`` tree, or PEBAL's flat
   ``images/city_gt_fine/`` + ``annotation/city_gt_fine/`` layout. Items: ``dict(image, label, name)``
-  with Cityscapes trainIds (0..18, 255 void).
+  with Cityscapes trainIds (0..18, 255 void; optionally 254 outlier pixels).
 * Anomaly benchmarks (:data:`ANOMALY_DATASETS`): Fishyscapes L&F / Static, LostAndFound test, Road
   Anomaly, SegmentMeIfYouCan RoadAnomaly21 / RoadObstacle21. Items: ``dict(image, label, name)`` with
   ``image`` H x W x 3 uint8 RGB and ``label`` H x W uint8 in the unified encoding 0 inlier, 1 anomaly,
@@ -221,16 +221,22 @@ class CityscapesSegmentation(_PairedDataset):
       name truncated before ``_leftImg8bit``.
 
     ``transform``, if given, is called as ``transform(image, label)`` and must return the pair.
+
+    ``allow_outlier_label=True`` (config ``data.inlier_outlier_label``) also accepts 254
+    (:data:`~pebal_perception.core.constants.OUTLIER_LABEL`) in a ``labelTrainIds`` file: outlier
+    pixels of an inlier frame (e.g. objects pasted on its road), which the training losses treat
+    exactly as pasted outlier-exposure pixels. By default a 254 is a :class:`DatasetError`.
     """
 
     title = "Cityscapes"
     IMAGE_SUFFIX = "_leftImg8bit.png"
 
     def __init__(self, root: str | Path, split: str = "train", on_error: str = "raise",
-                 transform: Callable | None = None) -> None:
+                 transform: Callable | None = None, allow_outlier_label: bool = False) -> None:
         super().__init__(on_error, transform)
         self.root = Path(root)
         self.split = split
+        self.allow_outlier_label = bool(allow_outlier_label)
         if (self.root / "leftImg8bit").is_dir():
             self.layout = "cityscapes"
             self._scan_official()
@@ -284,7 +290,7 @@ class CityscapesSegmentation(_PairedDataset):
     def _convert(self, raw: np.ndarray, label_path: Path) -> np.ndarray:
         if label_path.name.endswith("_gtFine_labelIds.png"):
             return L.label_ids_to_train_ids(raw)
-        return L.check_train_ids(raw)
+        return L.check_train_ids(raw, allow_outlier=self.allow_outlier_label)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -143,12 +143,19 @@ def label_ids_to_train_ids(label_ids: np.ndarray) -> np.ndarray:
     return _lookup(label_ids, CITYSCAPES_ID_TO_TRAIN_ID, "Cityscapes labelId")
 
 
-def check_train_ids(train_ids: np.ndarray) -> np.ndarray:
-    """Validates a Cityscapes ``trainIds`` map (values 0..18 or 255); returns it as uint8."""
+def check_train_ids(train_ids: np.ndarray, allow_outlier: bool = False) -> np.ndarray:
+    """Validates a Cityscapes ``trainIds`` map (values 0..18 or 255); returns it as uint8.
+
+    ``allow_outlier=True`` also accepts :data:`OUTLIER_LABEL` (254): an inlier frame that carries
+    outlier pixels (e.g. objects pasted on its road), which the losses treat as pasted OE pixels
+    (``data.inlier_outlier_label``). By default a 254 is an error, as in real Cityscapes.
+    """
     train_ids = _check_integer_2d(train_ids, "Cityscapes trainId")
-    bad = _values_outside(train_ids, CITYSCAPES_TRAIN_ID_VALUES)
+    allowed = CITYSCAPES_TRAIN_ID_VALUES | {OUTLIER_LABEL} if allow_outlier else CITYSCAPES_TRAIN_ID_VALUES
+    bad = _values_outside(train_ids, allowed)
     if bad:
-        raise LabelValueError(f"unexpected Cityscapes trainId values {_format_values(bad)} (expected 0..18 or 255)")
+        expected = f"0..18, {OUTLIER_LABEL} or 255" if allow_outlier else "0..18 or 255"
+        raise LabelValueError(f"unexpected Cityscapes trainId values {_format_values(bad)} (expected {expected})")
     return train_ids.astype(np.uint8, copy=False)
 
 

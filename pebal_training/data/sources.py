@@ -94,11 +94,13 @@ class SyntheticOutliers(Dataset):
 
 
 def build_inlier_dataset(cfg: FinetuneConfig) -> Dataset:
-    """Cityscapes (``data.root``) or synthetic scenes; raises DatasetError for a missing folder."""
+    """Cityscapes (``data.root``) or synthetic scenes; raises DatasetError for a missing folder. With
+    ``data.inlier_outlier_label`` the Cityscapes labels may hold 254 (outlier pixels of an inlier frame)."""
     if cfg.data.kind == "cityscapes":
         from pebal_training.data.datasets import CityscapesSegmentation
 
-        return CityscapesSegmentation(cfg.data.root, split=cfg.data.split, on_error=cfg.data.on_error)
+        return CityscapesSegmentation(cfg.data.root, split=cfg.data.split, on_error=cfg.data.on_error,
+                                      allow_outlier_label=cfg.data.inlier_outlier_label)
     s = cfg.data.synthetic
     return SyntheticScenes(s.num_scenes, s.height, s.width, seed=s.seed)
 
