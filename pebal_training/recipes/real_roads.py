@@ -372,7 +372,7 @@ def evaluation_frames(assets: Path) -> list:
 def held_out_samples(engine, assets: Path, seed: int, pastes: int, normals: int) -> tuple[list, dict]:
     """Normal and pasted evaluation samples (held-out objects on the road ``engine`` predicts)."""
     from pebal_perception.core.postprocess import drivable_mask
-    from pebal_perception.node.processing import infer_maps
+    from pebal_perception.core.engine import infer_maps
     from pebal_training.data.road_pastes import (EVALUATION_RENDER_SEED, HELD_OUT_COCO, build_road_benchmark,
                                                  coco_cutouts, rendered_obstacle_cutouts)
 
@@ -414,15 +414,15 @@ def anomaly_metrics(engine, samples: Sequence) -> dict[str, Any]:
 
 def node_config():
     """The node's default post-processing (its parameter table), threshold 0 (scanned below)."""
-    from pebal_perception.node.params import initial_settings, resolve_parameters
+    from pebal_perception.core.postprocess import planner_config
 
-    return initial_settings(resolve_parameters({}), 0.0).config
+    return planner_config(0.0)
 
 
 def region_gap(engine, samples: Sequence, cameras: dict[str, str]) -> dict[str, Any]:
     """Found thresholds of the pasted objects vs clean thresholds of the normal frames (see the docstring)."""
     from pebal_perception.core.postprocess import drivable_mask, fit_road_scale
-    from pebal_perception.node.processing import infer_maps
+    from pebal_perception.core.engine import infer_maps
     from pebal_training.normal_calibration import clean_threshold, ego_polygon, found_thresholds
 
     maps = [infer_maps(engine, s.rgb)[:2] for s in samples]
