@@ -375,7 +375,10 @@ def test_analysis_width_finds_regions_on_a_smaller_copy_and_maps_them_back():
     assert o.bbox == f.bbox == (120, 120, 40, 40)
     assert o.area == int(small.mask.sum()) == f.area
     assert o.mean_score == pytest.approx(2.0)
-    assert small.surface.shape == sem.shape
+    assert small.surface.shape == (60, 80)  # the debug masks stay at the analysis size
+    from pebal_perception.core.visualize import debug_overlay
+
+    assert debug_overlay(np.zeros((*sem.shape, 3), np.uint8), small).shape == (*sem.shape, 3)
 
 
 def test_analysis_width_keeps_ground_positions_at_full_resolution():

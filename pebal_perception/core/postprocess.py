@@ -387,8 +387,11 @@ class ProcessedFrame:
     anomalous_fraction: float  # share of all pixels with score > threshold (before any test)
     max_score: float  # largest finite score in the image (NaN when none is finite)
     regions: list[Region] = field(default_factory=list)  # every candidate, reported or not
-    surface: np.ndarray | None = None  # H x W bool drivable surface (None without the drivable test)
-    excluded: np.ndarray | None = None  # H x W bool excluded zone (None when nothing is excluded)
+    # For the debug view, at the analysis size (PostProcessConfig.analysis_width; the frame's own size
+    # when 0): the drivable surface (None without the drivable test) and the excluded zone (None when
+    # nothing is excluded).
+    surface: np.ndarray | None = None
+    excluded: np.ndarray | None = None
     horizon_row: float = math.nan  # the horizon used [row], NaN when none
     labels: np.ndarray | None = None  # H x W int32: reported obstacle i+1 at its pixels, 0 elsewhere
     road_fit_horizon: float = math.nan  # this frame's own road-fit horizon [row] (NaN without a fit)
@@ -515,8 +518,9 @@ def process_frame(semantic: np.ndarray | None, score: np.ndarray, config: PostPr
     With ``config.analysis_width`` smaller than the frame's width the regions are found on a copy scaled
     to that width (score area-averaged, classes nearest) and mapped back: masks by nearest neighbour,
     boxes scaled, areas counted on the full-resolution mask, ground positions from the full-resolution
-    box. The score map comes from the network at about that size anyway (bilinearly upsampled), so
-    little is lost, and the work no longer grows with the camera's resolution.
+    box; ``surface`` and ``excluded`` (debug only) stay at the analysis size. The score map comes from the
+    network at about that size anyway (bilinearly upsampled), so little is lost, and the work grows less
+    with the camera's resolution.
 
     ``horizon_hint`` (a row; NaN = none) replaces the road fit's horizon when no camera model and no
     ``horizon_row`` are configured: :class:`ObstaclePipeline` passes one smoothed over recent frames."""
@@ -528,7 +532,9 @@ def process_frame(semantic: np.ndarray | None, score: np.ndarray, config: PostPr
 
     small = (max(1, int(round(h * config.analysis_width / w))), int(config.analysis_width))
     sx, sy = w / small[1], h / small[0]
-    score_s = cv2.resize(score, small[::-1], interpolation=cv2.INTER_AREA)
+    # Linear, not area: the score map is already smooth (upsampled from the network, Gaussian-smoothed)
+    # and a non-integer area resize of a full frame costs more than the whole region analysis.
+    score_s = cv2.resize(score, small[::-1], interpolation=cv2.INTER_LINEAR)
     semantic_s = None if semantic is None else cv2.resize(semantic, small[::-1], interpolation=cv2.INTER_NEAREST)
     ground_s = None
     if ground is not None and ground.usable:
@@ -536,9 +542,6 @@ def process_frame(semantic: np.ndarray | None, score: np.ndarray, config: PostPr
     config_s = replace(config, min_obstacle_area=int(math.ceil(config.min_obstacle_area / (sx * sy))))
     frame = _process(semantic_s, score_s, config_s, ground_s, horizon_hint / sy if math.isfinite(horizon_hint)
                      else horizon_hint)
-
-    def up(mask):
-        return None if mask is None else cv2.resize(mask.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST)
 
     labels = cv2.resize(frame.labels, (w, h), interpolation=cv2.INTER_NEAREST)
     areas = np.bincount(labels.ravel(), minlength=len(frame.obstacles) + 1)
@@ -557,11 +560,10 @@ def process_frame(semantic: np.ndarray | None, score: np.ndarray, config: PostPr
             u, v = bottom_centre_pixel(obstacle.bbox)
             obstacle.ground_position = pixel_to_ground_point(u, v, ground.K, ground.height_m, ground.pitch_rad)
     raw = score > config.threshold
-    surface, excluded = up(frame.surface), up(frame.excluded)
+    # surface / excluded stay at the analysis size (only the debug view draws them; it rescales them).
     return ProcessedFrame(mask=labels > 0, obstacles=frame.obstacles,
                           anomalous_fraction=float(raw.mean()) if raw.size else 0.0, max_score=finite_max(score),
-                          regions=frame.regions, surface=None if surface is None else surface.astype(bool),
-                          excluded=None if excluded is None else excluded.astype(bool),
+                          regions=frame.regions, surface=frame.surface, excluded=frame.excluded,
                           horizon_row=frame.horizon_row * sy, labels=labels,
                           road_fit_horizon=frame.road_fit_horizon * sy)
 

@@ -52,11 +52,18 @@ def debug_overlay(image: np.ndarray, frame) -> np.ndarray:
     its mean score (magenta = reported, orange = score too low, blue = off the drivable surface, white =
     too narrow for its distance), reported obstacles with their track id."""
     out = image.copy()
-    if frame.excluded is not None:
-        out[frame.excluded] = (out[frame.excluded] * 0.35).astype(np.uint8)
-    if frame.surface is not None and frame.surface.any():
-        out[frame.surface] = (0.7 * out[frame.surface] + 0.3 * SURFACE_COLOUR).astype(np.uint8)
     h, w = out.shape[:2]
+
+    def full(mask):  # surface / excluded may be at the post-processing's analysis size
+        if mask is None or mask.shape == (h, w):
+            return mask
+        return cv2.resize(mask.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST).astype(bool)
+
+    excluded, surface = full(frame.excluded), full(frame.surface)
+    if excluded is not None:
+        out[excluded] = (out[excluded] * 0.35).astype(np.uint8)
+    if surface is not None and surface.any():
+        out[surface] = (0.7 * out[surface] + 0.3 * SURFACE_COLOUR).astype(np.uint8)
     thick = max(1, h // 360)
     scale = max(0.4, h / 1400)
     if np.isfinite(frame.horizon_row) and 0 <= frame.horizon_row < h:
