@@ -156,6 +156,8 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--iters", type=int, default=100, help="training iterations")
     p.add_argument("--batch", type=int, default=4, help="batch size")
     p.add_argument("--crop", type=int, nargs=2, default=[256, 512], metavar=("H", "W"), help="training crop")
+    p.add_argument("--energy-weight", type=float, default=0.1,
+                   help="lambda of the energy loss (loss.energy_weight; 0.1 = the reference)")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--trainable", nargs="+", default=["bu_dec_l3.", "bu_dec_l4."],
                    help="trained parameter-name prefixes")
@@ -539,7 +541,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                  "outliers": ({"kind": "ood_seg", "root": str(ood_root), "split": OOD_SPLIT, "min_size": 0,
                                "fraction": args.oe_fraction} if n_oe else {"kind": "none"})},
         "optim": {"lr": args.lr},
-        "loss": {"objective": "pebal"},
+        "loss": {"objective": "pebal", "energy_weight": args.energy_weight},
         "train": {"epochs": epochs, "batch_size": args.batch, "iters_per_epoch": iters_per_epoch,
                   "seed": args.seed, "bn_mode": "frozen", "device": "cpu", "log_every": 1, "image_every": 0,
                   "keep_checkpoints": 1, "progress": False},
