@@ -229,6 +229,7 @@ def test_process_matches_live_node(capsys, work, checkpoint, drive_bags):
         # Subscribed before the node starts, so no output can be missed.
         live = peer.detector_outputs("/t_bag/pebal_detector", OUTPUTS)
         with ros_harness.NodeProcess(args, work / f"node-{tag}.log") as node:
+            peer.wait_matched(live.values(), node, timeout=60)
             play = subprocess.run(
                 [str(ros_harness.PLAYER), "play", str(bag), "--topics", IMAGE_TOPIC, INFO_TOPIC, "--remap",
                  f"{IMAGE_TOPIC}:={image_topic}", "--remap", f"{INFO_TOPIC}:={info_topic}", "--rate", "0.5",
@@ -394,6 +395,7 @@ def test_replaying_a_10hz_bag_into_a_slower_node_drops_frames_and_queues_nothing
     with ros_harness.Peer("test_bag_peer") as peer:
         collector = peer.collect(AnomalyResult, "/t_slow/pebal_detector/result", ros_harness.reliable_qos(50))
         with ros_harness.NodeProcess(args, work / f"node-slow-{tag}.log") as node:
+            peer.wait_matched([collector], node, timeout=60)
             play = subprocess.run([str(ros_harness.PLAYER), "play", str(bag), "--topics", IMAGE_TOPIC, "--remap",
                                    f"{IMAGE_TOPIC}:={image_topic}", "--wait-for-subscribers", "--wait-timeout", "60"],
                                   env=ros_harness.child_env(), capture_output=True, text=True, timeout=120)

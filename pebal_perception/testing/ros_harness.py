@@ -401,6 +401,24 @@ class Peer:
                 cache[name] = self.collect(types[name], f"{node_name}/{name}", reliable_qos())
         return {name: cache[name] for name in wanted}
 
+    @staticmethod
+    def wait_matched(collectors: Iterable[Collector], node: ChildProcess | None = None,
+                     timeout: float = DEFAULT_TIMEOUT_S) -> None:
+        """Waits until every collector's subscription is matched with a publisher (the node's outputs), so
+        that a replay started afterwards loses no output to discovery: a player that waits for the node's
+        *input* subscription may otherwise send the first frames before the node's output publishers have
+        matched this peer (seen on a loaded machine: every output of a short bag lost). AssertionError
+        when that does not happen within ``timeout`` s or ``node`` exits."""
+        collectors = list(collectors)
+        deadline = time.monotonic() + timeout
+        while not all(c.subscription.get_publisher_count() > 0 for c in collectors):
+            if node is not None and not node.alive():
+                raise AssertionError(f"the node exited ({node.returncode}) before its outputs matched:\n"
+                                     f"{node.output()[-2000:]}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"outputs not matched with a publisher within {timeout:.0f} s")
+            time.sleep(0.05)
+
     def call(self, client, request, timeout: float = DEFAULT_TIMEOUT_S):
         """The reply of a service call (AssertionError when the service or the reply does not come)."""
         assert client.wait_for_service(timeout_sec=timeout), f"service {client.srv_name} not available"
