@@ -426,6 +426,12 @@ class _Scene:
     fit_horizon: float = math.nan  # the road fit's own horizon (NaN without a fit)
 
 
+def _first_row(within: np.ndarray, h: int) -> int:
+    """The first row where ``within`` holds (rows above it are beyond range); ``h`` when none does."""
+    rows = np.flatnonzero(within)
+    return int(rows[0]) if rows.size else h
+
+
 def _scene_geometry(shape: tuple[int, int], filled_road: np.ndarray | None, config: PostProcessConfig,
                     ground: GroundModel | None, horizon_hint: float = math.nan) -> _Scene:
     h, w = shape
@@ -435,8 +441,7 @@ def _scene_geometry(shape: tuple[int, int], filled_road: np.ndarray | None, conf
         ranges, ppm = ground.row_geometry(h, w)
         scene.horizon, scene.ppm = ground.horizon_row(), ppm
         if not math.isnan(config.max_range_m):
-            beyond = ~(ranges <= config.max_range_m)  # NaN (above the horizon) counts as beyond
-            scene.far_row = int(np.flatnonzero(~beyond)[0]) if (~beyond).any() else h
+            scene.far_row = _first_row(ranges <= config.max_range_m, h)  # NaN (above the horizon): beyond
     else:
         fit = fit_road_scale(filled_road) if filled_road is not None else None
         if fit is not None:
@@ -447,12 +452,11 @@ def _scene_geometry(shape: tuple[int, int], filled_road: np.ndarray | None, conf
             scene.horizon = horizon_hint
         elif fit is not None:
             scene.horizon = fit.horizon_row
-        if fit is not None:
-            road_px = fit.slope * (rows - scene.horizon if not math.isnan(scene.horizon) else rows - fit.horizon_row)
+        if fit is not None:  # then scene.horizon is set (the fit's own at least)
+            road_px = fit.slope * (rows - scene.horizon)
             scene.ppm = np.where(road_px > 0, road_px / config.road_width_m, np.nan)
             if config.far_road_width > 0:
-                narrow = ~(road_px >= config.far_road_width * w)
-                scene.far_row = int(np.flatnonzero(~narrow)[0]) if (~narrow).any() else h
+                scene.far_row = _first_row(road_px >= config.far_road_width * w, h)
     if not math.isnan(config.horizon_margin) and not math.isnan(scene.horizon):
         scene.far_row = max(scene.far_row, int(math.ceil(scene.horizon + config.horizon_margin * h)))
     scene.far_row = int(min(max(scene.far_row, 0), h))
