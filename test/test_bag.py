@@ -30,7 +30,8 @@ from pebal_perception.bag import (AtomicBagWriter, BagError, deserialize, image_
                                   read_all_messages, serialize)
 from pebal_perception.cli import bag as bag_cli  # noqa: E402
 from pebal_perception.image_conversion import image_to_rgb, rgb_to_image_fields  # noqa: E402
-from pebal_training.recipes.drive_bag import GT_TOPIC, IMAGE_TOPIC, INFO_TOPIC, write_drive_bag  # noqa: E402
+from pebal_training.recipes.drive_bag import (GT_TOPIC, IMAGE_TOPIC, INFO_TOPIC, INSTANCES_TOPIC,  # noqa: E402
+                                             write_drive_bag)
 
 FRAMES = 4
 SIZE = (256, 128)
@@ -112,10 +113,11 @@ def test_drive_bag_reads_back(drive_bags, storage):
     for topic in meta["topics_with_message_count"]:
         assert isinstance(topic["topic_metadata"]["offered_qos_profiles"], str)  # version-8 QoS format
     msgs = read_all(bag)
-    assert {t: len(v) for t, v in msgs.items()} == {IMAGE_TOPIC: FRAMES, INFO_TOPIC: FRAMES, GT_TOPIC: FRAMES}
+    assert {t: len(v) for t, v in msgs.items()} == {IMAGE_TOPIC: FRAMES, INFO_TOPIC: FRAMES, GT_TOPIC: FRAMES,
+                                                    INSTANCES_TOPIC: FRAMES}
     drive = json.loads((bag / "drive.json").read_text())
     expected = [int(START * 1e9) + i * 100_000_000 for i in range(FRAMES)]
-    for topic in (IMAGE_TOPIC, INFO_TOPIC, GT_TOPIC):
+    for topic in (IMAGE_TOPIC, INFO_TOPIC, GT_TOPIC, INSTANCES_TOPIC):
         assert [t for t, _ in msgs[topic]] == expected
         assert [stamp(m) for _, m in msgs[topic]] == expected
     assert [f["stamp_ns"] for f in drive["frames"]] == expected
@@ -125,6 +127,14 @@ def test_drive_bag_reads_back(drive_bags, storage):
         assert rgb.shape == (SIZE[1], SIZE[0], 3) and rgb.std() > 5
     gt_values = set(np.unique(np.concatenate([array(m).ravel() for _, m in msgs[GT_TOPIC]])).tolist())
     assert gt_values <= {0, 1, 255} and 1 in gt_values
+    # instance ids: the obstacles of drive.json, exactly on the anomaly pixels
+    for (_, gt), (_, inst), frame in zip(msgs[GT_TOPIC], msgs[INSTANCES_TOPIC], drive["frames"]):
+        ids, anomaly = array(inst), array(gt)
+        assert inst.encoding == "mono8"
+        np.testing.assert_array_equal(ids > 0, anomaly == 1)
+        assert {int(v) for v in np.unique(ids) if v} == {o["id"] for o in frame["obstacles"]}
+        for o in frame["obstacles"]:
+            assert int((ids == o["id"]).sum()) == o["area"]
     info = msgs[INFO_TOPIC][0][1]
     cam = drive["camera"]
     assert (info.width, info.height) == SIZE

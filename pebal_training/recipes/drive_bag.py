@@ -4,11 +4,13 @@
         --size 640x320 --seed 7 [--storage mcap] [--encoding bgr8]
 
 Writes a **version 8** bag (sqlite3 by default, or mcap; readable by rosbag2 on Humble and later)
-with, per frame, stamped at the drive's fps from ``--start-time`` (all three share one stamp):
+with, per frame, stamped at the drive's fps from ``--start-time`` (all four share one stamp):
 
 * ``/camera/image_raw``       sensor_msgs/Image, rgb8 (or bgr8), frame ``camera_optical_frame``
 * ``/camera/camera_info``     sensor_msgs/CameraInfo from the scene camera (K, P, plumb_bob, no distortion)
 * ``/ground_truth/anomaly``   sensor_msgs/Image mono8: 0 inlier, 1 anomaly, 255 void
+* ``/ground_truth/instances`` sensor_msgs/Image mono8: obstacle ids, stable over the drive (the ``id`` of
+  the obstacles in ``drive.json``), 0 = none (and under the bonnet)
 
 plus ``drive.json`` inside the bag directory (camera incl. mounting height and pitch, and the
 visible anomalies of every frame with their stamps). The bag is written under a temporary name and
@@ -30,6 +32,7 @@ PROG = "drive_bag"
 IMAGE_TOPIC = "/camera/image_raw"
 INFO_TOPIC = "/camera/camera_info"
 GT_TOPIC = "/ground_truth/anomaly"
+INSTANCES_TOPIC = "/ground_truth/instances"
 FRAME_ID = "camera_optical_frame"
 DEFAULT_START = 1_700_000_000.0
 
@@ -106,13 +109,15 @@ def write_drive_bag(output: Path, frames: int = 30, fps: float = 10.0, size: tup
     period_ns = int(round(1e9 / fps))
     description: dict = {"frames": [], "fps": fps, "speed_mps": speed, "seed": seed,
                          "size": [width, height], "encoding": encoding,
-                         "topics": {"image": IMAGE_TOPIC, "camera_info": INFO_TOPIC, "ground_truth": GT_TOPIC},
+                         "topics": {"image": IMAGE_TOPIC, "camera_info": INFO_TOPIC, "ground_truth": GT_TOPIC,
+                                    "instances": INSTANCES_TOPIC},
                          "ground_truth_values": "0 inlier, 1 anomaly, 255 void"}
     sensor_qos = [qos_profile(reliable=True, depth=10)]
     with AtomicBagWriter(output, storage=storage, overwrite=overwrite, summary="drive.json") as writer:
         writer.add_topic(IMAGE_TOPIC, "sensor_msgs/msg/Image", sensor_qos)
         writer.add_topic(INFO_TOPIC, "sensor_msgs/msg/CameraInfo", sensor_qos)
         writer.add_topic(GT_TOPIC, "sensor_msgs/msg/Image", sensor_qos)
+        writer.add_topic(INSTANCES_TOPIC, "sensor_msgs/msg/Image", sensor_qos)
         for i, scene in enumerate(generate_drive(seed, frames, config, speed_mps=speed, fps=fps)):
             stamp = start_ns + i * period_ns
             if i == 0:
@@ -126,6 +131,8 @@ def write_drive_bag(output: Path, frames: int = 30, fps: float = 10.0, size: tup
             writer.write_msg(IMAGE_TOPIC, stamp, image_msg(fields, stamp, FRAME_ID))
             writer.write_msg(GT_TOPIC, stamp, image_msg(rgb_to_image_fields(scene.anomaly, "mono8"), stamp,
                                                        FRAME_ID))
+            writer.write_msg(INSTANCES_TOPIC, stamp, image_msg(rgb_to_image_fields(scene.instances, "mono8"), stamp,
+                                                             FRAME_ID))
             description["frames"].append({"index": i, "stamp_ns": stamp,
                                           "obstacles": [o.to_dict() for o in scene.obstacles]})
         writer.commit(extra_files={"drive.json": json.dumps(description, indent=1) + "\n"})

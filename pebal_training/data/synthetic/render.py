@@ -116,11 +116,14 @@ def _render(world: _World, ego_z: float, frame_rng: np.random.Generator, timesta
     image = img.astype(np.uint8)
 
     anomaly = (anomaly_obj > 0).view(np.uint8)
+    instances = anomaly_obj.astype(np.uint8, copy=True)
     if hood is not None:
         semantic[hood] = VOID
         anomaly[hood] = VOID
+        instances[hood] = 0
     return Scene(image=image, semantic=semantic, anomaly=anomaly, obstacles=obstacles,
-                 camera=cam, ego_z=float(ego_z), timestamp=float(timestamp), frame_index=int(frame_index))
+                 camera=cam, ego_z=float(ego_z), timestamp=float(timestamp), frame_index=int(frame_index),
+                 instances=instances)
 
 
 def _anomaly_pass(world: _World, proj: _Projected, pid: np.ndarray, anomaly_obj: np.ndarray, img: np.ndarray,

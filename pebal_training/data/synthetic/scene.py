@@ -64,6 +64,9 @@ class Scene:
     #: Seconds since the start of the drive (0 for single scenes).
     timestamp: float = 0.0
     frame_index: int = 0
+    #: ``H x W`` uint8 obstacle ids (:attr:`Obstacle.id`, stable across a drive; 0 = none, and under the
+    #: bonnet); ``None`` for scenes made without it.
+    instances: np.ndarray | None = None
 
     def metadata(self) -> dict[str, Any]:
         """JSON-friendly description (camera, obstacles, timing)."""
