@@ -168,6 +168,97 @@ class PlannerMetricAccumulator:
 
 
 # --------------------------------------------------------------------------------------------------
+# a drive: objects over time
+
+DRIVE_WITHIN_FRAMES = 3
+DRIVE_MIN_AREA = 50
+
+
+@dataclass
+class DriveScorer:
+    """Scores a drive, frame by frame in order, where obstacle ids are stable over the frames (a replayed
+    procedural drive): what a planner needs is each obstacle reported soon after it becomes visible, and
+    nothing reported where there is none.
+
+    * An obstacle **appears** at the first frame where at least ``min_area`` of its pixels are visible
+      (smaller, it is not yet judged; one that never gets there is listed as too small).
+    * It is **found in time** when, in one of the ``within_frames`` frames from that one on, the reported
+      regions cover at least ``min_coverage`` of its visible pixels (as :func:`frame_planner_stats`).
+      One that appears too late in the drive to have all those frames and is not found in the ones
+      it had is *not judged* (left out of the rate).
+    * A **false alarm** is a reported region touching no obstacle pixel, unless it lies mostly on void
+      (the stray regions of :func:`frame_planner_stats`), counted per frame.
+
+    Feed every frame of the drive: one the detector produced nothing for is an empty ``reported``
+    map (a dropped frame is a chance missed, not a frame left out)."""
+
+    within_frames: int = DRIVE_WITHIN_FRAMES
+    min_coverage: float = MIN_COVERAGE
+    min_area: int = DRIVE_MIN_AREA
+    _frames: list = field(default_factory=list, init=False, repr=False)
+    _objects: dict = field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if int(self.within_frames) < 1:
+            raise ValueError(f"within_frames must be >= 1, got {self.within_frames}")
+        if not 0.0 < self.min_coverage <= 1.0:
+            raise ValueError(f"min_coverage must be in (0, 1], got {self.min_coverage}")
+        if int(self.min_area) < 1:
+            raise ValueError(f"min_area must be >= 1, got {self.min_area}")
+
+    def update(self, reported: Any, instances: Any, ignore: Any = None) -> dict:
+        """Adds the next frame; returns its :func:`frame_planner_stats` plus ``frame`` (its index here)."""
+        index = len(self._frames)
+        stats = frame_planner_stats(reported, instances, ignore, self.min_coverage)
+        inst = _label_map(instances, "instances")
+        rep = _label_map(reported, "reported")
+        n = int(inst.max(initial=0)) + 1
+        size = np.bincount(inst.ravel(), minlength=n)
+        covered = np.bincount(inst[rep > 0], minlength=n)
+        for oid in np.flatnonzero(size[1:]) + 1:
+            obj = self._objects.setdefault(int(oid), {"id": int(oid), "first_visible": index, "appears": None,
+                                                      "found_frame": None, "max_area": 0})
+            obj["max_area"] = max(obj["max_area"], int(size[oid]))
+            if obj["appears"] is None and size[oid] >= self.min_area:
+                obj["appears"] = index
+            start = obj["appears"]
+            if (start is not None and obj["found_frame"] is None and index < start + self.within_frames
+                    and covered[oid] >= (self.min_coverage - _EPS) * size[oid]):
+                obj["found_frame"] = index
+        self._frames.append({"frame": index, "stray": stats["num_stray"], "regions": stats["num_regions"]})
+        return {**stats, "frame": index}
+
+    def compute(self) -> dict:
+        frames = len(self._frames)
+        judged, found, late, small, rows = 0, 0, 0, 0, []
+        for oid in sorted(self._objects):
+            obj = dict(self._objects[oid])
+            if obj["appears"] is None:
+                obj["status"] = "too_small"
+                small += 1
+            elif obj["found_frame"] is not None:
+                obj["status"] = "found"
+                obj["frames_to_find"] = obj["found_frame"] - obj["appears"] + 1
+                judged += 1
+                found += 1
+            elif obj["appears"] + self.within_frames > frames:
+                obj["status"] = "not_judged"
+                late += 1
+            else:
+                obj["status"] = "missed"
+                judged += 1
+            rows.append(obj)
+        false_alarms = sum(f["stray"] for f in self._frames)
+        return {"frames": frames, "objects": judged, "found_in_time": found,
+                "found_in_time_rate": found / judged if judged else None,
+                "false_alarms": false_alarms, "false_alarms_per_frame": false_alarms / frames if frames else None,
+                "frames_with_false_alarm": sum(f["stray"] > 0 for f in self._frames),
+                "objects_too_small": small, "objects_not_judged": late, "per_object": rows,
+                "rule": {"within_frames": int(self.within_frames), "min_coverage": self.min_coverage,
+                         "min_area": int(self.min_area)}}
+
+
+# --------------------------------------------------------------------------------------------------
 # threshold sweep plot
 
 

@@ -234,3 +234,72 @@ def test_evaluate_anomaly_uses_report_regions_instances_and_groups():
     assert p["by_group"]["x"]["object_recall"] == 0.5 and p["by_group"]["y"]["false_frame_rate"] == 1.0
     default = evaluate_anomaly(FakeEngine(threshold=0.9), dataset, output=None, progress=False, threshold=0.5)
     assert default["planner"]["object_recall"] == 1.0                  # the whole image is one hot region
+
+
+# --------------------------------------------------------------------------------------------------
+# DriveScorer: obstacles over a drive
+
+
+def _drive_frame(objects, reported_boxes=(), shape=(40, 60)):
+    """``objects``: {id: (y0, y1, x0, x1)}; ``reported_boxes``: [(y0, y1, x0, x1)] -> (reported, instances)."""
+    inst = np.zeros(shape, np.uint8)
+    for oid, (y0, y1, x0, x1) in objects.items():
+        inst[y0:y1, x0:x1] = oid
+    rep = np.zeros(shape, np.int32)
+    for k, (y0, y1, x0, x1) in enumerate(reported_boxes, start=1):
+        rep[y0:y1, x0:x1] = k
+    return rep, inst
+
+
+def test_drive_scorer_found_within_the_window_from_when_the_object_is_big_enough():
+    from pebal_training.planner_metrics import DriveScorer
+
+    scorer = DriveScorer(within_frames=3, min_area=20)
+    small, big = (10, 12, 10, 14), (10, 16, 10, 20)  # 8 px (not yet judged), 60 px
+    scorer.update(*_drive_frame({1: small}, [small]))  # reported while too small: does not count
+    scorer.update(*_drive_frame({1: big}))  # appears here (frame 1)
+    scorer.update(*_drive_frame({1: big}))
+    scorer.update(*_drive_frame({1: big}, [(10, 16, 10, 13)]))  # frame 3: covers 30 % -> found, 3rd frame
+    out = scorer.compute()
+    assert out["objects"] == 1 and out["found_in_time"] == 1 and out["found_in_time_rate"] == 1.0
+    obj = out["per_object"][0]
+    assert (obj["appears"], obj["found_frame"], obj["frames_to_find"], obj["status"]) == (1, 3, 3, "found")
+    assert out["false_alarms"] == 0
+
+
+def test_drive_scorer_late_or_thin_coverage_is_a_miss():
+    from pebal_training.planner_metrics import DriveScorer
+
+    scorer = DriveScorer(within_frames=2, min_area=20)
+    box = (10, 16, 10, 20)
+    scorer.update(*_drive_frame({1: box, 2: (20, 30, 30, 40)}, [(10, 16, 10, 11)]))  # 10 % of object 1
+    scorer.update(*_drive_frame({1: box, 2: (20, 30, 30, 40)}))
+    scorer.update(*_drive_frame({1: box, 2: (20, 30, 30, 40)}, [box]))  # too late for both
+    out = scorer.compute()
+    assert out["objects"] == 2 and out["found_in_time"] == 0 and out["found_in_time_rate"] == 0.0
+    assert [o["status"] for o in out["per_object"]] == ["missed", "missed"]
+
+
+def test_drive_scorer_counts_false_alarms_and_leaves_out_void_and_unjudged():
+    from pebal_training.planner_metrics import DriveScorer
+
+    scorer = DriveScorer(within_frames=3, min_area=20)
+    void = np.zeros((40, 60), bool)
+    void[30:] = True  # the bonnet
+    scorer.update(*_drive_frame({}, [(0, 5, 0, 5), (32, 38, 0, 10)]), ignore=void)  # 1 stray + 1 void region
+    scorer.update(*_drive_frame({}, [(0, 5, 50, 55)]), ignore=void)
+    scorer.update(*_drive_frame({3: (10, 16, 10, 20)}), ignore=void)  # appears in the last frame, unseen
+    scorer.update(*_drive_frame({3: (10, 16, 10, 20), 4: (1, 2, 1, 2)}), ignore=void)  # 4: 1 px, too small
+    out = scorer.compute()
+    assert out["frames"] == 4 and out["false_alarms"] == 2 and out["false_alarms_per_frame"] == 0.5
+    assert out["frames_with_false_alarm"] == 2
+    assert out["objects"] == 0 and out["found_in_time_rate"] is None
+    assert out["objects_not_judged"] == 1 and out["objects_too_small"] == 1
+
+
+def test_drive_scorer_rejects_bad_settings():
+    from pebal_training.planner_metrics import DriveScorer
+
+    for kwargs in ({"within_frames": 0}, {"min_coverage": 0.0}, {"min_area": 0}):
+        with pytest.raises(ValueError):
+            DriveScorer(**kwargs)
