@@ -80,6 +80,8 @@ setup(
     ],
     extras_require={
         "export": ["onnx>=1.15", "onnxruntime>=1.17"],
+        # H.264 MP4 videos (core.video; without it: Motion-JPEG AVI)
+        "video": ["imageio-ffmpeg>=0.5"],
         "test": ["pytest>=7", "hypothesis>=6"],
     },
     entry_points={

@@ -80,3 +80,45 @@ def debug_overlay(image: np.ndarray, frame) -> np.ndarray:
             cv2.putText(out, f"#{obstacle.track_id}", (x, min(h - 2, y + bh + int(14 * scale) + 2)),
                         cv2.FONT_HERSHEY_SIMPLEX, scale, tuple(int(c) for c in OBSTACLE_COLOUR), thick, cv2.LINE_AA)
     return out
+
+
+GROUND_TRUTH_COLOUR = (0, 255, 255)  # cyan outline of the labelled obstacles
+LEGEND = (("reported obstacle (track id, mean score)", tuple(int(c) for c in OBSTACLE_COLOUR)),
+          ("ground-truth obstacle", GROUND_TRUTH_COLOUR))
+
+
+def annotate_obstacles(image: np.ndarray, boxes, ground_truth: np.ndarray | None = None,
+                       caption: str = "") -> np.ndarray:
+    """A video frame for people: ``image`` (e.g. the node's overlay) with every reported obstacle boxed
+    and labelled with its track id and mean score, the labelled obstacles outlined, a legend and a caption.
+
+    ``boxes``: ``(x, y, w, h, track_id, score)`` per reported obstacle; ``ground_truth``: H x W obstacle
+    ids or mask (0 = none), or None."""
+    out = np.ascontiguousarray(image).copy()
+    h, w = out.shape[:2]
+    thick = max(1, h // 360)
+    scale = max(0.35, h / 900)
+    magenta = LEGEND[0][1]
+    if ground_truth is not None and np.any(ground_truth):
+        gt = np.asarray(ground_truth)
+        for oid in np.unique(gt[gt > 0]):
+            contours, _ = cv2.findContours((gt == oid).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+            cv2.drawContours(out, contours, -1, GROUND_TRUTH_COLOUR, thick)
+    for x, y, bw, bh, track_id, score in boxes:
+        x, y, bw, bh = int(x), int(y), int(bw), int(bh)
+        cv2.rectangle(out, (x, y), (x + bw - 1, y + bh - 1), magenta, thick)
+        label = (f"#{int(track_id)} " if track_id else "") + f"{float(score):.1f}"
+        cv2.putText(out, label, (x, max(int(12 * scale) + 2, y - 3)), cv2.FONT_HERSHEY_SIMPLEX, scale, magenta,
+                    thick, cv2.LINE_AA)
+    line = int(18 * scale) + 4
+    rows = [(text, colour) for text, colour in LEGEND] + ([(caption, (255, 255, 255))] if caption else [])
+    box_w = min(w, int(max(cv2.getTextSize(t, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)[0][0] for t, _ in rows)
+                      + 3 * line))
+    panel = out[:line * len(rows) + 4, :box_w]
+    panel[:] = (panel * 0.35).astype(np.uint8)  # darkened so the text reads on any scene
+    for k, (text, colour) in enumerate(rows):
+        y = line * (k + 1) - 4
+        if k < len(LEGEND):
+            cv2.rectangle(out, (4, y - line + 8), (4 + line - 8, y), colour, -1 if k == 0 else thick)
+        cv2.putText(out, text, (line + 2, y), cv2.FONT_HERSHEY_SIMPLEX, scale, colour, thick, cv2.LINE_AA)
+    return out
