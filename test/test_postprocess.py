@@ -166,6 +166,30 @@ def test_hysteresis_region_mean_decides():
 
 
 # ---------------------------------------------------------------------------------------------- excluded
+def test_a_region_over_most_of_the_road_is_the_road_not_an_obstacle():
+    sem = road_scene()  # 40 x 50 road pixels
+    score = blank()
+    score[25:60, 12:58] = 2.0  # the whole road scores high (an unfamiliar surface)
+    frame = process_frame(sem, score, DRIVE.with_changes(max_surface_share=0.25))
+    assert not frame.obstacles and [r.rejected for r in frame.regions] == ["too_large"]
+    assert len(process_frame(sem, score, DRIVE.with_changes(max_surface_share=1.0)).obstacles) == 1
+    small = blank()
+    small[30:40, 30:40] = 2.0  # 100 px, 5 % of the road
+    assert len(process_frame(sem, small, DRIVE.with_changes(max_surface_share=0.25)).obstacles) == 1
+
+
+def test_a_thin_oblique_line_is_a_marking_not_an_obstacle():
+    sem = road_scene()
+    score = blank()
+    for k in range(30):  # a 2 px wide diagonal (a lane marking seen obliquely): fills ~7 % of its box
+        score[25 + k, 20 + k:22 + k] = 2.0
+    score[40:50, 12:22] = 2.0  # a compact object
+    frame = process_frame(sem, score, DRIVE.with_changes(min_fill=0.2))
+    assert [o.bbox for o in frame.obstacles] == [(12, 40, 10, 10)]
+    assert sorted(r.rejected for r in frame.regions) == ["", "thin"]
+    assert len(process_frame(sem, score, DRIVE).obstacles) == 2
+
+
 def test_border_margin():
     score = blank()
     score[0:4, 20:30] = 2.0  # inside the 6-px margin
@@ -263,7 +287,8 @@ def test_ground_model_horizon_and_max_range():
     ("threshold", math.inf), ("min_obstacle_area", -1), ("hysteresis", -0.1), ("hysteresis", math.nan),
     ("boundary_band", 0.6), ("min_footprint_on_road", 1.5), ("border_margin", 0.3), ("far_road_width", 2.0),
     ("min_width_m", -1.0), ("road_width_m", 0.1), ("horizon_row", 1.5), ("horizon_margin", 2.0),
-    ("max_range_m", 0.01), ("max_range_m", math.inf), ("roi", (0.5, 0.0, 0.2, 1.0)),
+    ("max_range_m", 0.01), ("max_range_m", math.inf), ("roi", (0.5, 0.0, 0.2, 1.0)), ("max_surface_share", 1.5),
+    ("min_fill", -0.1),
 ])
 def test_config_out_of_range_names_the_field(name, value):
     kwargs = {"threshold": 1.0, name: value}

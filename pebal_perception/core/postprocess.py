@@ -25,6 +25,11 @@ table holds the product defaults):
    ground, intrinsics, height, pitch) or, without one, from the road itself: the road's pixel width per
    row is fitted as a line ``w(v) = a (v - v_h)`` (flat road, straight edges), which also gives the
    horizon row ``v_h``; the road is taken to be ``road_width_m`` wide.
+5. **Compact** (``min_fill``): a region filling less than that share of its bounding box is a thin line
+   (a lane marking seen obliquely, a tar seam, a kerb edge), painted on the road rather than standing on it.
+6. **Not the road itself** (``max_surface_share``): a region covering more than that share of the drivable
+   surface is the surface's own score (an unfamiliar road texture, wet asphalt, a domain shift), not an
+   object on it; reporting it would put one box over the whole road and hide any real obstacle in it.
 
 Horizon and range: with a camera model the horizon row is ``cy - fy tan(pitch)`` and rows whose ground
 point lies beyond ``max_range_m`` are excluded; without one the horizon is ``horizon_row`` when set (a
@@ -57,7 +62,7 @@ MAX_CAMERA_HEIGHT_M = 1000.0
 MAX_MIN_OBSTACLE_AREA = 100_000_000
 FOOTPRINT_ROWS = 3  # rows below a region's lower boundary that make up its footprint
 MIN_FIT_ROWS = 8  # road rows needed for the width-per-row line fit
-REJECT_REASONS = ("small", "score", "off_road", "narrow")
+REJECT_REASONS = ("small", "score", "off_road", "narrow", "thin", "too_large")
 
 
 def check_mounting(height_m: float, pitch_rad: float) -> tuple[float, float]:
@@ -258,6 +263,8 @@ class PostProcessConfig:
     min_width_m: float = 0.0  # smallest obstacle width at its distance [m] (when a scale is known)
     road_width_m: float = 7.0  # assumed road width for the road-derived scale [m]
     analysis_width: int = 0  # find regions at this width (mapped back); 0 = at the frame's own resolution
+    max_surface_share: float = 1.0  # regions covering more of the drivable surface are not obstacles
+    min_fill: float = 0.0  # smallest share of its bounding box a region fills (thin lines are markings)
 
     def __post_init__(self):
         set_ = object.__setattr__
@@ -274,6 +281,7 @@ class PostProcessConfig:
         set_(self, "ego_mask_polygon", validate_polygon(self.ego_mask_polygon))
         ranges = {"hysteresis": (0.0, 1e6), "boundary_band": (0.0, 0.5), "min_footprint_on_road": (0.0, 1.0),
                   "border_margin": (0.0, 0.25), "far_road_width": (0.0, 1.0), "min_width_m": (0.0, 100.0),
+                  "max_surface_share": (0.0, 1.0), "min_fill": (0.0, 1.0),
                   "road_width_m": (0.5, 100.0)}
         for name, (low, high) in ranges.items():
             value = float(getattr(self, name))
@@ -304,6 +312,7 @@ PLANNER_DEFAULTS: dict[str, Any] = {
     "restrict_to_drivable": True, "min_obstacle_area": 50, "hysteresis": 1.0, "boundary_band": 0.03,
     "min_footprint_on_road": 0.5, "border_margin": 0.01, "horizon_margin": 0.0, "max_range_m": 60.0,
     "far_road_width": 0.1, "min_width_m": 0.1, "road_width_m": 7.0, "analysis_width": 1024,
+    "max_surface_share": 0.25, "min_fill": 0.2,
 }
 #: Fields a normal-driving calibration estimates and stores in a checkpoint.
 CALIBRATED_FIELDS = ("ego_mask_polygon", "horizon_row")
@@ -597,6 +606,7 @@ def _process(semantic: np.ndarray | None, score: np.ndarray, config: PostProcess
     regions: list[Region] = []
     obstacles: list[Obstacle] = []
     labels_out = np.zeros(shape, np.int32)
+    surface_area = int(surface.sum()) if surface is not None else 0
     if candidates.any():
         n, labels, stats, _ = cv2.connectedComponentsWithStats(candidates.astype(np.uint8), connectivity=8)
         h = shape[0]
@@ -626,6 +636,11 @@ def _process(semantic: np.ndarray | None, score: np.ndarray, config: PostProcess
                 reason = "off_road"
             elif config.min_width_m > 0 and math.isfinite(width_m) and width_m < config.min_width_m:
                 reason = "narrow"
+            elif area < config.min_fill * bw * bh:
+                reason = "thin"
+            elif (config.max_surface_share < 1.0 and surface is not None
+                  and int(surface[y:y + bh, x:x + bw][region].sum()) > config.max_surface_share * surface_area):
+                reason = "too_large"
             regions.append(Region(bbox=(x, y, bw, bh), area=area, score=mean, footprint_on_road=footprint,
                                   width_m=width_m, rejected=reason))
             if reason:

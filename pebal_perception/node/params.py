@@ -168,6 +168,15 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "resolution): the score map comes from the network at about that size anyway, and the work no "
               f"longer grows with the camera's resolution. 0 = at the input resolution. {RUN_TIME}",
               value_range=(0, 100_000)),
+    ParamSpec("max_surface_share", "double", PLANNER_DEFAULTS["max_surface_share"],
+              "A region covering more than this share of the drivable surface is the road's own score "
+              "(unfamiliar texture, wet asphalt, domain shift), not an obstacle on it: rejected as too_large "
+              f"(one box over the whole road would hide any real obstacle in it). 1 = off. {RUN_TIME}",
+              value_range=(0.0, 1.0)),
+    ParamSpec("min_fill", "double", PLANNER_DEFAULTS["min_fill"],
+              "Smallest share of its bounding box a region must fill: thinner regions are lines painted on "
+              "the road (lane markings seen obliquely, tar seams, kerb edges), rejected as thin. 0 = off. "
+              f"{RUN_TIME}", value_range=(0.0, 1.0)),
     ParamSpec("tracking.enabled", "bool", True,
               "Persistence over frames: obstacles are associated across frames (box IoU / centroid) and get a "
               f"stable track_id; off = every detection is reported at once. {RUN_TIME}"),
@@ -246,7 +255,8 @@ CONFIG_PARAMETERS = {
     "drivable.min_footprint_on_road": "min_footprint_on_road", "border_margin": "border_margin",
     "ego_mask.polygon": "ego_mask_polygon", "horizon.row": "horizon_row", "horizon.margin": "horizon_margin",
     "max_range_m": "max_range_m", "far_road_width": "far_road_width", "min_width_m": "min_width_m",
-    "road_width_m": "road_width_m", "analysis_width": "analysis_width",
+    "road_width_m": "road_width_m", "analysis_width": "analysis_width", "max_surface_share": "max_surface_share",
+    "min_fill": "min_fill",
 }
 #: Node parameter -> TrackingConfig field.
 TRACKING_PARAMETERS = {"tracking.enabled": "enabled", "tracking.confirm_hits": "confirm_hits",
