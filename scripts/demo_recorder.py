@@ -6,16 +6,20 @@ Subscribes to the replayed camera images and ground-truth masks, and to the node
 node's publishers, and ends by itself when ``--expect`` images went by and no output arrived for
 ``--idle`` seconds (or after ``--timeout``, or on SIGINT/SIGTERM). Then it writes
 
-* ``<out>/overlay.mp4`` (mp4v; ``overlay.avi`` MJPG when mp4 cannot be written): the node's overlays;
+* ``<out>/overlay.mp4`` (H.264, plays in browsers; ``overlay.avi`` Motion-JPEG when imageio-ffmpeg is
+  missing): the node's overlays with every reported obstacle boxed (track id, mean score), the
+  ground-truth obstacles outlined and a legend (:func:`pebal_perception.core.visualize.annotate_obstacles`);
 * ``<out>/summary.json``: frames in/out, drops, latency percentiles (image received -> result
   received, both timed in this recorder, so DDS transport is included; and the node's own
-  ``processing_time_ms``), and obstacle detections vs ground truth per frame.
+  ``processing_time_ms``), and the scoring below, per object and per frame.
 
-Scoring: ground-truth obstacles are the 8-connected regions of anomaly pixels (value 1) of
-``/ground_truth/anomaly`` with at least ``--min-area`` pixels (smaller ones are listed as
-``gt_too_small``, neither hit nor miss). A ground-truth obstacle is a *hit* when the node's
-``obstacle_mask`` overlaps it by at least one pixel, else a *miss*; every connected region of the
-node's mask that touches no ground-truth anomaly pixel is a *false alarm*.
+Scoring (:class:`pebal_training.planner_metrics.DriveScorer`, on every replayed frame in order; a frame
+the node produced nothing for counts as one with nothing reported): the bag's obstacle ids
+(``/ground_truth/instances``, stable over the drive) and void (``/ground_truth/anomaly`` = 255, the
+bonnet) against the regions of the node's ``obstacle_mask``. An obstacle is *found* when, within
+``--within`` frames from the first frame in which at least ``--min-area`` of its pixels are visible, the
+reported regions cover at least 25 % of it; a *false alarm* is a reported region touching no obstacle.
+Targets (issue 14): at least 80 % of the obstacles found, at most 0.1 false alarms per frame.
 """
 from __future__ import annotations
 
@@ -31,6 +35,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from pebal_perception.core.video import write_video
+from pebal_perception.core.visualize import annotate_obstacles
+
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -38,6 +45,9 @@ def parse_args(argv=None):
     p.add_argument("--prefix", default="/pebal_detector", help="the node's namespace + name")
     p.add_argument("--image-topic", default="/camera/image_raw")
     p.add_argument("--gt-topic", default="/ground_truth/anomaly")
+    p.add_argument("--instances-topic", default="/ground_truth/instances")
+    p.add_argument("--within", type=int, default=3,
+                   help="frames from its appearance within which an obstacle must be found")
     p.add_argument("--expect", type=int, default=0, help="images the replay publishes")
     p.add_argument("--fps", type=float, default=10.0, help="frame rate of the replayed drive")
     p.add_argument("--idle", type=float, default=3.0)
@@ -63,26 +73,44 @@ def pct(values, q):
     return round(float(np.percentile(values, q)), 2) if values else None
 
 
-def score_frame(gt: np.ndarray, mask: np.ndarray, min_area: int) -> dict:
-    anomaly = (gt == 1).astype(np.uint8)
-    n_gt, gt_labels, gt_stats, _ = cv2.connectedComponentsWithStats(anomaly, connectivity=8)
-    pred = (mask > 0)
-    hits = misses = small = 0
-    for i in range(1, n_gt):
-        if gt_stats[i, cv2.CC_STAT_AREA] < min_area:
-            small += 1
-            continue
-        if (pred & (gt_labels == i)).any():
-            hits += 1
+FOUND_TARGET = 0.8
+FALSE_ALARM_TARGET = 0.1
+
+
+def score_drive(stamps, instances, anomaly, masks, within: int, min_area: int) -> dict:
+    """:class:`DriveScorer` over the replayed frames ``stamps`` (in order); the reported regions are the
+    8-connected regions of the node's mask (none for a frame without output)."""
+    from pebal_training.planner_metrics import DriveScorer
+
+    scorer = DriveScorer(within_frames=within, min_area=min_area)
+    per_frame = []
+    for s in stamps:
+        ids = instances[s]
+        mask = masks.get(s)
+        if mask is not None and mask.shape == ids.shape:
+            _, reported = cv2.connectedComponents((mask > 0).astype(np.uint8), connectivity=8)
         else:
-            misses += 1
-    n_pred, pred_labels = cv2.connectedComponents(pred.astype(np.uint8), connectivity=8)
-    false_alarms = 0
-    for j in range(1, n_pred):
-        if not (anomaly.astype(bool) & (pred_labels == j)).any():
-            false_alarms += 1
-    return {"gt_obstacles": hits + misses, "hits": hits, "misses": misses, "false_alarms": false_alarms,
-            "predicted_regions": n_pred - 1, "gt_too_small": small}
+            reported = np.zeros(ids.shape, np.int32)
+        void = anomaly[s] == 255 if s in anomaly and anomaly[s].shape == ids.shape else None
+        stats = scorer.update(reported, ids, void)
+        per_frame.append({"stamp_ns": s, "output": mask is not None, "objects": stats["num_objects"],
+                          "reported_regions": stats["num_regions"], "false_alarms": stats["num_stray"]})
+    result = scorer.compute()
+    met = (result["found_in_time_rate"] is not None and result["found_in_time_rate"] >= FOUND_TARGET
+           and result["false_alarms_per_frame"] is not None
+           and result["false_alarms_per_frame"] <= FALSE_ALARM_TARGET)
+    return {**result, "targets": {"found_in_time_rate": f">= {FOUND_TARGET}",
+                                  "false_alarms_per_frame": f"<= {FALSE_ALARM_TARGET}"},
+            "targets_met": bool(met), "per_frame": per_frame}
+
+
+def score_line(det: dict) -> str:
+    rate, fa = det.get("found_in_time_rate"), det.get("false_alarms_per_frame")
+    found = f"{det['found_in_time']}/{det['objects']}" + (f" ({100 * rate:.0f} %)" if rate is not None else "")
+    fa_text = f"{fa:.3f}" if fa is not None else "n/a"
+    return (f"obstacles found within {det['rule']['within_frames']} frames of appearing: {found}; false alarms "
+            f"per frame: {fa_text} ({det['false_alarms']} in {det['frames']} frames); targets >= "
+            f"{100 * FOUND_TARGET:.0f} % and <= {FALSE_ALARM_TARGET}: {'met' if det['targets_met'] else 'NOT met'}")
 
 
 def main(argv=None) -> int:
@@ -104,7 +132,9 @@ def main(argv=None) -> int:
     lock = threading.Lock()
     image_recv: dict[int, float] = {}
     gt: dict[int, np.ndarray] = {}
+    instances: dict[int, np.ndarray] = {}
     results: dict[int, tuple[float, float, int]] = {}  # stamp -> (recv time, node processing ms, obstacles)
+    boxes: dict[int, list] = {}  # stamp -> [(x, y, w, h, track_id, mean_score)]
     masks: dict[int, np.ndarray] = {}
     overlays: dict[int, np.ndarray] = {}
     diag: dict[str, str] = {}
@@ -118,10 +148,16 @@ def main(argv=None) -> int:
         with lock:
             gt[stamp_ns(msg.header)] = image_array(msg).copy()
 
+    def on_instances(msg):
+        with lock:
+            instances[stamp_ns(msg.header)] = image_array(msg).copy()
+
     def on_result(msg):
         now = time.monotonic()
         with lock:
             results[stamp_ns(msg.header)] = (now, float(msg.processing_time_ms), len(msg.obstacles))
+            boxes[stamp_ns(msg.header)] = [(o.x_offset, o.y_offset, o.width, o.height, o.track_id, o.mean_score)
+                                           for o in msg.obstacles]
             last_output[0] = now
 
     def on_mask(msg):
@@ -143,6 +179,7 @@ def main(argv=None) -> int:
     reliable = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
     node.create_subscription(Image, args.image_topic, on_image, reliable)
     node.create_subscription(Image, args.gt_topic, on_gt, reliable)
+    node.create_subscription(Image, args.instances_topic, on_instances, reliable)
     result_topic = f"{args.prefix}/result"
     node.create_subscription(AnomalyResult, result_topic, on_result, reliable)
     node.create_subscription(Image, f"{args.prefix}/obstacle_mask", on_mask, reliable)
@@ -181,31 +218,27 @@ def main(argv=None) -> int:
         stamps = sorted(results)
         latency = [(results[s][0] - image_recv[s]) * 1000.0 for s in stamps if s in image_recv]
         node_ms = [results[s][1] for s in stamps]
-        per_frame = []
-        totals = {"gt_obstacles": 0, "hits": 0, "misses": 0, "false_alarms": 0, "gt_too_small": 0}
-        for s in stamps:
-            row = {"stamp_ns": s, "reported_obstacles": results[s][2]}
-            if s in gt and s in masks and gt[s].shape == masks[s].shape:
-                row.update(score_frame(gt[s], masks[s], args.min_area))
-                for key in totals:
-                    totals[key] += row[key]
-            per_frame.append(row)
+        replayed = sorted(instances)
+        detection = score_drive(replayed, instances, gt, masks, args.within, args.min_area) if replayed else None
+        per_frame = detection.pop("per_frame") if detection else []
+        for row in per_frame:
+            row["reported_obstacles"] = results[row["stamp_ns"]][2] if row["stamp_ns"] in results else None
         video = None
-        frames = [overlays[s] for s in sorted(overlays)]
+        frames = []
+        for k, s in enumerate(sorted(overlays)):
+            ids = instances.get(s)
+            ids = ids if ids is not None and ids.shape == overlays[s].shape[:2] else None
+            caption = f"frame {k + 1}: {len(boxes.get(s, []))} reported"
+            frames.append(annotate_obstacles(overlays[s], boxes.get(s, []), ids, caption))
         if frames:
-            h, w = frames[0].shape[:2]
             fps = max(1.0, args.fps * len(frames) / max(len(image_recv), 1))
-            for name, fourcc in (("overlay.mp4", "mp4v"), ("overlay.avi", "MJPG")):
-                writer = cv2.VideoWriter(str(args.out / name), cv2.VideoWriter_fourcc(*fourcc), fps, (w, h))
-                if writer.isOpened():
-                    for f in frames:
-                        writer.write(cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
-                    writer.release()
-                    video = name
-                    break
+            try:
+                path, codec = write_video(args.out / "overlay", frames, fps)
+                video = f"{path.name} ({codec})"
+            except (OSError, ValueError) as exc:
+                print(f"recorder: video not written: {exc}", file=sys.stderr)
             cv2.imwrite(str(args.out / "overlay_last.png"), cv2.cvtColor(frames[-1], cv2.COLOR_RGB2BGR))
         frames_in = len(image_recv)
-        gt_total = totals["hits"] + totals["misses"]
         summary = {
             "model": args.model_note,
             "frames_published": args.expect or None,
@@ -223,20 +256,16 @@ def main(argv=None) -> int:
             "latency_ms": {"p50": pct(latency, 50), "p95": pct(latency, 95), "max": pct(latency, 100),
                            "what": "image received -> result received, both in the recorder (DDS included)"},
             "node_processing_time_ms": {"p50": pct(node_ms, 50), "p95": pct(node_ms, 95)},
-            "detection": {**totals, "hit_rate": round(totals["hits"] / gt_total, 3) if gt_total else None,
-                          "false_alarms_per_frame": round(totals["false_alarms"] / len(stamps), 3) if stamps
-                          else None,
-                          "rule": f"GT obstacle = 8-connected anomaly region >= {args.min_area} px; hit = any "
-                                  "overlap with the node's obstacle_mask; false alarm = mask region touching "
-                                  "no GT anomaly pixel"},
+            "detection": detection,
             "video": video,
             "timed_out": timed_out,
             "per_frame": per_frame,
         }
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     print(f"recorder: {frames_in} images in, {len(stamps)} results out, latency p50 "
-          f"{summary['latency_ms']['p50']} ms p95 {summary['latency_ms']['p95']} ms; hits {totals['hits']}, "
-          f"misses {totals['misses']}, false alarms {totals['false_alarms']}; video {video}", flush=True)
+          f"{summary['latency_ms']['p50']} ms p95 {summary['latency_ms']['p95']} ms; video {video}", flush=True)
+    if detection:
+        print(f"recorder: {score_line(detection)}", flush=True)
     return 0 if stamps else 1
 
 
