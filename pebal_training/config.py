@@ -142,7 +142,8 @@ class TrainConfig:
     iters_per_epoch: Optional[int] = None
     seed: int = 666
     #: train: model.train() everywhere, as the reference (frozen layers' BN use batch statistics and
-    #:        update their running stats); frozen: BN layers without trainable parameters stay in eval.
+    #:        update their running stats); frozen: BN layers without trainable parameters stay in eval;
+    #:        eval: every BN layer stays in eval (running stats kept, affine parameters still trained).
     bn_mode: str = "train"
     #: auto | cpu | cuda | cuda:N
     device: str = "auto"
@@ -194,7 +195,7 @@ class FinetuneConfig:
         _choice("lr_schedule.total_iters_mode", self.lr_schedule.total_iters_mode, ("exact", "code"))
         _choice("loss.pal_variant", self.loss.pal_variant, ("code", "paper"))
         _choice("loss.objective", self.loss.objective, ("pebal", "cross_entropy"))
-        _choice("train.bn_mode", self.train.bn_mode, ("train", "frozen"))
+        _choice("train.bn_mode", self.train.bn_mode, ("train", "frozen", "eval"))
         _choice("train.amp", self.train.amp, ("off", "fp16", "bf16"))
         if self.data.kind == "cityscapes" and not self.data.root:
             raise ConfigError("data.root: required for data.kind=cityscapes")

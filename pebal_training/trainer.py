@@ -178,12 +178,15 @@ def freeze_all_but(model: nn.Module, prefixes: Sequence[str]) -> list[nn.Paramet
 
 
 def set_train_mode(model: nn.Module, bn_mode: str) -> None:
-    """``model.train()``; with ``bn_mode='frozen'`` BN layers without trainable parameters go to eval."""
+    """``model.train()``; with ``bn_mode='frozen'`` BN layers without trainable parameters go to eval, with
+    ``bn_mode='eval'`` every BN layer does (running statistics kept; trainable affine parameters still
+    learn): small CPU batches of crops from a few frames would otherwise overwrite the pretrained
+    statistics of the trained blocks."""
     model.train()
-    if bn_mode == "frozen":
+    if bn_mode in ("frozen", "eval"):
         for module in model.modules():
             if isinstance(module, nn.modules.batchnorm._BatchNorm):  # noqa: SLF001 - torch's BN base class
-                if not any(p.requires_grad for p in module.parameters(recurse=False)):
+                if bn_mode == "eval" or not any(p.requires_grad for p in module.parameters(recurse=False)):
                     module.eval()
 
 

@@ -271,6 +271,14 @@ def test_bn_modes():
     assert model.body[1].training
     set_train_mode(model, "frozen")
     assert not model.body[1].training and model.training
+    # eval: also the BN layers whose affine parameters train keep their running statistics
+    freeze_all_but(model, ("",))
+    set_train_mode(model, "frozen")
+    assert model.body[1].training
+    set_train_mode(model, "eval")
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns and not any(m.training for m in bns) and model.training
+    assert all(p.requires_grad for m in bns for p in m.parameters())
 
 
 def test_only_head_parameters_change(tmp_path):
