@@ -312,7 +312,7 @@ PLANNER_DEFAULTS: dict[str, Any] = {
     "restrict_to_drivable": True, "min_obstacle_area": 50, "hysteresis": 1.0, "boundary_band": 0.03,
     "min_footprint_on_road": 0.5, "border_margin": 0.01, "horizon_margin": 0.0, "max_range_m": 60.0,
     "far_road_width": 0.1, "min_width_m": 0.1, "road_width_m": 7.0, "analysis_width": 1024,
-    "max_surface_share": 0.25, "min_fill": 0.2,
+    "max_surface_share": 0.25, "min_fill": 0.3,
 }
 #: Fields a normal-driving calibration estimates and stores in a checkpoint.
 CALIBRATED_FIELDS = ("ego_mask_polygon", "horizon_row")
