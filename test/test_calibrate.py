@@ -167,6 +167,23 @@ def test_normal_driving_calibration_meets_the_rate_and_records_provenance(checkp
     assert normal["achieved_false_frames"] == pytest.approx(reporting / 6)
 
 
+def test_normal_driving_plot_replaces_only_its_own_file(checkpoint, normal_folder, tmp_path, capsys):
+    plot = checkpoint.parent / "tiny_false_frames.png"
+    args = ["--checkpoint", str(checkpoint), "--normal", str(normal_folder), "--max-false-frames", "0.2",
+            "--quiet"]
+    assert calibrate.main(args) == 0 and plot.is_file()
+    assert calibrate.main(args) == 0  # the file it wrote itself is replaced
+    mine = tmp_path / "mine.png"
+    mine.write_bytes(b"a user's picture")
+    before = checkpoint.read_bytes()
+    assert calibrate.main(args + ["--plot", str(mine)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("pebal-calibrate: error: ") and str(mine) in err[-1]
+    assert mine.read_bytes() == b"a user's picture" and checkpoint.read_bytes() == before  # before any work
+    assert calibrate.main(args + ["--plot", str(tmp_path / "elsewhere.png")]) == 0
+    assert (tmp_path / "elsewhere.png").is_file()
+
+
 def test_normal_driving_needs_inputs_that_exist(checkpoint, tmp_path, capsys):
     assert calibrate.main(["--checkpoint", str(checkpoint), "--normal", str(tmp_path / "none")]) == 2
     assert calibrate.main(["--checkpoint", str(checkpoint)]) == 2

@@ -22,8 +22,10 @@ float32, so the threshold is a float32 value too.
   parameters, single images, no tracking). From the same frames, when there are at least 3 of one size,
   the ego vehicle mask (bottom-connected pixels whose class and score barely change) and the horizon
   (median of the road fits) are estimated and stored for the node. threshold_info["normal_driving"] keeps
-  the inputs, rate, achieved rate, date and the post-processing parameters used; ``false_frames.png``
-  beside the written checkpoint plots the false-frame rate against the threshold. With --dataset as well,
+  the inputs, rate, achieved rate, date and the post-processing parameters used; ``--plot`` (default
+  ``<checkpoint stem>_false_frames.png`` beside the written checkpoint) plots the false-frame rate against
+  the threshold. An existing file there is replaced only when pebal-calibrate wrote it (its PNG
+  ``Software`` text); anything else is refused before any work. With --dataset as well,
   both operating points are computed and reported; the normal-driving one is stored.
 
 The threshold and threshold_info {target, achieved tpr/fpr, dataset, root, num images, pixels, input
@@ -91,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-false-frames", type=float, default=0.05, metavar="RATE",
                    help="--normal: share of normal frames allowed to report an obstacle (default 0.05)")
     p.add_argument("--every", type=int, default=1, help="--normal: use every N-th frame of each input")
+    p.add_argument("--plot", type=Path, help="--normal: where the false-frame plot goes (default: "
+                   "<checkpoint stem>_false_frames.png beside the written checkpoint)")
     p.add_argument("--split", help="lostandfound split (default test)")
     target = p.add_mutually_exclusive_group()
     target.add_argument("--target-tpr", type=float, help="wanted true-positive rate (default 0.95)")
@@ -132,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     try:  # before any work: only a regular file (or a new one) is written, atomically
         check_output_file(dest)
         if args.normal:
-            check_output_file(dest.with_name(dest.stem + "_false_frames.png"))
+            args.plot = args.plot or dest.with_name(dest.stem + "_false_frames.png")
+            check_plot_path(args.plot)
     except OutputPathError as exc:
         return _error(exc)
 
@@ -282,7 +287,6 @@ def _calibrate_normal(args, dest: Path, engine=None, model=None, meta=None, ours
     from pebal_perception.frame_sources import FootageError
     from pebal_perception.core.engine import infer_maps
     from pebal_perception.core.postprocess import planner_config
-    from pebal_training.evaluate import _save_figure
     from pebal_training.normal_calibration import clean_threshold, ego_polygon, false_frame_rate, threshold_for_rate
 
     if engine is None:
@@ -336,12 +340,45 @@ def _calibrate_normal(args, dest: Path, engine=None, model=None, meta=None, ours
         _store(args, dest, model, meta, ours, thr, info)
     except (CheckpointError, OSError) as exc:
         return _error(exc)
-    _plot_false_frames(clean, thr, args.max_false_frames, dest.with_name(dest.stem + "_false_frames.png"),
-                       _save_figure)
+    try:
+        check_plot_path(args.plot)  # again: something may have appeared there meanwhile
+        _plot_false_frames(clean, thr, args.max_false_frames, args.plot, _save_plot)
+    except OSError as exc:
+        return _error(f"{exc} (the checkpoint {dest} was written)")
     both = f"; pixel-level operating point {pixel_threshold:.6g}" if pixel_threshold is not None else ""
     print(f"{PROG}: threshold {thr:.6g} ({achieved:.1%} of {len(maps)} normal frames report an obstacle, target "
           f"{args.max_false_frames:.1%}; estimated {', '.join(sorted(learned)) or 'nothing'}){both} -> {dest}")
     return 0
+
+
+PLOT_SOFTWARE = "pebal-calibrate"
+
+
+def check_plot_path(path: Path) -> Path:
+    """``path`` may take the plot: absent, or a PNG pebal-calibrate wrote (its ``Software`` text); a user's
+    file of that name, or anything that is not a regular file, raises :class:`OutputPathError`."""
+    path = check_output_file(path)
+    if path.exists():
+        try:
+            from PIL import Image
+
+            with Image.open(path) as img:
+                software = getattr(img, "text", {}).get("Software")
+        except (OSError, ValueError):
+            software = None
+        if software != PLOT_SOFTWARE:
+            raise OutputPathError(f"{path}: exists and was not written by {PLOT_SOFTWARE} (choose --plot)")
+    return path
+
+
+def _save_plot(path: Path, fig) -> None:
+    import io
+
+    from pebal_perception.core.io import atomic_write
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, metadata={"Software": PLOT_SOFTWARE})
+    atomic_write(path, lambda f: f.write(buf.getvalue()))
 
 
 def _plot_false_frames(clean, threshold: float, rate: float, path: Path, save) -> None:
