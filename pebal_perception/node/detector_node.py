@@ -542,6 +542,14 @@ def main(args: list[str] | None = None, *, fast_exit: bool | None = None) -> int
 
 
 def _run(args: list[str] | None) -> int:
+    from pebal_perception.node.params import help_text, wants_help
+
+    argv = list(sys.argv[1:] if args is None else args[1:])
+    if wants_help(argv):
+        summary, _, rest = (__doc__ or "").partition("\n\n")
+        topics = rest.split("\nDiagnostics\n")[0]
+        sys.stdout.write(help_text(PROG, summary, topics))
+        return 0
     stop = threading.Event()
 
     def on_signal(signum, _frame):

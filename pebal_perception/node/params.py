@@ -359,3 +359,44 @@ def plan_parameter_batch(current: RuntimeSettings, changes: Sequence[tuple[str, 
     tracking = replace(current.tracking, **tracking_changes)  # validates k <= n and the ranges
     return RuntimeSettings(config=config, threshold_param=threshold_param, height_m=height_m, pitch_rad=pitch_rad,
                            smoothing=bool(smoothing), tracking=tracking)
+
+
+# ------------------------------------------------------------------------------------------------ --help
+
+def _format_default(spec: ParamSpec) -> str:
+    value = spec.default
+    if isinstance(value, str):
+        return repr(value)
+    if isinstance(value, float) and math.isnan(value):
+        return ".nan"
+    return str(list(value) if isinstance(value, tuple) else value).lower() if isinstance(value, bool) else str(
+        list(value) if isinstance(value, tuple) else value)
+
+
+def help_text(prog: str, summary: str, topics: str = "") -> str:
+    """``--help`` of a node executable: usage, ``summary``, ``topics`` and every parameter of the one table
+    (type, default, range / choices, read-only, description)."""
+    import textwrap
+
+    lines = [f"usage: {prog} [-h] [--ros-args [-p NAME:=VALUE]... [--params-file FILE] [-r FROM:=TO]...]", "",
+             summary.strip(), ""]
+    if topics:
+        lines += [topics.strip(), ""]
+    lines += ["parameters (defaults as in config/detector.yaml; -p NAME:=VALUE or --params-file):"]
+    for spec in PARAMETERS:
+        facts = [spec.type, f"default {_format_default(spec)}"]
+        if spec.value_range is not None:
+            facts.append(f"range [{spec.value_range[0]:g}, {spec.value_range[1]:g}]")
+        if spec.choices:
+            facts.append("one of " + ", ".join(spec.choices))
+        lines.append(f"  {spec.name} ({'; '.join(facts)})")
+        lines += textwrap.wrap(spec.description, width=96, initial_indent="      ", subsequent_indent="      ")
+    return "\n".join(lines) + "\n"
+
+
+def wants_help(argv: Sequence[str]) -> bool:
+    """``-h`` / ``--help`` among the program's own arguments (those before ``--ros-args``)."""
+    own = list(argv)
+    if "--ros-args" in own:
+        own = own[:own.index("--ros-args")]
+    return any(a in ("-h", "--help") for a in own)
