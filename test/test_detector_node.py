@@ -856,6 +856,47 @@ def test_out_of_memory_on_a_frame_is_counted_and_the_node_continues(checkpoint, 
         context.try_shutdown()
 
 
+def test_images_are_built_only_while_subscribed_and_semantic_color_is_the_palette(workdir, checkpoint, peer):
+    """With only ~/result subscribed no output image is computed (images_built in /diagnostics stays 0
+    over several frames); subscribing to ~/semantic/color makes exactly that one image per frame, rgb8
+    in the Cityscapes colours of the class map."""
+    from pebal_perception.core.visualize import colorize
+
+    name = "/lazy_ns/pebal_detector"
+    proc = NodeProcess(workdir, namespace="/lazy_ns", checkpoint=checkpoint)
+    result_only = peer.detector_outputs(name, ["result"])
+    rgb = scene_image(size=(96, 192))
+    try:
+        for _ in range(3):
+            send_and_wait(peer, result_only, lambda: image_msg(rgb, frame_id=uuid.uuid4().hex), timeout=START_TIMEOUT)
+        status = latest_status(peer, name, lambda st: int(_values(st)["frames_processed"]) >= 3, timeout=TIMEOUT)
+        assert _values(status)["images_built"] == "0", proc.output()
+
+        color = peer.detector_outputs(name, ["semantic/color"])["semantic/color"]
+        semantic = peer.detector_outputs(name, ["semantic"])["semantic"]
+        deadline = time.monotonic() + TIMEOUT
+        fid = None
+        while time.monotonic() < deadline:  # until both new subscriptions are matched and served
+            fid = uuid.uuid4().hex
+            send_and_wait(peer, result_only, lambda: image_msg(rgb, frame_id=fid))
+            if color.wait(same_frame(fid), 1.0) is not None and semantic.wait(same_frame(fid), 1.0) is not None:
+                break
+        image, classes = color.find(same_frame(fid)), semantic.find(same_frame(fid))
+        assert image is not None and classes is not None, proc.output()
+        assert image.encoding == "rgb8" and (image.height, image.width) == rgb.shape[:2]
+        np.testing.assert_array_equal(to_array(image), colorize(to_array(classes)))
+        before = latest_status(peer, name, lambda st: True, timeout=TIMEOUT)
+        processed0, built0 = int(_values(before)["frames_processed"]), int(_values(before)["images_built"])
+        for _ in range(2):
+            send_and_wait(peer, result_only, lambda: image_msg(rgb, frame_id=uuid.uuid4().hex))
+        after = latest_status(peer, name, lambda st: int(_values(st)["frames_processed"]) >= processed0 + 2,
+                              timeout=TIMEOUT)
+        frames = int(_values(after)["frames_processed"]) - processed0
+        assert int(_values(after)["images_built"]) - built0 == 2 * frames  # semantic + semantic/color only
+    finally:
+        proc.stop(signal.SIGTERM)
+
+
 def test_obstacles_are_tracked_over_frames_and_the_debug_view_is_published(workdir, checkpoint, peer):
     """With tracking (confirm 2 of 3, hold 1) the same region is reported from the second frame on, with
     one stable track_id, growing age_frames and the first frame's stamp as first_seen; ~/debug is

@@ -6,9 +6,11 @@ Inputs (sensor-data QoS: ``qos.reliability`` best_effort by default, keep-last `
   ``image`` (sensor_msgs/Image), ``image/compressed`` (sensor_msgs/CompressedImage, only with
   ``subscribe_compressed``), ``camera_info`` (sensor_msgs/CameraInfo, for ground positions).
 Outputs (reliable, keep-last 5), stamped with the input image's header, at the input resolution:
-  ``~/semantic`` mono8 trainIds, ``~/energy`` 32FC1 anomaly score, ``~/obstacle_mask`` mono8 0/255,
-  ``~/result`` pebal_perception/AnomalyResult, ``~/overlay`` rgb8 (only computed while subscribed),
-  ``~/processing_time_ms`` std_msgs/Float32, and ``/diagnostics`` (~1 Hz).
+  ``~/semantic`` mono8 trainIds, ``~/semantic/color`` rgb8 (Cityscapes colours), ``~/energy`` 32FC1
+  anomaly score, ``~/obstacle_mask`` mono8 0/255, ``~/overlay`` and ``~/debug`` rgb8: each image is
+  computed only while someone subscribes to it (``images_built`` in /diagnostics counts them);
+  ``~/result`` pebal_perception/AnomalyResult (always), ``~/processing_time_ms`` std_msgs/Float32, and
+  ``/diagnostics`` (~1 Hz).
 
 Diagnostics
 -----------
@@ -155,6 +157,7 @@ class DetectorNode(Node):
         self._rejected["internal_error"] = 0
         self._received = 0
         self._processed = 0
+        self._images_built = 0  # output images computed (each only while subscribed)
         self._failed = 0  # taken from the mailbox but not published (processing error, out of memory)
         self._lost_in_transport = 0  # reported lost by the middleware: never reached _on_image
         self._proc_times: deque[float] = deque(maxlen=200)  # (receive -> publish) ms, last window
@@ -411,10 +414,10 @@ class DetectorNode(Node):
         if self._stop.is_set():
             return
         publishers = self.publishers_by_topic
-        messages = build_output_messages(  # the overlay only while someone subscribes to it
+        wanted = {topic for topic, pub in publishers.items() if topic != "result" and pub.get_subscription_count() > 0}
+        messages = build_output_messages(  # each image only while someone subscribes to it
             rgb, semantic, score, frame, header, ROS_MESSAGES, model_id=self.model_id,
-            threshold=settings.config.threshold, overlay=publishers["overlay"].get_subscription_count() > 0,
-            debug=publishers["debug"].get_subscription_count() > 0)
+            threshold=settings.config.threshold, wanted=wanted)
         result = messages.pop("result")
         for topic, msg in messages.items():
             publishers[topic].publish(msg)
@@ -424,6 +427,7 @@ class DetectorNode(Node):
         self.pub_time.publish(Float32(data=float(elapsed_ms)))
         with self._lock:
             self._processed += 1
+            self._images_built += len(messages)
             self._proc_times.append(elapsed_ms)
             self._infer_times.append(infer_ms)
 
@@ -437,6 +441,7 @@ class DetectorNode(Node):
             with self._lock:
                 t0, received0, processed0 = self._last_diag
                 received, processed, failed = self._received, self._processed, self._failed
+                images_built = self._images_built
                 lost = self._lost_in_transport
                 self._last_diag = (now, received, processed)
                 proc = list(self._proc_times)
@@ -490,6 +495,7 @@ class DetectorNode(Node):
                 ("inference_time_ms", fmt(infer)),
                 ("frames_received", str(received)),
                 ("frames_processed", str(processed)),
+                ("images_built", str(images_built)),
                 ("dropped_frames", str(dropped)),
                 ("frames_failed", str(failed)),
                 ("frames_lost_in_transport", str(lost)),

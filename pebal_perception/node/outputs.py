@@ -3,17 +3,18 @@
 ROS-free: the message classes come in as :class:`MessageClasses`, so both producers write exactly the
 same mapping of a processed frame to messages:
 
-* ``semantic``: mono8 trainIds, ``energy``: 32FC1 anomaly score, ``obstacle_mask``: mono8 0/255,
-  ``overlay`` and ``debug`` (each only when asked for: the node asks while someone subscribes): rgb8
-  visualisations (``debug``: drivable surface, excluded zone, horizon, every candidate region with its
-  score and why it was rejected), all at the input resolution;
+* ``semantic``: mono8 trainIds, ``semantic/color``: rgb8 Cityscapes colours of the same (for image views,
+  where trainIds look black), ``energy``: 32FC1 anomaly score, ``obstacle_mask``: mono8 0/255,
+  ``overlay`` and ``debug``: rgb8 visualisations (``debug``: drivable surface, excluded zone, horizon,
+  every candidate region with its score and why it was rejected), all at the input resolution; the node
+  builds each image only while someone subscribes to it (``wanted``);
 * ``result``: ``pebal_perception/AnomalyResult`` with one ``Obstacle`` per region;
 * every message carries the input image's header.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Collection
 
 import numpy as np
 
@@ -22,7 +23,9 @@ from pebal_perception.image_conversion import rgb_to_image_fields
 from pebal_perception.node.processing import ProcessedFrame
 
 #: Output topic suffixes (relative to the node's ``~/``), in publishing order.
-OUTPUT_TOPICS = ("semantic", "energy", "obstacle_mask", "overlay", "debug", "result")
+OUTPUT_TOPICS = ("semantic", "semantic/color", "energy", "obstacle_mask", "overlay", "debug", "result")
+#: The images built when the caller does not say which (``pebal-bag process``, benchmarks).
+DEFAULT_IMAGES = ("semantic", "energy", "obstacle_mask")
 
 
 @dataclass(frozen=True)
@@ -62,32 +65,36 @@ def obstacle_message(o: Obstacle, classes: MessageClasses) -> Any:
 
 def build_output_messages(rgb: np.ndarray, semantic: np.ndarray, score: np.ndarray, frame: ProcessedFrame,
                           header: Any, classes: MessageClasses, *, model_id: str, threshold: float,
-                          overlay: bool = False, debug: bool = False,
+                          overlay: bool = False, debug: bool = False, wanted: Collection[str] | None = None,
                           processing_time_ms: float = 0.0) -> dict[str, Any]:
-    """Topic suffix -> message for one frame (keys in :data:`OUTPUT_TOPICS` order; ``overlay`` and
-    ``debug`` only when asked for). ``rgb`` is the input frame, ``semantic`` / ``score`` the engine's maps and
-    ``frame`` their post-processing (processing.process_frame); ``header`` (the input image's) is
-    copied into every message. The caller may update ``result.processing_time_ms`` once it has
-    published the images."""
+    """Topic suffix -> message for one frame (keys in :data:`OUTPUT_TOPICS` order). The images are
+    ``wanted`` when given (the node: the topics with subscribers), else :data:`DEFAULT_IMAGES` plus
+    ``overlay`` / ``debug`` when asked for; ``result`` is always built. ``rgb`` is the input frame,
+    ``semantic`` / ``score`` the engine's maps and ``frame`` their post-processing
+    (processing.process_frame); ``header`` (the input image's) is copied into every message. The
+    caller may update ``result.processing_time_ms`` once it has published the images."""
 
     def image(array: np.ndarray, encoding: str) -> Any:
         fields = rgb_to_image_fields(array, encoding)
         fields["data"] = classes.image_data(fields["data"])
         return classes.Image(header=header, **fields)
 
-    messages = {
-        "semantic": image(semantic, "mono8"),
-        "energy": image(score, "32FC1"),
-        "obstacle_mask": image(frame.mask.astype(np.uint8) * 255, "mono8"),
+    if wanted is None:
+        wanted = set(DEFAULT_IMAGES) | ({"overlay"} if overlay else set()) | ({"debug"} if debug else set())
+    unknown = set(wanted) - set(OUTPUT_TOPICS)
+    if unknown:
+        raise ValueError(f"unknown output topics {sorted(unknown)}")
+    from pebal_perception.core import visualize
+
+    builders = {
+        "semantic": lambda: image(semantic, "mono8"),
+        "semantic/color": lambda: image(visualize.colorize(semantic), "rgb8"),
+        "energy": lambda: image(score, "32FC1"),
+        "obstacle_mask": lambda: image(frame.mask.astype(np.uint8) * 255, "mono8"),
+        "overlay": lambda: image(visualize.overlay(rgb, semantic, frame.mask), "rgb8"),
+        "debug": lambda: image(visualize.debug_overlay(rgb, frame), "rgb8"),
     }
-    if overlay:
-        from pebal_perception.core.visualize import overlay as draw_overlay
-
-        messages["overlay"] = image(draw_overlay(rgb, semantic, frame.mask), "rgb8")
-    if debug:
-        from pebal_perception.core.visualize import debug_overlay
-
-        messages["debug"] = image(debug_overlay(rgb, frame), "rgb8")
+    messages = {topic: builders[topic]() for topic in OUTPUT_TOPICS if topic in wanted and topic in builders}
     messages["result"] = classes.AnomalyResult(
         header=header, model_id=str(model_id), threshold=float(threshold),
         anomalous_fraction=float(frame.anomalous_fraction), max_score=float(frame.max_score),

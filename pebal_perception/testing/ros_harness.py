@@ -335,12 +335,12 @@ def detector_output_types() -> dict[str, Any]:
 
     from pebal_perception.msg import AnomalyResult
 
-    return {"result": AnomalyResult, "semantic": Image, "energy": Image, "obstacle_mask": Image,
-            "overlay": Image, "debug": Image, "processing_time_ms": Float32}
+    return {"result": AnomalyResult, "semantic": Image, "semantic/color": Image, "energy": Image,
+            "obstacle_mask": Image, "overlay": Image, "debug": Image, "processing_time_ms": Float32}
 
 
 #: Outputs ``detector_outputs`` subscribes to only when asked by name (each costs work per frame).
-ON_REQUEST_OUTPUTS = ("debug",)
+ON_REQUEST_OUTPUTS = ("debug", "semantic/color")
 
 
 class Peer:
