@@ -429,10 +429,32 @@ def test_ground_positions_with_camera_info(node, peer):
                 peer.pub_info.publish(info)
             return image_msg(rgb)
 
+        markers = peer.detector_outputs(NODE, ["obstacles/markers"])["obstacles/markers"]
         msg, result = send_and_wait(peer, outputs, positioned, predicate=lambda m: (
             m.threshold == pytest.approx(threshold, rel=1e-6)
             and any(math.isfinite(o.ground_position.z) for o in m.obstacles)))
         check_positions(result, K, height_m, pitch)
+        # RViz markers of that frame: a DELETEALL, then a box and a text per positioned obstacle
+        array = markers.wait(lambda a: a.markers and a.markers[0].header.frame_id == msg.header.frame_id, TIMEOUT)
+        if array is None:  # the marker subscription may have matched after that frame: one more
+            msg, result = send_and_wait(peer, outputs, positioned, predicate=lambda m: (
+                any(math.isfinite(o.ground_position.z) for o in m.obstacles)))
+            array = markers.wait(lambda a: a.markers and a.markers[0].header.frame_id == msg.header.frame_id,
+                                 TIMEOUT)
+        assert array is not None
+        from visualization_msgs.msg import Marker
+
+        positioned_obstacles = [o for o in result.obstacles if math.isfinite(o.ground_position.z)]
+        assert array.markers[0].action == Marker.DELETEALL
+        boxes = [m for m in array.markers if m.type == Marker.CUBE]
+        texts = [m for m in array.markers if m.type == Marker.TEXT_VIEW_FACING]
+        assert len(boxes) == len(texts) == len(positioned_obstacles) >= 1
+        assert len(array.markers) == 1 + 2 * len(positioned_obstacles)
+        for o, box, text in zip(positioned_obstacles, boxes, texts):
+            assert box.pose.position.x == pytest.approx(o.ground_position.x, rel=1e-6, abs=1e-6)
+            assert box.pose.position.z == pytest.approx(o.ground_position.z, rel=1e-6, abs=1e-6)
+            assert box.pose.position.y < o.ground_position.y  # stands on the ground (optical y points down)
+            assert text.text.startswith(f"#{o.track_id or o.id + 1} ") and box.header.stamp == msg.header.stamp
 
         # A camera_info no camera can have (2^32-1 pixels wide: finite garbage positions once): the
         # camera is unknown, positions are NaN, the message is counted and /diagnostics warns.
@@ -444,8 +466,11 @@ def test_ground_positions_with_camera_info(node, peer):
                 peer.pub_info.publish(absurd)
             return image_msg(rgb)
 
-        send_and_wait(peer, outputs, unknown_camera, retry=0.5, predicate=lambda m: (
+        msg, _ = send_and_wait(peer, outputs, unknown_camera, retry=0.5, predicate=lambda m: (
             m.obstacles and all(math.isnan(o.ground_position.z) for o in m.obstacles)))
+        cleared = markers.wait(lambda a: a.markers and a.markers[0].header.frame_id == msg.header.frame_id,
+                               TIMEOUT)
+        assert cleared is not None and [m.action for m in cleared.markers] == [Marker.DELETEALL]
         status = latest_status(peer, NODE, lambda st: int(_values(st)["camera_info_rejected"]) > before
                                and "camera_info" in st.message, timeout=TIMEOUT)
         assert status.level == DiagnosticStatus.WARN, status.message

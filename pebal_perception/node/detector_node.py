@@ -9,8 +9,10 @@ Outputs (reliable, keep-last 5), stamped with the input image's header, at the i
   ``~/semantic`` mono8 trainIds, ``~/semantic/color`` rgb8 (Cityscapes colours), ``~/energy`` 32FC1
   anomaly score, ``~/obstacle_mask`` mono8 0/255, ``~/overlay`` and ``~/debug`` rgb8: each image is
   computed only while someone subscribes to it (``images_built`` in /diagnostics counts them);
-  ``~/result`` pebal_perception/AnomalyResult (always), ``~/processing_time_ms`` std_msgs/Float32, and
-  ``/diagnostics`` (~1 Hz).
+  ``~/obstacles/markers`` visualization_msgs/MarkerArray (RViz: a box and a text per obstacle with a ground
+  position, in the camera optical frame; only while subscribed); ``~/result``
+  pebal_perception/AnomalyResult (always), ``~/processing_time_ms`` std_msgs/Float32, and ``/diagnostics``
+  (~1 Hz).
 
 Diagnostics
 -----------
@@ -71,12 +73,13 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Float32, Header
+from visualization_msgs.msg import Marker, MarkerArray
 
 from pebal_perception.core.postprocess import calibrated_postprocess
 from pebal_perception.dds import PROFILE_NAME, PROFILE_VARIABLE, find_profile
 from pebal_perception.image_conversion import REJECT_REASONS, ImageConverter, ImageRejected
 from pebal_perception.msg import AnomalyResult, Obstacle
-from pebal_perception.node.outputs import OUTPUT_TOPICS, MessageClasses, build_output_messages
+from pebal_perception.node.outputs import OUTPUT_TOPICS, MessageClasses, build_output_messages, obstacle_markers
 from pebal_perception.node.params import (DEVICES, NODE_NAME, PARAMETERS, PARAMETERS_BY_NAME, ParamSpec,
                                           RuntimeSettings, initial_settings, parse_threshold,
                                           plan_parameter_batch)
@@ -203,6 +206,7 @@ class DetectorNode(Node):
         out_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=5, reliability=ReliabilityPolicy.RELIABLE)
         self.publishers_by_topic = {topic: self.create_publisher(AnomalyResult if topic == "result" else Image,
                                                                  f"~/{topic}", out_qos) for topic in OUTPUT_TOPICS}
+        self.pub_markers = self.create_publisher(MarkerArray, "~/obstacles/markers", out_qos)
         self.pub_time = self.create_publisher(Float32, "~/processing_time_ms", out_qos)
         self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.create_timer(1.0, self._publish_diagnostics)
@@ -421,6 +425,8 @@ class DetectorNode(Node):
         result = messages.pop("result")
         for topic, msg in messages.items():
             publishers[topic].publish(msg)
+        if self.pub_markers.get_subscription_count() > 0:  # RViz: only while someone looks
+            self.pub_markers.publish(obstacle_markers(frame.obstacles, header, Marker, MarkerArray))
         elapsed_ms = (time.perf_counter() - received) * 1000.0
         result.processing_time_ms = float(elapsed_ms)
         publishers["result"].publish(result)

@@ -13,6 +13,7 @@ same mapping of a processed frame to messages:
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, Collection
 
@@ -101,3 +102,44 @@ def build_output_messages(rgb: np.ndarray, semantic: np.ndarray, score: np.ndarr
         processing_time_ms=float(processing_time_ms),
         obstacles=[obstacle_message(o, classes) for o in frame.obstacles])
     return messages
+
+
+# ---------------------------------------------------------------------------------------- RViz markers
+
+MARKER_NAMESPACE = "pebal_obstacles"
+MARKER_COLOUR = (1.0, 0.0, 1.0, 0.6)  # magenta, as in the overlays
+DEFAULT_MARKER_WIDTH_M = 0.5  # when the obstacle's width is unknown
+TEXT_HEIGHT_M = 0.4
+
+
+def obstacle_markers(obstacles, header: Any, marker_cls: Any, array_cls: Any) -> Any:
+    """``visualization_msgs/MarkerArray`` for RViz: a DELETEALL first (so obstacles that disappeared, or
+    lost their position, vanish), then per obstacle with a finite ground position a box standing on the
+    ground there (as wide and as tall as ``width_m``, else :data:`DEFAULT_MARKER_WIDTH_M`) and a text
+    ``#track_id score`` above it. Positions are in the camera's optical frame (x right, y down, z
+    forward: ``header.frame_id``, the input image's), as ``Obstacle.ground_position``."""
+    clear = marker_cls()
+    clear.header, clear.ns, clear.action = header, MARKER_NAMESPACE, marker_cls.DELETEALL
+    markers = [clear]
+    for o in obstacles:
+        x, y, z = (float(v) for v in o.ground_position)
+        if not (math.isfinite(x) and math.isfinite(y) and math.isfinite(z)):
+            continue
+        size = float(o.width_m) if math.isfinite(o.width_m) and o.width_m > 0 else DEFAULT_MARKER_WIDTH_M
+        ident = int(o.track_id) or int(o.id) + 1
+        for kind, offset in ((marker_cls.CUBE, size / 2), (marker_cls.TEXT_VIEW_FACING, size + TEXT_HEIGHT_M)):
+            m = marker_cls()
+            m.header, m.ns, m.action, m.type = header, MARKER_NAMESPACE, marker_cls.ADD, kind
+            m.id = 2 * ident + (kind == marker_cls.TEXT_VIEW_FACING)
+            m.pose.position.x, m.pose.position.y, m.pose.position.z = x, y - offset, z  # y points down
+            m.pose.orientation.w = 1.0
+            if kind == marker_cls.CUBE:
+                m.scale.x = m.scale.y = m.scale.z = size
+            else:
+                m.scale.z = TEXT_HEIGHT_M
+                m.text = f"#{ident} {float(o.mean_score):.1f}"
+            m.color.r, m.color.g, m.color.b, m.color.a = MARKER_COLOUR if kind == marker_cls.CUBE else (1.0,) * 4
+            markers.append(m)
+    out = array_cls()
+    out.markers = markers
+    return out

@@ -333,14 +333,17 @@ def detector_output_types() -> dict[str, Any]:
     from sensor_msgs.msg import Image
     from std_msgs.msg import Float32
 
+    from visualization_msgs.msg import MarkerArray
+
     from pebal_perception.msg import AnomalyResult
 
     return {"result": AnomalyResult, "semantic": Image, "semantic/color": Image, "energy": Image,
-            "obstacle_mask": Image, "overlay": Image, "debug": Image, "processing_time_ms": Float32}
+            "obstacle_mask": Image, "overlay": Image, "debug": Image, "processing_time_ms": Float32,
+            "obstacles/markers": MarkerArray}
 
 
 #: Outputs ``detector_outputs`` subscribes to only when asked by name (each costs work per frame).
-ON_REQUEST_OUTPUTS = ("debug", "semantic/color")
+ON_REQUEST_OUTPUTS = ("debug", "semantic/color", "obstacles/markers")
 
 
 class Peer:
