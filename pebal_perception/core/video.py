@@ -4,13 +4,12 @@ browser). Written under a temporary name and renamed when complete."""
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 
-from .io import _output_mode, check_output_file, replace_checked
+from .io import atomic_write_path
 
 H264 = "h264"
 MJPEG = "mjpeg"
@@ -82,21 +81,13 @@ def write_video(stem: str | os.PathLike, frames: Iterable[np.ndarray], fps: floa
     codec = codec or (H264 if h264_available() else MJPEG)
     if codec not in (H264, MJPEG):
         raise ValueError(f"write_video: codec must be {H264!r} or {MJPEG!r}, got {codec!r}")
-    path = check_output_file(Path(f"{os.fspath(stem)}{'.mp4' if codec == H264 else '.avi'}"))
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = Path(f"{os.fspath(stem)}{'.mp4' if codec == H264 else '.avi'}")
     frames = _even([f.astype(np.uint8, copy=False) for f in frames])
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
-    try:
-        os.fchmod(fd, _output_mode(path))  # as io.atomic_write: not mkstemp's 0600
-        os.close(fd)
+
+    def encode(tmp: str) -> None:
         (_write_h264 if codec == H264 else _write_mjpeg)(tmp, frames, float(fps))
         if os.path.getsize(tmp) == 0:
             raise OSError(f"{path}: the {codec} encoder wrote nothing")
-        replace_checked(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+
+    atomic_write_path(path, encode, suffix=path.suffix)
     return path, codec
