@@ -56,7 +56,7 @@ PARAMS_FILE = _params_file()
 # QoS, parameters, bags) that recompute the outputs per frame.
 PER_PIXEL_PARAMS = ("hysteresis:=0.0", "drivable.boundary_band:=0.0", "border_margin:=0.0", "horizon.margin:=.nan",
                     "max_range_m:=.nan", "far_road_width:=0.0", "min_width_m:=0.0", "tracking.enabled:=false",
-                    "analysis_width:=0")
+                    "analysis_width:=0", "min_fill:=0.0", "max_surface_share:=1.0")
 
 
 # ------------------------------------------------------------------------------------------ environment
