@@ -44,28 +44,38 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], binary: 
     or a regular file (:func:`check_output_file`, checked before writing and again before the rename):
     a folder, device node, fifo or socket there raises :class:`OutputPathError` and is left alone.
     """
-    def write_file(tmp: str) -> None:
-        with open(tmp, "wb" if binary else "w") as f:
+    def fill(fd: int, _tmp: str) -> None:
+        with os.fdopen(fd, "wb" if binary else "w") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
 
-    return atomic_write_path(path, write_file)
+    return _atomic_replace(path, fill)
 
 
 def atomic_write_path(path: str | os.PathLike, write: Callable[[str], None], suffix: str = "") -> Path:
     """As :func:`atomic_write` for writers that need a file *name* (video encoders, external tools):
     ``write(tmp_name)`` fills a temp file (``.NAME.XXXX.tmp`` + ``suffix``, e.g. the extension an encoder
     needs) in the target folder, which is then renamed over ``path``, or removed if ``write`` raises."""
+    def fill(fd: int, tmp: str) -> None:
+        os.close(fd)
+        write(tmp)
+
+    return _atomic_replace(path, fill, suffix)
+
+
+def _atomic_replace(path: str | os.PathLike, fill: Callable[[int, str], None], suffix: str = "") -> Path:
+    """The one temp file / rename / clean-up: ``fill(fd, tmp_name)`` writes the temp file (and closes ``fd``)."""
     path = check_output_file(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_TEMP_SUFFIX + suffix, dir=path.parent)
     try:
         try:
             os.fchmod(fd, _output_mode(path))  # mkstemp's 0600 would hide outputs from other users
-        finally:
+        except BaseException:
             os.close(fd)
-        write(tmp)
+            raise
+        fill(fd, tmp)
         replace_checked(tmp, path)
         _fsync_directory(path.parent)  # makes the rename itself durable (power loss, not just a crash)
     except BaseException:
