@@ -49,14 +49,36 @@ def _params_file() -> Path:
 
 
 PARAMS_FILE = _params_file()
-# Node parameters (NAME:=VALUE) that switch off the planner-facing tests of core/postprocess.py
-# (hysteresis, boundary band, border margin, horizon and range cut, width at distance, persistence over
-# frames): the obstacle mask is then score > threshold (with the ROI, drivable area and minimum area as
-# set), the same per frame as PostProcessConfig's defaults. For tests about something else (transport,
-# QoS, parameters, bags) that recompute the outputs per frame.
-PER_PIXEL_PARAMS = ("hysteresis:=0.0", "drivable.boundary_band:=0.0", "border_margin:=0.0", "horizon.margin:=.nan",
-                    "max_range_m:=.nan", "far_road_width:=0.0", "min_width_m:=0.0", "tracking.enabled:=false",
-                    "analysis_width:=0", "min_fill:=0.0", "max_surface_share:=1.0")
+
+
+def _per_pixel_params() -> tuple[str, ...]:
+    """Node parameters (NAME:=VALUE) that switch off the planner-facing tests of core/postprocess.py:
+    every node parameter whose product default (PLANNER_DEFAULTS) differs from PostProcessConfig's plain
+    per-pixel default is set back to the latter, and persistence over frames is off. The obstacle mask
+    is then score > threshold (with the ROI, drivable area and minimum area as each test sets them: those
+    two are left to the tests), the same per frame as PostProcessConfig's defaults. Derived, so that a new
+    post-processing rule cannot be missed here. For tests about something else (transport, QoS,
+    parameters, bags) that recompute the outputs per frame."""
+    import math
+    from dataclasses import fields
+
+    from pebal_perception.core.postprocess import PLANNER_DEFAULTS, PostProcessConfig
+    from pebal_perception.node.params import CONFIG_PARAMETERS
+
+    plain = {f.name: f.default for f in fields(PostProcessConfig)}
+    out = []
+    for name, field in CONFIG_PARAMETERS.items():
+        if field not in PLANNER_DEFAULTS or field in ("restrict_to_drivable", "min_obstacle_area"):
+            continue
+        value, default = plain[field], PLANNER_DEFAULTS[field]
+        if isinstance(value, float) and math.isnan(value):
+            out.append(f"{name}:=.nan")
+        elif value != default:
+            out.append(f"{name}:={value!r}")
+    return (*out, "tracking.enabled:=false")
+
+
+PER_PIXEL_PARAMS = _per_pixel_params()
 
 
 # ------------------------------------------------------------------------------------------ environment
@@ -332,7 +354,6 @@ def detector_output_types() -> dict[str, Any]:
     """The detector node's output topics (relative to its name) and their message types."""
     from sensor_msgs.msg import Image
     from std_msgs.msg import Float32
-
     from visualization_msgs.msg import MarkerArray
 
     from pebal_perception.msg import AnomalyResult
