@@ -82,11 +82,13 @@ def curves(pos: np.ndarray, neg: np.ndarray, max_points: int = PLOT_POINTS) -> d
             "thresholds": thr}
 
 
-def _save_figure(path: Path, fig) -> None:
+def _save_figure(path: Path, fig, software: str | None = None) -> None:
+    """``fig`` as a PNG at ``path``, atomically; ``software`` goes into the PNG's Software text (a tool
+    that replaces only its own files checks it)."""
     import io
 
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
+    fig.savefig(buf, format="png", dpi=100, metadata={"Software": software} if software else None)
     atomic_write(path, lambda f: f.write(buf.getvalue()))
 
 

@@ -372,13 +372,9 @@ def check_plot_path(path: Path) -> Path:
 
 
 def _save_plot(path: Path, fig) -> None:
-    import io
+    from pebal_training.evaluate import _save_figure
 
-    from pebal_perception.core.io import atomic_write
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, metadata={"Software": PLOT_SOFTWARE})
-    atomic_write(path, lambda f: f.write(buf.getvalue()))
+    _save_figure(path, fig, software=PLOT_SOFTWARE)
 
 
 def _plot_false_frames(clean, threshold: float, rate: float, path: Path, save) -> None:
