@@ -606,7 +606,8 @@ def _process(semantic: np.ndarray | None, score: np.ndarray, config: PostProcess
     regions: list[Region] = []
     obstacles: list[Obstacle] = []
     labels_out = np.zeros(shape, np.int32)
-    surface_area = int(surface.sum()) if surface is not None else 0
+    # the too_large test's reference, only when that test is on (a full-frame sum per call)
+    surface_area = int(surface.sum()) if surface is not None and config.max_surface_share < 1.0 else 0
     if candidates.any():
         n, labels, stats, _ = cv2.connectedComponentsWithStats(candidates.astype(np.uint8), connectivity=8)
         h = shape[0]
@@ -638,7 +639,7 @@ def _process(semantic: np.ndarray | None, score: np.ndarray, config: PostProcess
                 reason = "narrow"
             elif area < config.min_fill * bw * bh:
                 reason = "thin"
-            elif (config.max_surface_share < 1.0 and surface is not None
+            elif (surface_area
                   and int(surface[y:y + bh, x:x + bw][region].sum()) > config.max_surface_share * surface_area):
                 reason = "too_large"
             regions.append(Region(bbox=(x, y, bw, bh), area=area, score=mean, footprint_on_road=footprint,

@@ -364,18 +364,20 @@ def plan_parameter_batch(current: RuntimeSettings, changes: Sequence[tuple[str, 
 # ------------------------------------------------------------------------------------------------ --help
 
 def _format_default(spec: ParamSpec) -> str:
+    """The default as a user writes it in YAML / on the command line."""
     value = spec.default
     if isinstance(value, str):
         return repr(value)
+    if isinstance(value, bool):
+        return str(value).lower()
     if isinstance(value, float) and math.isnan(value):
         return ".nan"
-    return str(list(value) if isinstance(value, tuple) else value).lower() if isinstance(value, bool) else str(
-        list(value) if isinstance(value, tuple) else value)
+    return str(list(value) if isinstance(value, tuple) else value)
 
 
 def help_text(prog: str, summary: str, topics: str = "") -> str:
     """``--help`` of a node executable: usage, ``summary``, ``topics`` and every parameter of the one table
-    (type, default, range / choices, read-only, description)."""
+    (type, default, range / choices, description; read-only ones say so in it)."""
     import textwrap
 
     lines = [f"usage: {prog} [-h] [--ros-args [-p NAME:=VALUE]... [--params-file FILE] [-r FROM:=TO]...]", "",
