@@ -60,8 +60,9 @@ def frame_planner_stats(reported: Any, instances: Any, ignore: Any = None, min_c
     """Planner statistics of one frame (definitions in the module docstring).
 
     Returns ``num_objects``, ``num_found``, ``num_regions`` (all reported regions), ``num_true_regions``,
-    ``num_stray``, ``num_void_regions``, ``false_frame`` (bool on a normal frame, None otherwise) and
-    ``coverage`` (covered share of every labelled obstacle, in increasing instance id).
+    ``num_stray``, ``num_void_regions``, ``false_frame`` (bool on a normal frame, None otherwise), and per
+    labelled obstacle in increasing instance id its ``object_ids``, ``object_pixels``, ``coverage``
+    (covered share) and ``found``.
     """
     rep = _label_map(reported, "reported")
     inst = _label_map(instances, "instances")
@@ -96,7 +97,8 @@ def frame_planner_stats(reported: Any, instances: Any, ignore: Any = None, min_c
             "num_true_regions": int(true_region.sum()), "num_stray": int(stray.sum()),
             "num_void_regions": int(void_region.sum()),
             "false_frame": bool(stray.any()) if normal else None,
-            "coverage": [float(c) for c in coverage]}
+            "coverage": [float(c) for c in coverage], "object_ids": [int(i) for i in ids],
+            "object_pixels": [int(n) for n in obj_size[ids]], "found": [bool(f) for f in found]}
 
 
 @dataclass
@@ -210,20 +212,14 @@ class DriveScorer:
         """Adds the next frame; returns its :func:`frame_planner_stats` plus ``frame`` (its index here)."""
         index = len(self._frames)
         stats = frame_planner_stats(reported, instances, ignore, self.min_coverage)
-        inst = _label_map(instances, "instances")
-        rep = _label_map(reported, "reported")
-        n = int(inst.max(initial=0)) + 1
-        size = np.bincount(inst.ravel(), minlength=n)
-        covered = np.bincount(inst[rep > 0], minlength=n)
-        for oid in np.flatnonzero(size[1:]) + 1:
-            obj = self._objects.setdefault(int(oid), {"id": int(oid), "first_visible": index, "appears": None,
-                                                      "found_frame": None, "max_area": 0})
-            obj["max_area"] = max(obj["max_area"], int(size[oid]))
-            if obj["appears"] is None and size[oid] >= self.min_area:
+        for oid, pixels, found in zip(stats["object_ids"], stats["object_pixels"], stats["found"]):
+            obj = self._objects.setdefault(oid, {"id": oid, "first_visible": index, "appears": None,
+                                                 "found_frame": None, "max_area": 0})
+            obj["max_area"] = max(obj["max_area"], pixels)
+            if obj["appears"] is None and pixels >= self.min_area:
                 obj["appears"] = index
             start = obj["appears"]
-            if (start is not None and obj["found_frame"] is None and index < start + self.within_frames
-                    and covered[oid] >= (self.min_coverage - _EPS) * size[oid]):
+            if start is not None and obj["found_frame"] is None and index < start + self.within_frames and found:
                 obj["found_frame"] = index
         self._frames.append({"frame": index, "stray": stats["num_stray"], "regions": stats["num_regions"]})
         return {**stats, "frame": index}
