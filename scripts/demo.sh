@@ -77,6 +77,19 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+# A re-run replaces the previous run's outputs, and nothing else: a folder holding anything the demo
+# does not write (e.g. a mistyped PEBAL_DEMO_OUT) is refused before anything is removed.
+if [ -e "$OUT" ] || [ -L "$OUT" ]; then
+  [ -d "$OUT" ] && [ ! -L "$OUT" ] || die "$OUT: exists and is not a folder"
+  for entry in "$OUT"/* "$OUT"/.[!.]*; do
+    [ -e "$entry" ] || [ -L "$entry" ] || continue
+    case "$(basename "$entry")" in
+      drive_bag|node.log|recorder.log|summary.json|overlay.mp4|overlay.avi|overlay_last.png|ready|played) ;;
+      .overlay.*.tmp*) ;;  # a video write that was interrupted
+      *) die "$OUT: holds $(basename "$entry"), which the demo did not write; choose another PEBAL_DEMO_OUT" ;;
+    esac
+  done
+fi
 rm -rf "$OUT"
 mkdir -p "$OUT"
 say "ROS_DOMAIN_ID=$ROS_DOMAIN_ID (loopback only); outputs in $OUT"
