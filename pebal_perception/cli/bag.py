@@ -1,6 +1,7 @@
 """``pebal-bag``: replay a ROS 2 bag into the detector node, or run the detector over a bag offline.
 
     pebal-bag play BAG [--rate F] [--loop] [--topics T ...] [--remap OLD:=NEW ...] [--wait-for-subscribers]
+                      [--clock [HZ]]
     pebal-bag process BAG --output OUT [--topic /camera/image_raw] [--checkpoint C --model M --device D]
                       [--params-file config/detector.yaml] [--param NAME:=VALUE ...] [--overlay]
                       [--storage sqlite3|mcap] [--prefix /pebal_detector]
@@ -9,7 +10,12 @@
 
 ``play`` publishes every message (sqlite3 or mcap bags) at its recorded time offset (the bag's own
 timestamps, scaled by ``--rate``) as the raw serialized bytes (nothing is deserialised) with rclpy
-publishers of the recorded types and QoS. Ctrl-C stops it cleanly (exit 0).
+publishers of the recorded types and QoS. Ctrl-C stops it cleanly (exit 0). With ``--clock [HZ]``
+it also publishes the bag's time (``rosgraph_msgs/Clock`` on ``/clock``, HZ times per second of wall
+time, default 100, like ``ros2 bag play --clock``) for nodes started with ``use_sim_time:=true``:
+the first played message's time while it waits for subscribers / ``--delay``, then the bag time
+advancing at ``--rate`` (never past the next message's time), and the last message's time at the end.
+With ``--loop`` the clock jumps back to the first message's time at each pass.
 
 ``process`` runs the node's own pipeline (``InferenceEngine`` + ``node/processing.py``: the same
 functions the node calls, with the same parameters read from the same params file) over every image
@@ -55,6 +61,7 @@ from typing import Any, Sequence
 from pebal_perception.core.cli_args import image_size, positive_int, positive_number
 
 PROG = "pebal-bag"
+DEFAULT_CLOCK_HZ = 100.0  # ros2 bag play --clock's default
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -88,6 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help="before playing, wait until every topic has a subscriber (at most --wait-timeout)")
     play.add_argument("--wait-timeout", type=positive_number, default=15.0, help="seconds (default 15)")
     play.add_argument("--delay", type=float, default=0.0, help="seconds to wait after creating the publishers")
+    play.add_argument("--clock", type=positive_number, nargs="?", const=DEFAULT_CLOCK_HZ, default=None,
+                      metavar="HZ",
+                      help=f"also publish the bag's time on /clock, HZ times a second (default "
+                           f"{DEFAULT_CLOCK_HZ:g}), for nodes run with use_sim_time:=true; with --loop the "
+                           "time jumps back at each pass (write it after BAG, or as --clock=HZ)")
     play.add_argument("--quiet", "-q", action="store_true")
 
     proc = sub.add_parser("process", help="run the detector offline over a bag, write an output bag")
@@ -225,6 +237,57 @@ def _rclpy_qos(profiles: list[Any]) -> Any:
                       durability=DurabilityPolicy.TRANSIENT_LOCAL if latched else DurabilityPolicy.VOLATILE)
 
 
+class _BagClock:
+    """``/clock`` for ``play --clock``: publishes the bag's time every ``1/hz`` s of wall time from
+    within the player's waits (:meth:`wait_until`), so also between messages and before the first one."""
+
+    def __init__(self, node: Any, hz: float, rate: float):
+        from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+        from rosgraph_msgs.msg import Clock
+
+        # rosbag2's player uses rclcpp::ClockQoS (best effort, keep last 1, volatile), what rclpy's and
+        # rclcpp's time sources subscribe with: only the newest time matters, and a lost sample is
+        # replaced by the next one 1/hz later instead of being resent late.
+        qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.BEST_EFFORT,
+                         durability=DurabilityPolicy.VOLATILE)
+        self._pub = node.create_publisher(Clock, "/clock", qos)
+        self._msg = Clock()
+        self._period = 1.0 / hz
+        self._rate = rate
+        self._next_tick = time.monotonic()
+        self.hold(0)
+
+    def hold(self, bag_ns: int) -> None:
+        """From now on the clock stands at ``bag_ns``."""
+        self._origin, self._wall, self._cap = bag_ns, None, bag_ns
+
+    def follow(self, bag_ns: int, wall: float, cap_ns: int) -> None:
+        """The clock runs from ``bag_ns`` at monotonic time ``wall`` at ``rate``, up to ``cap_ns`` (the
+        next message's time: the clock never runs ahead of what has been published)."""
+        self._origin, self._wall, self._cap = bag_ns, wall, cap_ns
+
+    def now_ns(self) -> int:
+        if self._wall is None:
+            return self._origin
+        return min(self._cap, self._origin + int((time.monotonic() - self._wall) * self._rate * 1e9))
+
+    def wait_until(self, deadline: float, stop: threading.Event) -> bool:
+        """``frame_sources.wait_until`` that publishes the clock at every tick on the way."""
+        from pebal_perception.frame_sources import wait_until
+
+        while True:
+            now = time.monotonic()
+            if now >= self._next_tick:
+                ns = self.now_ns()
+                self._msg.clock.sec, self._msg.clock.nanosec = divmod(ns, 1_000_000_000)
+                self._pub.publish(self._msg)
+                self._next_tick = max(self._next_tick + self._period, now)  # no burst after a stall
+            if not wait_until(min(deadline, self._next_tick), stop):
+                return False
+            if time.monotonic() >= deadline:
+                return True
+
+
 def play(args: argparse.Namespace) -> int:
     from pebal_perception.bag import open_bag, qos_of
     from pebal_perception.frame_sources import wait_until
@@ -266,19 +329,28 @@ def play(args: argparse.Namespace) -> int:
                                                                    _rclpy_qos(qos_of(conn)))
                 if not publishers:
                     raise CliError(f"{args.bag}: no topic to play")
+                clock = None
+                if args.clock is not None:
+                    clock = _BagClock(node, args.clock, args.rate)
+                    # The first played message's time from the start, so that the timers of nodes
+                    # using sim time run while the player waits for them.
+                    messages = reader.messages(list(publishers))
+                    clock.hold(next(messages, (None, 0))[1])
+                    messages.close()
+                wait = clock.wait_until if clock is not None else wait_until
                 if args.wait_for_subscribers:
                     deadline = time.monotonic() + args.wait_timeout
                     while not stop.is_set() and time.monotonic() < deadline:
                         if all(p.get_subscription_count() > 0 for p in publishers.values()):
                             break
-                        time.sleep(0.05)
+                        wait(time.monotonic() + 0.05, stop)
                     else:
                         if not stop.is_set():
                             lonely = [p.topic_name for p in publishers.values() if p.get_subscription_count() == 0]
                             sys.stderr.write(f"{PROG}: warning: no subscriber on {', '.join(lonely)} after "
                                              f"{args.wait_timeout:g} s; playing anyway\n")
                 if args.delay > 0:
-                    stop.wait(args.delay)
+                    wait(time.monotonic() + args.delay, stop)
                 if not args.quiet:
                     print(f"{PROG}: playing {args.bag} ({reader.message_count} messages, "
                           f"{len(publishers)} topics) at rate {args.rate:g}{' in a loop' if args.loop else ''}",
@@ -290,14 +362,18 @@ def play(args: argparse.Namespace) -> int:
                     for conn, timestamp, data in reader.messages(list(publishers)):
                         if first is None:
                             first = timestamp
-                        if not wait_until(start_wall + (timestamp - first) / 1e9 / args.rate, stop):
+                        if clock is not None:
+                            clock.follow(first, start_wall, timestamp)
+                        if not wait(start_wall + (timestamp - first) / 1e9 / args.rate, stop):
                             break
                         publishers[conn.topic].publish(data)
                         published += 1
+                        if clock is not None:
+                            clock.hold(timestamp)  # until the next message, or the end: the last time
                     if not args.loop:
                         break
                 if not stop.is_set():
-                    stop.wait(0.5)  # let reliable deliveries of the last messages finish
+                    wait(time.monotonic() + 0.5, stop)  # let reliable deliveries of the last messages finish
                 if not args.quiet:
                     unknown = f", skipped {len(skipped)} topics of unknown types" if skipped else ""
                     print(f"{PROG}: published {published} messages{unknown}"
