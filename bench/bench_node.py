@@ -103,7 +103,7 @@ def run(quick: bool = False, repeats: int | None = None, verbose: bool = True) -
         # the in-process pipeline's post-processing: plain threshold, every blob kept
         "restrict_to_drivable:=false", "min_obstacle_area:=1",
         # 1.5 MB frames: with best-effort input one lost UDP fragment drops the whole frame
-        "qos.reliability:=reliable"]), Path(tmp.name) / "node.log")
+        ros_harness.reliable_input_param("/image")]), Path(tmp.name) / "node.log")
     ctx = rclpy.Context()
     rclpy.init(context=ctx)
     node = rclpy.create_node("pebal_bench_client", context=ctx)

@@ -12,9 +12,10 @@ What runs (all on this machine, DDS on loopback only: ``ROS_AUTOMATIC_DISCOVERY_
   ``checkpoint: ''``; ``restrict_to_drivable``, ``min_obstacle_area`` and every other parameter at the
   params file's defaults), ``device:=cpu``, the camera mounting height / pitch of the drive (so ground
   positions are computed), the launch file's remappings onto the bag's topics, and
-  ``qos.reliability:=reliable`` (``--best-effort`` keeps the params file's best_effort: a 1.5 MB frame
-  is ~25 UDP fragments and one lost fragment loses the frame inside DDS, before the node sees it,
-  which would hide lost frames from the node's accounting and lighten the load this soak puts on it);
+  a reliable image subscription (``qos_overrides.<topic>.subscription.reliability``;
+  ``--best-effort`` keeps the params file's best_effort: a 1.5 MB frame is ~25 UDP fragments and one
+  lost fragment loses the frame inside DDS, before the node sees it, which would hide lost frames from
+  the node's accounting and lighten the load this soak puts on it);
 * the **real replay tool**: a synthetic drive (``pebal_training.recipes.drive_bag``, 1024x512 ``bgr8``,
   a few seconds of frames with anomalies on the road, ``/camera/image_raw`` + ``/camera/camera_info``)
   is written once into a temporary bag and replayed with ``pebal-bag play --loop`` at its recorded

@@ -105,7 +105,7 @@ read -r CAM_HEIGHT CAM_PITCH < <("$PY" -c 'import json,sys; c=json.load(open(sys
 # Reliable input (the bag player offers reliable): delivery does not depend on the DDS profile then,
 # so the summary shows the node's own behaviour (it drops only stale frames).
 "$VENV/lib/pebal_perception/detector_node" --ros-args --params-file config/detector.yaml \
-  "${node_params[@]}" -p qos.reliability:=reliable \
+  "${node_params[@]}" -p "qos_overrides.$IMAGE_TOPIC.subscription.reliability:=reliable" \
   -p "camera.height_m:=$CAM_HEIGHT" -p "camera.pitch_rad:=$CAM_PITCH" \
   -r "image:=$IMAGE_TOPIC" -r "image/compressed:=$IMAGE_TOPIC/compressed" -r "camera_info:=$INFO_TOPIC" \
   -r "__ns:=$NS" >"$OUT/node.log" 2>&1 &

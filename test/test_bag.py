@@ -4,6 +4,8 @@
 * ``pebal-bag process`` writes a complete version-8 bag whose outputs carry the input stamps, decode,
   and equal what the live node publishes for the same frames (the node is started exactly as the
   launch file starts it, and the bag is replayed into it with ``pebal-bag play``).
+* ``pebal-bag play --clock`` publishes the bag's time on /clock; the node with ``use_sim_time`` runs its
+  diagnostics timer on it.
 * Bad inputs (missing, truncated, corrupt, empty bag; missing topic) give one error line and a
   non-zero exit; a failure in the middle (an undecodable message) leaves no output bag behind.
 
@@ -233,7 +235,8 @@ def test_process_matches_live_node(capsys, work, checkpoint, drive_bags):
     # Reliable input: this test compares outputs, and best-effort DDS may lose the first or last frame on
     # a loaded machine (the node's own dropping of stale frames stays as it is).
     args = ros_harness.detector_args(namespace="/t_bag", checkpoint=checkpoint,
-                                     params=[*params, "qos.reliability:=reliable"], image_topic=image_topic,
+                                     params=[*params, ros_harness.reliable_input_param(image_topic)],
+                                     image_topic=image_topic,
                                      info_topic=info_topic)
     with ros_harness.Peer("test_bag_peer") as peer:
         # Subscribed before the node starts, so no output can be missed.
@@ -396,7 +399,8 @@ def test_replaying_a_10hz_bag_into_a_slower_node_drops_frames_and_queues_nothing
     image_topic = f"/slow_{tag}/image"
     # Network input 1024x512: several hundred ms per frame on this CPU, far slower than 10 Hz.
     args = ros_harness.detector_args(namespace="/t_slow", checkpoint=checkpoint, image_topic=image_topic,
-                                     params=["input_width:=1024", "input_height:=512", "qos.reliability:=reliable"])
+                                     params=["input_width:=1024", "input_height:=512",
+                                             ros_harness.reliable_input_param(image_topic)])
 
     def idle_for_2s(collector) -> bool:  # the node's last frame is out
         timed = collector.timed()
@@ -420,7 +424,7 @@ def test_replaying_a_10hz_bag_into_a_slower_node_drops_frames_and_queues_nothing
     assert 2 <= len(results) < frames, (len(results), tail)
     assert stamps == sorted(set(stamps)), stamps
     # Newest-frame-only, never a queue: once the player has finished, at most the frame in work, the
-    # one in the mailbox and what the subscription's history (qos.depth 5) still held come out, while
+    # one in the mailbox and what the subscription's history (depth 5) still held come out, while
     # a queue would still owe every frame not yet processed. Counts, not seconds: CI is a noisy machine.
     assert after_play <= 2 + 5, (after_play, len(results), tail)
 
@@ -463,3 +467,87 @@ def test_message_types_resolve_only_from_known_packages():
     from sensor_msgs.msg import Image
 
     assert bag_cli.resolve_message_type("sensor_msgs/msg/Image") is Image
+
+
+# ------------------------------------------------------------------------------------------ play --clock
+
+CLOCK_FRAMES = 6  # stamped 0.5 s apart: 2.5 s of bag time, so that a 1 Hz sim-time timer fires in it
+
+
+@pytest.fixture(scope="module")
+def clock_bag(work) -> Path:
+    bag = work / "drive_2hz"
+    write_drive_bag(bag, frames=CLOCK_FRAMES, fps=2.0, size=SIZE, seed=3, anomalies=(1, 2), storage="sqlite3",
+                    encoding="rgb8", start_time=START)
+    return bag
+
+
+def _ns(t) -> int:
+    return int(t.sec) * 1_000_000_000 + int(t.nanosec)
+
+
+def _image_times(bag: Path) -> list[int]:
+    return [t for t, _ in read_all(bag)[IMAGE_TOPIC]]
+
+
+@pytest.mark.ros
+def test_play_clock_publishes_the_bag_time(work, clock_bag):
+    """``play --clock``: /clock stands at the first message's time while the player waits for subscribers,
+    then runs with the bag (also between messages), never backwards, and ends at the last message's time."""
+    _ros_or_skip()
+    pytest.importorskip("rosgraph_msgs.msg")
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from rosgraph_msgs.msg import Clock
+    from sensor_msgs.msg import Image
+
+    times = _image_times(clock_bag)
+    first, last = times[0], times[-1]
+    image_topic = f"/clock_{uuid.uuid4().hex[:6]}/image"
+    with ros_harness.Peer("test_clock_peer") as peer:
+        # Deep enough to keep every sample between two spins (QoS as rclpy's own time source, but depth).
+        clock = peer.collect(Clock, "/clock", QoSProfile(depth=100, reliability=ReliabilityPolicy.BEST_EFFORT))
+        cmd = [ros_harness.PLAYER, "play", clock_bag, "--topics", IMAGE_TOPIC, "--remap",
+               f"{IMAGE_TOPIC}:={image_topic}", "--clock", "--wait-for-subscribers", "--wait-timeout", "60"]
+        with ros_harness.ChildProcess(cmd, work / "play-clock.log") as player:
+            # The player holds the bag's start time until its image topic has a subscriber: subscribe
+            # only once that time has arrived here, so the first time cannot be missed.
+            assert clock.wait_count(1, timeout=60), player.output()
+            peer.collect(Image, image_topic, ros_harness.reliable_qos())
+            assert player.wait(timeout=60) == 0, player.output()
+        assert f"published {CLOCK_FRAMES} messages" in player.output(), player.output()
+        assert clock.wait(lambda m: _ns(m.clock) == last, timeout=10) is not None, player.output()
+        got = [_ns(m.clock) for m in clock.snapshot()]
+    assert got == sorted(got), "the clock went backwards"
+    assert got[0] == first and got[-1] == last
+    # Published at its own rate, not only at the messages' times: samples inside every gap.
+    for a, b in zip(times, times[1:]):
+        assert any(a < t < b for t in got), (a, b)
+
+
+@pytest.mark.ros
+def test_node_with_use_sim_time_reports_diagnostics_in_bag_time(work, checkpoint, clock_bag):
+    """The real detector node with ``use_sim_time:=true`` runs its 1 Hz diagnostics timer on the bag's
+    time from ``play --clock``: reports come, stamped inside the bag's time range (not wall time)."""
+    _ros_or_skip()
+    pytest.importorskip("rosgraph_msgs.msg")
+    from diagnostic_msgs.msg import DiagnosticArray
+
+    times = _image_times(clock_bag)
+    tag = uuid.uuid4().hex[:6]
+    image_topic, info_topic = f"/simcam_{tag}/image", f"/simcam_{tag}/camera_info"
+    args = ros_harness.detector_args(namespace="/t_sim", checkpoint=checkpoint, image_topic=image_topic,
+                                     info_topic=info_topic, params=["use_sim_time:=true"])
+    mine = lambda m: any(s.name.startswith("/t_sim/pebal_detector:") for s in m.status)  # noqa: E731
+    with ros_harness.Peer("test_clock_peer") as peer:
+        diagnostics = peer.collect(DiagnosticArray, "/diagnostics", ros_harness.reliable_qos(100))
+        with ros_harness.NodeProcess(args, work / f"node-sim-{tag}.log") as node:
+            peer.wait_matched([diagnostics], node, timeout=60)
+            play = subprocess.run(
+                [str(ros_harness.PLAYER), "play", str(clock_bag), "--topics", IMAGE_TOPIC, INFO_TOPIC,
+                 "--remap", f"{IMAGE_TOPIC}:={image_topic}", "--remap", f"{INFO_TOPIC}:={info_topic}", "--clock",
+                 "--wait-for-subscribers", "--wait-timeout", "60"],
+                env=ros_harness.child_env(), capture_output=True, text=True, timeout=120)
+            assert play.returncode == 0, play.stderr
+            assert diagnostics.wait(mine, timeout=15) is not None, node.output()[-2000:]
+        stamps = [_ns(m.header.stamp) for m in diagnostics.snapshot() if mine(m)]
+    assert stamps and all(times[0] <= s <= times[-1] for s in stamps), (stamps, times[0], times[-1])

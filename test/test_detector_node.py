@@ -81,10 +81,10 @@ class NodeProcess(ros_harness.NodeProcess):
     """The harness's detector node with this module's camera topics and namespace; stderr kept apart."""
 
     def __init__(self, workdir: Path, *ros_args: str, namespace: str = NS, checkpoint: Path | str | None = None,
-                 extra_env: dict[str, str] | None = None):
+                 extra_env: dict[str, str] | None = None, launcher: Path = ros_harness.LAUNCHER):
         super().__init__(ros_harness.detector_args(namespace=namespace, checkpoint=checkpoint, extra=ros_args,
                                                    image_topic=IMAGE_TOPIC, info_topic=INFO_TOPIC),
-                         workdir, separate_stderr=True, extra_env=extra_env)
+                         workdir, separate_stderr=True, extra_env=extra_env, launcher=launcher)
 
 
 class Peer(ros_harness.Peer):
@@ -241,7 +241,8 @@ def peer():
 @pytest.fixture(scope="module")
 def node(workdir, checkpoint, peer):
     proc = NodeProcess(workdir, "-p", "restrict_to_drivable:=false", "-p", f"min_obstacle_area:={MIN_AREA}",
-                       "-p", "subscribe_compressed:=true", "-p", "qos.depth:=10", "-p", "cpu_threads:=1",
+                       "-p", "subscribe_compressed:=true", "-p", f"qos_overrides.{IMAGE_TOPIC}.subscription.depth:=10",
+                       "-p", "cpu_threads:=1",
                        *PER_PIXEL_ARGS,
                        checkpoint=checkpoint)
     outputs = peer.outputs(NODE)
@@ -405,6 +406,28 @@ def test_threshold_change_and_consistent_outputs(node, peer):
     send_and_wait(peer, outputs, lambda: image_msg(rgb), predicate=lambda m: m.threshold == pytest.approx(-8.5))
     assert peer.set_parameters(NODE, Parameter("threshold", value=float("nan")))[0].successful
     send_and_wait(peer, outputs, lambda: image_msg(rgb), predicate=lambda m: m.threshold == pytest.approx(-9.0))
+
+
+def test_run_time_type_errors_name_both_types(node, peer):
+    """A set-parameters request of the wrong type is refused with the parameter and both types named
+    (rclpy alone says "Wrong parameter type, expected 'Type.DOUBLE' got 'Type.INTEGER'"), also through
+    set_parameters_atomically; the value stays."""
+    from rcl_interfaces.srv import SetParametersAtomically
+
+    before = peer.get_parameter(NODE, "hysteresis")
+    (result,) = peer.set_parameters(NODE, Parameter("hysteresis", value=1))
+    assert not result.successful
+    expected = "parameter hysteresis expects a double, got an integer 1 (write 1.0)"
+    assert result.reason.startswith(expected), result.reason
+    client = peer.node.create_client(SetParametersAtomically, f"{NODE}/set_parameters_atomically")
+    try:
+        request = SetParametersAtomically.Request(parameters=[Parameter("smoothing", value="yes").to_parameter_msg()])
+        reply = peer.call(client, request)
+    finally:
+        peer.node.destroy_client(client)
+    assert not reply.result.successful
+    assert reply.result.reason.startswith("parameter smoothing expects a bool, got a string 'yes'"), reply.result.reason
+    assert peer.get_parameter(NODE, "hysteresis") == before
 
 
 def test_ground_positions_with_camera_info(node, peer):
@@ -662,7 +685,8 @@ def test_drops_instead_of_queueing_and_sigint(workdir, checkpoint, peer):
     end of the run (each result is the newest frame when the worker got free; a queue would deliver
     consecutive frames once it filled, its latency growing without bound)."""
     name = "/drop_ns/pebal_detector"
-    proc = NodeProcess(workdir, "-p", "input_width:=512", "-p", "input_height:=256", "-p", "qos.depth:=10",
+    proc = NodeProcess(workdir, "-p", "input_width:=512", "-p", "input_height:=256",
+                       "-p", f"qos_overrides.{IMAGE_TOPIC}.subscription.depth:=10",
                        "-p", "threshold:=-8.25", namespace="/drop_ns", checkpoint=checkpoint)
     outputs = peer.outputs(name)
     rgb = scene_image(size=(256, 512))
@@ -744,9 +768,14 @@ def test_drops_instead_of_queueing_and_sigint(workdir, checkpoint, peer):
         proc.stop(signal.SIGKILL if proc.alive() else signal.SIGINT)
 
 
-@pytest.mark.parametrize("case", ["corrupt", "missing_default"])
+@pytest.mark.parametrize("case", ["corrupt", "missing_default", "wrong_type"])
 def test_startup_failure_is_one_clear_line(workdir, case):
-    if case == "corrupt":
+    if case == "wrong_type":  # an override of the wrong type names the parameter and both types (without
+        # the params file: rcl silently drops a -p override whose type differs from a params file's value)
+        proc = ros_harness.NodeProcess(ros_harness.detector_args(namespace="/bad_ns", params_file=None,
+                                                                 params=["min_obstacle_area:=abc"]),
+                                       workdir, separate_stderr=True)
+    elif case == "corrupt":
         bad = workdir / "corrupt.pt"
         bad.write_bytes(b"this is not a checkpoint" * 10)
         proc = NodeProcess(workdir, namespace="/bad_ns", checkpoint=bad)
@@ -761,7 +790,9 @@ def test_startup_failure_is_one_clear_line(workdir, case):
     assert rc != 0
     assert len(lines) == 1, proc.stderr()
     assert lines[0].startswith("detector_node: error:") and "Traceback" not in proc.output()
-    assert ("corrupt.pt" in lines[0]) if case == "corrupt" else ("checkpoint" in lines[0])
+    expected = {"corrupt": "corrupt.pt", "missing_default": "checkpoint",
+                "wrong_type": "parameter min_obstacle_area expects an integer, got a string 'abc'"}[case]
+    assert expected in lines[0], lines[0]
 
 
 def test_starts_with_the_embedded_default_model(workdir, peer):
@@ -975,3 +1006,133 @@ def test_obstacles_are_tracked_over_frames_and_the_debug_view_is_published(workd
         assert mask[:100].any() and not mask[125:].any()
     finally:
         proc.stop(signal.SIGTERM)
+
+
+# ------------------------------------------------------------- ROS conventions: types, QoS, lazy input, lifecycle
+
+def _node_subscription(peer: Peer, topic: str, namespace: str):
+    infos = [i for i in peer.node.get_subscriptions_info_by_topic(topic) if i.node_namespace == namespace]
+    return infos[0] if infos else None
+
+
+def test_input_qos_from_the_standard_overrides_and_the_deprecated_names(workdir, checkpoint, peer):
+    """qos_overrides./<topic>.subscription.reliability sets the input subscription's QoS (seen over
+    discovery); the deprecated qos.reliability still works and is warned about (the default, best effort:
+    test_lazy_input_subscribes_only_while_an_output_is_listened_to)."""
+    from rclpy.qos import ReliabilityPolicy as Reliability
+
+    overridden = NodeProcess(workdir, "-p", f"qos_overrides.{IMAGE_TOPIC}.subscription.reliability:=reliable",
+                             "-p", f"qos_overrides.{IMAGE_TOPIC}.subscription.depth:=3",
+                             namespace="/qos_new", checkpoint=checkpoint)
+    deprecated = NodeProcess(workdir, "-p", "qos.reliability:=reliable", namespace="/qos_old", checkpoint=checkpoint)
+    try:
+        for proc, ns in ((overridden, "/qos_new"), (deprecated, "/qos_old")):
+            info = ros_harness.wait_for(lambda ns=ns: _node_subscription(peer, IMAGE_TOPIC, ns), START_TIMEOUT)
+            assert info is not None, proc.output()
+            assert info.qos_profile.reliability == Reliability.RELIABLE, ns
+        name = f"qos_overrides.{IMAGE_TOPIC}.subscription.depth"
+        assert peer.get_parameter("/qos_new/pebal_detector", name) == 3
+        assert ros_harness.wait_for(lambda: "ready:" in deprecated.output(), START_TIMEOUT)
+        log = deprecated.output() + deprecated.stderr()
+        assert "parameter qos.reliability is deprecated" in log and "qos_overrides." in log, log
+        assert "deprecated" not in overridden.output() + overridden.stderr()
+    finally:
+        overridden.stop(signal.SIGTERM)
+        deprecated.stop(signal.SIGTERM)
+
+
+def test_lazy_input_subscribes_only_while_an_output_is_listened_to(workdir, checkpoint, peer):
+    """lazy_input: with no subscriber to any output the node has no image subscription and receives none
+    of the frames published (frames_received stays 0); a ~/result subscriber brings the subscription and
+    the results; when it goes, the subscription goes too."""
+    ns = "/lazy_input_ns"
+    name = f"{ns}/pebal_detector"
+    proc = NodeProcess(workdir, "-p", "lazy_input:=true", namespace=ns, checkpoint=checkpoint)
+    rgb = scene_image(size=(96, 192))
+    try:
+        assert latest_status(peer, name, lambda st: True, timeout=START_TIMEOUT) is not None, proc.output()
+        for _ in range(5):  # nobody listens: nothing is received
+            peer.pub_image.publish(image_msg(rgb))
+            time.sleep(0.2)
+        assert _node_subscription(peer, IMAGE_TOPIC, ns) is None
+        status = latest_status(peer, name, lambda st: True, timeout=TIMEOUT)
+        assert _values(status)["frames_received"] == "0" and _values(status)["input_subscribed"] == "no"
+
+        outputs = {"result": peer.collect(ros_harness.detector_output_types()["result"], f"{name}/result",
+                                          ros_harness.reliable_qos())}
+        send_and_wait(peer, outputs, lambda: image_msg(rgb), timeout=TIMEOUT)
+        info = _node_subscription(peer, IMAGE_TOPIC, ns)
+        assert info is not None and info.qos_profile.reliability == ReliabilityPolicy.BEST_EFFORT  # sensor data
+        status = latest_status(peer, name, lambda st: int(_values(st)["frames_processed"]) >= 1, timeout=TIMEOUT)
+        assert _values(status)["input_subscribed"] == "yes"
+
+        peer.node.destroy_subscription(outputs["result"].subscription)
+        assert ros_harness.wait_for(lambda: _node_subscription(peer, IMAGE_TOPIC, ns) is None, TIMEOUT), proc.output()
+    finally:
+        proc.stop(signal.SIGTERM)
+
+
+def _lifecycle(peer: Peer, node_name: str, transition: str | None = None):
+    """The node's state label after ``transition`` (None: just get_state), and whether it succeeded."""
+    from lifecycle_msgs.msg import Transition
+    from lifecycle_msgs.srv import ChangeState, GetState
+
+    ok = True
+    if transition is not None:
+        client = peer.node.create_client(ChangeState, f"{node_name}/change_state")
+        try:
+            ids = {"configure": Transition.TRANSITION_CONFIGURE, "activate": Transition.TRANSITION_ACTIVATE,
+                   "deactivate": Transition.TRANSITION_DEACTIVATE, "cleanup": Transition.TRANSITION_CLEANUP,
+                   "shutdown": Transition.TRANSITION_INACTIVE_SHUTDOWN}
+            request = ChangeState.Request(transition=Transition(id=ids[transition]))
+            ok = peer.call(client, request, timeout=START_TIMEOUT).success
+        finally:
+            peer.node.destroy_client(client)
+    client = peer.node.create_client(GetState, f"{node_name}/get_state")
+    try:
+        return peer.call(client, GetState.Request(), timeout=START_TIMEOUT).current_state.label, ok
+    finally:
+        peer.node.destroy_client(client)
+
+
+LIFECYCLE_LAUNCHER = ros_harness.LAUNCHER.with_name("detector_lifecycle_node")
+
+
+@pytest.mark.skipif(not LIFECYCLE_LAUNCHER.is_file(), reason="detector_lifecycle_node not installed (scripts/setup.sh)")
+def test_lifecycle_node_transitions(workdir, checkpoint, peer):
+    """The managed node: unconfigured (no outputs, no input subscription) -> configure (model loaded;
+    still no publishers) -> activate (frames in, results out) -> deactivate (publishers and subscriptions
+    gone) -> activate again (results again) -> deactivate, cleanup -> shutdown. A configure that cannot
+    load its checkpoint fails and leaves the node unconfigured."""
+    ns = "/managed_ns"
+    name = f"{ns}/pebal_detector"
+    result_topic = f"{name}/result"
+    proc = NodeProcess(workdir, namespace=ns, checkpoint=checkpoint, launcher=LIFECYCLE_LAUNCHER)
+    missing = workdir / "no_such_model.pt"
+    broken = NodeProcess(workdir, namespace="/managed_bad", checkpoint=missing, launcher=LIFECYCLE_LAUNCHER)
+    outputs = {"result": peer.collect(ros_harness.detector_output_types()["result"], result_topic,
+                                      ros_harness.reliable_qos())}
+    rgb = scene_image(size=(96, 192))
+    try:
+        assert _lifecycle(peer, name) == ("unconfigured", True), proc.output()
+        assert peer.node.count_publishers(result_topic) == 0 and _node_subscription(peer, IMAGE_TOPIC, ns) is None
+        assert _lifecycle(peer, name, "configure") == ("inactive", True), proc.output()
+        assert peer.node.count_publishers(result_topic) == 0
+        assert _lifecycle(peer, name, "activate") == ("active", True), proc.output()
+        send_and_wait(peer, outputs, lambda: image_msg(rgb), timeout=START_TIMEOUT)
+        assert _lifecycle(peer, name, "deactivate") == ("inactive", True)
+        assert ros_harness.wait_for(lambda: peer.node.count_publishers(result_topic) == 0
+                                    and _node_subscription(peer, IMAGE_TOPIC, ns) is None, TIMEOUT)
+        assert _lifecycle(peer, name, "activate") == ("active", True)
+        send_and_wait(peer, outputs, lambda: image_msg(rgb), timeout=TIMEOUT)
+        assert _lifecycle(peer, name, "deactivate") == ("inactive", True)
+        assert _lifecycle(peer, name, "cleanup") == ("unconfigured", True)
+        assert _lifecycle(peer, name, "configure") == ("inactive", True)
+        assert _lifecycle(peer, name, "shutdown") == ("finalized", True)
+        assert proc.alive(), proc.output()  # finalized, not crashed: the process ends on a signal
+
+        assert _lifecycle(peer, "/managed_bad/pebal_detector", "configure") == ("unconfigured", False)
+        assert "no_such_model.pt" in broken.output() + broken.stderr()
+    finally:
+        proc.stop(signal.SIGTERM)
+        broken.stop(signal.SIGTERM)

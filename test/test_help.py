@@ -12,7 +12,9 @@ import pytest
 from pebal_perception.node.params import PARAMETERS, wants_help
 
 VENV = Path(sys.prefix)
-LAUNCHERS = [VENV / "lib" / "pebal_perception" / "detector_node", VENV / "lib" / "pebal_training" / "finetune"]
+LAUNCHERS = [VENV / "lib" / "pebal_perception" / "detector_node",
+             VENV / "lib" / "pebal_perception" / "detector_lifecycle_node",
+             VENV / "lib" / "pebal_training" / "finetune"]
 CONSOLE = ["pebal-detect", "pebal-bag", "pebal-camera", "pebal-synth", "pebal-finetune", "pebal-eval",
            "pebal-calibrate", "pebal-export"]
 
@@ -29,10 +31,13 @@ def test_ros_executables_print_help_and_exit_0(exe):
     res = _run(exe)
     assert res.returncode == 0, res.stderr
     assert res.stdout.startswith("usage:")
-    if exe.name == "detector_node":
+    if exe.name.startswith("detector_"):
         for spec in PARAMETERS:
             assert f"  {spec.name} ({spec.type}" in res.stdout, spec.name
         assert "~/obstacle_mask" in res.stdout and "ready:" not in res.stdout + res.stderr
+        assert "qos_overrides.<input topic>.subscription." in res.stdout  # the standard QoS overrides
+        assert res.stdout.startswith(f"usage: {exe.name} ")
+        assert ("lifecycle" in res.stdout) == (exe.name == "detector_lifecycle_node")
 
 
 @pytest.mark.parametrize("name", CONSOLE)

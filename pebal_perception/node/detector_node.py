@@ -2,9 +2,11 @@
 
 Topics (relative names, remappable)
 -----------------------------------
-Inputs (sensor-data QoS: ``qos.reliability`` best_effort by default, keep-last ``qos.depth``):
+Inputs (sensor-data QoS, best effort, keep last 5; the standard overrides
+``qos_overrides.<topic>.subscription.{reliability,depth,history}`` change it per subscription):
   ``image`` (sensor_msgs/Image), ``image/compressed`` (sensor_msgs/CompressedImage, only with
-  ``subscribe_compressed``), ``camera_info`` (sensor_msgs/CameraInfo, for ground positions).
+  ``subscribe_compressed``), ``camera_info`` (sensor_msgs/CameraInfo, for ground positions). With
+  ``lazy_input`` the image inputs are subscribed to only while some output has a subscriber.
 Outputs (reliable, keep-last 5), stamped with the input image's header, at the input resolution:
   ``~/semantic`` mono8 trainIds, ``~/semantic/color`` rgb8 (Cityscapes colours), ``~/energy`` 32FC1
   anomaly score, ``~/obstacle_mask`` mono8 0/255, ``~/overlay`` and ``~/debug`` rgb8: each image is
@@ -38,6 +40,12 @@ The executor thread only converts incoming messages to RGB and drops them into a
 (the newest frame wins; replacing a frame that was never processed counts as a drop). A dedicated
 worker thread runs inference + post-processing on the newest frame and publishes. Nothing queues.
 
+Managed variant
+---------------
+``detector_lifecycle_node`` (:class:`LifecycleDetectorNode`) is the same node as a lifecycle node for
+orchestrated start-up: configure loads the model, activate creates subscriptions and publishers,
+deactivate destroys them, cleanup releases the model. ``detector_node`` stays the default.
+
 Parameters: one table, ``node/params.py`` (PARAMETERS: name, type, default, range, read-only,
 description), from which the node builds its descriptors; ``config/detector.yaml`` documents every one.
 Camera mounting, smoothing, threshold and post-processing form one immutable ``RuntimeSettings``: a
@@ -64,12 +72,16 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Point
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType, SetParametersResult
 from rclpy.event_handler import SubscriptionEventCallbacks
-from rclpy.exceptions import ParameterNotDeclaredException, ParameterUninitializedException
+from rclpy.clock import Clock, ClockType
+from rclpy.exceptions import (InvalidParameterTypeException, ParameterNotDeclaredException,
+                              ParameterUninitializedException)
 from rclpy.executors import SingleThreadedExecutor
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.parameter_service import ParameterService
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.qos_overriding_options import QoSOverridingOptions
 from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Float32, Header
@@ -82,16 +94,24 @@ from pebal_perception.msg import AnomalyResult, Obstacle
 from pebal_perception.node.outputs import OUTPUT_TOPICS, MessageClasses, build_output_messages, obstacle_markers
 from pebal_perception.node.params import (DEVICES, NODE_NAME, PARAMETERS, PARAMETERS_BY_NAME, ParamSpec,
                                           RuntimeSettings, initial_settings, parse_threshold,
-                                          plan_parameter_batch)
+                                          plan_parameter_batch, type_mismatch)
 from pebal_perception.node.processing import (FrameOutOfMemory, GroundModel, LatestFrameMailbox, ObstaclePipeline,
                                               OomGuardedInference, RecentEvents, check_camera_info, make_ground_model,
                                               parse_oom_fallback, rescale_warning)
 
 PROG = "detector_node"
+LIFECYCLE_PROG = "detector_lifecycle_node"
+LAZY_INPUT_CHECK_S = 0.5  # how often lazy_input looks at the outputs' subscriber counts
+DEACTIVATE_WAIT_S = 10.0  # a deactivation waits this long for the frame in progress
 ROS_MESSAGES = MessageClasses(Image=Image, AnomalyResult=AnomalyResult, Obstacle=Obstacle, Point=Point, Time=Time)
 PARAMETER_TYPES = {"string": ParameterType.PARAMETER_STRING, "integer": ParameterType.PARAMETER_INTEGER,
                    "double": ParameterType.PARAMETER_DOUBLE, "bool": ParameterType.PARAMETER_BOOL,
                    "double_array": ParameterType.PARAMETER_DOUBLE_ARRAY}
+#: Type names for messages: the table's own, and the other ROS parameter types a request may carry.
+TYPE_NAMES = {**{kind: name for name, kind in PARAMETER_TYPES.items()},
+              ParameterType.PARAMETER_NOT_SET: "not set", ParameterType.PARAMETER_BYTE_ARRAY: "byte_array",
+              ParameterType.PARAMETER_BOOL_ARRAY: "bool_array", ParameterType.PARAMETER_INTEGER_ARRAY: "integer_array",
+              ParameterType.PARAMETER_STRING_ARRAY: "string_array"}
 
 
 class StartupError(Exception):
@@ -117,21 +137,40 @@ def parameter_descriptor(spec: ParamSpec) -> ParameterDescriptor:
     return descriptor
 
 
+def type_error(node: Node, parameter: Parameter) -> str | None:
+    """Why ``parameter`` cannot be set on ``node`` for its type, naming both types (rclpy would say
+    "Wrong parameter type, expected 'Type.DOUBLE' got 'Type.INTEGER'"); None when the type fits or the
+    parameter is undeclared or dynamically typed."""
+    if not node.has_parameter(parameter.name) or parameter.type_ == Parameter.Type.NOT_SET:
+        return None
+    descriptor = node.describe_parameter(parameter.name)
+    if descriptor.dynamic_typing or parameter.type_.value == descriptor.type:
+        return None
+    return type_mismatch(parameter.name, TYPE_NAMES.get(descriptor.type, str(descriptor.type)),
+                         TYPE_NAMES.get(parameter.type_.value, parameter.type_.name.lower()), parameter.value)
+
+
 class AllOrNoneParameterService(ParameterService):
     """rclpy's parameter services, except that a SetParameters request is checked and applied as a
-    whole: rclpy sets its parameters one by one (a valid threshold would be applied next to a refused
-    roi); here the whole list goes through set_parameters_atomically, and every result in the reply
-    is the request's."""
+    whole (rclpy sets its parameters one by one: a valid threshold would be applied next to a refused
+    roi): the whole list goes through set_parameters_atomically, and every result in the reply is the
+    request's. A wrong type is refused with both types named (:func:`type_error`)."""
 
-    def _set_parameters_callback(self, request, response):
+    def _apply(self, msgs) -> SetParametersResult:
         node = self._get_node()
         try:
-            params = [Parameter.from_parameter_msg(p) for p in request.parameters]
-            result = node.set_parameters_atomically(params) if params else SetParametersResult(successful=True)
+            params = [Parameter.from_parameter_msg(p) for p in msgs]
+            wrong = next((text for text in (type_error(node, p) for p in params) if text), None)
+            if wrong:
+                return SetParametersResult(successful=False, reason=wrong)
+            return node.set_parameters_atomically(params) if params else SetParametersResult(successful=True)
         except ParameterNotDeclaredException as exc:
-            result = SetParametersResult(successful=False, reason=str(exc))
+            return SetParametersResult(successful=False, reason=str(exc))
         except Exception as exc:  # noqa: BLE001 - a malformed request gets a reason, not a dead service
-            result = SetParametersResult(successful=False, reason=f"{type(exc).__name__}: {exc}")
+            return SetParametersResult(successful=False, reason=f"{type(exc).__name__}: {exc}")
+
+    def _set_parameters_callback(self, request, response):
+        result = self._apply(request.parameters)
         reason = result.reason
         if not result.successful and len(request.parameters) > 1:
             reason = f"{reason} (a request applies whole or not at all: none of its parameters was changed)"
@@ -139,14 +178,21 @@ class AllOrNoneParameterService(ParameterService):
                             for _ in request.parameters]
         return response
 
+    def _set_parameters_atomically_callback(self, request, response):
+        response.result = self._apply(request.parameters)
+        return response
 
-class DetectorNode(Node):
-    """The ``pebal_detector`` node (module docstring). ``stop_event`` is set to stop it (its worker
-    thread ends); ``kwargs`` go to ``rclpy.node.Node`` (context, namespace, cli_args, ...)."""
 
-    def __init__(self, stop_event: threading.Event, **kwargs: Any):
-        # The parameter services are started below: AllOrNoneParameterService instead of rclpy's own.
-        super().__init__(NODE_NAME, start_parameter_services=False, **kwargs)
+class DetectorBehaviour:
+    """What the plain node (:class:`DetectorNode`) and the managed one (:class:`LifecycleDetectorNode`)
+    share, in the steps of a managed node's life: :meth:`_begin` (parameters, counters), :meth:`_configure`
+    (the model and the settings), :meth:`_open` (subscriptions, publishers, timers, the worker),
+    :meth:`_close` (all of those released) and :meth:`_release` (the model). Mixed in before an
+    ``rclpy`` Node class."""
+
+    def _begin(self, stop_event: threading.Event) -> None:
+        """Declares the parameters (raises StartupError for a start-up value of the wrong type) and
+        starts the parameter services; counters start at zero and stay cumulative for the node's life."""
         self._stop = stop_event
         for spec in PARAMETERS:
             default = spec.default
@@ -154,7 +200,17 @@ class DetectorNode(Node):
                 # rclpy would infer BYTE_ARRAY from [], and a YAML [] leaves a parameter unset: declare the
                 # type itself; _value reads an unset one as the table's default.
                 default = Parameter.Type.DOUBLE_ARRAY
-            self.declare_parameter(spec.name, default, parameter_descriptor(spec))
+            try:
+                self.declare_parameter(spec.name, default, parameter_descriptor(spec))
+            except InvalidParameterTypeException:
+                given = self._parameter_overrides.get(spec.name)
+                raise StartupError(type_mismatch(
+                    spec.name, spec.type, TYPE_NAMES.get(given.type_.value, "?") if given else "?",
+                    given.value if given else None) + " (-p override or params file)") from None
+        for spec in PARAMETERS:
+            if spec.deprecated and spec.name in self._parameter_overrides:
+                self.get_logger().warning(f"parameter {spec.name} is deprecated (still honoured in this release): "
+                                          f"{spec.deprecated}")
         self._lock = threading.Lock()  # guards the counters
         self._rejected = {reason: 0 for reason in sorted(REJECT_REASONS)}
         self._rejected["internal_error"] = 0
@@ -177,47 +233,140 @@ class DetectorNode(Node):
         self.mailbox = LatestFrameMailbox()
         self.pipeline: ObstaclePipeline | None = None  # post-processing with memory (tracking); worker only
         self.converter = ImageConverter()
+        self.engine = None
+        self._settings: RuntimeSettings | None = None  # None until configured
+        self._entities: list[tuple[Any, Any]] = []  # (destroy method, entity) for what _open created
+        self._input_subscriptions: list[Any] = []
+        self._worker: threading.Thread | None = None
+        self._worker_stop = threading.Event()
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        self._parameter_service = AllOrNoneParameterService(self)
 
+    def _configure(self) -> None:
+        """Loads the model and builds the settings from the parameters; StartupError says why not."""
         self._load_engine()  # raises StartupError
         try:
             # Everything a run-time change may alter, in one immutable object: replaced whole (one
             # reference assignment), read once per frame by the worker.
-            self._settings: RuntimeSettings = initial_settings(
+            self._settings = initial_settings(
                 {spec.name: self._value(spec.name) for spec in PARAMETERS}, self.calibrated_threshold,
                 calibrated_postprocess(self.engine.meta))
         except ValueError as exc:
+            self._release()
             raise StartupError(f"invalid parameter: {exc}") from None
-        self.add_on_set_parameters_callback(self._on_set_parameters)
-        self._parameter_service = AllOrNoneParameterService(self)
 
-        depth = self._value("qos.depth")
-        reliability = self._value("qos.reliability")
-        sensor_qos = QoSProfile(
-            history=HistoryPolicy.KEEP_LAST, depth=depth, durability=DurabilityPolicy.VOLATILE,
-            reliability=(ReliabilityPolicy.RELIABLE if reliability == "reliable"
-                         else ReliabilityPolicy.BEST_EFFORT))
-        lost = SubscriptionEventCallbacks(message_lost=self._on_message_lost)
-        self.create_subscription(Image, "image", self._on_image, sensor_qos, event_callbacks=lost)
-        if self._value("subscribe_compressed"):
-            self.create_subscription(CompressedImage, "image/compressed", self._on_compressed, sensor_qos,
-                                     event_callbacks=lost)
-        self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, sensor_qos)
-
+    def _open(self) -> None:
+        """Publishers, timers, the worker and (unless lazy_input waits for a subscriber) the input
+        subscriptions."""
         out_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=5, reliability=ReliabilityPolicy.RELIABLE)
         self.publishers_by_topic = {topic: self.create_publisher(AnomalyResult if topic == "result" else Image,
                                                                  f"~/{topic}", out_qos) for topic in OUTPUT_TOPICS}
         self.pub_markers = self.create_publisher(MarkerArray, "~/obstacles/markers", out_qos)
         self.pub_time = self.create_publisher(Float32, "~/processing_time_ms", out_qos)
         self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self.create_timer(1.0, self._publish_diagnostics)
-
+        self._entities = [(self.destroy_publisher, pub) for pub in (*self.publishers_by_topic.values(),
+                                                                    self.pub_markers, self.pub_time, self.pub_diag)]
+        # The node's clock: with use_sim_time it runs on /clock (pebal-bag play --clock).
+        self._entities.append((self.destroy_timer, self.create_timer(1.0, self._publish_diagnostics)))
+        camera_info = self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, self._input_qos(),
+                                               qos_overriding_options=QoSOverridingOptions.with_default_policies())
+        self._entities.append((self.destroy_subscription, camera_info))
+        if self._value("lazy_input"):
+            # Steady clock: the check must run with use_sim_time before any /clock arrives.
+            check = self.create_timer(LAZY_INPUT_CHECK_S, self._update_input_subscriptions,
+                                      clock=Clock(clock_type=ClockType.STEADY_TIME))
+            self._entities.append((self.destroy_timer, check))
+        else:
+            self._subscribe_inputs()
+        self.mailbox.open()
+        self._worker_stop.clear()
         self._worker = threading.Thread(target=self._work, name="pebal-inference", daemon=True)
         self._worker.start()
+        image_qos = self._input_qos_text()
         self.get_logger().info(
             f"ready: model {self.model_id} on {self.engine.device} ({self.engine.precision}), network input "
             f"{self._input_size_text()}, threshold {self._settings.config.threshold:g}"
-            f"{' (calibrated)' if self._settings.threshold_param is None else ''}; subscribed to "
-            f"{self.resolve_topic_name('image')} ({reliability}, depth {depth})")
+            f"{' (calibrated)' if self._settings.threshold_param is None else ''}; "
+            + (f"subscribing to {self.resolve_topic_name('image')} while an output has a subscriber (lazy_input)"
+               if self._value("lazy_input") else f"subscribed to {self.resolve_topic_name('image')} ({image_qos})"))
+
+    def _close(self, timeout: float = 1.5) -> None:
+        """Stops the worker and destroys what :meth:`_open` created."""
+        self._worker_stop.set()
+        self.mailbox.close()
+        if self._worker is not None and self._worker.is_alive():
+            self._worker.join(timeout)
+        self._worker = None
+        self._unsubscribe_inputs()
+        for destroy, entity in reversed(self._entities):
+            destroy(entity)
+        self._entities = []
+        self.pipeline = None  # tracks do not survive a deactivation
+
+    def _release(self) -> None:
+        """Drops the model (and its device memory)."""
+        engine, self.engine, self._settings = self.engine, None, None
+        if engine is not None:
+            del engine
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+
+    # ------------------------------------------------------------------------------ inputs (QoS, lazy)
+    def _input_qos(self) -> QoSProfile:
+        """A fresh base profile for one input subscription (rclpy applies qos_overrides.* to it in place):
+        sensor data (best effort, keep last 5) unless the deprecated qos.* parameters say otherwise."""
+        return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=self._value("qos.depth"),
+                          durability=DurabilityPolicy.VOLATILE,
+                          reliability=(ReliabilityPolicy.RELIABLE if self._value("qos.reliability") == "reliable"
+                                       else ReliabilityPolicy.BEST_EFFORT))
+
+    def _input_qos_text(self) -> str:
+        topic = self.resolve_topic_name("image")
+        get = self._value_or
+        return (f"{get(f'qos_overrides.{topic}.subscription.reliability', self._value('qos.reliability'))}, "
+                f"depth {get(f'qos_overrides.{topic}.subscription.depth', self._value('qos.depth'))}")
+
+    def _value_or(self, name: str, default: Any) -> Any:
+        return self.get_parameter(name).value if self.has_parameter(name) else default
+
+    def _subscribe_inputs(self) -> None:
+        if self._input_subscriptions:
+            return
+        lost = SubscriptionEventCallbacks(message_lost=self._on_message_lost)
+        overrides = QoSOverridingOptions.with_default_policies()
+        subs = [self.create_subscription(Image, "image", self._on_image, self._input_qos(), event_callbacks=lost,
+                                         qos_overriding_options=overrides)]
+        if self._value("subscribe_compressed"):
+            subs.append(self.create_subscription(CompressedImage, "image/compressed", self._on_compressed,
+                                                 self._input_qos(), event_callbacks=lost,
+                                                 qos_overriding_options=overrides))
+        self._input_subscriptions = subs
+
+    def _unsubscribe_inputs(self) -> None:
+        for sub in self._input_subscriptions:
+            self.destroy_subscription(sub)
+        self._input_subscriptions = []
+
+    def _output_subscribers(self) -> int:
+        pubs = [*self.publishers_by_topic.values(), self.pub_markers, self.pub_time]
+        return sum(pub.get_subscription_count() for pub in pubs)
+
+    def _update_input_subscriptions(self) -> None:
+        """lazy_input: the image inputs are subscribed to only while some output (not /diagnostics) has a
+        subscriber, so nothing is received, converted or decoded while nobody listens."""
+        try:
+            wanted = self._output_subscribers() > 0
+            if wanted and not self._input_subscriptions:
+                self._subscribe_inputs()
+                self.get_logger().info("an output has a subscriber: subscribed to the image input (lazy_input)")
+            elif not wanted and self._input_subscriptions:
+                self._unsubscribe_inputs()
+                self.get_logger().info("no output has a subscriber: unsubscribed from the image input (lazy_input)")
+        except Exception as exc:  # noqa: BLE001 - a timer must not kill the node
+            self.get_logger().error(f"lazy input check failed: {type(exc).__name__}: {exc}",
+                                    throttle_duration_sec=10.0)
 
     # ------------------------------------------------------------------------------ parameters
     def _value(self, name: str) -> Any:
@@ -288,10 +437,16 @@ class DetectorNode(Node):
 
         A SetParameters request reaches this callback with all its parameters at once
         (AllOrNoneParameterService), as SetParametersAtomically does; rclpy has already refused
-        undeclared and read-only parameters, wrong types and values outside the descriptors' ranges."""
+        undeclared and read-only parameters, wrong types and values outside the descriptors' ranges.
+        Parameters of rclpy's own (use_sim_time, qos_overrides.*) pass; before the managed node is
+        configured, values are only type-checked here and are read when it is."""
+        if any(not p.name for p in params):  # rclpy lets an empty name through (and declarations come here)
+            return SetParametersResult(successful=False, reason="a parameter name must not be empty")
+        ours = [(p.name, p.value) for p in params if p.name in PARAMETERS_BY_NAME]
+        if self._settings is None or not ours:
+            return SetParametersResult(successful=True)
         try:
-            new = plan_parameter_batch(self._settings, [(p.name, p.value) for p in params],
-                                       self.calibrated_threshold)
+            new = plan_parameter_batch(self._settings, ours, self.calibrated_threshold)
         except ValueError as exc:
             return SetParametersResult(successful=False, reason=str(exc))
         except Exception as exc:  # noqa: BLE001 - never let a parameter request kill the node
@@ -385,7 +540,7 @@ class DetectorNode(Node):
         import torch
 
         torch.set_grad_enabled(False)
-        while not self._stop.is_set():
+        while not (self._stop.is_set() or self._worker_stop.is_set()):
             item = self.mailbox.take(timeout=0.2)
             if item is None:
                 continue
@@ -415,7 +570,7 @@ class DetectorNode(Node):
             self.pipeline.set_tracking(settings.tracking)
         stamp = int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
         frame = self.pipeline.process(semantic, score, settings.config, stamp, self._ground_model(w, h, settings))
-        if self._stop.is_set():
+        if self._stop.is_set() or self._worker_stop.is_set():  # shutting down or deactivating
             return
         publishers = self.publishers_by_topic
         wanted = {topic for topic, pub in publishers.items() if topic != "result" and pub.get_subscription_count() > 0}
@@ -502,6 +657,7 @@ class DetectorNode(Node):
                 ("frames_received", str(received)),
                 ("frames_processed", str(processed)),
                 ("images_built", str(images_built)),
+                ("input_subscribed", "yes" if self._input_subscriptions else "no"),
                 ("dropped_frames", str(dropped)),
                 ("frames_failed", str(failed)),
                 ("frames_lost_in_transport", str(lost)),
@@ -527,10 +683,73 @@ class DetectorNode(Node):
                                     throttle_duration_sec=10.0)
 
     def stop(self, timeout: float = 1.5) -> None:
+        """Ends the worker (within ``timeout`` s: shutdown does not wait for a long frame)."""
         self._stop.set()
+        self._worker_stop.set()
         self.mailbox.close()
-        if self._worker.is_alive():
+        if self._worker is not None and self._worker.is_alive():
             self._worker.join(timeout)
+
+
+class DetectorNode(DetectorBehaviour, Node):
+    """The ``pebal_detector`` node (module docstring): configured and active from construction.
+    ``stop_event`` is set to stop it (its worker thread ends); ``kwargs`` go to ``rclpy.node.Node``
+    (context, namespace, cli_args, ...). Raises StartupError for a parameter or model problem."""
+
+    def __init__(self, stop_event: threading.Event, **kwargs: Any):
+        # The parameter services are started by _begin: AllOrNoneParameterService instead of rclpy's own.
+        Node.__init__(self, NODE_NAME, start_parameter_services=False, **kwargs)
+        self._begin(stop_event)
+        self._configure()
+        self._open()
+
+
+class LifecycleDetectorNode(DetectorBehaviour, LifecycleNode):
+    """The same node as a managed (lifecycle) node, for stacks that orchestrate start-up (Nav2-style
+    lifecycle managers), driven through ``~/change_state``:
+
+    - unconfigured: parameters declared and settable, nothing loaded;
+    - configure: the model is loaded and the settings built (a checkpoint or parameter problem fails
+      the transition, logged, and the node stays unconfigured);
+    - activate: publishers, subscriptions, timers and the worker are created;
+    - deactivate: all of those are destroyed (the frame in progress is finished first);
+    - cleanup: the model is released; shutdown: everything is.
+    """
+
+    def __init__(self, stop_event: threading.Event, **kwargs: Any):
+        LifecycleNode.__init__(self, NODE_NAME, start_parameter_services=False, **kwargs)
+        self._begin(stop_event)
+
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        try:
+            self._configure()
+        except StartupError as exc:
+            self.get_logger().error(f"configure failed: {exc}")
+            return TransitionCallbackReturn.FAILURE
+        self.get_logger().info(f"configured: model {self.model_id} on {self.engine.device}")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._open()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._close(timeout=DEACTIVATE_WAIT_S)
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        if self._entities:
+            self._close(timeout=DEACTIVATE_WAIT_S)
+        self._release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.get_logger().error(f"error in state {state.label}: releasing everything")
+        return self.on_shutdown(state)
 
 
 def main(args: list[str] | None = None, *, fast_exit: bool | None = None) -> int:
@@ -553,14 +772,34 @@ def main(args: list[str] | None = None, *, fast_exit: bool | None = None) -> int
     return status
 
 
-def _run(args: list[str] | None) -> int:
+def lifecycle_main(args: list[str] | None = None, *, fast_exit: bool | None = None) -> int:
+    """The managed node (``detector_lifecycle_node``): as :func:`main`, but it starts unconfigured and is
+    driven through its lifecycle services (:class:`LifecycleDetectorNode`)."""
+    if fast_exit is None:
+        fast_exit = args is None
+    status = _run(args, lifecycle=True)
+    if fast_exit:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(status)
+    return status
+
+
+def _run(args: list[str] | None, lifecycle: bool = False) -> int:
     from pebal_perception.node.params import help_text, wants_help
 
+    prog = LIFECYCLE_PROG if lifecycle else PROG
     argv = list(sys.argv[1:] if args is None else args[1:])
     if wants_help(argv):
         summary, _, rest = (__doc__ or "").partition("\n\n")
         topics = rest.split("\nDiagnostics\n")[0]
-        sys.stdout.write(help_text(PROG, summary, topics))
+        if lifecycle:
+            summary = (f"{summary.strip()}\n\nThe managed (lifecycle) variant: it starts unconfigured; "
+                       "~/change_state configure loads the model, activate creates the subscriptions and "
+                       "publishers, deactivate destroys them, cleanup releases the model.")
+        sys.stdout.write(help_text(prog, summary, topics))
         return 0
     stop = threading.Event()
 
@@ -575,15 +814,15 @@ def _run(args: list[str] | None) -> int:
         rclpy.init(args=args if args is not None else sys.argv, signal_handler_options=SignalHandlerOptions.NO)
     except Exception as exc:  # noqa: BLE001 - e.g. malformed --ros-args: one line, no traceback
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        sys.stderr.write(f"{PROG}: error: cannot initialise ROS ({type(exc).__name__}: {first})\n")
+        sys.stderr.write(f"{prog}: error: cannot initialise ROS ({type(exc).__name__}: {first})\n")
         return 1
     node = None
     status = 0
     try:
         try:
-            node = DetectorNode(stop)
+            node = LifecycleDetectorNode(stop) if lifecycle else DetectorNode(stop)
         except StartupError as exc:
-            sys.stderr.write(f"{PROG}: error: {exc}\n")
+            sys.stderr.write(f"{prog}: error: {exc}\n")
             return 1
         executor = SingleThreadedExecutor()
         executor.add_node(node)
@@ -591,7 +830,7 @@ def _run(args: list[str] | None) -> int:
             executor.spin_once(timeout_sec=0.1)
         executor.remove_node(node)
     except Exception as exc:  # noqa: BLE001 - one line, no traceback
-        sys.stderr.write(f"{PROG}: error: {type(exc).__name__}: {exc}\n")
+        sys.stderr.write(f"{prog}: error: {type(exc).__name__}: {exc}\n")
         status = 1
     finally:
         if node is not None:

@@ -43,6 +43,7 @@ class ParamSpec:
     value_range: tuple[float, float] | None = None
     choices: tuple[str, ...] = ()
     dynamic_typing: bool = False
+    deprecated: str = ""  # what replaces a deprecated parameter (still honoured, warned about when given)
 
     def __post_init__(self):
         if self.type not in TYPES:
@@ -76,6 +77,9 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+#: The standard QoS override of an input subscription (rclpy declares these parameters, read-only).
+QOS_OVERRIDE_TEXT = "qos_overrides.<input topic>.subscription.{policy} (e.g. qos_overrides./camera/image_raw." \
+                    "subscription.{policy})"
 RUN_TIME = "Changeable at run time."
 READ_ONLY_TEXT = "Read-only."
 
@@ -189,14 +193,19 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               f"A reported obstacle stays reported this many frames after it was last detected. {RUN_TIME}",
               value_range=(0, 100)),
     ParamSpec("qos.depth", "integer", 5,
-              f"History depth of the input subscriptions (only the newest frame is processed). {READ_ONLY_TEXT}",
-              read_only=True, value_range=(1, 1000)),
+              "Deprecated: the base history depth of the input subscriptions, which "
+              f"qos_overrides.<topic>.subscription.depth overrides. {READ_ONLY_TEXT}",
+              read_only=True, value_range=(1, 1000), deprecated=f"use {QOS_OVERRIDE_TEXT.format(policy='depth')}"),
     ParamSpec("qos.reliability", "string", "best_effort",
-              "Reliability of the input subscriptions: best_effort (sensor data; matches reliable and "
-              f"best-effort publishers) or reliable. {READ_ONLY_TEXT}", read_only=True,
-              choices=("best_effort", "reliable")),
+              "Deprecated: the base reliability of the input subscriptions (best_effort or reliable), which "
+              f"qos_overrides.<topic>.subscription.reliability overrides. {READ_ONLY_TEXT}", read_only=True,
+              choices=("best_effort", "reliable"), deprecated=f"use {QOS_OVERRIDE_TEXT.format(policy='reliability')}"),
     ParamSpec("subscribe_compressed", "bool", False,
               f"Also subscribe to image/compressed (sensor_msgs/CompressedImage). {READ_ONLY_TEXT}", read_only=True),
+    ParamSpec("lazy_input", "bool", False,
+              "Subscribe to the image inputs only while some output (result, images, markers, processing "
+              "time; not /diagnostics) has a subscriber, checked every 0.5 s: nothing is received, converted "
+              f"or decoded while nobody listens. {READ_ONLY_TEXT}", read_only=True),
     ParamSpec("camera.height_m", "double", NAN,
               f"Camera mounting height above the flat ground [m], 0 < height <= {MAX_CAMERA_HEIGHT_M:g}; NaN = "
               f"unknown (no ground positions). {RUN_TIME}"),
@@ -391,9 +400,33 @@ def help_text(prog: str, summary: str, topics: str = "") -> str:
             facts.append(f"range [{spec.value_range[0]:g}, {spec.value_range[1]:g}]")
         if spec.choices:
             facts.append("one of " + ", ".join(spec.choices))
+        if spec.deprecated:
+            facts.append("deprecated: " + spec.deprecated)
         lines.append(f"  {spec.name} ({'; '.join(facts)})")
         lines += textwrap.wrap(spec.description, width=96, initial_indent="      ", subsequent_indent="      ")
+    lines += ["", "input QoS (the standard ROS 2 overrides, read-only, one set per input subscription):",
+              "  qos_overrides.<input topic>.subscription.{reliability,depth,history}",
+              "      e.g. -p qos_overrides./camera/image_raw.subscription.reliability:=reliable (the topic as",
+              "      resolved after remapping); default best_effort, keep_last, depth 5 (sensor data)."]
     return "\n".join(lines) + "\n"
+
+
+def type_mismatch(name: str, expected: str, given: str, value: Any) -> str:
+    """The error for a value of the wrong type, naming both types, with the fix for the usual slips
+    (``1`` for a double, ``1.0`` for an integer, ``yes`` for a bool)."""
+    hint = ""
+    if expected == "double" and given == "integer":
+        hint = f" (write {value}.0)"
+    elif expected == "integer" and given == "double":
+        hint = " (write a whole number, without a decimal point)"
+    elif expected == "bool":
+        hint = " (write true or false)"
+    elif expected == "double_array" and given == "integer_array":
+        hint = " (write every element with a decimal point, e.g. [0.0, 1.0])"
+    def article(word: str) -> str:
+        return f"{'an' if word[:1] in 'aeiou' else 'a'} {word}"
+
+    return f"parameter {name} expects {article(expected)}, got {article(given)} {value!r}{hint}"
 
 
 def wants_help(argv: Sequence[str]) -> bool:

@@ -259,3 +259,8 @@ class LatestFrameMailbox:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
+
+    def open(self) -> None:
+        """Accepts frames again after :meth:`close` (a managed node activated again)."""
+        with self._cond:
+            self._closed = False

@@ -262,6 +262,12 @@ def detector_args(*, namespace: str | None = None, checkpoint: Path | str | None
     return args
 
 
+def reliable_input_param(image_topic: str) -> str:
+    """The ``NAME:=VALUE`` that makes the node's image subscription on ``image_topic`` (as resolved)
+    reliable: the standard QoS override parameter."""
+    return f"qos_overrides.{image_topic}.subscription.reliability:=reliable"
+
+
 class NodeProcess(ChildProcess):
     """The installed detector node: ``LAUNCHER --ros-args *ros_args`` (see ``detector_args``). ``log``
     is the log file, or a directory to put a uniquely named one in; ``separate_stderr`` keeps stderr

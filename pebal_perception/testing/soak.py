@@ -8,8 +8,9 @@ and their report). What runs (all on this machine, DDS on loopback only in the c
   ``--params-file config/detector.yaml`` as the launch file starts it (embedded default model, every
   other parameter at the params file's defaults), ``device:=cpu``, the camera mounting height / pitch
   of the drive, the launch file's remappings onto the bag's topics and, by default,
-  ``qos.reliability:=reliable`` (a 1.5 MB frame is ~25 UDP fragments; with best effort one lost
-  fragment loses the frame inside DDS, before the node can count it);
+  ``qos_overrides.<image topic>.subscription.reliability:=reliable`` (a 1.5 MB frame is ~25 UDP
+  fragments; with best effort one lost fragment loses the frame inside DDS, before the node can count
+  it);
 * the **real replay tool**: a synthetic drive (``pebal_training.recipes.drive_bag``, ``bgr8``) written
   once into a temporary bag and replayed with ``pebal-bag play --loop`` at its recorded rate.
 
@@ -276,7 +277,7 @@ def soak(duration_s: float, *, fps: float = 10.0, size: tuple[int, int] = (1024,
          verbose: bool = True, progress_every_s: float = 60.0, reliable_input: bool = True,
          node_params: Sequence[str] = ()) -> dict[str, Any]:
     """Runs the node + looping replay for ``duration_s`` (after start-up) and returns the raw record
-    plus ``analysis`` (see ``analyse``). ``reliable_input``: ``qos.reliability:=reliable`` (else the params
+    plus ``analysis`` (see ``analyse``). ``reliable_input``: a reliable image subscription (else the params
     file's best_effort); ``node_params``: extra ``NAME:=VALUE`` node parameters. Raises SoakUnavailable /
     SoakError."""
     reason = prerequisites()
@@ -342,7 +343,7 @@ def soak(duration_s: float, *, fps: float = 10.0, size: tuple[int, int] = (1024,
 
         # The node, as launch/detector.launch.py starts it (params file, remappings), on the CPU.
         params = [f"camera.height_m:={float(cam['height'])}", f"camera.pitch_rad:={float(cam['pitch'])}",
-                  *(["qos.reliability:=reliable"] if reliable_input else []), *node_params]
+                  *([ros_harness.reliable_input_param(IMAGE_TOPIC)] if reliable_input else []), *node_params]
         t_start = time.monotonic()
         node = NodeProcess(ros_harness.detector_args(namespace=NAMESPACE, params=params, image_topic=IMAGE_TOPIC,
                                                      info_topic=INFO_TOPIC), work / "node.log")
