@@ -760,24 +760,16 @@ def main(args: list[str] | None = None, *, fast_exit: bool | None = None) -> int
     (PyTorch's alone takes over a second) would break the 2 s shutdown budget. ``fast_exit`` forces
     either behaviour.
     """
-    if fast_exit is None:
-        fast_exit = args is None
-    status = _run(args)
-    if fast_exit:
-        try:
-            sys.stdout.flush()
-            sys.stderr.flush()
-        finally:
-            os._exit(status)
-    return status
+    return _finish(_run(args), args is None if fast_exit is None else fast_exit)
 
 
 def lifecycle_main(args: list[str] | None = None, *, fast_exit: bool | None = None) -> int:
     """The managed node (``detector_lifecycle_node``): as :func:`main`, but it starts unconfigured and is
     driven through its lifecycle services (:class:`LifecycleDetectorNode`)."""
-    if fast_exit is None:
-        fast_exit = args is None
-    status = _run(args, lifecycle=True)
+    return _finish(_run(args, lifecycle=True), args is None if fast_exit is None else fast_exit)
+
+
+def _finish(status: int, fast_exit: bool) -> int:
     if fast_exit:
         try:
             sys.stdout.flush()
