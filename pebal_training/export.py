@@ -13,14 +13,15 @@ pooling). ONNX uses PyTorch's classic TorchScript-based exporter (``dynamo=False
 needs ``onnxscript``, which is not installed / not a dependency. ESPNetv2's pyramid pooling uses
 ``adaptive_avg_pool2d`` with output sizes that do not divide the input; the classic exporter refuses
 that, so during the ONNX export it is rewritten as an exact matrix-product pooling
-(:func:`onnx_friendly_adaptive_pool`). Files are written atomically, and :func:`export_model` writes
-none until every export has succeeded (a failed ONNX export leaves no lone ``NAME.pt`` behind).
+(``core.frame_graph.onnx_friendly_adaptive_pool``); the energy and the smoothing's reflect padding
+are written in the portable forms of ``core/frame_graph.py``, so the file also runs in OpenVINO.
+Files are written atomically, and :func:`export_model` writes none until every export has succeeded
+(a failed ONNX export leaves no lone ``NAME.pt`` behind).
 :data:`OUTPUT_LAYOUT` says what an export folder holds (files of names ``X.pt`` / ``X.onnx`` /
 ``X.json`` that go with an export sidecar ``X.json``), so that a folder of other files is refused.
 """
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 from pathlib import Path
@@ -31,6 +32,7 @@ from torch import nn
 
 from pebal_perception.core import scoring
 from pebal_perception.core.checkpoint import ModelMeta
+from pebal_perception.core.frame_graph import onnx_friendly_adaptive_pool, portable_free_energy, reflect_pad
 from pebal_perception.core.io import FolderLayout, atomic_write_bytes, atomic_write_json
 
 DEFAULT_OPSET = 17
@@ -71,14 +73,14 @@ class ScoringModel(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.model(x)[:, : self.num_classes].float()
         semantic = logits.argmax(dim=1)
-        energy = -torch.logsumexp(logits, dim=1)
+        # The portable forms of core/frame_graph.py: OpenVINO reads them (it refused the exporter's
+        # reflect Pad and ran its ReduceLogSumExp wrongly); equal to logsumexp / reflect padding.
+        energy = portable_free_energy(logits)
         if self.smoothing and self.kernel_size > 1:
-            pad = self.kernel_size // 2
-            e = nn.functional.pad(energy.unsqueeze(1), (pad, pad, pad, pad), mode="reflect")
+            e = reflect_pad(energy, self.kernel_size // 2)
             e = nn.functional.conv2d(e, self.kernel.view(1, 1, 1, -1))
-            e = nn.functional.conv2d(e, self.kernel.view(1, 1, -1, 1))
-            energy = e.squeeze(1)
-        return semantic, energy
+            energy = nn.functional.conv2d(e, self.kernel.view(1, 1, -1, 1))
+        return semantic, energy.squeeze(1)
 
 
 def scoring_model(model: nn.Module, smoothing: bool = True) -> ScoringModel:
@@ -106,51 +108,6 @@ def torchscript_bytes(module: ScoringModel, size_hw: tuple[int, int]) -> bytes:
         traced = torch.jit.trace(module, example_input(size_hw), check_trace=False)
         torch.jit.save(traced, buf)
     return buf.getvalue()
-
-
-def _pool_matrix(n_in: int, n_out: int) -> torch.Tensor:
-    """``n_out x n_in`` matrix of adaptive average pooling along one axis (PyTorch's bins:
-    ``[floor(i * n_in / n_out), ceil((i + 1) * n_in / n_out))``)."""
-    import numpy as np
-
-    # Built in numpy so that tracing records one constant, not one op per bin.
-    m = np.zeros((n_out, n_in), dtype=np.float32)
-    for i in range(n_out):
-        start = (i * n_in) // n_out
-        end = -((-(i + 1) * n_in) // n_out)
-        m[i, start:end] = 1.0 / (end - start)
-    return torch.from_numpy(m)
-
-
-@contextlib.contextmanager
-def onnx_friendly_adaptive_pool():
-    """Temporarily routes ``F.adaptive_avg_pool2d`` (other than global pooling) through two matrix
-    products (exactly the same bins and weights, float rounding aside).
-
-    The classic ONNX exporter only maps adaptive pooling to ``AveragePool`` when every output size
-    divides the input size and the input size is known in the graph; ESPNetv2's pyramid pooling
-    (sizes ``ceil(s * scale)``, after resizes whose output shape the exporter leaves symbolic) is
-    neither. For a
-    fixed-size export the input sizes are constants, so ``P_h @ x @ P_w^T`` is an exact
-    equivalent that ONNX expresses with ``MatMul``.
-    """
-    original = nn.functional.adaptive_avg_pool2d
-
-    def pooled(x: torch.Tensor, output_size: Any) -> torch.Tensor:
-        ih, iw = int(x.shape[-2]), int(x.shape[-1])
-        oh, ow = (output_size, output_size) if isinstance(output_size, int) else tuple(output_size)
-        oh, ow = ih if oh is None else int(oh), iw if ow is None else int(ow)
-        if (oh, ow) == (1, 1):  # global pooling: GlobalAveragePool needs no sizes
-            return original(x, (oh, ow))
-        ph = _pool_matrix(ih, oh).to(x.dtype)
-        pw = _pool_matrix(iw, ow).to(x.dtype)
-        return torch.matmul(torch.matmul(ph, x), pw.t())
-
-    nn.functional.adaptive_avg_pool2d = pooled
-    try:
-        yield
-    finally:
-        nn.functional.adaptive_avg_pool2d = original
 
 
 def export_onnx(module: ScoringModel, size_hw: tuple[int, int], path: str | Path,

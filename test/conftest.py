@@ -24,6 +24,13 @@ from pebal_perception.testing import ros_harness  # noqa: E402 - after the sourc
 # from the pid (1..100, safe on every DDS port layout). The same for every ROS process a test starts.
 ros_harness.use_loopback()
 
+# Compiled inference graphs (core/backends.py) go to a cache of this test session, not the user's
+# ~/.cache/pebal; child processes (the node) inherit it. Models of the same weights share entries.
+if "PEBAL_CACHE_DIR" not in os.environ:
+    import tempfile
+
+    os.environ["PEBAL_CACHE_DIR"] = tempfile.mkdtemp(prefix="pebal_test_cache_")
+
 SHARED_ASSETS = Path(os.environ.get("PEBAL_SHARED_ASSETS", REPO_ROOT.parent / "shared" / "assets"))
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -16,11 +16,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import scoring
+from .backends import build_runner, choose_fastest, resolve_backend
 from .checkpoint import ModelMeta, load_checkpoint
 from .limits import check_threshold
 from .models import get_model_spec
 from .optimize import fold_batchnorm
-from .preprocess import check_image_size, check_resize, network_size, normalize, to_uint8_batch
+from .preprocess import check_image_size, check_resize, network_size, normalize, resize_batch, to_uint8_batch
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -64,13 +65,20 @@ class InferenceEngine:
         smoothing: apply PEBAL's 7x7, sigma-1 Gaussian to the energy (the reference behaviour).
         optimize: fold BatchNorm into convolutions and run channels-last (outputs equal the plain
             model's to float rounding; see ``core/optimize.py`` and test_engine.py).
+        backend: the runtime of :meth:`score_frame` (``infer_maps``, :meth:`infer`): ``torch`` (this class's
+            own path, the reference; the default here, as training and evaluation need it), ``openvino``,
+            ``onnxruntime`` or ``auto`` (``core/backends.py``: the fastest installed for the device, measured on
+            the CPU once per machine; the default of the node and the CLIs; ``backend`` is then the one it
+            chose, ``backend_timings`` what it measured). The compiled graph is built at construction for a
+            fixed network size (native size: on first use per size).
+            :meth:`score_tensors` is always torch.
     """
 
     def __init__(self, model: nn.Module, meta: ModelMeta, device: str | torch.device = "auto",
                  precision: str = "fp32", input_size: Sequence[int] | str | None = None,
                  threshold: float | None = None, smoothing: bool = True,
                  smoothing_kernel: int = scoring.DEFAULT_KERNEL_SIZE, smoothing_sigma: float = scoring.DEFAULT_SIGMA,
-                 optimize: bool = True):
+                 optimize: bool = True, backend: str = "torch"):
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
         self.device = resolve_device(device)
@@ -93,6 +101,14 @@ class InferenceEngine:
         self.smoothing_kernel = smoothing_kernel
         self.smoothing_sigma = smoothing_sigma
         scoring.gaussian_kernel_1d(smoothing_kernel, smoothing_sigma)  # validate now, not per frame
+        self.backend = resolve_backend(backend, self.device)  # BackendError when it cannot run here
+        self._runners: dict[tuple[tuple[int, int], str], Any] = {}  # (network size, backend) -> compiled graph
+        self.backend_timings: dict[str, float] | None = None  # what backend auto measured (ms per frame)
+        if self.input_size is not None:  # built (and auto measured) now: a problem shows at start-up, once
+            if self.backend == "auto":
+                self._choose_backend(tuple(self.input_size))
+            elif self.backend != "torch":
+                self.runner(tuple(self.input_size))
 
     def set_precision(self, precision: str) -> None:
         """Switches the autocast precision (takes effect on the next batch; CPU stays fp32)."""
@@ -106,6 +122,9 @@ class InferenceEngine:
         self.model = self.model.to(self.device)
         if self.device.type != "cuda":
             self.precision = "fp32"
+        if self.backend != "torch" and self.device.type != "cpu":
+            self.backend = "torch"  # the compiled runtimes here are CPU ones
+            self._runners.clear()
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, model_name: str | None = None, **kwargs) -> "InferenceEngine":
@@ -150,14 +169,80 @@ class InferenceEngine:
         ``smoothing`` overrides ``self.smoothing`` for this call (None = ``self.smoothing``).
         """
         logits = self.forward_logits(batch_uint8)
-        out_hw = tuple(batch_uint8.shape[-2:])
         energy, semantic = scoring.energy_and_prediction(logits, prediction_dtype=torch.uint8)
+        return self._to_image(semantic, energy, tuple(batch_uint8.shape[-2:]), smoothing)
+
+    def _to_image(self, semantic: torch.Tensor, energy: torch.Tensor, out_hw: tuple[int, int],
+                  smoothing: bool | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Network-size maps -> image-size maps (energy bilinear, classes nearest-exact), then the Gaussian."""
         if tuple(energy.shape[-2:]) != out_hw:
             energy = F.interpolate(energy.unsqueeze(1), size=out_hw, mode="bilinear", align_corners=False).squeeze(1)
             semantic = F.interpolate(semantic.unsqueeze(1), size=out_hw, mode="nearest-exact").squeeze(1)
         if self.smoothing if smoothing is None else smoothing:
             energy = scoring.gaussian_smooth(energy, self.smoothing_kernel, self.smoothing_sigma)
         return semantic, energy
+
+    def runner(self, size: tuple[int, int], backend: str | None = None) -> Any:
+        """The compiled network-size graph of ``backend`` (default: the engine's) for network size ``size``
+        (built on first use)."""
+        backend = backend or self.backend
+        runner = self._runners.get((size, backend))
+        if runner is None:
+            if len(self._runners) >= 4:  # native-size engines see many sizes: keep the newest few
+                self._runners.pop(next(iter(self._runners)))
+            runner = build_runner(backend, self.model, self.meta.mean, self.meta.std, size)
+            self._runners[(size, backend)] = runner
+        return runner
+
+    def _choose_backend(self, size: tuple[int, int]) -> None:
+        """backend auto on the CPU: the fastest of torch and the installed compiled runtimes, measured on a
+        frame of the network size (``backends.choose_fastest``; cached per machine); a runtime whose graph
+        cannot be built is left out (logged)."""
+        import logging
+
+        from .backends import compiled_runtimes, cpu_model, runtime_version
+
+        frame = np.zeros((size[0], size[1], 3), np.uint8)
+        candidates = {"torch": lambda: self.score_frame(frame, backend="torch")}
+        for name in compiled_runtimes():
+            try:
+                self.runner(size, name)
+            except ValueError as exc:
+                logging.getLogger("pebal.backends").warning("backend auto: leaving %s out: %s", name, exc)
+                continue
+            candidates[name] = lambda name=name: self.score_frame(frame, backend=name)
+        key = {"cpu": cpu_model(), "threads": torch.get_num_threads(), "architecture": self.meta.architecture,
+               "network_hw": list(size), "smoothing": bool(self.smoothing),
+               "versions": {name: runtime_version(name) for name in candidates}}
+        choice = choose_fastest(candidates, key)
+        self.backend, self.backend_timings = choice["backend"], choice["ms"]
+        for cached in [k for k in self._runners if k[1] != self.backend]:
+            del self._runners[cached]  # only the chosen runtime's graph is kept
+
+    @torch.inference_mode()
+    def score_frame(self, rgb: np.ndarray, smoothing: bool | None = None,
+                    backend: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """One H x W x 3 uint8 RGB frame -> (semantic H x W uint8, score H x W float32) on the host, through
+        the engine's backend. With a compiled runtime the frame is resized on the host (PyTorch's uint8
+        kernel, as :func:`normalize`), the graph runs normalisation, network, energy and argmax, and the
+        maps come back to the image size and are smoothed as in :meth:`score_tensors`."""
+        h, w = rgb.shape[:2]
+        if self.backend == "auto" and backend is None:  # a native-size engine: measured at the first frame
+            self.check_image(h, w)
+            self._choose_backend(tuple(network_size((h, w), None, self.spec.size_divisor)))
+        backend = backend or self.backend
+        if backend == "torch":
+            batch = to_uint8_batch(rgb[None], self.device, pin_memory=self.device.type == "cuda")
+            semantic_t, score_t = self.score_tensors(batch, smoothing=smoothing)
+            return semantic_t[0].cpu().numpy(), score_t[0].float().cpu().numpy()
+        self.check_image(h, w)
+        size = network_size((h, w), None, self.spec.size_divisor) if self.native_size else self.input_size
+        batch = to_uint8_batch(rgb[None], torch.device("cpu"))
+        resized = resize_batch(batch, size).permute(0, 2, 3, 1).contiguous().numpy()
+        semantic, energy = self.runner(tuple(size), backend)(resized)
+        semantic_t, score_t = self._to_image(torch.from_numpy(np.ascontiguousarray(semantic)),
+                                             torch.from_numpy(np.ascontiguousarray(energy)), (h, w), smoothing)
+        return semantic_t[0].numpy(), score_t[0].numpy()
 
     def infer(self, images: Sequence[np.ndarray] | np.ndarray) -> list[FrameResult]:
         """Runs a batch of H x W x 3 uint8 RGB images (all the same size) and returns host results.
@@ -172,6 +257,10 @@ class InferenceEngine:
         for hw in shapes:
             if len(hw) == 2:
                 self.check_image(*hw)
+        if self.backend != "torch":
+            maps = [self.score_frame(np.asarray(image)) for image in (images if not isinstance(images, np.ndarray)
+                                                                        or images.ndim == 4 else images[None])]
+            return [FrameResult(sem, score, score > self.threshold, self.threshold) for sem, score in maps]
         batch = to_uint8_batch(images, self.device, pin_memory=True)
         semantic, score = self.score_tensors(batch)
         obstacle = scoring.obstacle_mask(score, self.threshold)
@@ -185,14 +274,12 @@ class InferenceEngine:
 def infer_maps(engine: InferenceEngine, rgb: np.ndarray,
                smoothing: bool | None = None) -> tuple[np.ndarray, np.ndarray, float]:
     """One H x W x 3 uint8 RGB frame through ``engine`` -> (semantic H x W uint8 trainIds, score H x W
-    float32, inference milliseconds), as the node, ``pebal-bag process`` and the calibration run it. The
-    only host synchronisation is the copy of the two maps. ``smoothing`` overrides the engine's setting
+    float32, inference milliseconds), as the node, ``pebal-bag process`` and the calibration run it, through
+    the engine's backend (:meth:`InferenceEngine.score_frame`). The only host synchronisation is the copy
+    of the two maps. ``smoothing`` overrides the engine's setting
     for this frame (None = the engine's)."""
     import time
 
     t0 = time.perf_counter()
-    batch = to_uint8_batch(rgb[None], engine.device, pin_memory=engine.device.type == "cuda")
-    semantic_t, score_t = engine.score_tensors(batch, smoothing=smoothing)
-    semantic = semantic_t[0].cpu().numpy()
-    score = score_t[0].float().cpu().numpy()
+    semantic, score = engine.score_frame(rgb, smoothing=smoothing)
     return semantic, score, (time.perf_counter() - t0) * 1000.0

@@ -107,6 +107,24 @@ def to_uint8_batch(images: Sequence[np.ndarray] | np.ndarray, device: torch.devi
     return t.permute(0, 3, 1, 2)
 
 
+def resize_batch(batch_uint8: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """uint8 N x 3 x H x W -> N x 3 x h x w at ``size``, antialiased bilinear when shrinking (sizes checked
+    first, :func:`check_resize`): uint8 (whole grey levels) on the CPU, float32 elsewhere; see
+    :func:`normalize`."""
+    check_resize(tuple(batch_uint8.shape[-2:]), size)
+    x = batch_uint8
+    if tuple(x.shape[-2:]) != tuple(size):
+        shrinking = x.shape[-2] > size[0] or x.shape[-1] > size[1]
+        if x.dtype == torch.uint8 and x.device.type == "cpu":
+            # The uint8 kernel wants channels-last (what to_uint8_batch gives: a permuted N x H x W x 3).
+            x = F.interpolate(x.contiguous(memory_format=torch.channels_last), size=size, mode="bilinear",
+                              align_corners=False, antialias=shrinking)
+        else:
+            x = F.interpolate(x.to(torch.float32), size=size, mode="bilinear", align_corners=False,
+                              antialias=shrinking)
+    return x
+
+
 def normalize(batch_uint8: torch.Tensor, mean: Sequence[float], std: Sequence[float], size: tuple[int, int],
               dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """uint8 N x 3 x H x W -> normalised float N x 3 x h x w at the network size.
@@ -121,18 +139,7 @@ def normalize(batch_uint8: torch.Tensor, mean: Sequence[float], std: Sequence[fl
     (to 1024x512) to 4x (to 320x160) cheaper than the float resize with 2 threads (bench/bench_frame.py,
     figure 2b; BENCHMARKS.md). Elsewhere (CUDA, float input) the resize runs in float32 as before.
     """
-    check_resize(tuple(batch_uint8.shape[-2:]), size)
-    x = batch_uint8
-    if tuple(x.shape[-2:]) != tuple(size):
-        shrinking = x.shape[-2] > size[0] or x.shape[-1] > size[1]
-        if x.dtype == torch.uint8 and x.device.type == "cpu":
-            # The uint8 kernel wants channels-last (what to_uint8_batch gives: a permuted N x H x W x 3).
-            x = F.interpolate(x.contiguous(memory_format=torch.channels_last), size=size, mode="bilinear",
-                              align_corners=False, antialias=shrinking)
-        else:
-            x = F.interpolate(x.to(torch.float32), size=size, mode="bilinear", align_corners=False,
-                              antialias=shrinking)
-    x = x.to(torch.float32)
+    x = resize_batch(batch_uint8, size).to(torch.float32)
     m = torch.tensor(mean, dtype=torch.float32, device=x.device).view(1, 3, 1, 1) * 255.0
     s = torch.tensor(std, dtype=torch.float32, device=x.device).view(1, 3, 1, 1) * 255.0
     return ((x - m) / s).to(dtype)

@@ -1,0 +1,273 @@
+"""Inference runtimes behind one interface: PyTorch (the reference), OpenVINO, ONNX Runtime.
+
+``backend`` (node parameter, ``--backend`` of the CLIs, :class:`~pebal_perception.core.engine.InferenceEngine`
+argument) is one of :data:`BACKENDS`. ``auto`` picks the fastest runtime installed for the device: on
+the CPU by measurement (:func:`choose_fastest`: PyTorch, OpenVINO and ONNX Runtime each run a few
+frames at the network size, once per machine, CPU model, thread count, size and runtime versions; the
+choice is cached), because which one wins depends on the CPU (where issue 15 was measured OpenVINO ran
+our ESPNetv2 1.57x faster than PyTorch; on the AMD EPYC of a later session ONNX Runtime was the fastest
+and OpenVINO the slowest); on CUDA PyTorch (a TensorRT runtime is not built into pebal yet: see the
+README).
+
+The compiled runtimes run a :class:`~pebal_perception.core.frame_graph.FrameGraph` at the network size:
+uint8 frame resized to the network size in, normalisation, network, free energy and argmax in the graph;
+the host resizes the frame (PyTorch's uint8 kernel, as the torch path) and brings the maps back to the
+image size and smooths them (the same functions as the torch path), so the outputs equal the torch
+path's to float rounding at every image size with one graph per network size.
+
+Graphs are cached on disk (:func:`cache_dir`: ``$PEBAL_CACHE_DIR``, else ``$XDG_CACHE_HOME/pebal``,
+else ``~/.cache/pebal``), keyed by the model's weights, the network size, the runtime and its version
+and the graph's own version; an entry is written atomically with a checksum, and one that does not
+match it (stale, truncated, corrupt) is reported and rebuilt. OpenVINO's ``convert_model`` is never
+used (it sends usage telemetry by default): the graph goes to OpenVINO as ONNX, through its reader.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
+
+if TYPE_CHECKING:  # torch only when a backend is resolved or built: the CLIs import BACKENDS for --help
+    import torch
+
+BACKENDS = ("auto", "torch", "openvino", "onnxruntime", "tensorrt")
+GRAPH_VERSION = 1  # bump when FrameGraph's computation changes: old cache entries are then not used
+LOG = logging.getLogger("pebal.backends")
+
+
+class BackendError(ValueError):
+    """A backend that cannot run here (not installed, wrong device) or a graph it cannot build."""
+
+
+def installed(name: str) -> bool:
+    """Whether the runtime of backend ``name`` can be imported (without importing it)."""
+    module = {"torch": "torch", "openvino": "openvino", "onnxruntime": "onnxruntime", "tensorrt": "tensorrt"}[name]
+    return importlib.util.find_spec(module) is not None
+
+
+def resolve_backend(name: str, device: "torch.device | str") -> str:
+    """The backend ``name`` (one of :data:`BACKENDS`) stands for on ``device``; BackendError when an
+    explicitly requested one cannot run there."""
+    import torch
+
+    name = (name or "auto").strip().lower()
+    if name not in BACKENDS:
+        raise BackendError(f"backend must be one of {', '.join(BACKENDS)}, got {name!r}")
+    device_type = torch.device(device).type
+    if name == "auto":  # on the CPU with a compiled runtime: measured by the engine (choose_fastest)
+        return "auto" if device_type == "cpu" and compiled_runtimes() else "torch"
+    if name == "tensorrt":
+        raise BackendError("backend tensorrt is not built into pebal yet (no TensorRT machine to test it on); "
+                           "use torch on CUDA, or export ONNX (pebal-export --format onnx) for trtexec")
+    if name in ("openvino", "onnxruntime"):
+        if device_type != "cpu":
+            raise BackendError(f"backend {name} runs on the CPU here; device is {device_type} (use backend "
+                               "torch or auto there)")
+        if not installed(name):
+            raise BackendError(f"backend {name} is not installed (pip install -r requirements.txt)")
+    return name
+
+
+def compiled_runtimes() -> list[str]:
+    """The compiled CPU runtimes installed here, in the order they are tried."""
+    return [name for name in ("openvino", "onnxruntime") if installed(name)]
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo; else the platform's processor string)."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def choose_fastest(candidates: dict[str, Callable[[], Any]], key: dict[str, Any], rounds: int = 3) -> dict[str, Any]:
+    """``{"backend": name, "ms": {name: median ms}}``: the fastest of ``candidates`` (name -> one frame),
+    timed interleaved (one untimed call each, then ``rounds`` rounds in rotated order), or the choice
+    cached under ``key`` (the CPU, threads, network size, runtime versions): measured once per machine."""
+    import statistics
+    import time
+
+    def measure() -> bytes:
+        names = list(candidates)
+        for name in names:
+            candidates[name]()
+        times: dict[str, list[float]] = {name: [] for name in names}
+        for r in range(rounds):
+            for name in names[r % len(names):] + names[:r % len(names)]:
+                t0 = time.perf_counter()
+                candidates[name]()
+                times[name].append((time.perf_counter() - t0) * 1e3)
+        ms = {name: round(statistics.median(v), 2) for name, v in times.items()}
+        return json.dumps({"backend": min(ms, key=ms.get), "ms": ms}).encode()
+
+    choice = json.loads(_cached({**key, "kind": "auto-choice"}, ".choice", measure))
+    if choice.get("backend") not in candidates:  # a cached choice of a runtime no longer installed
+        choice = json.loads(measure())
+    return choice
+
+
+def runtime_version(name: str) -> str:
+    if name == "openvino":
+        import openvino
+
+        return openvino.__version__
+    if name == "onnxruntime":
+        import onnxruntime
+
+        return onnxruntime.__version__
+    import torch
+
+    return torch.__version__
+
+
+def cache_dir() -> Path:
+    """Where compiled graphs are kept (module docstring)."""
+    if os.environ.get("PEBAL_CACHE_DIR"):
+        return Path(os.environ["PEBAL_CACHE_DIR"])
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "pebal"
+
+
+def weights_digest(model: "torch.nn.Module") -> str:
+    """SHA-256 over the model's parameters and buffers (names, shapes, dtypes, values)."""
+    import torch
+
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        t = tensor.detach().cpu()
+        digest.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
+        if t.numel():  # flattened first: a channels-last weight's last stride need not be 1
+            digest.update(t.reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _cached(key: dict[str, Any], suffix: str, build: Callable[[], bytes],
+            directory: Path | None = None) -> bytes:
+    """The bytes cached under ``key`` (a JSON-able description), else ``build()``'s, stored atomically with
+    their checksum. An entry whose checksum or description does not match is reported and rebuilt; a
+    cache that cannot be written is reported and skipped (the graph is still used)."""
+    from .io import atomic_write_bytes, atomic_write_json
+
+    directory = cache_dir() if directory is None else directory
+    text = json.dumps(key, sort_keys=True)
+    name = hashlib.sha256(text.encode()).hexdigest()[:32]
+    blob, meta = directory / f"{name}{suffix}", directory / f"{name}.json"
+    if blob.exists() or meta.exists():
+        try:
+            info = json.loads(meta.read_text())
+            data = blob.read_bytes()
+            if info.get("key") != key or info.get("sha256") != hashlib.sha256(data).hexdigest():
+                raise ValueError("checksum or key does not match")
+            return data
+        except (OSError, ValueError) as exc:
+            LOG.warning("cache entry %s is stale or corrupt (%s): rebuilding it", blob, exc)
+    data = build()
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(blob, data)
+        atomic_write_json(meta, {"format": "pebal-graph-cache", "key": key,
+                                 "sha256": hashlib.sha256(data).hexdigest()})
+    except OSError as exc:
+        LOG.warning("cannot write the graph cache %s (%s): running without it", directory, exc)
+    return data
+
+
+class GraphRunner:
+    """A compiled :class:`FrameGraph` at the network size: :meth:`__call__` takes a uint8 ``1 x h x w x 3``
+    array and returns (semantic ``1 x h x w`` uint8, energy ``1 x h x w`` float32)."""
+
+    name = "?"
+
+    def __init__(self, onnx: bytes, threads: int):
+        raise NotImplementedError
+
+    def __call__(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+
+class OpenVinoRunner(GraphRunner):
+    name = "openvino"
+
+    def __init__(self, onnx: bytes, threads: int, compiled_key: dict[str, Any] | None = None):
+        import openvino
+
+        core = openvino.Core()
+        # f32 exactly: OpenVINO would otherwise pick bf16 on CPUs that have it (outputs off by ~1e-2).
+        config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": int(threads),
+                  "PERFORMANCE_HINT": "LATENCY"}
+        model = core.read_model(model=onnx)
+        compiled = None
+        if compiled_key is not None:
+            def export() -> bytes:
+                exported = core.compile_model(model, "CPU", config).export_model()
+                return exported.getvalue() if hasattr(exported, "getvalue") else bytes(exported)
+
+            blob = _cached(compiled_key, ".ovblob", export)
+            try:
+                compiled = core.import_model(blob, "CPU", config)
+            except Exception as exc:  # noqa: BLE001 - a blob of another build: compile afresh
+                LOG.warning("cached OpenVINO blob not importable (%s): compiling", exc)
+        self._compiled = compiled or core.compile_model(model, "CPU", config)
+        self._request = self._compiled.create_infer_request()
+
+    def __call__(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        self._request.infer({0: rgb})
+        return (self._request.get_output_tensor(0).data.copy(), self._request.get_output_tensor(1).data.copy())
+
+
+class OnnxRuntimeRunner(GraphRunner):
+    name = "onnxruntime"
+
+    def __init__(self, onnx: bytes, threads: int):
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = int(threads)
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self._session = onnxruntime.InferenceSession(onnx, options, providers=["CPUExecutionProvider"])
+        self._input = self._session.get_inputs()[0].name
+
+    def __call__(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        semantic, energy = self._session.run(None, {self._input: rgb})
+        return semantic, energy
+
+
+def build_runner(name: str, model: "torch.nn.Module", mean, std, network_hw: tuple[int, int],
+                 threads: int | None = None) -> GraphRunner:
+    """The compiled network-size graph of ``model`` for backend ``name`` (openvino or onnxruntime), from
+    the disk cache when it holds one (module docstring)."""
+    import torch
+
+    from .frame_graph import FrameGraph, onnx_bytes
+
+    threads = torch.get_num_threads() if not threads else int(threads)
+    graph = FrameGraph(model, mean, std, network_hw, network_hw, smoothing=False).eval()
+    key = {"graph_version": GRAPH_VERSION, "weights": weights_digest(model), "network_hw": list(network_hw),
+           "mean": [float(v) for v in mean], "std": [float(v) for v in std], "outputs": "semantic,energy"}
+    try:
+        onnx = _cached({**key, "kind": "onnx", "torch": torch.__version__}, ".onnx", lambda: onnx_bytes(graph))
+        if name == "openvino":
+            return OpenVinoRunner(onnx, threads, compiled_key={**key, "kind": "openvino-cpu", "threads": threads,
+                                                               "openvino": runtime_version("openvino")})
+        if name == "onnxruntime":
+            return OnnxRuntimeRunner(onnx, threads)
+    except BackendError:
+        raise
+    except Exception as exc:  # export or compile failure: one clear error
+        raise BackendError(f"cannot build the {name} graph at {network_hw[1]}x{network_hw[0]}: "
+                           f"{type(exc).__name__}: {exc}") from exc
+    raise BackendError(f"no graph runner for backend {name!r}")

@@ -1,0 +1,196 @@
+"""core/backends.py and core/frame_graph.py: every runtime gives the torch path's outputs, auto picks as
+documented, the graph cache is reused, and a stale or corrupt entry is rebuilt; the ONNX export with
+smoothing runs in OpenVINO."""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pebal_perception.core import backends, frame_graph
+from pebal_perception.core.backends import BackendError, resolve_backend
+from pebal_perception.core.checkpoint import ModelMeta
+from pebal_perception.core.engine import InferenceEngine, infer_maps
+from pebal_perception.core.models import create_model
+
+RUNTIMES = [name for name in ("openvino", "onnxruntime") if backends.installed(name)]
+NETWORK = (64, 128)
+
+
+@pytest.fixture(scope="module")
+def espnetv2():
+    torch.manual_seed(0)
+    model = create_model("espnetv2").eval()
+    return model, ModelMeta.for_architecture("espnetv2", input_size=list(NETWORK))
+
+
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("PEBAL_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def _frame(h: int, w: int, seed: int = 0) -> np.ndarray:
+    """A smooth scene-like image (random noise would make every class boundary a coin toss)."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 255, (6, 9, 3)).astype(np.uint8)
+    import cv2
+
+    return cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC)
+
+
+@pytest.mark.parametrize("backend", RUNTIMES)
+@pytest.mark.parametrize("image_hw", [NETWORK, (75, 131), (150, 330)], ids=["network", "enlarge", "shrink"])
+def test_runtime_outputs_equal_the_torch_path(espnetv2, backend, image_hw):
+    """argmax agreement >= 99.9 %, energy within 1e-3 (fp32), at the network size and resized both ways,
+    with and without smoothing."""
+    model, meta = espnetv2
+    reference = InferenceEngine(model, meta, device="cpu", backend="torch")
+    engine = InferenceEngine(model, meta, device="cpu", backend=backend)
+    assert engine.backend == backend
+    rgb = _frame(*image_hw)
+    for smoothing in (True, False):
+        sem_ref, score_ref, _ = infer_maps(reference, rgb, smoothing=smoothing)
+        sem, score, _ = infer_maps(engine, rgb, smoothing=smoothing)
+        assert sem.dtype == np.uint8 and score.dtype == np.float32 and sem.shape == score.shape == image_hw
+        assert (sem == sem_ref).mean() >= 0.999
+        assert np.abs(score - score_ref).max() <= 1e-3
+    batch = engine.infer([rgb, rgb[::-1].copy()])  # a batch goes frame by frame, same results
+    assert len(batch) == 2 and (batch[0].semantic == infer_maps(engine, rgb)[0]).all()
+
+
+def test_whole_frame_graph_runs_in_every_runtime(espnetv2):
+    """The FrameGraph with resize, normalisation, energy, argmax, upsampling and smoothing in the graph
+    (the export's whole-frame form) equals its eager self in ONNX Runtime and OpenVINO, and the torch path
+    within the uint8-resize difference."""
+    model, meta = espnetv2
+    image_hw = (150, 330)
+    graph = frame_graph.FrameGraph(model, meta.mean, meta.std, image_hw, NETWORK).eval()
+    rgb = _frame(*image_hw, seed=3)
+    with torch.no_grad():
+        sem_eager, score_eager = (t[0].numpy() for t in graph(torch.from_numpy(rgb[None])))
+    onnx = frame_graph.onnx_bytes(graph)
+    outputs = {}
+    if backends.installed("onnxruntime"):
+        outputs["onnxruntime"] = backends.OnnxRuntimeRunner(onnx, 1)(rgb[None])
+    if backends.installed("openvino"):
+        outputs["openvino"] = backends.OpenVinoRunner(onnx, 1)(rgb[None])
+    if not outputs:
+        pytest.skip("neither onnxruntime nor openvino installed")
+    for name, (sem, score) in outputs.items():
+        assert (sem[0] == sem_eager).mean() >= 0.999, name
+        assert np.abs(score[0] - score_eager).max() <= 1e-3, name
+    sem_ref, score_ref, _ = infer_maps(InferenceEngine(model, meta, device="cpu"), rgb)
+    assert (sem_eager == sem_ref).mean() >= 0.99  # the torch path resizes in uint8 (whole grey levels)
+    assert np.abs(score_eager - score_ref).mean() <= 0.05
+
+
+def test_portable_pieces_equal_the_torch_functions():
+    x = torch.randn(2, 1, 9, 13)
+    assert torch.equal(frame_graph.reflect_pad(x, 3), F.pad(x, (3, 3, 3, 3), mode="reflect"))
+    logits = torch.randn(2, 19, 5, 7) * 30
+    assert torch.allclose(frame_graph.portable_free_energy(logits)[:, 0], -torch.logsumexp(logits, 1), atol=1e-5)
+    for n_in, n_out, aa in ((37, 16, True), (16, 37, False), (20, 20, False)):
+        img = torch.rand(1, 3, 11, n_in) * 255
+        idx, w = frame_graph.resize_taps(n_in, n_out, aa)
+        ref = F.interpolate(img, size=(11, n_out), mode="bilinear", align_corners=False, antialias=aa)
+        assert torch.allclose(frame_graph._resize_axis(img, idx, w, -1), ref, atol=1e-3)
+    ramp = torch.arange(16.0).view(1, 1, 1, 16)
+    picked = ramp.index_select(3, frame_graph.nearest_exact_indices(16, 37))
+    assert torch.equal(picked, F.interpolate(ramp, size=(1, 37), mode="nearest-exact"))
+
+
+def test_auto_measures_on_the_cpu_and_is_torch_elsewhere(espnetv2, tmp_path):
+    """auto on the CPU: the fastest of torch and the installed runtimes, measured once and cached (a
+    second engine reuses the choice without timing again); on CUDA: torch."""
+    assert resolve_backend("auto", "cpu") == ("auto" if backends.compiled_runtimes() else "torch")
+    assert resolve_backend("auto", "cuda") == "torch"
+    model, meta = espnetv2
+    engine = InferenceEngine(model, meta, device="cpu", backend="auto")
+    if backends.compiled_runtimes():
+        assert set(engine.backend_timings) == {"torch", *backends.compiled_runtimes()}
+        assert engine.backend == min(engine.backend_timings, key=engine.backend_timings.get)
+        choices = list((tmp_path / "cache").glob("*.choice"))
+        assert len(choices) == 1
+        again = InferenceEngine(model, meta, device="cpu", backend="auto")
+        assert again.backend == engine.backend and again.backend_timings == engine.backend_timings
+    sem, score, _ = infer_maps(engine, _frame(75, 131))
+    sem_ref, score_ref, _ = infer_maps(InferenceEngine(model, meta, device="cpu"), _frame(75, 131))
+    assert (sem == sem_ref).mean() >= 0.999 and np.abs(score - score_ref).max() <= 1e-3
+    native = InferenceEngine(model, meta, device="cpu", backend="auto", input_size="native")
+    assert infer_maps(native, _frame(64, 96))[0].shape == (64, 96) and native.backend != "auto"
+    assert resolve_backend("torch", "cpu") == "torch"
+    with pytest.raises(BackendError, match="tensorrt is not built into pebal"):
+        resolve_backend("tensorrt", "cuda")
+    with pytest.raises(BackendError, match="runs on the CPU"):
+        resolve_backend("onnxruntime", "cuda")
+    with pytest.raises(BackendError, match="must be one of"):
+        resolve_backend("tvm", "cpu")
+
+
+@pytest.mark.skipif(not RUNTIMES, reason="no compiled runtime installed")
+def test_graph_cache_is_reused_and_a_corrupt_entry_is_rebuilt(espnetv2, tmp_path, monkeypatch, caplog):
+    model, meta = espnetv2
+    backend = RUNTIMES[-1]
+    exports = []
+    original = frame_graph.onnx_bytes
+
+    def counting(graph, *args, **kwargs):
+        exports.append(graph.network_hw)
+        return original(graph, *args, **kwargs)
+
+    monkeypatch.setattr(frame_graph, "onnx_bytes", counting)
+    rgb = _frame(*NETWORK)
+    first = infer_maps(InferenceEngine(model, meta, device="cpu", backend=backend), rgb)
+    assert exports == [NETWORK]
+    cache = tmp_path / "cache"
+    entries = sorted(p.name for p in cache.iterdir())
+    assert any(n.endswith(".onnx") for n in entries) and any(n.endswith(".json") for n in entries)
+    InferenceEngine(model, meta, device="cpu", backend=backend)
+    assert exports == [NETWORK]  # reused: no second export
+    onnx = next(p for p in cache.iterdir() if p.suffix == ".onnx")
+    onnx.write_bytes(onnx.read_bytes()[: len(onnx.read_bytes()) // 2])  # truncated
+    with caplog.at_level(logging.WARNING, logger="pebal.backends"):
+        again = infer_maps(InferenceEngine(model, meta, device="cpu", backend=backend), rgb)
+    assert exports == [NETWORK, NETWORK] and "stale or corrupt" in caplog.text
+    assert np.array_equal(first[0], again[0]) and np.allclose(first[1], again[1], atol=1e-5)
+    other = create_model("espnetv2").eval()  # other weights: another entry, not the first one
+    InferenceEngine(other, meta, device="cpu", backend=backend)
+    assert len(exports) == 3
+
+
+def test_unwritable_cache_is_reported_and_the_graph_still_runs(espnetv2, tmp_path, monkeypatch, caplog):
+    if not RUNTIMES:
+        pytest.skip("no compiled runtime installed")
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    monkeypatch.setenv("PEBAL_CACHE_DIR", str(blocker / "cache"))
+    model, meta = espnetv2
+    with caplog.at_level(logging.WARNING, logger="pebal.backends"):
+        engine = InferenceEngine(model, meta, device="cpu", backend=RUNTIMES[0])
+    assert "running without it" in caplog.text
+    assert infer_maps(engine, _frame(*NETWORK))[0].shape == NETWORK
+    assert blocker.read_text() == "not a directory"  # nothing of the user's replaced
+
+
+@pytest.mark.skipif(not backends.installed("openvino"), reason="openvino not installed")
+def test_onnx_export_with_smoothing_runs_in_openvino(espnetv2):
+    """pebal-export's ONNX (normalised image in, smoothing included) reads and compiles in OpenVINO and
+    equals eager PyTorch (its reflect Pad and ReduceLogSumExp did not, before the portable forms)."""
+    import openvino
+
+    from pebal_training import export as E
+
+    model, _meta = espnetv2
+    module = E.scoring_model(model, smoothing=True)
+    data = E.onnx_bytes(module, NETWORK)
+    compiled = openvino.Core().compile_model(openvino.Core().read_model(model=data), "CPU",
+                                             {"INFERENCE_PRECISION_HINT": "f32"})
+    x = E.example_input(NETWORK, seed=5)
+    result = compiled({0: x.numpy()})
+    with torch.no_grad():
+        sem_ref, energy_ref = module(x)
+    assert (result[compiled.output(0)] == sem_ref.numpy()).mean() >= 0.999
+    assert np.abs(result[compiled.output(1)] - energy_ref.numpy()).max() <= 1e-3
