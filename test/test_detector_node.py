@@ -854,7 +854,8 @@ def test_out_of_memory_on_a_frame_is_counted_and_the_node_continues(checkpoint, 
     stop = threading.Event()
     node = DetectorNode(stop, context=context, namespace="/oom_ns", cli_args=[
         "--ros-args", "-r", "image:=/oom_cam/image", "-p", f"checkpoint:={checkpoint}", "-p", "device:=cpu",
-        "-p", "oom_fallback:=fp16,cpu", "-p", "diagnostics.window_s:=4.0"])
+        "-p", "oom_fallback:=fp16,cpu", "-p", "diagnostics.window_s:=4.0",
+        "-p", "backend:=torch"])  # the model is wrapped below: the torch path runs it
     model = node.engine.model = OutOfMemoryTwice(node.engine.model)
     executor = SingleThreadedExecutor(context=context)
     executor.add_node(node)

@@ -60,6 +60,8 @@ from typing import Any, Sequence
 
 from pebal_perception.core.cli_args import image_size, positive_int, positive_number
 
+from pebal_perception.core.backends import BACKENDS
+
 PROG = "pebal-bag"
 DEFAULT_CLOCK_HZ = 100.0  # ros2 bag play --clock's default
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -113,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     proc.add_argument("--checkpoint", default=None, help="model checkpoint (default: params file / embedded)")
     proc.add_argument("--model", default=None, help="architecture of a bare state dict (espnetv2, wrn38, ...)")
     proc.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (default: params file)")
+    proc.add_argument("--backend", default=None, choices=BACKENDS,
+                      help="inference runtime (default: params file's backend, auto)")
     proc.add_argument("--params-file", type=Path, default=None,
                       help="the node's parameters (default: config/detector.yaml of this package)")
     proc.add_argument("--param", "-p", action="append", default=[], metavar="NAME:=VALUE",
@@ -463,7 +467,8 @@ def _engine_and_config(args: argparse.Namespace, params: dict) -> tuple[Any, Any
     try:
         engine = InferenceEngine.from_checkpoint(
             path, model or None, device=device, precision=params["precision"],
-            input_size=(height, width) if width else None, threshold=threshold, smoothing=params["smoothing"])
+            input_size=(height, width) if width else None, threshold=threshold, smoothing=params["smoothing"],
+            backend=args.backend or params["backend"])
     except Exception as exc:  # noqa: BLE001 - one line
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CliError(f"cannot load model from {path}: {text}") from None

@@ -29,6 +29,7 @@ from typing import Callable, Iterator
 import cv2
 import numpy as np
 
+from pebal_perception.core.backends import BACKENDS
 from pebal_perception.core.cli_args import image_size_or_native
 from pebal_perception.core.io import FolderLayout, json_keys, prepare_output_folder
 
@@ -55,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "default: the embedded demo model")
     p.add_argument("--model", help="architecture of a bare third-party state dict (e.g. espnetv2)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    p.add_argument("--backend", default="auto", choices=BACKENDS,
+                   help="inference runtime: auto (the fastest installed, measured on the CPU), torch, openvino, "
+                        "onnxruntime (default auto)")
     p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"), help="CUDA only")
     p.add_argument("--threshold", type=float, help="obstacle threshold on the score (default: the checkpoint's "
                    "calibrated one)")
@@ -205,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         checkpoint = args.checkpoint or default_checkpoint()
         engine = InferenceEngine.from_checkpoint(
             checkpoint, args.model, device=args.device, precision=args.precision, threshold=args.threshold,
-            input_size=args.input_size, smoothing=not args.no_smoothing)
+            input_size=args.input_size, smoothing=not args.no_smoothing, backend=args.backend)
     except (CheckpointError, KeyError, ValueError, FileNotFoundError) as exc:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"{PROG}: error: {msg}", file=sys.stderr)
@@ -250,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = {
         "model": engine.meta.model_id, "architecture": engine.meta.architecture,
         "checkpoint": str(checkpoint), "device": str(engine.device), "precision": engine.precision,
+        "backend": engine.backend,
         "threshold": engine.threshold,
         "threshold_source": "command line" if args.threshold is not None else
         ("calibrated" if engine.meta.threshold is not None else "default (uncalibrated)"),

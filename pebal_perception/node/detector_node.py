@@ -284,7 +284,8 @@ class DetectorBehaviour:
         self._worker.start()
         image_qos = self._input_qos_text()
         self.get_logger().info(
-            f"ready: model {self.model_id} on {self.engine.device} ({self.engine.precision}), network input "
+            f"ready: model {self.model_id} on {self.engine.device} ({self.engine.precision}, "
+            f"{self.engine.backend}{self._backend_note()}), network input "
             f"{self._input_size_text()}, threshold {self._settings.config.threshold:g}"
             f"{' (calibrated)' if self._settings.threshold_param is None else ''}; "
             + (f"subscribing to {self.resolve_topic_name('image')} while an output has a subscriber (lazy_input)"
@@ -375,6 +376,12 @@ class DetectorBehaviour:
         except ParameterUninitializedException:  # declared by type only (an empty array default)
             return PARAMETERS_BY_NAME[name].default
 
+    def _backend_note(self) -> str:
+        timings = self.engine.backend_timings
+        if not timings:
+            return ""
+        return " chosen by backend auto: " + ", ".join(f"{k} {v:.0f} ms" for k, v in timings.items())
+
     def _input_size_text(self) -> str:
         size = self.engine.input_size
         return "native" if size is None else f"{size[1]}x{size[0]}"
@@ -388,8 +395,8 @@ class DetectorBehaviour:
         device = get("device").strip() or "auto"
         if device.split(":")[0] not in DEVICES:
             raise StartupError(f"parameter device={device!r}: expected auto, cpu, cuda or cuda:N")
-        try:  # the choices of precision and qos.reliability (rclpy checked types and ranges)
-            for name in ("precision", "qos.reliability"):
+        try:  # the choices of precision, qos.reliability, backend (rclpy checked types and ranges)
+            for name in ("precision", "qos.reliability", "backend"):
                 PARAMETERS_BY_NAME[name].check(get(name))
         except ValueError as exc:
             raise StartupError(str(exc)) from None
@@ -420,7 +427,8 @@ class DetectorBehaviour:
             path = checkpoint or default_checkpoint()
             self.engine = InferenceEngine.from_checkpoint(
                 path, model, device=device, precision=get("precision"),
-                input_size=(height, width) if width else None, threshold=threshold, smoothing=get("smoothing"))
+                input_size=(height, width) if width else None, threshold=threshold, smoothing=get("smoothing"),
+                backend=get("backend"))
         except Exception as exc:  # noqa: BLE001 - any loading problem: one line, exit status 1
             text = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
             first = str(text).strip().splitlines()[0] if str(text).strip() else ""
@@ -669,6 +677,7 @@ class DetectorBehaviour:
                 ("degraded", ",".join(oom.degraded) or "no"),
                 ("device", str(self.engine.device)),
                 ("precision", str(self.engine.precision)),
+                ("backend", str(self.engine.backend)),
                 ("cpu_threads", str(torch.get_num_threads())),
                 ("model_id", str(self.model_id)),
                 ("network_input", self._input_size_text()),

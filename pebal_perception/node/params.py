@@ -16,6 +16,7 @@ import math
 from dataclasses import dataclass, replace
 from typing import Any, Mapping, Sequence
 
+from pebal_perception.core.backends import BACKENDS
 from pebal_perception.core.limits import check_threshold
 from pebal_perception.core.postprocess import PLANNER_DEFAULTS, fill_from_calibration
 from pebal_perception.core.tracking import TrackingConfig
@@ -92,6 +93,12 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               f"resnet101_deeplabv3plus); '' = from the checkpoint. {READ_ONLY_TEXT}", read_only=True),
     ParamSpec("device", "string", "auto",
               f"Inference device: auto (CUDA when available), cuda, cuda:N or cpu. {READ_ONLY_TEXT}", read_only=True),
+    ParamSpec("backend", "string", "auto",
+              "Inference runtime: auto (the fastest installed for the device: on the CPU measured among PyTorch, "
+              "OpenVINO and ONNX Runtime once per machine and network size, cached; else PyTorch), torch (the "
+              "reference), openvino or onnxruntime (CPU), tensorrt (not built in yet). "
+              f"Compiled graphs are cached in $PEBAL_CACHE_DIR or ~/.cache/pebal. {READ_ONLY_TEXT}",
+              read_only=True, choices=BACKENDS),
     ParamSpec("precision", "string", "fp32",
               f"fp32 or fp16 (autocast, CUDA only; CPU always runs fp32). {READ_ONLY_TEXT}", read_only=True,
               choices=("fp32", "fp16")),

@@ -46,6 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pebal_perception.core.backends import BACKENDS
 from pebal_perception.core.cli_args import Parser as _Parser
 from pebal_perception.core.cli_args import UsageError, image_size_or_native
 from pebal_perception.core.io import OutputPathError, check_output_file
@@ -86,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", type=Path, required=True)
     p.add_argument("--model", help="architecture of a bare third-party state dict")
     p.add_argument("--device", default="auto")
+    p.add_argument("--backend", default="auto", choices=BACKENDS,
+                   help="inference runtime the frames are scored with: that of the node (default auto)")
     p.add_argument("--dataset", choices=ANOMALY_NAMES, help="labelled anomaly dataset (pixel-level targets)")
     p.add_argument("--root", type=Path, help="its root folder")
     p.add_argument("--normal", nargs="+", type=Path, metavar="INPUT",
@@ -219,7 +222,7 @@ def _load_model(args):
                               "threshold in; give --output-checkpoint to write one in the pebal format")
     model, meta = load_checkpoint(args.checkpoint, args.model)
     engine = InferenceEngine(model, meta, device=args.device, input_size=args.input_size,
-                             smoothing=not args.no_smoothing)
+                             smoothing=not args.no_smoothing, backend=args.backend)
     return model, meta, engine, ours
 
 
