@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Runs the benchmark suite (BENCHMARKS.md) and stores the figures per machine.
 
-    python bench/run.py [--quick] [--only forward,frame,node,metrics,training,soak,gpu,dds]
+    python bench/run.py [--quick] [--only forward,frame,node,metrics,training,soak,gpu,dds,runtimes]
 
 Every figure module exposes ``run(quick) -> list[dict]`` (see ``bench/common.py`` for the record).
 One line is printed per figure::
@@ -47,6 +47,7 @@ MODULES = {
     "soak": "bench.bench_soak",          # soak: 10 minutes at 10 Hz (full), 25 s (--quick)
     "gpu": "bench.bench_gpu",            # figure 6: CUDA fp16 (skipped without a GPU)
     "dds": "bench.bench_dds",            # figure 7: 1920x1080 at 30 Hz best effort into the node
+    "runtimes": "bench.bench_backends",  # figure 8: ours (backend auto) vs OpenVINO / ONNX Runtime by hand
 }
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
 

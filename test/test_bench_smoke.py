@@ -62,6 +62,21 @@ def test_forward_tiny():
     assert figs[0]["outputs_match"], figs[0]["max_rel_diff"]
 
 
+def test_runtimes_tiny():
+    from bench import bench_backends
+    from pebal_perception.core import backends
+
+    figs = bench_backends.run(quick=True, sizes=[(128, 64)], repeats=1, verbose=False)
+    names = [f["name"] for f in figs]
+    assert names[0] == "runtimes_128x64_ours" and "runtimes_128x64_torch" in names
+    for fig in figs:
+        _check_figure(fig)
+    if backends.compiled_runtimes():
+        ours = figs[0]
+        assert ours["class_agreement"] >= 0.999 and ours["max_energy_diff"] <= 1e-3
+        assert ours["backend"] in ("torch", *backends.compiled_runtimes())
+
+
 def test_frame_tiny():
     from bench import bench_frame
 
@@ -194,5 +209,6 @@ def test_runner_lists_every_module(tmp_path, capsys, monkeypatch):
     assert ok and path is not None and path.parent == tmp_path
     stored = json.loads(path.read_text())
     assert [f["name"] for f in stored["figures"]] == ["node_fake"]
-    assert set(bench_run.MODULES) == {"forward", "frame", "node", "metrics", "training", "soak", "gpu", "dds"}
+    assert set(bench_run.MODULES) == {"forward", "frame", "node", "metrics", "training", "soak", "gpu", "dds",
+                                      "runtimes"}
     assert "node_fake: skipped (stubbed in the smoke test)" in capsys.readouterr().out
