@@ -110,12 +110,13 @@ def bench_size(size_wh_: tuple[int, int], repeats: int, verbose: bool = True) ->
             return out
 
         ours._runners[key] = timed_graph  # noqa: SLF001
-    totals: list[float] = []
+    calls: list[tuple[float, float]] = []  # (whole call, graph inside it) per call of ours
 
     def ours_frame():
+        before = len(graph_s)
         t0 = time.perf_counter()
         infer_maps(ours, rgb)
-        totals.append(time.perf_counter() - t0)
+        calls.append((time.perf_counter() - t0, sum(graph_s[before:])))
 
     runs = {"ours": ours_frame, "ours_torch": lambda: infer_maps(reference, rgb)}
     for name, run in _by_hand(model, meta, (h, w), threads).items():
@@ -143,9 +144,7 @@ def bench_size(size_wh_: tuple[int, int], repeats: int, verbose: bool = True) ->
                        baseline_label=f"ours ({ours.backend})", note="backend torch, informative"))
     if graph_s:
         # per call: the time outside the graph over the whole call (same call, so no noise between runs)
-        shares = [(total - graph) / total for total, graph in zip(totals[-len(samples["ours"]):],
-                                                                   graph_s[-len(samples["ours"]):])]
-        share = median(shares)
+        share = median([(total - graph) / total for total, graph in calls[-len(samples["ours"]):]])
         fig = figure(f"{tag}_prepost_share", max(share, 1e-6) * 100.0, "%",
                      target_text=f"<= {PREPOST_TARGET * 100:.0f} %", note="host resize, upsampling, smoothing, copies")
         fig["meets_target"] = bool(share <= PREPOST_TARGET)
