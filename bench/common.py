@@ -31,14 +31,9 @@ if str(REPO_ROOT) not in sys.path:
 # ------------------------------------------------------------------------------------------ machine
 
 def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown-cpu"
+    from pebal_perception.core.backends import cpu_model as core_cpu_model  # one reading of /proc/cpuinfo
+
+    return core_cpu_model()
 
 
 def cpu_count() -> int:

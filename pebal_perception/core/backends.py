@@ -90,7 +90,7 @@ def cpu_model() -> str:
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return platform.processor() or platform.machine() or "unknown-cpu"
 
 
 def choose_fastest(candidates: dict[str, Callable[[], Any]], key: dict[str, Any], rounds: int = 3) -> dict[str, Any]:
