@@ -93,19 +93,26 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown-cpu"
 
 
-def choose_fastest(candidates: dict[str, Callable[[], Any]], key: dict[str, Any], rounds: int = 3) -> dict[str, Any]:
+def choose_fastest(candidates: dict[str, Callable[[], Any]], key: dict[str, Any], rounds: int = 3,
+                   budget_s: float = 20.0) -> dict[str, Any]:
     """``{"backend": name, "ms": {name: median ms}}``: the fastest of ``candidates`` (name -> one frame),
-    timed interleaved (one untimed call each, then ``rounds`` rounds in rotated order), or the choice
-    cached under ``key`` (the CPU, threads, network size, runtime versions): measured once per machine."""
+    timed interleaved (one untimed call each, then up to ``rounds`` rounds in rotated order, fewer when
+    the untimed calls say they would take longer than ``budget_s``: a large model on a small CPU takes
+    seconds per frame), or the choice cached under ``key`` (the CPU, threads, network size, runtime
+    versions): measured once per machine."""
     import statistics
     import time
 
     def measure() -> bytes:
         names = list(candidates)
+        LOG.info("backend auto: measuring %s (once per machine and network size)", ", ".join(names))
+        t0 = time.perf_counter()
         for name in names:
             candidates[name]()
+        per_round = time.perf_counter() - t0
         times: dict[str, list[float]] = {name: [] for name in names}
-        for r in range(rounds):
+        rounds_here = max(1, min(rounds, int(budget_s / max(per_round, 1e-6))))
+        for r in range(rounds_here):
             for name in names[r % len(names):] + names[:r % len(names)]:
                 t0 = time.perf_counter()
                 candidates[name]()
