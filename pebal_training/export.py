@@ -32,7 +32,7 @@ from torch import nn
 
 from pebal_perception.core import scoring
 from pebal_perception.core.checkpoint import ModelMeta
-from pebal_perception.core.frame_graph import onnx_friendly_adaptive_pool, portable_free_energy, reflect_pad
+from pebal_perception.core.frame_graph import onnx_friendly_adaptive_pool, portable_free_energy, portable_smooth
 from pebal_perception.core.io import FolderLayout, atomic_write_bytes, atomic_write_json
 
 DEFAULT_OPSET = 17
@@ -77,9 +77,7 @@ class ScoringModel(nn.Module):
         # reflect Pad and ran its ReduceLogSumExp wrongly); equal to logsumexp / reflect padding.
         energy = portable_free_energy(logits)
         if self.smoothing and self.kernel_size > 1:
-            e = reflect_pad(energy, self.kernel_size // 2)
-            e = nn.functional.conv2d(e, self.kernel.view(1, 1, 1, -1))
-            energy = nn.functional.conv2d(e, self.kernel.view(1, 1, -1, 1))
+            energy = portable_smooth(energy, self.kernel)
         return semantic, energy.squeeze(1)
 
 

@@ -103,6 +103,14 @@ def reflect_pad(x: torch.Tensor, pad: int) -> torch.Tensor:
     return torch.cat([x[..., 1:pad + 1, :].flip(-2), x, x[..., -pad - 1:-1, :].flip(-2)], dim=-2)
 
 
+def portable_smooth(energy: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """``scoring.gaussian_smooth`` of ``N x 1 x H x W`` maps with the 1-D ``kernel`` (odd length), in
+    exportable operations: :func:`reflect_pad`, then the separable convolutions."""
+    energy = reflect_pad(energy, kernel.numel() // 2)
+    energy = F.conv2d(energy, kernel.view(1, 1, 1, -1))
+    return F.conv2d(energy, kernel.view(1, 1, -1, 1))
+
+
 def _pool_matrix(n_in: int, n_out: int) -> torch.Tensor:
     """``n_out x n_in`` matrix of adaptive average pooling along one axis (PyTorch's bins:
     ``[floor(i * n_in / n_out), ceil((i + 1) * n_in / n_out))``)."""
@@ -159,20 +167,22 @@ class FrameGraph(nn.Module):
         self.image_hw = (int(image_hw[0]), int(image_hw[1]))
         self.network_hw = (int(network_hw[0]), int(network_hw[1]))
         self.num_classes = int(num_classes)
-        self.pad = int(kernel_size) // 2 if smoothing and kernel_size > 1 else 0
-        (h, w), (nh, nw) = self.image_hw, self.network_hw
-        shrinking = h > nh or w > nw  # as preprocess.normalize decides
-        row_idx, row_w = resize_taps(h, nh, shrinking)
-        col_idx, col_w = resize_taps(w, nw, shrinking)
-        taps = {"row_idx": row_idx, "row_w": row_w, "col_idx": col_idx, "col_w": col_w,
-                # the class map back to the image size (aten::_upsample_nearest_exact2d has no ONNX form)
-                "row_back": nearest_exact_indices(nh, h), "col_back": nearest_exact_indices(nw, w)}
-        # the energy back to the image size (bilinear, as score_tensors), also by taps: OpenVINO 2026.4 ran
-        # the exporter's Resize of this map wrong (all pixels off, the class map right)
-        (taps["row_up"], taps["row_up_w"]), (taps["col_up"], taps["col_up_w"]) = (
-            resize_taps(nh, h, False), resize_taps(nw, w, False))
-        for name, value in taps.items():
-            self.register_buffer(name, value, persistent=False)
+        self.smoothing = bool(smoothing) and kernel_size > 1
+        self.resizes = self.image_hw != self.network_hw
+        if self.resizes:  # the taps of the resizes (none at the network size: the runtimes' graph)
+            (h, w), (nh, nw) = self.image_hw, self.network_hw
+            shrinking = h > nh or w > nw  # as preprocess.normalize decides
+            row_idx, row_w = resize_taps(h, nh, shrinking)
+            col_idx, col_w = resize_taps(w, nw, shrinking)
+            taps = {"row_idx": row_idx, "row_w": row_w, "col_idx": col_idx, "col_w": col_w,
+                    # the class map back to the image size (aten::_upsample_nearest_exact2d has no ONNX form)
+                    "row_back": nearest_exact_indices(nh, h), "col_back": nearest_exact_indices(nw, w)}
+            # the energy back to the image size (bilinear, as score_tensors), also by taps: OpenVINO 2026.4
+            # ran the exporter's Resize of this map wrong (all pixels off, the class map right)
+            (taps["row_up"], taps["row_up_w"]), (taps["col_up"], taps["col_up_w"]) = (
+                resize_taps(nh, h, False), resize_taps(nw, w, False))
+            for name, value in taps.items():
+                self.register_buffer(name, value, persistent=False)
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0,
                              persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0,
@@ -182,21 +192,19 @@ class FrameGraph(nn.Module):
 
     def forward(self, rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = rgb.permute(0, 3, 1, 2).float()
-        if self.image_hw != self.network_hw:
+        if self.resizes:
             x = _resize_axis(x, self.row_idx, self.row_w, -2)
             x = _resize_axis(x, self.col_idx, self.col_w, -1)
         x = (x - self.mean) / self.std
         logits = self.model(x)[:, :self.num_classes].float()
         semantic = logits.argmax(dim=1, keepdim=True).to(torch.uint8)
         energy = portable_free_energy(logits)
-        if self.image_hw != self.network_hw:
+        if self.resizes:
             energy = _resize_axis(energy, self.row_up, self.row_up_w, -2)
             energy = _resize_axis(energy, self.col_up, self.col_up_w, -1)
             semantic = semantic.index_select(2, self.row_back).index_select(3, self.col_back)
-        if self.pad:
-            energy = reflect_pad(energy, self.pad)
-            energy = F.conv2d(energy, self.kernel.view(1, 1, 1, -1))
-            energy = F.conv2d(energy, self.kernel.view(1, 1, -1, 1))
+        if self.smoothing:
+            energy = portable_smooth(energy, self.kernel)
         return semantic[:, 0], energy[:, 0]
 
 
