@@ -47,8 +47,7 @@ class BackendError(ValueError):
 
 def installed(name: str) -> bool:
     """Whether the runtime of backend ``name`` can be imported (without importing it)."""
-    module = {"torch": "torch", "openvino": "openvino", "onnxruntime": "onnxruntime", "tensorrt": "tensorrt"}[name]
-    return importlib.util.find_spec(module) is not None
+    return importlib.util.find_spec(name) is not None  # each backend is named after its module
 
 
 def resolve_backend(name: str, device: "torch.device | str") -> str:
@@ -93,37 +92,40 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown-cpu"
 
 
-def choose_fastest(candidates: dict[str, Callable[[], Any]], key: dict[str, Any], rounds: int = 3,
+def choose_fastest(run: Callable[[str], Any], names: list[str], key: dict[str, Any], rounds: int = 3,
                    budget_s: float = 20.0) -> dict[str, Any]:
-    """``{"backend": name, "ms": {name: median ms}}``: the fastest of ``candidates`` (name -> one frame),
-    timed interleaved (one untimed call each, then up to ``rounds`` rounds in rotated order, fewer when
-    the untimed calls say they would take longer than ``budget_s``: a large model on a small CPU takes
-    seconds per frame), or the choice cached under ``key`` (the CPU, threads, network size, runtime
-    versions): measured once per machine."""
+    """``{"backend": name, "ms": {name: median ms}}``: the fastest of ``names``, ``run(name)`` scoring one
+    frame, or the choice cached under ``key`` (the CPU, threads, network size, runtime versions): measured
+    once per machine, so a cached choice builds nothing for the others. Timed interleaved: one untimed call
+    each (it builds the graph; a runtime whose graph cannot be built, ValueError, is left out, logged), then
+    up to ``rounds`` rounds in rotated order, fewer when the untimed calls say they would take longer than
+    ``budget_s`` (a large model on a small CPU takes seconds per frame)."""
     import statistics
     import time
 
     def measure() -> bytes:
-        names = list(candidates)
         LOG.info("backend auto: measuring %s (once per machine and network size)", ", ".join(names))
+        usable = []
         t0 = time.perf_counter()
         for name in names:
-            candidates[name]()
+            try:
+                run(name)
+            except ValueError as exc:
+                LOG.warning("backend auto: leaving %s out: %s", name, exc)
+                continue
+            usable.append(name)
         per_round = time.perf_counter() - t0
-        times: dict[str, list[float]] = {name: [] for name in names}
+        times: dict[str, list[float]] = {name: [] for name in usable}
         rounds_here = max(1, min(rounds, int(budget_s / max(per_round, 1e-6))))
         for r in range(rounds_here):
-            for name in names[r % len(names):] + names[:r % len(names)]:
+            for name in usable[r % len(usable):] + usable[:r % len(usable)]:
                 t0 = time.perf_counter()
-                candidates[name]()
+                run(name)
                 times[name].append((time.perf_counter() - t0) * 1e3)
         ms = {name: round(statistics.median(v), 2) for name, v in times.items()}
         return json.dumps({"backend": min(ms, key=ms.get), "ms": ms}).encode()
 
-    choice = json.loads(_cached({**key, "kind": "auto-choice"}, ".choice", measure))
-    if choice.get("backend") not in candidates:  # a cached choice of a runtime no longer installed
-        choice = json.loads(measure())
-    return choice
+    return json.loads(_cached({**key, "kind": "auto-choice"}, ".choice", measure))
 
 
 def runtime_version(name: str) -> str:
@@ -196,18 +198,11 @@ class GraphRunner:
     """A compiled :class:`FrameGraph` at the network size: :meth:`__call__` takes a uint8 ``1 x h x w x 3``
     array and returns (semantic ``1 x h x w`` uint8, energy ``1 x h x w`` float32)."""
 
-    name = "?"
-
-    def __init__(self, onnx: bytes, threads: int):
-        raise NotImplementedError
-
     def __call__(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
 
 
 class OpenVinoRunner(GraphRunner):
-    name = "openvino"
-
     def __init__(self, onnx: bytes, threads: int, compiled_key: dict[str, Any] | None = None):
         import openvino
 
@@ -236,8 +231,6 @@ class OpenVinoRunner(GraphRunner):
 
 
 class OnnxRuntimeRunner(GraphRunner):
-    name = "onnxruntime"
-
     def __init__(self, onnx: bytes, threads: int):
         import onnxruntime
 
@@ -254,16 +247,17 @@ class OnnxRuntimeRunner(GraphRunner):
 
 
 def build_runner(name: str, model: "torch.nn.Module", mean, std, network_hw: tuple[int, int],
-                 threads: int | None = None) -> GraphRunner:
+                 threads: int | None = None, digest: str | None = None) -> GraphRunner:
     """The compiled network-size graph of ``model`` for backend ``name`` (openvino or onnxruntime), from
-    the disk cache when it holds one (module docstring)."""
+    the disk cache when it holds one (module docstring). ``digest``: the model's :func:`weights_digest`
+    when the caller already has it (hashing a large model's weights takes a while)."""
     import torch
 
     from .frame_graph import FrameGraph, onnx_bytes
 
     threads = torch.get_num_threads() if not threads else int(threads)
     graph = FrameGraph(model, mean, std, network_hw, network_hw, smoothing=False).eval()
-    key = {"graph_version": GRAPH_VERSION, "weights": weights_digest(model), "network_hw": list(network_hw),
+    key = {"graph_version": GRAPH_VERSION, "weights": digest or weights_digest(model), "network_hw": list(network_hw),
            "mean": [float(v) for v in mean], "std": [float(v) for v in std], "outputs": "semantic,energy"}
     try:
         onnx = _cached({**key, "kind": "onnx", "torch": torch.__version__}, ".onnx", lambda: onnx_bytes(graph))

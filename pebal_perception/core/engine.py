@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import scoring
-from .backends import build_runner, choose_fastest, resolve_backend
+from .backends import build_runner, choose_fastest, resolve_backend, weights_digest
 from .checkpoint import ModelMeta, load_checkpoint
 from .limits import check_threshold
 from .models import get_model_spec
@@ -104,6 +104,7 @@ class InferenceEngine:
         self.backend = resolve_backend(backend, self.device)  # BackendError when it cannot run here
         self._runners: dict[tuple[tuple[int, int], str], Any] = {}  # (network size, backend) -> compiled graph
         self.backend_timings: dict[str, float] | None = None  # what backend auto measured (ms per frame)
+        self._digest: str | None = None  # backends.weights_digest of the model, once a graph needs it
         if self.input_size is not None:  # built (and auto measured) now: a problem shows at start-up, once
             if self.backend == "auto":
                 self._choose_backend(tuple(self.input_size))
@@ -190,31 +191,38 @@ class InferenceEngine:
         if runner is None:
             if len(self._runners) >= 4:  # native-size engines see many sizes: keep the newest few
                 self._runners.pop(next(iter(self._runners)))
-            runner = build_runner(backend, self.model, self.meta.mean, self.meta.std, size)
+            if self._digest is None:  # the weights do not change after construction: hashed once
+                self._digest = weights_digest(self.model)
+            runner = build_runner(backend, self.model, self.meta.mean, self.meta.std, size, digest=self._digest)
             self._runners[(size, backend)] = runner
         return runner
 
     def _choose_backend(self, size: tuple[int, int]) -> None:
         """backend auto on the CPU: the fastest of torch and the installed compiled runtimes, measured on a
-        frame of the network size (``backends.choose_fastest``; cached per machine); a runtime whose graph
-        cannot be built is left out (logged)."""
+        frame of the network size (``backends.choose_fastest``; cached per machine: then only the chosen
+        runtime's graph is built); a runtime whose graph cannot be built is left out (logged)."""
         import logging
 
         from .backends import compiled_runtimes, cpu_model, runtime_version
 
+        names = ["torch", *compiled_runtimes()]
         frame = np.zeros((size[0], size[1], 3), np.uint8)
-        candidates = {"torch": lambda: self.score_frame(frame, backend="torch")}
-        for name in compiled_runtimes():
-            try:
-                self.runner(size, name)
-            except ValueError as exc:
-                logging.getLogger("pebal.backends").warning("backend auto: leaving %s out: %s", name, exc)
-                continue
-            candidates[name] = lambda name=name: self.score_frame(frame, backend=name)
         key = {"cpu": cpu_model(), "threads": torch.get_num_threads(), "architecture": self.meta.architecture,
                "network_hw": list(size), "smoothing": bool(self.smoothing),
-               "versions": {name: runtime_version(name) for name in candidates}}
-        choice = choose_fastest(candidates, key)
+               "versions": {name: runtime_version(name) for name in names}}
+        left_out: list[str] = []
+        while True:
+            choice = choose_fastest(lambda name: self.score_frame(frame, backend=name),
+                                    [n for n in names if n not in left_out], {**key, "left_out": left_out})
+            if choice["backend"] == "torch":
+                break
+            try:  # a cached choice: its graph is built now, at start-up
+                self.runner(size, choice["backend"])
+                break
+            except ValueError as exc:  # chosen on another day, cannot be built now: choose among the rest
+                logging.getLogger("pebal.backends").warning("backend auto: leaving %s out: %s",
+                                                            choice["backend"], exc)
+                left_out.append(choice["backend"])
         self.backend, self.backend_timings = choice["backend"], choice["ms"]
         for cached in [k for k in self._runners if k[1] != self.backend]:
             del self._runners[cached]  # only the chosen runtime's graph is kept
@@ -257,9 +265,9 @@ class InferenceEngine:
         for hw in shapes:
             if len(hw) == 2:
                 self.check_image(*hw)
-        if self.backend != "torch":
-            maps = [self.score_frame(np.asarray(image)) for image in (images if not isinstance(images, np.ndarray)
-                                                                        or images.ndim == 4 else images[None])]
+        if self.backend != "torch":  # the compiled graphs take one frame at a time
+            frames = images[None] if isinstance(images, np.ndarray) and images.ndim == 3 else images
+            maps = [self.score_frame(np.asarray(frame)) for frame in frames]
             return [FrameResult(sem, score, score > self.threshold, self.threshold) for sem, score in maps]
         batch = to_uint8_batch(images, self.device, pin_memory=True)
         semantic, score = self.score_tensors(batch)
