@@ -291,12 +291,16 @@ class DetectorBehaviour:
             + (f"subscribing to {self.resolve_topic_name('image')} while an output has a subscriber (lazy_input)"
                if self._value("lazy_input") else f"subscribed to {self.resolve_topic_name('image')} ({image_qos})"))
 
-    def _close(self, timeout: float = 1.5) -> None:
-        """Stops the worker and destroys what :meth:`_open` created."""
+    def _stop_worker(self, timeout: float) -> None:
+        """Ends the worker thread (it finishes its frame if that takes less than ``timeout`` s)."""
         self._worker_stop.set()
         self.mailbox.close()
         if self._worker is not None and self._worker.is_alive():
             self._worker.join(timeout)
+
+    def _close(self, timeout: float = 1.5) -> None:
+        """Stops the worker and destroys what :meth:`_open` created."""
+        self._stop_worker(timeout)
         self._worker = None
         self._unsubscribe_inputs()
         for destroy, entity in reversed(self._entities):
@@ -694,10 +698,7 @@ class DetectorBehaviour:
     def stop(self, timeout: float = 1.5) -> None:
         """Ends the worker (within ``timeout`` s: shutdown does not wait for a long frame)."""
         self._stop.set()
-        self._worker_stop.set()
-        self.mailbox.close()
-        if self._worker is not None and self._worker.is_alive():
-            self._worker.join(timeout)
+        self._stop_worker(timeout)
 
 
 class DetectorNode(DetectorBehaviour, Node):
