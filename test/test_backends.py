@@ -102,6 +102,37 @@ def test_portable_pieces_equal_the_torch_functions():
     assert torch.equal(picked, F.interpolate(ramp, size=(1, 37), mode="nearest-exact"))
 
 
+def test_runtime_forms_equal_the_eager_operations(espnetv2):
+    """The rewrites of RUNTIME_FORMS and the export's pooling equal PyTorch's operations: adaptive pooling
+    with even and uneven bins, PReLU with slopes below 0, in (0, 1) and above 1, argmax with ties."""
+    for shape, out in (((1, 10, 48, 96), (32, 64)), ((2, 3, 26, 52), (5, 7)), ((1, 4, 16, 32), (8, 8)),
+                       ((3, 17, 9), (5, 4))):
+        x = torch.randn(shape)
+        assert torch.allclose(frame_graph.pool_by_matrices(x, out), F.adaptive_avg_pool2d(x, out), atol=1e-5)
+    model, meta = espnetv2
+    model = __import__("copy").deepcopy(model)
+    torch.manual_seed(1)
+    for module in model.modules():
+        if isinstance(module, torch.nn.PReLU):
+            module.weight.data.uniform_(-1.0, 2.0)
+    affine = frame_graph.with_affine_prelu(model)
+    assert not any(isinstance(m, torch.nn.PReLU) for m in affine.modules())
+    assert any(isinstance(m, torch.nn.PReLU) for m in model.modules())  # the original is untouched
+    x = torch.randn(1, 3, *NETWORK)
+    with torch.no_grad():
+        assert torch.allclose(affine(x), model(x), atol=1e-4)
+    logits = torch.randint(-3, 3, (2, 19, 6, 7)).float()  # many ties: argmax takes the first
+    assert torch.equal(frame_graph.argmax_by_reduce(logits), logits.argmax(1, keepdim=True).to(torch.uint8))
+    with pytest.raises(ValueError, match="graph form"):
+        frame_graph.FrameGraph(model, meta.mean, meta.std, NETWORK, NETWORK, prelu="fused")
+    onnx = pytest.importorskip("onnx")
+    for name, form in frame_graph.RUNTIME_FORMS.items():
+        graph = frame_graph.FrameGraph(model, meta.mean, meta.std, NETWORK, NETWORK, smoothing=False, **form)
+        ops = {node.op_type for node in onnx.load_from_string(frame_graph.onnx_bytes(graph)).graph.node}
+        assert ("PRelu" in ops) == (form["prelu"] == "native"), name
+        assert ("ArgMax" in ops) == (form["argmax"] == "native"), name
+
+
 def test_auto_measures_on_the_cpu_and_is_torch_elsewhere(espnetv2, tmp_path):
     """auto on the CPU: the fastest of torch and the installed runtimes, measured once and cached (a
     second engine reuses the choice without timing again); on CUDA: torch."""

@@ -4,12 +4,13 @@
 argument) is one of :data:`BACKENDS`. ``auto`` picks the fastest runtime installed for the device: on
 the CPU by measurement (:func:`choose_fastest`: PyTorch, OpenVINO and ONNX Runtime each run a few
 frames at the network size, once per machine, CPU model, thread count, size and runtime versions; the
-choice is cached), because which one wins depends on the CPU (where issue 15 was measured OpenVINO ran
-our ESPNetv2 1.57x faster than PyTorch; on the AMD EPYC of a later session ONNX Runtime was the fastest
-and OpenVINO the slowest); on CUDA PyTorch (a TensorRT runtime is not built into pebal yet: see the
-README).
+choice is cached), because which one wins depends on the CPU and on the graph (where issue 15 was
+measured OpenVINO ran our ESPNetv2 1.57x faster than PyTorch; on an AMD EPYC OpenVINO was the slowest
+until its graph form was tuned, and is now the fastest: BENCHMARKS.md figure 8); on CUDA PyTorch (a
+TensorRT runtime is not built into pebal yet: see the README).
 
-The compiled runtimes run a :class:`~pebal_perception.core.frame_graph.FrameGraph` at the network size:
+The compiled runtimes run a :class:`~pebal_perception.core.frame_graph.FrameGraph` at the network size,
+each in the form it runs fastest (``frame_graph.RUNTIME_FORMS``):
 uint8 frame resized to the network size in, normalisation, network, free energy and argmax in the graph;
 the host resizes the frame (PyTorch's uint8 kernel, as the torch path) and brings the maps back to the
 image size and smooths them (the same functions as the torch path), so the outputs equal the torch
@@ -37,7 +38,7 @@ if TYPE_CHECKING:  # torch only when a backend is resolved or built: the CLIs im
     import torch
 
 BACKENDS = ("auto", "torch", "openvino", "onnxruntime", "tensorrt")
-GRAPH_VERSION = 1  # bump when FrameGraph's computation changes: old cache entries are then not used
+GRAPH_VERSION = 2  # bump when FrameGraph's computation changes: old cache entries are then not used
 LOG = logging.getLogger("pebal.backends")
 
 
@@ -253,12 +254,14 @@ def build_runner(name: str, model: "torch.nn.Module", mean, std, network_hw: tup
     when the caller already has it (hashing a large model's weights takes a while)."""
     import torch
 
-    from .frame_graph import FrameGraph, onnx_bytes
+    from .frame_graph import RUNTIME_FORMS, FrameGraph, onnx_bytes
 
     threads = torch.get_num_threads() if not threads else int(threads)
-    graph = FrameGraph(model, mean, std, network_hw, network_hw, smoothing=False).eval()
+    form = RUNTIME_FORMS.get(name, {})
+    graph = FrameGraph(model, mean, std, network_hw, network_hw, smoothing=False, **form).eval()
     key = {"graph_version": GRAPH_VERSION, "weights": digest or weights_digest(model), "network_hw": list(network_hw),
-           "mean": [float(v) for v in mean], "std": [float(v) for v in std], "outputs": "semantic,energy"}
+           "mean": [float(v) for v in mean], "std": [float(v) for v in std], "outputs": "semantic,energy",
+           "form": form}
     try:
         onnx = _cached({**key, "kind": "onnx", "torch": torch.__version__}, ".onnx", lambda: onnx_bytes(graph))
         if name == "openvino":

@@ -23,6 +23,12 @@ equivalents for the fixed sizes of one graph:
 - ``logsumexp`` (OpenVINO ran the exporter's ``ReduceLogSumExp`` wrongly behind the resize): the
   maximum-shifted sum written out (:func:`portable_free_energy`).
 
+Each runtime gets the form of the graph that it runs fastest (:data:`RUNTIME_FORMS`, measured; the
+exported ONNX of ``pebal-export`` is the portable form): OpenVINO's CPU plugin ran ESPNetv2's
+``PRelu`` between layout conversions (a third of the frame in reorders) and the class map's ``ArgMax``
+as a slow ``TopK``, so its graph writes PReLU as ``relu(x) (1 - a) + a x`` (:class:`AffinePReLU`) and
+the argmax as the first class equal to the maximum; ONNX Runtime runs the native operations faster.
+
 The torch path stays the reference (``backend: torch``); the graph equals it to float rounding, except
 where the frame is resized: PyTorch resizes a CPU uint8 frame with a fixed-point uint8 kernel (whole
 grey levels, within one level of the float resize the graph does; rounding the graph's resize too
@@ -123,16 +129,34 @@ def _pool_matrix(n_in: int, n_out: int) -> torch.Tensor:
     return torch.from_numpy(m)
 
 
+def pool_by_matrices(x: torch.Tensor, output_size: tuple[int, int]) -> torch.Tensor:
+    """``F.adaptive_avg_pool2d(x, output_size)`` of ``... x H x W`` at fixed sizes, exactly: ``AveragePool``
+    where the bins are even (the size divides), else one matrix product per axis, each a single tall
+    GEMM over all rows (a batched ``P_h @ x`` of small matrices per channel ran 2.5x slower in ONNX
+    Runtime)."""
+    lead, (ih, iw) = tuple(x.shape[:-2]), (int(x.shape[-2]), int(x.shape[-1]))
+    oh, ow = output_size
+    if ih % oh == 0 and iw % ow == 0:
+        return F.avg_pool2d(x, (ih // oh, iw // ow))
+    rows = int(np.prod(lead)) if lead else 1
+    pw = _pool_matrix(iw, ow).to(x.dtype).t()  # iw x ow
+    ph = _pool_matrix(ih, oh).to(x.dtype).t()  # ih x oh
+    x = torch.matmul(x.reshape(rows * ih, iw), pw).reshape(rows, ih, ow)
+    x = torch.matmul(x.transpose(1, 2).reshape(rows * ow, ih), ph).reshape(rows, ow, oh)
+    return x.transpose(1, 2).reshape(*lead, oh, ow)
+
+
 @contextlib.contextmanager
 def onnx_friendly_adaptive_pool():
-    """Temporarily routes ``F.adaptive_avg_pool2d`` (other than global pooling) through two matrix
-    products (exactly the same bins and weights, float rounding aside).
+    """Temporarily routes ``F.adaptive_avg_pool2d`` (other than global pooling) through
+    :func:`pool_by_matrices` (the same bins and weights, float rounding aside).
 
     The classic ONNX exporter only maps adaptive pooling to ``AveragePool`` when every output size
     divides the input size and the input size is known in the graph; ESPNetv2's pyramid pooling
     (sizes ``ceil(s * scale)``, after resizes whose output shape the exporter leaves symbolic) is
-    neither. For a fixed-size export the input sizes are constants, so ``P_h @ x @ P_w^T`` is an exact
-    equivalent that ONNX expresses with ``MatMul``.
+    neither. For a fixed-size export the input sizes are constants, so pooling with a kernel (sizes
+    that divide) or ``P_h x P_w^T`` (sizes that do not) is an exact equivalent that ONNX expresses
+    with ``AveragePool`` and ``MatMul``.
     """
     original = nn.functional.adaptive_avg_pool2d
 
@@ -142,9 +166,7 @@ def onnx_friendly_adaptive_pool():
         oh, ow = ih if oh is None else int(oh), iw if ow is None else int(ow)
         if (oh, ow) == (1, 1):  # global pooling: GlobalAveragePool needs no sizes
             return original(x, (oh, ow))
-        ph = _pool_matrix(ih, oh).to(x.dtype)
-        pw = _pool_matrix(iw, ow).to(x.dtype)
-        return torch.matmul(torch.matmul(ph, x), pw.t())
+        return pool_by_matrices(x, (oh, ow))
 
     nn.functional.adaptive_avg_pool2d = pooled
     try:
@@ -153,17 +175,67 @@ def onnx_friendly_adaptive_pool():
         nn.functional.adaptive_avg_pool2d = original
 
 
+# Per runtime, the graph form it ran fastest (ESPNetv2 at 1024x512, fp32, 2 threads, AMD EPYC, BENCHMARKS.md
+# figure 8): OpenVINO 2026.4 went from 640 to 390 ms a frame with both rewrites; ONNX Runtime 1.32 was
+# slower with either (its NCHWc kernels take PRelu and ArgMax natively).
+RUNTIME_FORMS: dict[str, dict[str, str]] = {
+    "onnxruntime": {"prelu": "native", "argmax": "native"},
+    "openvino": {"prelu": "affine", "argmax": "reduce"},
+}
+
+
+class AffinePReLU(nn.Module):
+    """``nn.PReLU`` as ``relu(x) (1 - a) + x a`` (per-channel ``a``): equal to float rounding, and made of
+    operations a runtime fuses into its convolutions' layout (see :data:`RUNTIME_FORMS`)."""
+
+    def __init__(self, prelu: nn.PReLU):
+        super().__init__()
+        slope = prelu.weight.detach().reshape(1, -1, 1, 1).clone()
+        self.register_buffer("slope", slope, persistent=False)
+        self.register_buffer("relu_scale", 1.0 - slope, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x) * self.relu_scale + x * self.slope
+
+
+def with_affine_prelu(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with every ``nn.PReLU`` replaced by :class:`AffinePReLU` (``model`` untouched)."""
+    import copy
+
+    model = copy.deepcopy(model)
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.PReLU):
+                setattr(parent, name, AffinePReLU(child))
+    return model
+
+
+def argmax_by_reduce(logits: torch.Tensor) -> torch.Tensor:
+    """``logits.argmax(dim=1, keepdim=True)`` as uint8 (the first class equal to the maximum, as argmax
+    breaks ties) from a max and a min reduction; a pixel with a NaN logit gets 255 (the void id)."""
+    peak = logits.amax(dim=1, keepdim=True)
+    index = torch.arange(logits.shape[1], dtype=logits.dtype, device=logits.device).view(1, -1, 1, 1)
+    first = torch.where(logits == peak, index, torch.full_like(index, 255.0)).amin(dim=1, keepdim=True)
+    return first.to(torch.uint8)
+
+
 class FrameGraph(nn.Module):
     """uint8 ``N x H x W x 3`` RGB at one fixed image size -> (semantic ``N x H x W`` uint8 trainIds,
     score ``N x H x W`` float32); see the module docstring. ``network_hw`` is the size the network runs
-    at; ``smoothing`` applies PEBAL's Gaussian."""
+    at; ``smoothing`` applies PEBAL's Gaussian; ``prelu`` (``native`` or ``affine``: :func:`with_affine_prelu`)
+    and ``argmax`` (``native`` or ``reduce``: :func:`argmax_by_reduce`) pick the form
+    (:data:`RUNTIME_FORMS`)."""
 
     def __init__(self, model: nn.Module, mean: Sequence[float], std: Sequence[float], image_hw: Sequence[int],
                  network_hw: Sequence[int], smoothing: bool = True,
                  kernel_size: int = scoring.DEFAULT_KERNEL_SIZE, sigma: float = scoring.DEFAULT_SIGMA,
-                 num_classes: int = NUM_INLIER_CLASSES):
+                 num_classes: int = NUM_INLIER_CLASSES, prelu: str = "native", argmax: str = "native"):
         super().__init__()
-        self.model = model
+        if prelu not in ("native", "affine") or argmax not in ("native", "reduce"):
+            raise ValueError(f"graph form prelu={prelu!r} argmax={argmax!r}: expected prelu native|affine, "
+                             "argmax native|reduce")
+        self.model = with_affine_prelu(model) if prelu == "affine" else model
+        self.argmax_by_reduce = argmax == "reduce"
         self.image_hw = (int(image_hw[0]), int(image_hw[1]))
         self.network_hw = (int(network_hw[0]), int(network_hw[1]))
         self.num_classes = int(num_classes)
@@ -197,7 +269,8 @@ class FrameGraph(nn.Module):
             x = _resize_axis(x, self.col_idx, self.col_w, -1)
         x = (x - self.mean) / self.std
         logits = self.model(x)[:, :self.num_classes].float()
-        semantic = logits.argmax(dim=1, keepdim=True).to(torch.uint8)
+        semantic = (argmax_by_reduce(logits) if self.argmax_by_reduce
+                    else logits.argmax(dim=1, keepdim=True).to(torch.uint8))
         energy = portable_free_energy(logits)
         if self.resizes:
             energy = _resize_axis(energy, self.row_up, self.row_up_w, -2)
