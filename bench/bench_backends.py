@@ -19,6 +19,12 @@ Figures: ``runtimes_<WxH>_ours`` (ratio = the faster by-hand runtime / ours, tar
 each call of ours spent outside the compiled graph (host resize, upsampling, smoothing, copies; median
 over the calls), target <= 10 %. Outputs
 of ours and ours torch are compared (class agreement, max energy difference) and stored.
+
+``--whole-frame`` (and the full suite) adds ``runtimes_whole_frame_<camera WxH>``: a camera frame
+(1920x1080 into 1024x512) through ours (host resize, network-size graph, host upsampling and
+smoothing) against the whole-frame graph of the same runtime (everything in the graph, one graph per
+camera size: issue 15's item 2); ratio = whole-frame graph / ours, informative: it says whether the
+runtimes should take the whole frame.
 """
 from __future__ import annotations
 
@@ -40,6 +46,7 @@ REPEATS = 7
 QUICK_REPEATS = 7  # the protocol of issue 15 (median of 7 interleaved repeats)
 QUICK_BUDGET_S = 120.0  # --quick: sizes started after this are reported as skipped
 PREPOST_TARGET = 0.10
+WHOLE_FRAME_CAMERA, WHOLE_FRAME_NETWORK = (1920, 1080), (1024, 512)
 
 
 def _by_hand(model, meta, size_hw, threads: int) -> dict[str, Any]:
@@ -152,8 +159,50 @@ def bench_size(size_wh_: tuple[int, int], repeats: int, verbose: bool = True) ->
     return figs
 
 
+def bench_whole_frame(camera_wh: tuple[int, int], network_wh: tuple[int, int], repeats: int,
+                      verbose: bool = True) -> list[dict[str, Any]]:
+    import numpy as np
+    import torch
+
+    from bench.bench_forward import randomise_batchnorm
+    from pebal_perception.core import backends
+    from pebal_perception.core.checkpoint import ModelMeta
+    from pebal_perception.core.engine import InferenceEngine, infer_maps
+    from pebal_perception.core.frame_graph import RUNTIME_FORMS, FrameGraph, onnx_bytes
+    from pebal_perception.core.models import create_model
+
+    (w, h), (nw, nh) = camera_wh, network_wh
+    tag = f"runtimes_whole_frame_{w}x{h}"
+    torch.manual_seed(0)
+    model = randomise_batchnorm(create_model("espnetv2").eval())
+    meta = ModelMeta.for_architecture("espnetv2", input_size=[nh, nw])
+    ours = InferenceEngine(model, meta, device="cpu", backend="auto")
+    if ours.backend == "torch":
+        return [skipped(tag, "auto runs torch here: no compiled runtime to compare")]
+    graph = FrameGraph(ours.model, meta.mean, meta.std, (h, w), (nh, nw), **RUNTIME_FORMS[ours.backend]).eval()
+    onnx = onnx_bytes(graph)
+    threads = torch.get_num_threads()
+    whole = (backends.OpenVinoRunner(onnx, threads) if ours.backend == "openvino"
+             else backends.OnnxRuntimeRunner(onnx, threads))
+    rng = np.random.default_rng(0)
+    rgb = np.repeat(np.repeat(rng.integers(0, 256, (h // 8 + 1, w // 8 + 1, 3), dtype=np.uint8), 8, 0), 8, 1)
+    rgb = np.ascontiguousarray(rgb[:h, :w])
+    samples = interleaved({"ours": lambda: infer_maps(ours, rgb), "whole_frame_graph": lambda: whole(rgb[None])},
+                          repeats=repeats, warmup=1)
+    ms = {name: median(times) * 1e3 for name, times in samples.items()}
+    sem, score, _ = infer_maps(ours, rgb)
+    sem_w, score_w = (a[0] for a in whole(rgb[None]))
+    check = {"class_agreement": float((sem == sem_w).mean()), "max_energy_diff": float(np.abs(score - score_w).max())}
+    if verbose:
+        print(f"  {tag} into {nw}x{nh}: ours {ms['ours']:.1f} ms, whole-frame graph {ms['whole_frame_graph']:.1f} ms "
+              f"({ours.backend}); agreement {check['class_agreement']:.5f}, max |energy diff| "
+              f"{check['max_energy_diff']:.2e}", flush=True)
+    return [figure(tag, ms["whole_frame_graph"] / 1e3, "s", ms["ours"] / 1e3, baseline_label=f"ours ({ours.backend})",
+                   note="informative: whole-frame graph vs host pre/post", backend=ours.backend, ms=ms, **check)]
+
+
 def run(quick: bool = False, sizes: list[tuple[int, int]] | None = None, repeats: int | None = None,
-        verbose: bool = True) -> list[dict[str, Any]]:
+        verbose: bool = True, whole_frame: bool | None = None) -> list[dict[str, Any]]:
     import torch
 
     from pebal_perception.core import backends
@@ -177,6 +226,8 @@ def run(quick: bool = False, sizes: list[tuple[int, int]] | None = None, repeats
                                         f"--quick time budget of {QUICK_BUDGET_S:.0f} s used up"))
                     continue
                 figs += bench_size(size, repeats, verbose=verbose)
+            if (not quick) if whole_frame is None else whole_frame:
+                figs += bench_whole_frame(WHOLE_FRAME_CAMERA, WHOLE_FRAME_NETWORK, repeats, verbose=verbose)
         finally:
             if previous is None:
                 os.environ.pop("PEBAL_CACHE_DIR", None)
@@ -192,9 +243,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--sizes", default=None, help="comma-separated WxH network sizes")
     parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--whole-frame", action="store_true", default=None,
+                        help="also time the whole-frame graph against ours at 1920x1080 (always in the full suite)")
     args = parser.parse_args(argv)
     sizes = [size_wh(s) for s in args.sizes.split(",")] if args.sizes else None
-    for fig in run(args.quick, sizes, args.repeats):
+    for fig in run(args.quick, sizes, args.repeats, whole_frame=args.whole_frame):
         print(format_figure(fig))
     return 0
 

@@ -75,6 +75,11 @@ def test_runtimes_tiny():
         ours = figs[0]
         assert ours["class_agreement"] >= 0.999 and ours["max_energy_diff"] <= 1e-3
         assert ours["backend"] in ("torch", *backends.compiled_runtimes())
+    whole = bench_backends.bench_whole_frame((192, 108), (128, 64), repeats=1, verbose=False)
+    assert [f["name"] for f in whole] == ["runtimes_whole_frame_192x108"]
+    _check_figure(whole[0])
+    if backends.compiled_runtimes():
+        assert whole[0]["class_agreement"] >= 0.99 and whole[0]["max_energy_diff"] <= 0.05
 
 
 def test_frame_tiny():
