@@ -82,7 +82,8 @@ setup(
         "export": ["onnx>=1.15", "onnxruntime>=1.17"],
         # the compiled CPU runtimes of core/backends.py (backend auto picks OpenVINO when installed)
         "runtimes": ["onnx>=1.15", "onnxruntime>=1.17", "openvino>=2025.0"],
-        # TensorRT on NVIDIA machines: not built into pebal yet; pebal-export --format onnx feeds trtexec
+        # backend tensorrt on NVIDIA machines (TensorRT 10's Python API; not in requirements.txt: GPU only)
+        "tensorrt": ["tensorrt>=10.0"],
         # H.264 MP4 videos (core.video; without it: Motion-JPEG AVI)
         "video": ["imageio-ffmpeg>=0.5"],
         "test": ["pytest>=7", "hypothesis>=6"],

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Runs the benchmark suite (BENCHMARKS.md) and stores the figures per machine.
 
-    python bench/run.py [--quick] [--only forward,frame,node,metrics,training,soak,gpu,dds,runtimes]
+    python bench/run.py [--quick] [--only forward,frame,node,metrics,training,soak,gpu,dds,runtimes,precision]
 
 Every figure module exposes ``run(quick) -> list[dict]`` (see ``bench/common.py`` for the record).
 One line is printed per figure::
@@ -48,6 +48,7 @@ MODULES = {
     "gpu": "bench.bench_gpu",            # figure 6: CUDA fp16 (skipped without a GPU)
     "dds": "bench.bench_dds",            # figure 7: 1920x1080 at 30 Hz best effort into the node
     "runtimes": "bench.bench_backends",  # figure 8: ours (backend auto) vs OpenVINO / ONNX Runtime by hand
+    "precision": "bench.bench_precision",  # figure 9: fp16 / bf16 against fp32 on real frames (CPU: not --quick)
 }
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
 

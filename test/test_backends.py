@@ -135,9 +135,9 @@ def test_runtime_forms_equal_the_eager_operations(espnetv2):
 
 def test_auto_measures_on_the_cpu_and_is_torch_elsewhere(espnetv2, tmp_path):
     """auto on the CPU: the fastest of torch and the installed runtimes, measured once and cached (a
-    second engine reuses the choice without timing again); on CUDA: torch."""
+    second engine reuses the choice without timing again); on CUDA: TensorRT when installed, else torch."""
     assert resolve_backend("auto", "cpu") == ("auto" if backends.compiled_runtimes() else "torch")
-    assert resolve_backend("auto", "cuda") == "torch"
+    assert resolve_backend("auto", "cuda") == ("tensorrt" if backends.installed("tensorrt") else "torch")
     model, meta = espnetv2
     engine = InferenceEngine(model, meta, device="cpu", backend="auto")
     if backends.compiled_runtimes():
@@ -153,8 +153,11 @@ def test_auto_measures_on_the_cpu_and_is_torch_elsewhere(espnetv2, tmp_path):
     native = InferenceEngine(model, meta, device="cpu", backend="auto", input_size="native")
     assert infer_maps(native, _frame(64, 96))[0].shape == (64, 96) and native.backend != "auto"
     assert resolve_backend("torch", "cpu") == "torch"
-    with pytest.raises(BackendError, match="tensorrt is not built into pebal"):
-        resolve_backend("tensorrt", "cuda")
+    with pytest.raises(BackendError, match="tensorrt needs a CUDA device"):
+        resolve_backend("tensorrt", "cpu")
+    if not backends.installed("tensorrt"):
+        with pytest.raises(BackendError, match="tensorrt is not installed"):
+            resolve_backend("tensorrt", "cuda")
     with pytest.raises(BackendError, match="runs on the CPU"):
         resolve_backend("onnxruntime", "cuda")
     with pytest.raises(BackendError, match="must be one of"):
@@ -225,3 +228,163 @@ def test_onnx_export_with_smoothing_runs_in_openvino(espnetv2):
         sem_ref, energy_ref = module(x)
     assert (result[compiled.output(0)] == sem_ref.numpy()).mean() >= 0.999
     assert np.abs(result[compiled.output(1)] - energy_ref.numpy()).max() <= 1e-3
+
+
+# ------------------------------------------------------------------------------------------- TensorRT
+# No GPU here: TensorRtRunner's glue (parse, build, plan cache, bindings, outputs) runs against a stand-in
+# of TensorRT 10's Python API that checks the ONNX it is given and writes known values through the bound
+# output addresses. TensorRT's own numbers are not measured (backends.py's docstring).
+
+
+def _stand_in_tensorrt(monkeypatch, parse_ok: bool = True, build_ok: bool = True):
+    import ctypes
+    import importlib.machinery
+    import json
+    import types
+
+    onnx = pytest.importorskip("onnx")
+    trt = types.ModuleType("tensorrt")
+    trt.__spec__ = importlib.machinery.ModuleSpec("tensorrt", None)
+    trt.__version__ = "10.0-stand-in"
+    trt.builds, trt.refuse_next_plan = [], False
+    trt.Logger = type("Logger", (), {"WARNING": 2, "__init__": lambda self, level: None})
+    trt.DataType = types.SimpleNamespace(FLOAT="float32", HALF="float16", UINT8="uint8", INT32="int32",
+                                         INT8="int8", BOOL="bool")
+    trt.TensorIOMode = types.SimpleNamespace(INPUT="input", OUTPUT="output")
+    trt.BuilderFlag = types.SimpleNamespace(FP16="fp16", BF16="bf16")
+    elem = {1: "float32", 2: "uint8"}
+
+    class Parser:
+        num_errors = 0 if parse_ok else 1
+
+        def __init__(self, network, logger):
+            self.network = network
+
+        def parse(self, data):
+            graph = onnx.load_from_string(data).graph
+            self.network.io = [(v.name, "input" if v in graph.input else "output", elem[v.type.tensor_type.elem_type],
+                                [d.dim_value for d in v.type.tensor_type.shape.dim])
+                               for v in [*graph.input, *graph.output]]
+            return parse_ok
+
+        def get_error(self, i):
+            return "In node 7 (Cast): UNSUPPORTED_NODE"
+
+    class Config:
+        def __init__(self):
+            self.flags = []
+
+        def set_flag(self, flag):
+            self.flags.append(flag)
+
+    class Builder:
+        def __init__(self, logger):
+            pass
+
+        def create_network(self, flags):
+            return types.SimpleNamespace(io=[])
+
+        def create_builder_config(self):
+            return Config()
+
+        def build_serialized_network(self, network, config):
+            trt.builds.append(list(config.flags))
+            return json.dumps(network.io).encode() if build_ok else None
+
+    class Context:
+        def __init__(self, engine):
+            self.engine, self.addresses = engine, {}
+
+        def set_tensor_address(self, name, ptr):
+            self.addresses[name] = ptr
+
+        def execute_async_v3(self, stream):
+            for name, mode, dtype, shape in self.engine.io:
+                if mode == "output":  # class 7 everywhere, energy bytes 0 (= 0.0)
+                    size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+                    ctypes.memset(self.addresses[name], 7 if dtype == "uint8" else 0, size)
+            return True
+
+    class Engine:
+        def __init__(self, io):
+            self.io = io
+            self.num_io_tensors = len(io)
+
+        def get_tensor_name(self, i):
+            return self.io[i][0]
+
+        def _field(self, name, k):
+            return next(t[k] for t in self.io if t[0] == name)
+
+        def get_tensor_mode(self, name):
+            return self._field(name, 1)
+
+        def get_tensor_dtype(self, name):
+            return self._field(name, 2)
+
+        def get_tensor_shape(self, name):
+            return self._field(name, 3)
+
+        def create_execution_context(self):
+            return Context(self)
+
+    class Runtime:
+        def __init__(self, logger):
+            pass
+
+        def deserialize_cuda_engine(self, plan):
+            if trt.refuse_next_plan:  # a plan of another TensorRT build
+                trt.refuse_next_plan = False
+                return None
+            return Engine(json.loads(plan))
+
+    trt.Builder, trt.OnnxParser, trt.Runtime = Builder, Parser, Runtime
+    monkeypatch.setitem(__import__("sys").modules, "tensorrt", trt)
+    return trt
+
+
+def test_tensorrt_runner_builds_caches_and_binds(espnetv2, tmp_path, monkeypatch, caplog):
+    trt = _stand_in_tensorrt(monkeypatch)
+    model, meta = espnetv2
+    assert resolve_backend("auto", "cuda") == "tensorrt" and resolve_backend("tensorrt", "cuda") == "tensorrt"
+    runner = backends.build_runner("tensorrt", model, meta.mean, meta.std, NETWORK, precision="fp16", device="cpu")
+    assert trt.builds == [["fp16"]]
+    # TensorRT gets the float-input graph (the device resizes in float32), outputs semantic + score
+    assert sorted(runner._outputs) == ["score", "semantic"] and runner._input == "rgb"
+    assert runner._engine.io[0] == ["rgb", "input", "float32", [1, *NETWORK, 3]]
+    semantic, score = runner(torch.zeros((1, *NETWORK, 3)))
+    assert semantic.dtype == torch.uint8 and tuple(semantic.shape) == (1, *NETWORK) and (semantic == 7).all()
+    assert score.dtype == torch.float32 and (score == 0).all()
+    assert runner._context.addresses["semantic"] == runner._outputs["semantic"].data_ptr()
+    assert semantic.data_ptr() != runner._outputs["semantic"].data_ptr()  # a copy: the next frame overwrites
+    # the plan is cached per precision; one that TensorRT cannot load is built again
+    backends.build_runner("tensorrt", model, meta.mean, meta.std, NETWORK, precision="fp16", device="cpu")
+    assert len(trt.builds) == 1
+    backends.build_runner("tensorrt", model, meta.mean, meta.std, NETWORK, precision="fp32", device="cpu")
+    assert trt.builds[-1] == [] and len(trt.builds) == 2
+    trt.refuse_next_plan = True
+    with caplog.at_level(logging.WARNING, logger="pebal.backends"):
+        backends.build_runner("tensorrt", model, meta.mean, meta.std, NETWORK, precision="fp16", device="cpu")
+    assert len(trt.builds) == 3 and "not loadable" in caplog.text
+    # the engine's TensorRT path: device resize, the engine, device upsampling + smoothing, maps to the host
+    engine = InferenceEngine(model, meta, device="cpu", backend="torch")
+    engine.backend = "tensorrt"
+    sem, score, _ = infer_maps(engine, _frame(75, 131))
+    assert sem.shape == score.shape == (75, 131) and (sem == 7).all() and np.abs(score).max() == 0
+
+
+@pytest.mark.parametrize("failure", ["parse", "build"])
+def test_tensorrt_failures_are_one_clear_error_and_auto_falls_back(espnetv2, monkeypatch, caplog, failure):
+    _stand_in_tensorrt(monkeypatch, parse_ok=failure != "parse", build_ok=failure != "build")
+    model, meta = espnetv2
+    expected = "UNSUPPORTED_NODE" if failure == "parse" else "could not build an engine"
+    with pytest.raises(BackendError, match=expected):
+        backends.build_runner("tensorrt", model, meta.mean, meta.std, NETWORK, device="cpu")
+    engine = InferenceEngine(model, meta, device="cpu", backend="torch", input_size="native")
+    engine.backend, engine._auto = "tensorrt", True
+    with caplog.at_level(logging.WARNING, logger="pebal.backends"):
+        sem, _, _ = infer_maps(engine, _frame(64, 96))
+    assert engine.backend == "torch" and "using torch" in caplog.text and sem.shape == (64, 96)
+    engine.backend, engine._auto = "tensorrt", False
+    with pytest.raises(BackendError, match=expected):
+        infer_maps(engine, _frame(64, 96))

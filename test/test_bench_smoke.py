@@ -82,6 +82,20 @@ def test_runtimes_tiny():
         assert whole[0]["class_agreement"] >= 0.99 and whole[0]["max_energy_diff"] <= 0.05
 
 
+def test_precision_tiny(monkeypatch, tmp_path):
+    from bench import bench_precision
+
+    missing = bench_precision.run(checkpoint=tmp_path / "none.pth", verbose=False)
+    assert [f["name"] for f in missing] == ["precision_fp16", "precision_bf16"] and all(f["skipped"] for f in missing)
+    if not bench_precision.CHECKPOINT.is_file():
+        pytest.skip("real ESPNetv2 weights not in ../shared/assets")
+    monkeypatch.setattr(bench_precision, "NETWORK_HW", (64, 128))  # seconds, not minutes, of half convolutions
+    figs = bench_precision.run(precisions=("bf16",), frames=1, verbose=False)
+    assert [f["name"] for f in figs] == ["precision_bf16"]
+    _check_figure(figs[0])
+    assert 90.0 <= figs[0]["value"] <= 100.0 and 0.0 <= figs[0]["obstacle_flips"] <= 1.0
+
+
 def test_frame_tiny():
     from bench import bench_frame
 
@@ -215,5 +229,5 @@ def test_runner_lists_every_module(tmp_path, capsys, monkeypatch):
     stored = json.loads(path.read_text())
     assert [f["name"] for f in stored["figures"]] == ["node_fake"]
     assert set(bench_run.MODULES) == {"forward", "frame", "node", "metrics", "training", "soak", "gpu", "dds",
-                                      "runtimes"}
+                                      "runtimes", "precision"}
     assert "node_fake: skipped (stubbed in the smoke test)" in capsys.readouterr().out

@@ -1,4 +1,4 @@
-"""Inference runtimes behind one interface: PyTorch (the reference), OpenVINO, ONNX Runtime.
+"""Inference runtimes behind one interface: PyTorch (the reference), OpenVINO, ONNX Runtime, TensorRT.
 
 ``backend`` (node parameter, ``--backend`` of the CLIs, :class:`~pebal_perception.core.engine.InferenceEngine`
 argument) is one of :data:`BACKENDS`. ``auto`` picks the fastest runtime installed for the device: on
@@ -6,8 +6,14 @@ the CPU by measurement (:func:`choose_fastest`: PyTorch, OpenVINO and ONNX Runti
 frames at the network size, once per machine, CPU model, thread count, size and runtime versions; the
 choice is cached), because which one wins depends on the CPU and on the graph (where issue 15 was
 measured OpenVINO ran our ESPNetv2 1.57x faster than PyTorch; on an AMD EPYC OpenVINO was the slowest
-until its graph form was tuned, and is now the fastest: BENCHMARKS.md figure 8); on CUDA PyTorch (a
-TensorRT runtime is not built into pebal yet: see the README).
+until its graph form was tuned, and is now the fastest: BENCHMARKS.md figure 8); on CUDA TensorRT when
+it is installed (the field's reference there: Isaac ROS and Autoware build engines from ONNX), else
+PyTorch; a TensorRT engine that cannot be built then falls back to PyTorch, logged.
+
+**TensorRT has not run yet**: no GPU machine was lent to the sessions that wrote
+:class:`TensorRtRunner` (to TensorRT 10's Python API). Its build, cache and binding logic is tested
+on the CPU against a stand-in of the ``tensorrt`` module (test_backends.py); its outputs and speed
+are not measured (README, BENCHMARKS.md).
 
 The compiled runtimes run a :class:`~pebal_perception.core.frame_graph.FrameGraph` at the network size,
 each in the form it runs fastest (``frame_graph.RUNTIME_FORMS``):
@@ -60,11 +66,16 @@ def resolve_backend(name: str, device: "torch.device | str") -> str:
     if name not in BACKENDS:
         raise BackendError(f"backend must be one of {', '.join(BACKENDS)}, got {name!r}")
     device_type = torch.device(device).type
+    if name == "auto" and device_type == "cuda":  # TensorRT when installed (the engine falls back to torch)
+        return "tensorrt" if installed("tensorrt") else "torch"
     if name == "auto":  # on the CPU with a compiled runtime: measured by the engine (choose_fastest)
         return "auto" if device_type == "cpu" and compiled_runtimes() else "torch"
     if name == "tensorrt":
-        raise BackendError("backend tensorrt is not built into pebal yet (no TensorRT machine to test it on); "
-                           "use torch on CUDA, or export ONNX (pebal-export --format onnx) for trtexec")
+        if device_type != "cuda":
+            raise BackendError(f"backend tensorrt needs a CUDA device; device is {device_type} (use backend auto)")
+        if not installed("tensorrt"):
+            raise BackendError("backend tensorrt is not installed (on an NVIDIA machine: pip install -e '.[tensorrt]'; "
+                               "see the README)")
     if name in ("openvino", "onnxruntime"):
         if device_type != "cpu":
             raise BackendError(f"backend {name} runs on the CPU here; device is {device_type} (use backend "
@@ -138,6 +149,10 @@ def runtime_version(name: str) -> str:
         import onnxruntime
 
         return onnxruntime.__version__
+    if name == "tensorrt":
+        import tensorrt
+
+        return tensorrt.__version__
     import torch
 
     return torch.__version__
@@ -247,11 +262,89 @@ class OnnxRuntimeRunner(GraphRunner):
         return semantic, energy
 
 
+class TensorRtRunner(GraphRunner):
+    """A TensorRT engine of the network-size graph on one CUDA device. :meth:`__call__` takes a
+    ``1 x h x w x 3`` frame (a tensor; float32 on the device, as ``preprocess.resize_batch`` gives there)
+    and returns device tensors (semantic ``1 x h x w`` uint8, energy ``1 x h x w`` float32), queued on the
+    current stream. The serialised engine (plan) is cached under ``engine_key``, which names the GPU, its
+    compute capability, TensorRT's version and the precision; a plan this TensorRT cannot load is built
+    again. fp16/bf16 set TensorRT's builder flag (it then picks per layer; see BENCHMARKS.md figure 9 for
+    what half precision changes in the maps)."""
+
+    def __init__(self, onnx: bytes, device: "torch.device | str", precision: str, engine_key: dict[str, Any]):
+        import contextlib
+
+        import tensorrt as trt
+        import torch
+
+        self.device = torch.device(device)
+        logger = trt.Logger(trt.Logger.WARNING)
+
+        def build() -> bytes:
+            builder = trt.Builder(logger)
+            network = builder.create_network(0)  # explicit batch: the only mode of TensorRT 10
+            parser = trt.OnnxParser(network, logger)
+            if not parser.parse(onnx):
+                errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+                raise BackendError(f"TensorRT cannot parse the graph: {errors or 'no reason given'}")
+            config = builder.create_builder_config()
+            if precision in ("fp16", "bf16"):
+                config.set_flag(trt.BuilderFlag.FP16 if precision == "fp16" else trt.BuilderFlag.BF16)
+            plan = builder.build_serialized_network(network, config)
+            if plan is None:
+                raise BackendError("TensorRT could not build an engine of the graph (its log above says why)")
+            return bytes(plan)
+
+        on_device = torch.cuda.device(self.device) if self.device.type == "cuda" else contextlib.nullcontext()
+        with on_device:
+            runtime = trt.Runtime(logger)
+            engine = runtime.deserialize_cuda_engine(_cached(engine_key, ".plan", build))
+            if engine is None:  # intact, but not loadable by this TensorRT or GPU
+                LOG.warning("cached TensorRT engine not loadable here: building it again")
+                engine = runtime.deserialize_cuda_engine(build())
+            if engine is None:
+                raise BackendError("TensorRT cannot load the engine it has just built")
+            self._engine = engine
+            self._context = engine.create_execution_context()
+            dtypes = {trt.DataType.FLOAT: torch.float32, trt.DataType.HALF: torch.float16,
+                      trt.DataType.UINT8: torch.uint8, trt.DataType.INT32: torch.int32,
+                      trt.DataType.INT8: torch.int8, trt.DataType.BOOL: torch.bool}
+            self._input: str | None = None
+            self._outputs: dict[str, torch.Tensor] = {}
+            for i in range(engine.num_io_tensors):
+                name = engine.get_tensor_name(i)
+                if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
+                    self._input = name
+                    continue
+                dtype = engine.get_tensor_dtype(name)
+                if dtype not in dtypes:
+                    raise BackendError(f"TensorRT engine output {name} has type {dtype}, which pebal cannot take")
+                out = torch.empty(tuple(engine.get_tensor_shape(name)), dtype=dtypes[dtype], device=self.device)
+                self._outputs[name] = out
+                self._context.set_tensor_address(name, out.data_ptr())
+        if self._input is None or set(self._outputs) != {"semantic", "score"}:
+            raise BackendError(f"TensorRT engine has inputs/outputs {self._input}/{sorted(self._outputs)}, "
+                               "expected rgb/[score, semantic]")
+
+    def __call__(self, rgb: "torch.Tensor") -> tuple["torch.Tensor", "torch.Tensor"]:
+        import torch
+
+        x = rgb.to(self.device, torch.float32).contiguous()
+        self._context.set_tensor_address(self._input, x.data_ptr())
+        stream = torch.cuda.current_stream(self.device).cuda_stream if self.device.type == "cuda" else 0
+        if not self._context.execute_async_v3(stream):
+            raise BackendError("TensorRT failed to run the engine")
+        # Copies: the bound output buffers are overwritten by the next frame.
+        return self._outputs["semantic"].clone(), self._outputs["score"].clone()
+
+
 def build_runner(name: str, model: "torch.nn.Module", mean, std, network_hw: tuple[int, int],
-                 threads: int | None = None, digest: str | None = None) -> GraphRunner:
-    """The compiled network-size graph of ``model`` for backend ``name`` (openvino or onnxruntime), from
-    the disk cache when it holds one (module docstring). ``digest``: the model's :func:`weights_digest`
-    when the caller already has it (hashing a large model's weights takes a while)."""
+                 threads: int | None = None, digest: str | None = None, precision: str = "fp32",
+                 device: "torch.device | str | None" = None) -> GraphRunner:
+    """The compiled network-size graph of ``model`` for backend ``name`` (openvino, onnxruntime or
+    tensorrt), from the disk cache when it holds one (module docstring). ``digest``: the model's
+    :func:`weights_digest` when the caller already has it (hashing a large model's weights takes a
+    while). ``precision`` and ``device``: TensorRT's (the CPU runtimes run fp32 on the CPU)."""
     import torch
 
     from .frame_graph import RUNTIME_FORMS, FrameGraph, onnx_bytes
@@ -263,6 +356,15 @@ def build_runner(name: str, model: "torch.nn.Module", mean, std, network_hw: tup
            "mean": [float(v) for v in mean], "std": [float(v) for v in std], "outputs": "semantic,energy",
            "form": form}
     try:
+        if name == "tensorrt":  # float input: the device resizes in float32 (preprocess.resize_batch)
+            onnx = _cached({**key, "kind": "onnx-float-input", "torch": torch.__version__}, ".onnx",
+                           lambda: onnx_bytes(graph, input_dtype=torch.float32))
+            device = torch.device(device if device is not None else "cuda")
+            gpu = (torch.cuda.get_device_name(device), list(torch.cuda.get_device_capability(device))
+                   ) if device.type == "cuda" else (device.type, [])
+            return TensorRtRunner(onnx, device, precision, engine_key={
+                **key, "kind": "tensorrt-engine", "tensorrt": runtime_version("tensorrt"), "gpu": gpu[0],
+                "compute_capability": gpu[1], "precision": precision})
         onnx = _cached({**key, "kind": "onnx", "torch": torch.__version__}, ".onnx", lambda: onnx_bytes(graph))
         if name == "openvino":
             return OpenVinoRunner(onnx, threads, compiled_key={**key, "kind": "openvino-cpu", "threads": threads,

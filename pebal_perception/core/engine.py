@@ -67,8 +67,10 @@ class InferenceEngine:
             model's to float rounding; see ``core/optimize.py`` and test_engine.py).
         backend: the runtime of :meth:`score_frame` (``infer_maps``, :meth:`infer`): ``torch`` (this class's
             own path, the reference; the default here, as training and evaluation need it), ``openvino``,
-            ``onnxruntime`` or ``auto`` (``core/backends.py``: the fastest installed for the device, measured on
-            the CPU once per machine; the default of the node and the CLIs; ``backend`` is then the one it
+            ``onnxruntime`` (CPU), ``tensorrt`` (CUDA, at the engine's precision; not yet run on a GPU: see
+            ``core/backends.py``) or ``auto`` (``core/backends.py``: the fastest installed for the device,
+            measured on the CPU once per machine, TensorRT on CUDA when installed, falling back to torch when
+            its engine cannot be built; the default of the node and the CLIs; ``backend`` is then the one it
             chose, ``backend_timings`` what it measured). The compiled graph is built at construction for a
             fixed network size (native size: on first use per size).
             :meth:`score_tensors` is always torch.
@@ -102,6 +104,7 @@ class InferenceEngine:
         self.smoothing_sigma = smoothing_sigma
         scoring.gaussian_kernel_1d(smoothing_kernel, smoothing_sigma)  # validate now, not per frame
         self.backend = resolve_backend(backend, self.device)  # BackendError when it cannot run here
+        self._auto = (backend or "auto").strip().lower() == "auto"
         self._runners: dict[tuple[tuple[int, int], str], Any] = {}  # (network size, backend) -> compiled graph
         self.backend_timings: dict[str, float] | None = None  # what backend auto measured (ms per frame)
         self._digest: str | None = None  # backends.weights_digest of the model, once a graph needs it
@@ -109,13 +112,31 @@ class InferenceEngine:
             if self.backend == "auto":
                 self._choose_backend(tuple(self.input_size))
             elif self.backend != "torch":
-                self.runner(tuple(self.input_size))
+                self._build_or_fall_back(tuple(self.input_size))
+
+    def _build_or_fall_back(self, size: tuple[int, int]) -> None:
+        """Builds the backend's graph for ``size``; when ``auto`` chose TensorRT and its engine cannot be
+        built, warns and runs torch instead (an explicit backend raises the BackendError)."""
+        try:
+            self.runner(size)
+        except ValueError as exc:
+            if not self._auto:
+                raise
+            import logging
+
+            logging.getLogger("pebal.backends").warning("backend auto: %s cannot run here (%s): using torch",
+                                                        self.backend, exc)
+            self.backend = "torch"
 
     def set_precision(self, precision: str) -> None:
-        """Switches the autocast precision (takes effect on the next batch; CPU stays fp32)."""
+        """Switches the autocast precision (takes effect on the next batch; CPU stays fp32). A TensorRT engine
+        is built again for the new precision, at the next frame."""
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
-        self.precision = precision if self.device.type == "cuda" else "fp32"
+        precision = precision if self.device.type == "cuda" else "fp32"
+        if precision != self.precision and self.backend == "tensorrt":
+            self._runners.clear()
+        self.precision = precision
 
     def to_device(self, device: str | torch.device) -> None:
         """Moves the model to ``device`` (e.g. the CPU after CUDA ran out of memory); fp32 off CUDA."""
@@ -123,8 +144,9 @@ class InferenceEngine:
         self.model = self.model.to(self.device)
         if self.device.type != "cuda":
             self.precision = "fp32"
-        if self.backend != "torch" and self.device.type != "cpu":
-            self.backend = "torch"  # the compiled runtimes here are CPU ones
+        runtime_device = "cuda" if self.backend == "tensorrt" else "cpu"
+        if self.backend != "torch" and self.device.type != runtime_device:
+            self.backend = "torch"  # e.g. TensorRT after CUDA ran out of memory: the CPU runs torch
             self._runners.clear()
 
     @classmethod
@@ -193,7 +215,8 @@ class InferenceEngine:
                 self._runners.pop(next(iter(self._runners)))
             if self._digest is None:  # the weights do not change after construction: hashed once
                 self._digest = weights_digest(self.model)
-            runner = build_runner(backend, self.model, self.meta.mean, self.meta.std, size, digest=self._digest)
+            runner = build_runner(backend, self.model, self.meta.mean, self.meta.std, size, digest=self._digest,
+                                  precision=self.precision, device=self.device)
             self._runners[(size, backend)] = runner
         return runner
 
@@ -245,6 +268,16 @@ class InferenceEngine:
             return semantic_t[0].cpu().numpy(), score_t[0].float().cpu().numpy()
         self.check_image(h, w)
         size = network_size((h, w), None, self.spec.size_divisor) if self.native_size else self.input_size
+        if backend == "tensorrt":  # everything on the device; the host copies only the final maps
+            if (tuple(size), backend) not in self._runners:
+                self._build_or_fall_back(tuple(size))  # a native-size engine: per size, at its first frame
+                if self.backend == "torch":
+                    return self.score_frame(rgb, smoothing=smoothing)
+            batch = to_uint8_batch(rgb[None], self.device, pin_memory=True)
+            resized = resize_batch(batch, size).permute(0, 2, 3, 1)
+            semantic_t, energy_t = self.runner(tuple(size), backend)(resized)
+            semantic_t, score_t = self._to_image(semantic_t, energy_t.float(), (h, w), smoothing)
+            return semantic_t[0].cpu().numpy(), score_t[0].cpu().numpy()
         batch = to_uint8_batch(rgb[None], torch.device("cpu"))
         resized = resize_batch(batch, size).permute(0, 2, 3, 1).contiguous().numpy()
         semantic, energy = self.runner(tuple(size), backend)(resized)

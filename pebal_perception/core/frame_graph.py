@@ -181,6 +181,7 @@ def onnx_friendly_adaptive_pool():
 RUNTIME_FORMS: dict[str, dict[str, str]] = {
     "onnxruntime": {"prelu": "native", "argmax": "native"},
     "openvino": {"prelu": "affine", "argmax": "reduce"},
+    "tensorrt": {"prelu": "native", "argmax": "native"},  # not measured (no GPU lent): TensorRT fuses PReLU
 }
 
 
@@ -281,11 +282,11 @@ class FrameGraph(nn.Module):
         return semantic[:, 0], energy[:, 0]
 
 
-def onnx_bytes(graph: FrameGraph, opset: int = ONNX_OPSET) -> bytes:
-    """``graph`` as an ONNX model (classic exporter; input ``rgb`` uint8 1 x H x W x 3, outputs
-    ``semantic`` uint8 and ``score`` float32, 1 x H x W)."""
+def onnx_bytes(graph: FrameGraph, opset: int = ONNX_OPSET, input_dtype: torch.dtype = torch.uint8) -> bytes:
+    """``graph`` as an ONNX model (classic exporter; input ``rgb`` 1 x H x W x 3 of ``input_dtype``, uint8
+    or float32 pixel values 0..255; outputs ``semantic`` uint8 and ``score`` float32, 1 x H x W)."""
     h, w = graph.image_hw
-    example = torch.zeros((1, h, w, 3), dtype=torch.uint8)
+    example = torch.zeros((1, h, w, 3), dtype=input_dtype)
     buf = io.BytesIO()
     with torch.no_grad(), warnings.catch_warnings(), onnx_friendly_adaptive_pool():
         warnings.simplefilter("ignore")  # deprecation notice of the classic exporter, tracer warnings

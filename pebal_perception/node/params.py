@@ -95,8 +95,9 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               f"Inference device: auto (CUDA when available), cuda, cuda:N or cpu. {READ_ONLY_TEXT}", read_only=True),
     ParamSpec("backend", "string", "auto",
               "Inference runtime: auto (the fastest installed for the device: on the CPU measured among PyTorch, "
-              "OpenVINO and ONNX Runtime once per machine and network size, cached; else PyTorch), torch (the "
-              "reference), openvino or onnxruntime (CPU), tensorrt (not built in yet). "
+              "OpenVINO and ONNX Runtime once per machine and network size, cached; on CUDA TensorRT when installed, "
+              "else PyTorch), torch (the reference), openvino or onnxruntime (CPU), tensorrt (CUDA, at the "
+              "precision parameter; not yet run on a GPU). "
               f"Compiled graphs are cached in $PEBAL_CACHE_DIR or ~/.cache/pebal. {READ_ONLY_TEXT}",
               read_only=True, choices=BACKENDS),
     ParamSpec("precision", "string", "fp32",
