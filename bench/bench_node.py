@@ -102,6 +102,9 @@ def run(quick: bool = False, repeats: int | None = None, verbose: bool = True) -
         f"input_width:={width}", f"input_height:={height}",
         # the in-process pipeline's post-processing: plain threshold, every blob kept
         "restrict_to_drivable:=false", "min_obstacle_area:=1",
+        # the in-process pipeline's runtime (figure 2 times the torch path; the node's default auto would
+        # compare another runtime, not the transport: figure 8 compares runtimes)
+        "backend:=torch",
         # 1.5 MB frames: with best-effort input one lost UDP fragment drops the whole frame
         ros_harness.reliable_input_param("/image")]), Path(tmp.name) / "node.log")
     ctx = rclpy.Context()
