@@ -20,8 +20,11 @@ BatchNorm statistics (as figure 1):
   WRN38 2048x1024 fp16 >= 15 fps.
 * **torch.compile** of the engine's model, fp16, ``mode="reduce-overhead"`` (inductor + CUDA graphs)
   and ``"max-autotune-no-cudagraphs"`` for ESPNetv2 2048x1024: fps vs the engine's fp16 path,
-  compile time; report only (the engine does not use it). TensorRT is not measured: neither
-  torch-tensorrt nor tensorrt is a dependency here.
+  compile time; report only (the engine does not use it).
+* **TensorRT** (when ``tensorrt`` is installed: ``pip install -e '.[tensorrt]'``): per model at
+  2048x1024 (ESPNetv2, WRN38), ``infer_maps`` through ``InferenceEngine(backend="tensorrt",
+  precision="fp16")`` against ``backend="torch"`` fp16, fps ratio (issue 15), with the class agreement
+  and the largest energy difference between the two; skipped with the reason otherwise.
 * **full frame** at 1024x512 and 2048x1024, ESPNetv2 fp16: ``infer_maps`` (pinned upload, forward,
   energy + argmax + resize + smoothing on the device, one copy back) + ``process_frame``; fps and
   the share outside the forward.
@@ -212,6 +215,41 @@ def bench_frame(size_wh: tuple[int, int], warmup: int, repeats: int, device: str
                   host_postprocess_share=max(0.0, 1.0 - infer / (t * 1e3)), samples=samples)
 
 
+TENSORRT_PLAN = [("espnetv2", (2048, 1024)), ("wrn38_deeplabv3plus", (2048, 1024))]
+
+
+def bench_tensorrt(model_name: str, size_wh: tuple[int, int], warmup: int, repeats: int, device: str,
+                   precision: str = "fp16", verbose: bool = True) -> dict[str, Any]:
+    """One frame at ``size_wh`` through the engine with backend tensorrt against backend torch, both in
+    ``precision``: fps, ratio = TensorRT / torch (issue 15)."""
+    import numpy as np
+
+    from pebal_perception.core import backends
+    from pebal_perception.core.engine import InferenceEngine
+    from pebal_perception.node.processing import infer_maps
+
+    w, h = size_wh
+    name = f"gpu_tensorrt_{SHORT_NAMES.get(model_name, model_name)}_{w}x{h}_{precision}"
+    if not backends.installed("tensorrt"):
+        return skipped(name, "tensorrt is not installed (pip install -e '.[tensorrt]')")
+    model, cpu_engine, _, _ = build(model_name, size_wh)
+    engines = {backend: InferenceEngine(model, cpu_engine.meta, device=device, precision=precision,
+                                        input_size=(h, w), backend=backend) for backend in ("torch", "tensorrt")}
+    rgb = np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    samples = interleaved({b: (lambda e=e: infer_maps(e, rgb)) for b, e in engines.items()}, repeats=repeats,
+                          warmup=warmup, sync=_sync(device))
+    t_torch, t_trt = median(samples["torch"]), median(samples["tensorrt"])
+    (sem_t, score_t, _), (sem_r, score_r, _) = (infer_maps(engines[b], rgb) for b in ("torch", "tensorrt"))
+    agreement = float((sem_t == sem_r).mean())
+    diff = float(np.abs(score_t - score_r).max())
+    if verbose:
+        print(f"  {name}: TensorRT {1 / t_trt:.1f} fps, torch {1 / t_torch:.1f} fps; agreement {agreement:.5f}, "
+              f"max |energy diff| {diff:.3g}", flush=True)
+    return figure(name, 1.0 / t_trt, "fps", 1.0 / t_torch, higher_is_better=True,
+                  baseline_label=f"backend torch {precision}", gpu=_device_name(device), class_agreement=agreement,
+                  max_energy_diff=diff, samples=samples)
+
+
 def bench_node(duration_s: float, device: str, verbose: bool = True) -> list[dict[str, Any]]:
     """The real node on the GPU at 30 Hz (bench_soak's harness); target: no dropped frames."""
     from bench import bench_soak
@@ -259,6 +297,8 @@ def run(quick: bool = False, device: str = "cuda", plan: list | None = None, try
         figs += bench_forward(model_name, size, warmup, repeats, device, precisions, verbose)
     if try_compile and device.startswith("cuda"):
         figs += bench_compile((2048, 1024), 5, 10 if quick else 30, device, verbose=verbose)
+    for model_name, size in TENSORRT_PLAN[:1] if quick else TENSORRT_PLAN:
+        figs.append(bench_tensorrt(model_name, size, 5 if quick else 10, 10 if quick else 30, device, verbose=verbose))
     for size in ((1024, 512), (2048, 1024)):
         figs.append(bench_frame(size, 5, 10 if quick else 30, device, verbose=verbose))
     if node:

@@ -388,3 +388,21 @@ def test_tensorrt_failures_are_one_clear_error_and_auto_falls_back(espnetv2, mon
     engine.backend, engine._auto = "tensorrt", False
     with pytest.raises(BackendError, match=expected):
         infer_maps(engine, _frame(64, 96))
+
+
+@pytest.mark.skipif(not (torch.cuda.is_available() and backends.installed("tensorrt")),
+                    reason="needs a CUDA GPU with TensorRT (pip install -e '.[tensorrt]')")
+def test_tensorrt_outputs_equal_the_torch_path_on_the_gpu(espnetv2):
+    """On a GPU machine: fp32 as the CPU runtimes (agreement >= 99.9 %, energy within 1e-3); fp16 within
+    the tolerances of BENCHMARKS.md figure 9 (agreement >= 99.5 %, energy p99 within 0.1)."""
+    model, meta = espnetv2
+    rgb = _frame(150, 330)
+    for precision, agreement, energy in (("fp32", 0.999, 1e-3), ("fp16", 0.995, 0.1)):
+        reference = InferenceEngine(model, meta, device="cuda", backend="torch", precision="fp32")
+        engine = InferenceEngine(model, meta, device="cuda", backend="tensorrt", precision=precision)
+        assert engine.backend == "tensorrt"
+        sem_ref, score_ref, _ = infer_maps(reference, rgb)
+        sem, score, _ = infer_maps(engine, rgb)
+        assert sem.shape == score.shape == rgb.shape[:2]
+        assert (sem == sem_ref).mean() >= agreement, precision
+        assert np.quantile(np.abs(score - score_ref), 0.99 if precision == "fp16" else 1.0) <= energy, precision

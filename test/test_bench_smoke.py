@@ -217,6 +217,11 @@ def test_gpu_module_skips_without_cuda_and_its_harness_runs_on_the_cpu():
     for fig in figs + [frame]:
         _check_figure(fig)
     assert 0.0 <= frame["host_postprocess_share"] <= 1.0
+    from pebal_perception.core import backends
+
+    if not backends.installed("tensorrt"):  # on a GPU machine with TensorRT, bench_gpu.py measures it
+        trt = bench_gpu.bench_tensorrt("espnetv2", (64, 32), 0, 1, "cpu", verbose=False)
+        assert trt["skipped"] and "tensorrt is not installed" in trt["reason"]
 
 
 def test_runner_lists_every_module(tmp_path, capsys, monkeypatch):
