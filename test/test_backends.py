@@ -147,6 +147,10 @@ def test_auto_measures_on_the_cpu_and_is_torch_elsewhere(espnetv2, tmp_path):
         assert len(choices) == 1
         again = InferenceEngine(model, meta, device="cpu", backend="auto")
         assert again.backend == engine.backend and again.backend_timings == engine.backend_timings
+        with pytest.MonkeyPatch.context() as patch:  # a new graph version is measured again
+            patch.setattr(backends, "GRAPH_VERSION", backends.GRAPH_VERSION + 1)
+            InferenceEngine(model, meta, device="cpu", backend="auto")
+        assert len(list((tmp_path / "cache").glob("*.choice"))) == 2
     sem, score, _ = infer_maps(engine, _frame(75, 131))
     sem_ref, score_ref, _ = infer_maps(InferenceEngine(model, meta, device="cpu"), _frame(75, 131))
     assert (sem == sem_ref).mean() >= 0.999 and np.abs(score - score_ref).max() <= 1e-3

@@ -226,13 +226,16 @@ class InferenceEngine:
         runtime's graph is built); a runtime whose graph cannot be built is left out (logged)."""
         import logging
 
+        from . import backends
         from .backends import compiled_runtimes, cpu_model, runtime_version
 
         names = ["torch", *compiled_runtimes()]
         frame = np.zeros((size[0], size[1], 3), np.uint8)
         key = {"cpu": cpu_model(), "threads": torch.get_num_threads(), "architecture": self.meta.architecture,
                "network_hw": list(size), "smoothing": bool(self.smoothing),
-               "versions": {name: runtime_version(name) for name in names}}
+               "versions": {name: runtime_version(name) for name in names},
+               # a new graph (form) can change the winner: measured again, not the old choice reused
+               "graph_version": backends.GRAPH_VERSION}
         left_out: list[str] = []
         while True:
             choice = choose_fastest(lambda name: self.score_frame(frame, backend=name),
