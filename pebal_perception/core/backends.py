@@ -351,21 +351,24 @@ def build_runner(name: str, model: "torch.nn.Module", mean, std, network_hw: tup
 
     threads = torch.get_num_threads() if not threads else int(threads)
     form = RUNTIME_FORMS.get(name, {})
-    graph = FrameGraph(model, mean, std, network_hw, network_hw, smoothing=False, **form).eval()
+
+    def graph() -> FrameGraph:  # built only on a cache miss: the OpenVINO form copies the model
+        return FrameGraph(model, mean, std, network_hw, network_hw, smoothing=False, **form).eval()
+
     key = {"graph_version": GRAPH_VERSION, "weights": digest or weights_digest(model), "network_hw": list(network_hw),
            "mean": [float(v) for v in mean], "std": [float(v) for v in std], "outputs": "semantic,energy",
            "form": form}
     try:
         if name == "tensorrt":  # float input: the device resizes in float32 (preprocess.resize_batch)
             onnx = _cached({**key, "kind": "onnx-float-input", "torch": torch.__version__}, ".onnx",
-                           lambda: onnx_bytes(graph, input_dtype=torch.float32))
+                           lambda: onnx_bytes(graph(), input_dtype=torch.float32))
             device = torch.device(device if device is not None else "cuda")
             gpu = (torch.cuda.get_device_name(device), list(torch.cuda.get_device_capability(device))
                    ) if device.type == "cuda" else (device.type, [])
             return TensorRtRunner(onnx, device, precision, engine_key={
                 **key, "kind": "tensorrt-engine", "tensorrt": runtime_version("tensorrt"), "gpu": gpu[0],
                 "compute_capability": gpu[1], "precision": precision})
-        onnx = _cached({**key, "kind": "onnx", "torch": torch.__version__}, ".onnx", lambda: onnx_bytes(graph))
+        onnx = _cached({**key, "kind": "onnx", "torch": torch.__version__}, ".onnx", lambda: onnx_bytes(graph()))
         if name == "openvino":
             return OpenVinoRunner(onnx, threads, compiled_key={**key, "kind": "openvino-cpu", "threads": threads,
                                                                "openvino": runtime_version("openvino")})

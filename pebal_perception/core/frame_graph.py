@@ -138,7 +138,7 @@ def pool_by_matrices(x: torch.Tensor, output_size: tuple[int, int]) -> torch.Ten
     oh, ow = output_size
     if ih % oh == 0 and iw % ow == 0:
         return F.avg_pool2d(x, (ih // oh, iw // ow))
-    rows = int(np.prod(lead)) if lead else 1
+    rows = int(np.prod(lead))  # 1 for a plain H x W
     pw = _pool_matrix(iw, ow).to(x.dtype).t()  # iw x ow
     ph = _pool_matrix(ih, oh).to(x.dtype).t()  # ih x oh
     x = torch.matmul(x.reshape(rows * ih, iw), pw).reshape(rows, ih, ow)
