@@ -4,7 +4,8 @@
 * Every ROS process started by a test inherits loopback-only DDS discovery and a domain id of its own
   (DDS traffic must never leave this machine, and parallel test runs must not hear each other).
 * ``shared_assets`` points at ``../shared/assets`` (real third-party data that is never copied into the
-  repository); tests that need it skip cleanly when it is absent.
+  repository), ``shared_benchmarks`` at ``../shared/benchmarks`` (labelled anomaly sets, evaluation only);
+  tests that need them skip cleanly when they are absent.
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ if "PEBAL_CACHE_DIR" not in os.environ:
     os.environ["PEBAL_CACHE_DIR"] = tempfile.mkdtemp(prefix="pebal_test_cache_")
 
 SHARED_ASSETS = Path(os.environ.get("PEBAL_SHARED_ASSETS", REPO_ROOT.parent / "shared" / "assets"))
+SHARED_BENCHMARKS = Path(os.environ.get("PEBAL_SHARED_BENCHMARKS", REPO_ROOT.parent / "shared" / "benchmarks"))
 
 
 @pytest.fixture(scope="session")
@@ -39,6 +41,14 @@ def shared_assets() -> Path:
     if not SHARED_ASSETS.is_dir():
         pytest.skip(f"shared assets not present at {SHARED_ASSETS}")
     return SHARED_ASSETS
+
+
+@pytest.fixture(scope="session")
+def shared_benchmarks() -> Path:
+    """``../shared/benchmarks``: labelled anomaly validation sets, for evaluation only (never copied)."""
+    if not SHARED_BENCHMARKS.is_dir():
+        pytest.skip(f"shared benchmarks not present at {SHARED_BENCHMARKS}")
+    return SHARED_BENCHMARKS
 
 
 @pytest.fixture(autouse=True)

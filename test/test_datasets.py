@@ -290,9 +290,13 @@ def test_road_anomaly(tmp_path):
     np.testing.assert_array_equal(s["label"], pattern([1, 0, 0]))
 
     write_label(tmp_path / "labels/zebra03.png", pattern([2, 0, 0]))  # original EPFL encoding
+    np.testing.assert_array_equal(ds[1]["label"], pattern([1, 0, 0]))  # "auto" (the default) tells
     with pytest.raises(DatasetError, match="encoding='epfl'"):
-        ds[1]
+        RoadAnomalyDataset(tmp_path, encoding="synboost")[1]
     np.testing.assert_array_equal(RoadAnomalyDataset(tmp_path, encoding="epfl")[1]["label"], pattern([1, 0, 0]))
+    write_label(tmp_path / "labels/zebra03.png", pattern([2, 1, 0]))  # both encodings at once: refused
+    with pytest.raises(DatasetError, match="zebra03.png"):
+        ds[1]
 
     with pytest.raises(DatasetError) as exc:
         RoadAnomalyDataset(tmp_path / "nowhere")
@@ -355,6 +359,73 @@ def test_segment_me_if_you_can(tmp_path, track, key, ext):
     assert one_line(exc).startswith(f"{tmp_path / 'labels_masks'}: 1 image has no label")
     with pytest.raises(DatasetError, match="unknown SegmentMeIfYouCan track"):
         SegmentMeIfYouCanDataset(tmp_path, "anomaly21")
+
+
+def write_jpeg_as_png(path: Path, seed: int = 0) -> None:
+    """JPEG data in a file named .png, as some distributions of these sets ship."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rgb = np.random.default_rng(seed).integers(0, 256, (H, W, 3), dtype=np.uint8)
+    ok, data = cv2.imencode(".jpg", rgb)
+    assert ok
+    path.write_bytes(data.tobytes())
+
+
+@pytest.mark.parametrize("key", ["fishyscapes_laf", "fishyscapes_static", "lostandfound", "road_anomaly",
+                                 "smiyc_anomaly", "smiyc_obstacle"])
+def test_images_labels_masks_layout(tmp_path, key):
+    """<set>/images/N.<ext> + <set>/labels_masks/N.png (most anomaly-segmentation repositories): read by
+    every anomaly dataset, detected beside its own layout; WebP and JPEG-in-.png images; non-image files
+    in images/ are left out; pairs by name (10 after 2), not by position."""
+    rgb = write_rgb(tmp_path / "images/2.webp", seed=1)
+    write_jpeg_as_png(tmp_path / "images/10.png", seed=2)
+    write_rgb(tmp_path / "images/0.jpg", seed=3)
+    (tmp_path / "images/LICENSE").write_text("not an image")
+    (tmp_path / "images/notes.txt").write_text("not an image")
+    anomaly = 2 if key == "road_anomaly" else 1
+    write_label(tmp_path / "labels_masks/0.png", pattern([0, anomaly]))
+    write_label(tmp_path / "labels_masks/2.png", pattern([0, anomaly, 255] if key != "road_anomaly" else [0, 2]))
+    write_label(tmp_path / "labels_masks/10.png", pattern([0]))
+    ds = open_anomaly_dataset(key, tmp_path)
+    assert ds.layout == "labels_masks"
+    assert ds.names == ["0", "10", "2"]
+    np.testing.assert_array_equal(ds[0]["label"], pattern([0, 1]))
+    np.testing.assert_array_equal(ds[2]["label"], pattern([0, 1, 255] if key != "road_anomaly" else [0, 1]))
+    np.testing.assert_array_equal(ds[2]["image"], rgb)  # lossless WebP
+    assert ds[1]["image"].shape == (H, W, 3)  # JPEG bytes inside a .png name
+    (tmp_path / "labels_masks/10.png").unlink()
+    if key.startswith("smiyc"):  # SMIYC ships unlabelled test images beside the labelled ones
+        assert open_anomaly_dataset(key, tmp_path).names == ["0", "2"]
+    else:
+        with pytest.raises(DatasetError) as exc:
+            open_anomaly_dataset(key, tmp_path)
+        assert one_line(exc).startswith(f"{tmp_path / 'labels_masks'}: 1 image has no label")
+
+
+def test_images_labels_masks_bad_values_name_the_file(tmp_path):
+    write_rgb(tmp_path / "images/0.jpg")
+    write_label(tmp_path / "labels_masks/0.png", pattern([0, 7]))
+    with pytest.raises(DatasetError) as exc:
+        open_anomaly_dataset("fishyscapes_laf", tmp_path)[0]
+    assert one_line(exc).startswith(f"{tmp_path / 'labels_masks' / '0.png'}: ")
+
+
+SHARED_SETS = [("fishyscapes_laf", "fishyscapes_lostandfound_val", 100, (1024, 2048)),
+               ("fishyscapes_static", "fishyscapes_static_val", 30, (1024, 2048)),
+               ("road_anomaly", "road_anomaly", 60, (720, 1280))]
+
+
+@pytest.mark.parametrize("key, folder, count, shape", SHARED_SETS)
+def test_real_benchmark_folders(shared_benchmarks, key, folder, count, shape):
+    """The sets in ../shared/benchmarks read as they are distributed (first and last sample decoded)."""
+    root = shared_benchmarks / folder
+    if not root.is_dir():
+        pytest.skip(f"{root} absent")
+    ds = open_anomaly_dataset(key, root)
+    assert len(ds) == count and ds.layout == "labels_masks"
+    for index in (0, len(ds) - 1):
+        s = ds[index]
+        assert s["image"].shape == (*shape, 3) and s["label"].shape == shape
+        assert set(np.unique(s["label"])) <= {0, 1, 255}
 
 
 def test_registry_names():

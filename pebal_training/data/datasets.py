@@ -203,6 +203,42 @@ def _pair_by_stem(images: list[Path], label_dir: Path, label_name: Callable[[Pat
     return pairs, unlabelled
 
 
+#: The layout most anomaly-segmentation repositories distribute their validation sets in:
+#: ``<set>/images/N.<ext>`` with ``<set>/labels_masks/N.png`` (SMIYC: ``N_labels_semantic.png``).
+IMAGES_DIR, LABELS_MASKS_DIR = "images", "labels_masks"
+LABELS_MASKS_NAMES = ("{stem}.png", "{stem}_labels_semantic.png")
+
+
+def has_labels_masks_layout(root: Path) -> bool:
+    """True when ``root`` holds the ``images/`` + ``labels_masks/`` layout."""
+    return (root / IMAGES_DIR).is_dir() and (root / LABELS_MASKS_DIR).is_dir()
+
+
+def _scan_labels_masks(root: Path, title: str,
+                       missing: str = "raise") -> tuple[list[tuple[Path, Path, str]], list[str]]:
+    """Pairs ``images/<stem>.*`` (PNG, JPEG, WebP; other files are left out) with ``labels_masks/<stem>.png``
+    or ``labels_masks/<stem>_labels_semantic.png``; returns (pairs, unlabelled image names)."""
+    img_dir, lab_dir = root / IMAGES_DIR, root / LABELS_MASKS_DIR
+    images = _files(img_dir, IMAGE_EXTS)
+    if not images:
+        raise DatasetError(f"{img_dir}: no images (expected {title} images/*.png, *.jpg or *.webp)")
+    pairs, unlabelled = [], []
+    for img in images:
+        for pattern in LABELS_MASKS_NAMES:
+            lab = lab_dir / pattern.format(stem=img.stem)
+            if lab.is_file():
+                pairs.append((img, lab, img.stem))
+                break
+        else:
+            unlabelled.append(img.name)
+    if unlabelled and missing == "raise":
+        raise _no_label_error(lab_dir, unlabelled, "labels_masks/<stem>.png or <stem>_labels_semantic.png")
+    if not pairs:
+        raise DatasetError(f"{lab_dir}: none of the {len(images)} images has a label "
+                           "(expected <stem>.png or <stem>_labels_semantic.png)")
+    return pairs, unlabelled
+
+
 # --------------------------------------------------------------------------------------------------
 # Cityscapes
 
@@ -298,10 +334,15 @@ class CityscapesSegmentation(_PairedDataset):
 
 
 class FishyscapesDataset(_PairedDataset):
-    """Fishyscapes L&F / Static validation (SynBoost-preprocessed release, which the reference evaluates on).
+    """Fishyscapes L&F / Static validation. Two layouts are recognised:
 
-    ``<root>/<subset>/original/*.png`` with ``<root>/<subset>/labels/<same name>.png``; the other
-    SynBoost folders (entropy, semantic, ...) are ignored. Labels are already 0 / 1 / 255.
+    * the SynBoost-preprocessed release (which the reference evaluates on): ``<root>/<subset>/original/*.png``
+      with ``<root>/<subset>/labels/<same name>.png``; the other SynBoost folders (entropy, semantic, ...)
+      are ignored;
+    * the layout most anomaly-segmentation repositories distribute: ``<root>/images/N.<png|jpg|webp>``
+      with ``<root>/labels_masks/N.png`` (``root`` is the set's own folder).
+
+    Labels are already 0 / 1 / 255.
     """
 
     title = "Fishyscapes"
@@ -314,10 +355,16 @@ class FishyscapesDataset(_PairedDataset):
             raise DatasetError(f"unknown Fishyscapes subset {subset!r} (expected one of {self.SUBSETS})")
         self.root = Path(root)
         self.subset = subset
+        if has_labels_masks_layout(self.root):
+            self.layout = "labels_masks"
+            self.samples, _ = _scan_labels_masks(self.root, f"Fishyscapes {subset}")
+            return
+        self.layout = "synboost"
         base = self.root / subset
         if not base.is_dir() and self.root.name == subset and (self.root / "original").is_dir():
             base = self.root  # root already points at the subset folder
-        _require_dir(base, f"{subset}/original/*.png and {subset}/labels/*.png under the Fishyscapes root")
+        _require_dir(base, f"{subset}/original/*.png and {subset}/labels/*.png under the Fishyscapes root, "
+                           "or images/* with labels_masks/*.png")
         img_dir = _require_dir(base / "original", "original/*.png")
         lab_dir = _require_dir(base / "labels", "labels/*.png beside original/")
         images = _files(img_dir, (".png",))
@@ -330,22 +377,32 @@ class FishyscapesDataset(_PairedDataset):
 
 
 class RoadAnomalyDataset(_PairedDataset):
-    """Road Anomaly (SynBoost-preprocessed release): ``original/*.jpg`` with ``labels/<stem>.png``.
+    """Road Anomaly: the SynBoost-preprocessed release (``original/*.jpg`` with ``labels/<stem>.png``) or
+    the ``images/N.jpg`` + ``labels_masks/N.png`` layout of most anomaly-segmentation repositories.
 
     ``encoding="synboost"`` expects 0 / 1 labels; ``"epfl"`` reads the original release's 0 / 2
-    encoding (see :func:`~pebal_training.data.labels.road_anomaly_to_unified`).
+    encoding; ``"auto"`` (the default) tells them apart per file (see
+    :func:`~pebal_training.data.labels.road_anomaly_to_unified`).
     """
 
     title = "Road Anomaly"
 
-    def __init__(self, root: str | Path, encoding: str = "synboost", on_error: str = "raise",
+    ENCODINGS = ("auto", "synboost", "epfl")
+
+    def __init__(self, root: str | Path, encoding: str = "auto", on_error: str = "raise",
                  transform: Callable | None = None) -> None:
         super().__init__(on_error, transform)
-        if encoding not in ("synboost", "epfl"):
-            raise ValueError(f"unknown Road Anomaly encoding {encoding!r} (expected 'synboost' or 'epfl')")
+        if encoding not in self.ENCODINGS:
+            raise ValueError(f"unknown Road Anomaly encoding {encoding!r} (expected one of {self.ENCODINGS})")
         self.root = Path(root)
         self.encoding = encoding
-        img_dir = _require_dir(self.root / "original", "original/*.jpg and labels/*.png under the Road Anomaly root")
+        if has_labels_masks_layout(self.root):
+            self.layout = "labels_masks"
+            self.samples, _ = _scan_labels_masks(self.root, "Road Anomaly")
+            return
+        self.layout = "synboost"
+        img_dir = _require_dir(self.root / "original", "original/*.jpg and labels/*.png under the Road Anomaly root, "
+                               "or images/* with labels_masks/*.png")
         lab_dir = _require_dir(self.root / "labels", "labels/*.png beside original/")
         images = _files(img_dir, IMAGE_EXTS)
         if not images:
@@ -360,6 +417,8 @@ class LostAndFoundDataset(_PairedDataset):
     """LostAndFound (``test`` split by default): ``leftImg8bit/<split>/<seq>/<stem>_leftImg8bit.png``
     with ``gtCoarse/<split>/<seq>/<stem>_gtCoarse_labelTrainIds.png``, or the ``_gtCoarse_labelIds.png``
     beside it converted with the LostAndFound table. Unified: free road 0, obstacle 1, the rest 255.
+    The ``images/`` + ``labels_masks/`` layout of most anomaly-segmentation repositories (labels already
+    0 / 1 / 255) is read too.
     """
 
     title = "LostAndFound"
@@ -370,6 +429,11 @@ class LostAndFoundDataset(_PairedDataset):
         super().__init__(on_error, transform)
         self.root = Path(root)
         self.split = split
+        if has_labels_masks_layout(self.root):
+            self.layout = "labels_masks"
+            self.samples, _ = _scan_labels_masks(self.root, "LostAndFound")
+            return
+        self.layout = "cityscapes"
         img_dir = _require_dir(self.root / "leftImg8bit" / split,
                                f"leftImg8bit/{split}/<sequence>/*{self.IMAGE_SUFFIX}")
         gt_dir = _require_dir(self.root / "gtCoarse" / split,
@@ -392,6 +456,8 @@ class LostAndFoundDataset(_PairedDataset):
                                   "<sequence>/<stem>_gtCoarse_labelTrainIds.png or _gtCoarse_labelIds.png")
 
     def _convert(self, raw: np.ndarray, label_path: Path) -> np.ndarray:
+        if self.layout == "labels_masks":
+            return L.fishyscapes_to_unified(raw)
         if label_path.name.endswith("_gtCoarse_labelIds.png"):
             return L.laf_label_ids_to_unified(raw)
         return L.laf_train_ids_to_unified(raw)
@@ -421,18 +487,11 @@ class SegmentMeIfYouCanDataset(_PairedDataset):
             raise ValueError(f"unlabelled must be 'drop' or 'raise', got {unlabelled!r}")
         self.root = Path(root)
         self.track = track
-        img_dir = _require_dir(self.root / "images",
-                               f"images/* and labels_masks/*_labels_semantic.png ({self.TRACKS[track]})")
-        lab_dir = _require_dir(self.root / "labels_masks", "labels_masks/*_labels_semantic.png beside images/")
-        images = _files(img_dir, IMAGE_EXTS)
-        if not images:
-            raise DatasetError(f"{img_dir}: no images (expected images/*.jpg, *.png or *.webp)")
-        self.samples, self.unlabelled = _pair_by_stem(
-            images, lab_dir, lambda p: f"{p.stem}_labels_semantic.png", "labels_masks/<stem>_labels_semantic.png",
-            missing=unlabelled)
-        if not self.samples:
-            raise DatasetError(f"{lab_dir}: none of the {len(images)} images has a label "
-                               "(expected <stem>_labels_semantic.png)")
+        _require_dir(self.root / IMAGES_DIR,
+                     f"images/* and labels_masks/*_labels_semantic.png ({self.TRACKS[track]})")
+        _require_dir(self.root / LABELS_MASKS_DIR, "labels_masks/*_labels_semantic.png beside images/")
+        self.layout = "labels_masks"
+        self.samples, self.unlabelled = _scan_labels_masks(self.root, self.TRACKS[track], missing=unlabelled)
 
     def _convert(self, raw: np.ndarray, label_path: Path) -> np.ndarray:
         return L.smiyc_to_unified(raw)

@@ -286,6 +286,9 @@ def road_anomaly_to_unified(label: np.ndarray, encoding: str = "synboost") -> np
     ``encoding="epfl"``: the original EPFL release (``*.labels/labels_semantic.png``) marks anomalies
     with 2 and everything else with 0; it is converted 0 -> 0, 2 -> 1 (255 -> void).
 
+    ``encoding="auto"`` decides per file: a label holding 2 (and no 1) is the EPFL encoding, any other
+    the SynBoost one (a label with only 0 reads the same either way).
+
     Any other value raises :class:`LabelValueError`. In particular a 2 in a "synboost" label is
     reported rather than guessed: it means the tree is the original release (pass ``encoding="epfl"``).
     """
@@ -307,7 +310,10 @@ def road_anomaly_to_unified(label: np.ndarray, encoding: str = "synboost") -> np
         out[label == 0] = INLIER
         out[label == 2] = ANOMALY
         return out
-    raise ValueError(f"unknown Road Anomaly encoding {encoding!r} (expected 'synboost' or 'epfl')")
+    if encoding == "auto":
+        values = np.unique(np.asarray(label))
+        return road_anomaly_to_unified(label, "epfl" if 2 in values and 1 not in values else "synboost")
+    raise ValueError(f"unknown Road Anomaly encoding {encoding!r} (expected 'synboost', 'epfl' or 'auto')")
 
 
 def smiyc_to_unified(label: np.ndarray) -> np.ndarray:
