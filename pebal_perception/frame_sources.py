@@ -3,8 +3,9 @@
 Shared by ``pebal-bag from-video`` (writes a bag) and ``pebal-camera`` (publishes live); ROS-free
 (numpy, OpenCV, PyYAML only).
 
-* :func:`open_source` - a video OpenCV reads, or a folder of PNG/JPEG images in name order (every
-  non-hidden entry of the folder must be one; each is read with
+* :func:`open_source` - a video OpenCV reads, or a folder of PNG/JPEG images in name order (other
+  entries, such as a LICENSE or a calibration file beside the frames, are left out with a note: they are
+  listed in :attr:`FrameSource.skipped` and logged; each image is read with
   :func:`~pebal_perception.image_conversion.read_image_file`, which checks its header before
   decoding). ``every`` keeps every N-th frame, ``size`` resizes; :meth:`FrameSource.frames` yields
   ``(source index, H x W x 3 uint8 BGR)``. All frames of a folder must have one size (unless resized).
@@ -17,6 +18,7 @@ Every problem with the input raises :class:`FootageError`, one line ``PATH: what
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 from dataclasses import dataclass
@@ -29,6 +31,9 @@ DEFAULT_FOLDER_FPS = 10.0
 IMAGE_FORMATS = ("png", "jpeg")
 # Calibrated and used aspect ratios may differ this much (rounding of odd sizes), relatively.
 ASPECT_TOLERANCE = 0.02
+NOTE_LIMIT = 5  # skipped entries named in a note; the rest are counted
+
+log = logging.getLogger("pebal.footage")
 
 
 def wait_until(deadline: float, stop: Any) -> bool:
@@ -74,8 +79,10 @@ class FrameSource:
     """Frames of a video or an image folder; see :func:`open_source`."""
 
     def __init__(self, path: Path, kind: str, fps: float | None, source_count: int | None,
-                 native_size: tuple[int, int], files: list[Path], every: int, size: tuple[int, int] | None):
+                 native_size: tuple[int, int], files: list[Path], every: int, size: tuple[int, int] | None,
+                 skipped: list[str] | None = None):
         self.path, self.kind = path, kind
+        self.skipped = list(skipped or [])  # a folder's entries that are not PNG/JPEG images ("name: why")
         self.native_fps = fps  # the video's own rate (None: a folder, or a video that gives none)
         self.source_count = source_count  # frames in the source (a video's count is OpenCV's estimate)
         self.native_size = native_size  # (height, width) of the first frame
@@ -162,16 +169,20 @@ def _open_capture(path: Path) -> Any:
     return capture
 
 
-def _folder_files(path: Path) -> list[Path]:
+def _folder_files(path: Path) -> tuple[list[Path], list[str]]:
+    """The PNG/JPEG images of a folder in name order (told by their first bytes, not their names) and
+    the entries left out (``"name: why"``): sub-folders, special files, other data (a LICENSE, a
+    calibration YAML). Hidden entries are ignored; a folder without any image is an error."""
     from pebal_perception.image_conversion import sniff_format
 
-    files = []
+    files, skipped = [], []
     for entry in sorted(os.listdir(path)):
         if entry.startswith("."):
             continue
         file = path / entry
-        if not file.is_file():
-            raise FootageError(f"{file}: is not an image file (only PNG and JPEG images may be in the folder)")
+        if not file.is_file():  # never opened: a FIFO would block, a device would stream
+            skipped.append(f"{entry}: not a regular file")
+            continue
         try:
             with open(file, "rb") as f:
                 head = f.read(16)
@@ -179,12 +190,16 @@ def _folder_files(path: Path) -> list[Path]:
             raise FootageError(f"{file}: cannot read ({exc.strerror or _first_line(exc)})") from None
         kind = sniff_format(head)
         if kind not in IMAGE_FORMATS:
-            what = f"{kind} data" if kind else "not an image"
-            raise FootageError(f"{file}: is {what}; only PNG and JPEG images may be in the folder")
+            skipped.append(f"{entry}: {kind} data" if kind else f"{entry}: not an image")
+            continue
         files.append(file)
     if not files:
-        raise FootageError(f"{path}: the folder holds no images")
-    return files
+        raise FootageError(f"{path}: the folder holds no PNG or JPEG images")
+    if skipped:
+        log.warning("note: %s: left out %d entr%s that %s not PNG/JPEG images: %s", path, len(skipped),
+                    "y" if len(skipped) == 1 else "ies", "is" if len(skipped) == 1 else "are",
+                    "; ".join(skipped[:NOTE_LIMIT]) + ("; ..." if len(skipped) > NOTE_LIMIT else ""))
+    return files, skipped
 
 
 def open_source(path: str | os.PathLike, every: int = 1, size: tuple[int, int] | None = None) -> FrameSource:
@@ -196,9 +211,9 @@ def open_source(path: str | os.PathLike, every: int = 1, size: tuple[int, int] |
     if not path.exists():
         raise FootageError(f"{path}: no such file or folder")
     if path.is_dir():
-        files = _folder_files(path)
+        files, skipped = _folder_files(path)
         first = _read_image(files[0])
-        return FrameSource(path, "folder", None, len(files), first.shape[:2], files, every, size)
+        return FrameSource(path, "folder", None, len(files), first.shape[:2], files, every, size, skipped)
     import cv2
 
     capture = _open_capture(path)

@@ -192,17 +192,16 @@ def _bad_input(kind: str, base: Path, folder: Path) -> tuple[list, Path]:
         path = base / "empty"
         path.mkdir()
         return [path], path
-    if kind in ("text file in folder", "corrupt image in folder"):
+    if kind in ("text files only", "corrupt image in folder"):
         path = base / "mixed"
         path.mkdir()
+        if kind == "text files only":
+            (path / "LICENSE").write_text("hello\n")
+            return [path], path
         for name in sorted(os.listdir(folder)):
             (path / name).write_bytes((folder / name).read_bytes())
-        if kind == "text file in folder":
-            bad = path / "readme.txt"
-            bad.write_text("hello\n")
-        else:
-            bad = path / "frame_004.png"  # a PNG header, then garbage: found only when decoding frame 4
-            bad.write_bytes(bad.read_bytes()[:40] + b"\0" * 100)
+        bad = path / "frame_004.png"  # a PNG header, then garbage: found only when decoding frame 4
+        bad.write_bytes(bad.read_bytes()[:40] + b"\0" * 100)
         return [path], bad
     if kind == "bad yaml":
         path = base / "bad.yaml"
@@ -215,7 +214,7 @@ def _bad_input(kind: str, base: Path, folder: Path) -> tuple[list, Path]:
     raise AssertionError(kind)
 
 
-@pytest.mark.parametrize("kind", ["missing", "unreadable video", "empty folder", "text file in folder",
+@pytest.mark.parametrize("kind", ["missing", "unreadable video", "empty folder", "text files only",
                                   "corrupt image in folder", "bad yaml", "incomplete calibration"])
 def test_bad_input_is_one_line_and_leaves_nothing(capsys, folder, tmp_path, kind):
     argv, named = _bad_input(kind, tmp_path, folder)
@@ -224,6 +223,25 @@ def test_bad_input_is_one_line_and_leaves_nothing(capsys, folder, tmp_path, kind
     assert rc == 1
     assert err.count("\n") == 1 and err.startswith(f"pebal-bag: error: {named}: "), err
     assert leftovers(tmp_path, out.name) == []
+
+
+def test_folder_leaves_out_other_files_with_a_note(capsys, caplog, folder, tmp_path):
+    """A LICENSE, a calibration file or a sub-folder beside the frames is left out with a note, not refused."""
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    for name in sorted(os.listdir(folder)):
+        (mixed / name).write_bytes((folder / name).read_bytes())
+    (mixed / "LICENSE").write_text("MIT\n")
+    (mixed / "camera.yaml").write_text("image_width: 160\n")
+    (mixed / "sub").mkdir()
+    with caplog.at_level("WARNING", logger="pebal.footage"):
+        source = open_source(mixed)
+    assert source.count == FOLDER_FRAMES
+    assert source.skipped == ["LICENSE: not an image", "camera.yaml: not an image", "sub: not a regular file"]
+    assert "left out 3 entries" in caplog.text and "LICENSE" in caplog.text
+    out = tmp_path / "mixed_bag"
+    rc, _, _ = run(capsys, "from-video", mixed, "-o", out, "-q")
+    assert rc == 0 and (out / "metadata.yaml").is_file()
 
 
 def test_frame_source_and_calibration(folder, calibration):

@@ -74,11 +74,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def expand_inputs(inputs: list[Path]) -> list[Path]:
-    """Files, folder contents (sorted, recursive) and videos; a missing path is an error."""
+    """Files, folder contents (sorted, recursive) and videos; a missing path is an error. Files of a folder
+    that are neither images nor videos by their name (a LICENSE, notes) are left out with a note on stderr."""
     found: list[Path] = []
     for path in inputs:
         if path.is_dir():
-            found.extend(sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES))
+            entries = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+            kept = [p for p in entries if p.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES]
+            other = [p.relative_to(path).as_posix() for p in entries if p.suffix.lower()
+                     not in IMAGE_SUFFIXES | VIDEO_SUFFIXES]
+            if other:
+                shown = ", ".join(other[:5]) + (", ..." if len(other) > 5 else "")
+                print(f"{PROG}: note: {path}: left out {len(other)} file(s) that are not images or videos: {shown}",
+                      file=sys.stderr)
+            found.extend(kept)
         elif path.is_file():
             found.append(path)
         else:
