@@ -215,3 +215,14 @@ def test_missing_default_model_is_one_line(tmp_path, capsys, monkeypatch):
     assert detect.main([str(tmp_path / "x.png"), "-o", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("pebal-detect: error: no default model at") and len(err.splitlines()) == 1
+
+
+def test_folder_inputs_leave_out_other_files_with_a_note(tmp_path, capsys):
+    """A LICENSE or notes beside the frames are left out with one note on stderr, not treated as inputs."""
+    cv2.imwrite(str(tmp_path / "b.png"), np.zeros((8, 8, 3), np.uint8))
+    cv2.imwrite(str(tmp_path / "a.jpg"), np.zeros((8, 8, 3), np.uint8))
+    (tmp_path / "LICENSE").write_text("MIT\n")
+    (tmp_path / "notes.txt").write_text("drive 3\n")
+    assert detect.expand_inputs([tmp_path]) == [tmp_path / "a.jpg", tmp_path / "b.png"]
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "left out 2 file(s)" in err and "LICENSE" in err and "notes.txt" in err
