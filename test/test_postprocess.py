@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from pebal_perception.core.postprocess import (GroundModel, ObstaclePipeline, PostProcessConfig, drivable_mask,
-                                               fit_road_scale, mask_to_polygon, polygon_mask, process_frame)
+                                               fit_road_scale, mask_to_polygon, polygon_mask, process_frame,
+                                               road_extent, road_region)
 from pebal_perception.core.tracking import TrackingConfig
 
 ROAD, VEGETATION, SKY, CAR = 0, 8, 10, 13
@@ -176,6 +177,70 @@ def test_a_region_over_most_of_the_road_is_the_road_not_an_obstacle():
     small = blank()
     small[30:40, 30:40] = 2.0  # 100 px, 5 % of the road
     assert len(process_frame(sem, small, DRIVE.with_changes(max_surface_share=0.25)).obstacles) == 1
+
+
+def highway_with_road_labelled_sky(h: int = 120, w: int = 160) -> np.ndarray:
+    """A trapezoid road narrowing to a vanishing point at row 40, vegetation beside it, and a band of sky
+    above the horizon that the network calls road, joined to the road at the vanishing point and reaching
+    down both image sides (the outline that used to enclose all the scenery between)."""
+    sem = np.full((h, w), VEGETATION, np.uint8)
+    sem[:30] = SKY
+    sem[trapezoid_road(h, w, apex=40.0, slope=1.5)] = ROAD
+    sem[30:38, :] = ROAD  # road-labelled sky just above the horizon ...
+    sem[36:44, w // 2 - 2:w // 2 + 2] = ROAD  # ... joined to the road at the vanishing point
+    sem[30:, :4] = ROAD  # ... and down the image sides (concrete barriers) to the road at the bottom
+    sem[30:, -4:] = ROAD
+    sem[-4:, :] = ROAD
+    return sem
+
+
+def test_road_region_ignores_road_labelled_sky_joined_at_the_vanishing_point():
+    sem = highway_with_road_labelled_sky()
+    road = road_region(sem)
+    assert not road[30:38].any() and not road[:40, :4].any() and not road[:40, -4:].any()
+    assert road[100, 80] and road[60, 80]
+    surface = drivable_mask(sem)
+    assert not surface[60, 20] and not surface[50, 140]  # the scenery is not an "enclosed" hole any more
+    score = blank(0.0, sem.shape)
+    score[50:60, 15:30] = 2.0  # roadside vegetation scoring high
+    frame = process_frame(sem, score, DRIVE.with_changes(min_extent_share=0.5))
+    assert not frame.obstacles
+    # A road with a hood below it (no road pixel in the last rows) is still the ego road.
+    hooded = sem.copy()
+    hooded[-15:] = CAR
+    assert road_region(hooded)[95, 80]
+    # Road pieces that reach nowhere near the bottom (a far parking lot, a bridge) are not the ego road.
+    island = road_scene()
+    island[:15, 60:75] = ROAD
+    assert not road_region(island)[:15, 60:75].any() and road_region(island)[50, 30]
+
+
+def test_a_region_spanning_the_scene_is_not_an_obstacle():
+    sem = road_scene()
+    score = blank()
+    score[22:26, 2:78] = 2.0  # a band across the whole image (a guard rail, the far tree line)
+    score[40:46, 30:36] = 2.0
+    frame = process_frame(sem, score, DRIVE.with_changes(max_width_share=0.5, boundary_band=0.0,
+                                                         min_footprint_on_road=0.0))
+    assert [o.bbox for o in frame.obstacles] == [(30, 40, 6, 6)]
+    assert sorted(r.rejected for r in frame.regions) == ["", "too_wide"]
+
+
+def test_a_region_mostly_beside_the_road_is_scenery():
+    sem = road_scene()  # road columns 10..59
+    score = blank()
+    score[30:40, 55:75] = 2.0  # 5 of its 20 columns over the road: its footprint touches the road edge
+    score[45:50, 8:16] = 2.0  # an object at the road's edge, mostly on it
+    cfg = DRIVE.with_changes(min_footprint_on_road=0.0)
+    frame = process_frame(sem, score, cfg.with_changes(min_extent_share=0.5))
+    assert [o.bbox for o in frame.obstacles] == [(8, 45, 8, 5)]
+    assert sorted(r.rejected for r in frame.regions) == ["", "off_extent"]
+    assert len(process_frame(sem, score, cfg).obstacles) == 2  # 0 = off
+    first, last = road_extent(drivable_mask(sem))
+    assert (first[20:] == 10).all() and (last[20:] == 59).all()
+    assert first[5] == 10 and last[5] == 59  # above the road: its top row's extent
+    empty = road_extent(np.zeros((4, 5), bool))
+    assert (empty[0] > empty[1]).all()
 
 
 def test_a_thin_oblique_line_is_a_marking_not_an_obstacle():

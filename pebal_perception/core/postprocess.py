@@ -30,6 +30,14 @@ table holds the product defaults):
 6. **Not the road itself** (``max_surface_share``): a region covering more than that share of the drivable
    surface is the surface's own score (an unfamiliar road texture, wet asphalt, a domain shift), not an
    object on it; reporting it would put one box over the whole road and hide any real obstacle in it.
+7. **Not the scenery** (``max_width_share``, ``min_extent_share``): a region wider than that share of the
+   image spans the scene, not an object on the lane (guard rails, tree lines, the far background); a region
+   whose pixels lie mostly outside the road's own extent (per row, between the road's first and last
+   column) is beside the road, whatever its footprint touches.
+
+The drivable surface starts from :func:`road_region`: only predicted road connected to the lower part of
+the image and below the horizon that road's width per row implies, so road-labelled sky or far background
+cannot close the road's outline around the roadside scenery.
 
 Horizon and range: with a camera model the horizon row is ``cy - fy tan(pitch)`` and rows whose ground
 point lies beyond ``max_range_m`` are excluded; without one the horizon is ``horizon_row`` when set (a
@@ -62,7 +70,10 @@ MAX_CAMERA_HEIGHT_M = 1000.0
 MAX_MIN_OBSTACLE_AREA = 100_000_000
 FOOTPRINT_ROWS = 3  # rows below a region's lower boundary that make up its footprint
 MIN_FIT_ROWS = 8  # road rows needed for the width-per-row line fit
-REJECT_REASONS = ("small", "score", "off_road", "narrow", "thin", "too_large")
+ROAD_BOTTOM_SHARE = 0.4  # a road component must reach this lowest share of the rows to be the ego road
+ROAD_TOP_SEARCH = 0.05  # the vanishing point is searched down to this share of the height below the fit
+ROAD_REWIDENING = 2.0  # road rows above the narrowest one this many times wider: it is the vanishing point
+REJECT_REASONS = ("small", "score", "off_road", "narrow", "thin", "too_large", "too_wide", "off_extent")
 
 
 def check_mounting(height_m: float, pitch_rad: float) -> tuple[float, float]:
@@ -153,10 +164,65 @@ def mask_to_polygon(mask: np.ndarray, tolerance: float = 0.005) -> tuple[float, 
     return tuple(float(v) for v in (np.clip(approx / (w, h), 0.0, 1.0)).reshape(-1))
 
 
-def drivable_mask(semantic: np.ndarray, fill_holes: bool = True) -> np.ndarray:
-    """H x W bool: road pixels, plus (``fill_holes``) every hole the road region encloses."""
+def _bottom_connected(road: np.ndarray, share: float = ROAD_BOTTOM_SHARE) -> np.ndarray:
+    """The connected components of ``road`` that reach the lowest ``share`` of the image rows."""
+    h = road.shape[0]
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(road.astype(np.uint8), connectivity=8)
+    bottom = stats[1:, cv2.CC_STAT_TOP] + stats[1:, cv2.CC_STAT_HEIGHT]
+    keep = np.flatnonzero(bottom >= h * (1.0 - share)) + 1
+    if keep.size == n - 1:
+        return road
+    lut = np.zeros(n, bool)
+    lut[keep] = True
+    return lut[labels]
+
+
+def road_region(semantic: np.ndarray) -> np.ndarray:
+    """H x W bool: the road the vehicle drives on. The predicted road pixels connected to the lower part of
+    the image (the lowest :data:`ROAD_BOTTOM_SHARE` of the rows), cut at the horizon that road's own width
+    per row implies (:func:`fit_road_scale`) and at its narrowest row near it (:func:`_road_top`). Sky near
+    the horizon or far background that the network calls road is left out: joined to the road at the
+    vanishing point it would otherwise close the road's outline around all the roadside scenery in
+    between, which then became an "enclosed" hole on the surface."""
     # One drivable class (road): a comparison is several times faster than np.isin on a full frame.
     road = semantic == DRIVABLE_TRAIN_IDS[0] if len(DRIVABLE_TRAIN_IDS) == 1 else np.isin(semantic, DRIVABLE_TRAIN_IDS)
+    if not road.any():
+        return road
+    road = _bottom_connected(road)
+    top = _road_top(road)
+    if top > 0:
+        road[:top] = False
+        road = _bottom_connected(road)
+    return road
+
+
+def _road_top(road: np.ndarray) -> int:
+    """The first row of the ego road: below the horizon of its width-per-row fit, and not above the row
+    where it is narrowest near that horizon when rows above it are more than :data:`ROAD_REWIDENING` times
+    as wide (the vanishing point: a road narrows toward it, so what widens again above it is not road).
+    The narrowest row is searched from the road's top down to :data:`ROAD_TOP_SEARCH` of the image height
+    below the fitted horizon (without a fit: the upper half of the road's rows); 0 when the road has no
+    rows."""
+    h = road.shape[0]
+    widths = road.sum(axis=1)
+    rows = np.flatnonzero(widths)
+    if rows.size == 0:
+        return 0
+    fit = fit_road_scale(road)
+    top = int(math.ceil(fit.horizon_row)) if fit is not None and fit.horizon_row > 0 else 0
+    limit = fit.horizon_row + ROAD_TOP_SEARCH * h if fit is not None else 0.5 * (rows[0] + rows[-1])
+    upper = rows[rows <= limit]
+    if upper.size:
+        narrowest = int(upper[np.flatnonzero(widths[upper] == widths[upper].min())[-1]])
+        # Only a real widening above it marks a vanishing point (an occluder on the road narrows it too).
+        if widths[:narrowest].max(initial=0) > ROAD_REWIDENING * widths[narrowest]:
+            top = max(top, narrowest)
+    return top
+
+
+def drivable_mask(semantic: np.ndarray, fill_holes: bool = True) -> np.ndarray:
+    """H x W bool: the :func:`road_region`, plus (``fill_holes``) every hole it encloses."""
+    road = road_region(semantic)
     if not fill_holes or not road.any():
         return road
     road_u8 = road.astype(np.uint8)
@@ -164,6 +230,21 @@ def drivable_mask(semantic: np.ndarray, fill_holes: bool = True) -> np.ndarray:
     filled = np.zeros_like(road_u8)
     cv2.drawContours(filled, contours, -1, 1, thickness=cv2.FILLED)
     return filled.astype(bool) | road
+
+
+def road_extent(surface: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the first and last column of ``surface`` (the road's own extent); a row without surface takes
+    the extent of the next row below that has some (above the road: its top row's; below the road: its
+    lowest row's). Every row is (0, -1), an empty extent, when there is no surface."""
+    h, w = surface.shape
+    has = surface.any(axis=1)
+    if not has.any():
+        return np.zeros(h, np.int64), np.full(h, -1, np.int64)
+    first = np.argmax(surface, axis=1)
+    last = w - 1 - np.argmax(surface[:, ::-1], axis=1)
+    rows = np.flatnonzero(has)
+    nearest = rows[np.clip(np.searchsorted(rows, np.arange(h)), 0, rows.size - 1)]
+    return first[nearest], last[nearest]
 
 
 # ---------------------------------------------------------------------------------------------- road scale
@@ -265,6 +346,8 @@ class PostProcessConfig:
     analysis_width: int = 0  # find regions at this width (mapped back); 0 = at the frame's own resolution
     max_surface_share: float = 1.0  # regions covering more of the drivable surface are not obstacles
     min_fill: float = 0.0  # smallest share of its bounding box a region fills (thin lines are markings)
+    max_width_share: float = 1.0  # regions wider than this share of the image are scenery, not obstacles
+    min_extent_share: float = 0.0  # smallest share of a region's pixels within the road's per-row extent
 
     def __post_init__(self):
         set_ = object.__setattr__
@@ -281,8 +364,8 @@ class PostProcessConfig:
         set_(self, "ego_mask_polygon", validate_polygon(self.ego_mask_polygon))
         ranges = {"hysteresis": (0.0, 1e6), "boundary_band": (0.0, 0.5), "min_footprint_on_road": (0.0, 1.0),
                   "border_margin": (0.0, 0.25), "far_road_width": (0.0, 1.0), "min_width_m": (0.0, 100.0),
-                  "max_surface_share": (0.0, 1.0), "min_fill": (0.0, 1.0),
-                  "road_width_m": (0.5, 100.0)}
+                  "max_surface_share": (0.0, 1.0), "min_fill": (0.0, 1.0), "max_width_share": (0.0, 1.0),
+                  "min_extent_share": (0.0, 1.0), "road_width_m": (0.5, 100.0)}
         for name, (low, high) in ranges.items():
             value = float(getattr(self, name))
             if not (math.isfinite(value) and low <= value <= high):
@@ -312,7 +395,7 @@ PLANNER_DEFAULTS: dict[str, Any] = {
     "restrict_to_drivable": True, "min_obstacle_area": 50, "hysteresis": 1.0, "boundary_band": 0.03,
     "min_footprint_on_road": 0.5, "border_margin": 0.01, "horizon_margin": 0.0, "max_range_m": 60.0,
     "far_road_width": 0.1, "min_width_m": 0.1, "road_width_m": 7.0, "analysis_width": 1024,
-    "max_surface_share": 0.25, "min_fill": 0.3,
+    "max_surface_share": 0.25, "min_fill": 0.3, "max_width_share": 0.5, "min_extent_share": 0.5,
 }
 #: Fields a normal-driving calibration estimates and stores in a checkpoint.
 CALIBRATED_FIELDS = ("ego_mask_polygon", "horizon_row")
@@ -608,6 +691,8 @@ def _process(semantic: np.ndarray | None, score: np.ndarray, config: PostProcess
     labels_out = np.zeros(shape, np.int32)
     # the too_large test's reference, only when that test is on (a full-frame sum per call)
     surface_area = int(surface.sum()) if surface is not None and config.max_surface_share < 1.0 else 0
+    # the off_extent test's reference: per row, the road's own left and right end
+    extent = road_extent(filled) if drivable and config.min_extent_share > 0 else None
     if candidates.any():
         n, labels, stats, _ = cv2.connectedComponentsWithStats(candidates.astype(np.uint8), connectivity=8)
         h = shape[0]
@@ -642,6 +727,10 @@ def _process(semantic: np.ndarray | None, score: np.ndarray, config: PostProcess
             elif (surface_area
                   and int(surface[y:y + bh, x:x + bw][region].sum()) > config.max_surface_share * surface_area):
                 reason = "too_large"
+            elif bw > config.max_width_share * shape[1]:
+                reason = "too_wide"
+            elif extent is not None and _extent_share(region, x, y, extent) < config.min_extent_share:
+                reason = "off_extent"
             regions.append(Region(bbox=(x, y, bw, bh), area=area, score=mean, footprint_on_road=footprint,
                                   width_m=width_m, rejected=reason))
             if reason:
@@ -661,6 +750,15 @@ def _process(semantic: np.ndarray | None, score: np.ndarray, config: PostProcess
                           max_score=finite_max(score), regions=regions, surface=surface, excluded=excluded,
                           horizon_row=scene.horizon, labels=labels_out,
                           road_fit_horizon=scene.fit_horizon)
+
+
+def _extent_share(region: np.ndarray, x: int, y: int, extent: tuple[np.ndarray, np.ndarray]) -> float:
+    """Share of a region's pixels (``region``: its box, at ``x, y``) that lie within the road's per-row
+    extent (:func:`road_extent`)."""
+    rows, cols = np.nonzero(region)
+    first, last = extent[0][rows + y], extent[1][rows + y]
+    cols = cols + x
+    return float(((cols >= first) & (cols <= last)).mean()) if rows.size else 0.0
 
 
 def obstacle_mask(score: np.ndarray, semantic: np.ndarray | None, config: PostProcessConfig) -> np.ndarray:

@@ -189,6 +189,14 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "Smallest share of its bounding box a region must fill: thinner regions are lines painted on "
               "the road (lane markings seen obliquely, tar seams, kerb edges), rejected as thin. 0 = off. "
               f"{RUN_TIME}", value_range=(0.0, 1.0)),
+    ParamSpec("max_width_share", "double", PLANNER_DEFAULTS["max_width_share"],
+              "A region wider than this share of the image width spans the scene (guard rails, tree lines, "
+              f"the far background), not an object on the lane: rejected as too_wide. 1 = off. {RUN_TIME}",
+              value_range=(0.0, 1.0)),
+    ParamSpec("min_extent_share", "double", PLANNER_DEFAULTS["min_extent_share"],
+              "Smallest share of a region's pixels that must lie within the road's own extent (per row, between "
+              "the drivable surface's first and last column): regions mostly beside the road are roadside "
+              f"scenery, rejected as off_extent. 0 = off. {RUN_TIME}", value_range=(0.0, 1.0)),
     ParamSpec("tracking.enabled", "bool", True,
               "Persistence over frames: obstacles are associated across frames (box IoU / centroid) and get a "
               f"stable track_id; off = every detection is reported at once. {RUN_TIME}"),
@@ -273,7 +281,7 @@ CONFIG_PARAMETERS = {
     "ego_mask.polygon": "ego_mask_polygon", "horizon.row": "horizon_row", "horizon.margin": "horizon_margin",
     "max_range_m": "max_range_m", "far_road_width": "far_road_width", "min_width_m": "min_width_m",
     "road_width_m": "road_width_m", "analysis_width": "analysis_width", "max_surface_share": "max_surface_share",
-    "min_fill": "min_fill",
+    "min_fill": "min_fill", "max_width_share": "max_width_share", "min_extent_share": "min_extent_share",
 }
 #: Node parameter -> TrackingConfig field.
 TRACKING_PARAMETERS = {"tracking.enabled": "enabled", "tracking.confirm_hits": "confirm_hits",
