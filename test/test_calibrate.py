@@ -190,3 +190,18 @@ def test_normal_driving_needs_inputs_that_exist(checkpoint, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and all(line.startswith("pebal-calibrate: error: ") for line in err)
     assert str(tmp_path / "none") in err[0]
+
+
+def test_normal_driving_with_a_dataset_shows_what_the_threshold_still_finds(checkpoint, normal_folder, data_root,
+                                                                           capsys):
+    """--normal with --dataset: the share of the dataset's labelled obstacles found at the calibrated threshold
+    is printed, stored and plotted beside the false-frame rate (the trade-off, not a silent choice)."""
+    assert calibrate.main(["--checkpoint", str(checkpoint), "--normal", str(normal_folder), "--dataset",
+                           "fishyscapes_static", "--root", str(data_root), "--target-tpr", "0.95",
+                           "--max-false-frames", "0.2", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "labelled obstacles of fishyscapes_static are found" in out
+    _, meta = load_checkpoint(checkpoint)
+    found = meta.threshold_info["normal_driving"]["obstacles_found"]
+    assert found["dataset"] == "fishyscapes_static" and found["objects"] > 0 and 0.0 <= found["found"] <= 1.0
+    assert (checkpoint.parent / "tiny_false_frames.png").is_file()

@@ -169,12 +169,16 @@ def main(argv: list[str] | None = None) -> int:
     acc = AnomalyMetricAccumulator(ignore_label=VOID, positive_label=1, negative_label=0)
     n = len(dataset) if args.limit is None else min(args.limit, len(dataset))
     used = 0
+    found: list[float] = []  # with --normal: per labelled obstacle, the highest threshold that finds it
     try:
         for i in tqdm(range(n), desc=PROG, unit="img", disable=True if args.quiet else None):
             sample = dataset[i]
             if sample is None:
                 continue
-            acc.update(engine.infer_one(sample["image"]).score, sample["label"])
+            result = engine.infer_one(sample["image"])
+            acc.update(result.score, sample["label"])
+            if args.normal:
+                found.extend(_found_thresholds(result.semantic, result.score, sample["label"], engine.threshold))
             used += 1
     except DatasetError as exc:
         return _error(exc)
@@ -199,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.normal:
         return _calibrate_normal(args, dest, engine=engine, model=model, meta=meta, ours=ours, pixel_info=info,
-                                 pixel_threshold=thr)
+                                 pixel_threshold=thr, found=found)
     try:
         _store(args, dest, model, meta, ours, thr, info)
     except (CheckpointError, OSError) as exc:
@@ -207,6 +211,26 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{PROG}: threshold {thr:.6g} (TPR {tpr:.4f}, FPR {fpr:.4f} on {used} images of {args.dataset}) "
           f"-> {dest}")
     return 0
+
+
+def _found_thresholds(semantic, score, label, threshold: float) -> list[float]:
+    """Per labelled obstacle of one frame (8-connected components of label 1), the highest threshold at which
+    the product's post-processing (single image, no calibrated ego mask or horizon: another camera) finds
+    it; at the post-processing's analysis width, where the regions are found anyway."""
+    import cv2
+
+    from pebal_perception.core.postprocess import PLANNER_DEFAULTS, planner_config
+    from pebal_training.evaluate import instance_components
+    from pebal_training.normal_calibration import found_thresholds
+
+    h, w = score.shape
+    width = int(PLANNER_DEFAULTS["analysis_width"])
+    if 0 < width < w:
+        size = (width, max(1, int(round(h * width / w))))
+        semantic = cv2.resize(semantic, size, interpolation=cv2.INTER_NEAREST)
+        score = cv2.resize(score, size, interpolation=cv2.INTER_LINEAR)
+        label = cv2.resize(label, size, interpolation=cv2.INTER_NEAREST)
+    return found_thresholds(semantic, score, instance_components(label == 1), planner_config(threshold))
 
 
 def _load_model(args):
@@ -279,8 +303,10 @@ def _normal_frames(inputs: list[Path], every: int):
 
 
 def _calibrate_normal(args, dest: Path, engine=None, model=None, meta=None, ours=None, pixel_info=None,
-                      pixel_threshold=None) -> int:
-    """The --normal path: threshold for at most --max-false-frames normal frames with an obstacle."""
+                      pixel_threshold=None, found=None) -> int:
+    """The --normal path: threshold for at most --max-false-frames normal frames with an obstacle. With
+    ``found`` (the labelled obstacles' found thresholds of --dataset) the trade-off is shown: the share of
+    those obstacles still found at the chosen threshold is printed, stored and plotted."""
     from dataclasses import replace
 
     from tqdm import tqdm
@@ -338,6 +364,13 @@ def _calibrate_normal(args, dest: Path, engine=None, model=None, meta=None, ours
     info = dict(pixel_info or {})
     if pixel_info is not None:
         info["pixel_threshold"] = pixel_threshold
+    recall = None
+    if found:
+        from pebal_training.normal_calibration import recall_at
+
+        recall = recall_at(found, thr)
+        normal["obstacles_found"] = {"dataset": args.dataset, "objects": len(found), "found": recall,
+                                     "rule": "found = reported regions cover >= 25 % of it (single images)"}
     info["normal_driving"] = normal
     try:
         _store(args, dest, model, meta, ours, thr, info)
@@ -345,12 +378,18 @@ def _calibrate_normal(args, dest: Path, engine=None, model=None, meta=None, ours
         return _error(exc)
     try:
         check_plot_path(args.plot)  # again: something may have appeared there meanwhile
-        _plot_false_frames(clean, thr, args.max_false_frames, args.plot, _save_plot)
+        _plot_false_frames(clean, thr, args.max_false_frames, args.plot, _save_plot, found, args.dataset)
     except OSError as exc:
         return _error(f"{exc} (the checkpoint {dest} was written)")
     both = f"; pixel-level operating point {pixel_threshold:.6g}" if pixel_threshold is not None else ""
     print(f"{PROG}: threshold {thr:.6g} ({achieved:.1%} of {len(maps)} normal frames report an obstacle, target "
           f"{args.max_false_frames:.1%}; estimated {', '.join(sorted(learned)) or 'nothing'}){both} -> {dest}")
+    if recall is not None:
+        print(f"{PROG}: at this threshold {recall:.1%} of the {len(found)} labelled obstacles of {args.dataset} are "
+              f"found (the trade-off against the false-frame rate is plotted in {args.plot})")
+        if recall == 0:
+            print(f"{PROG}: warning: the threshold that keeps these normal frames clean finds none of the "
+                  f"obstacles; choose a higher --max-false-frames or other normal footage", file=sys.stderr)
     return 0
 
 
@@ -380,22 +419,27 @@ def _save_plot(path: Path, fig) -> None:
     _save_figure(path, fig, software=PLOT_SOFTWARE)
 
 
-def _plot_false_frames(clean, threshold: float, rate: float, path: Path, save) -> None:
-    """False-frame rate against threshold (the empirical survival of the clean thresholds)."""
+def _plot_false_frames(clean, threshold: float, rate: float, path: Path, save, found=None,
+                       dataset: str | None = None) -> None:
+    """False-frame rate against threshold (the empirical survival of the clean thresholds); with ``found``
+    (found thresholds of labelled obstacles) also the share of them found, on the same axis."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    finite = np.sort(np.asarray([c for c in clean if np.isfinite(c)], np.float64))
+    finite = np.sort(np.asarray([c for c in [*clean, *(found or [])] if np.isfinite(c)], np.float64))
     fig, ax = plt.subplots(figsize=(6, 4))
     if finite.size:
         xs = np.linspace(finite[0] - 0.5, finite[-1] + 0.5, 200)
         ax.plot(xs, [(np.asarray(clean) >= x).mean() for x in xs], label="normal frames with an obstacle")
+        if found:
+            ax.plot(xs, [(np.asarray(found) >= x).mean() for x in xs], color="tab:green",
+                    label=f"{dataset or 'labelled'} obstacles found")
     ax.axvline(threshold, color="k", linestyle=":", label=f"calibrated {threshold:.3g}")
     ax.axhline(rate, color="r", linestyle="--", linewidth=0.8, label=f"target {rate:.0%}")
     ax.set_xlabel("threshold (score)")
-    ax.set_ylabel("false-frame rate")
+    ax.set_ylabel("share of frames / obstacles" if found else "false-frame rate")
     ax.legend()
     save(path, fig)
 
