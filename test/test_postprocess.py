@@ -243,6 +243,20 @@ def test_a_region_mostly_beside_the_road_is_scenery():
     assert (empty[0] > empty[1]).all()
 
 
+def test_a_region_segmented_as_a_road_user_is_a_known_object():
+    sem = road_scene()
+    sem[30:40, 20:30] = CAR  # a car on the road (the segmentation names it)
+    score = blank()
+    score[28:40, 20:30] = 2.0  # high energy on the car and just above it: 10 of 12 rows are car
+    score[45:52, 40:47] = 2.0  # an unnamed object on the road
+    cfg = DRIVE.with_changes(max_known_share=0.5)
+    frame = process_frame(sem, score, cfg)
+    assert [o.bbox for o in frame.obstacles] == [(40, 45, 7, 7)]
+    assert sorted(r.rejected for r in frame.regions) == ["", "known_class"]
+    assert len(process_frame(sem, score, DRIVE).obstacles) == 2  # 1 = off
+    assert len(process_frame(None, score, PostProcessConfig(threshold=1.0, max_known_share=0.5)).obstacles) == 2
+
+
 def test_a_thin_oblique_line_is_a_marking_not_an_obstacle():
     sem = road_scene()
     score = blank()

@@ -8,6 +8,9 @@ import numpy as np
 
 ROAD_TRAIN_ID = 0
 DRIVABLE_TRAIN_IDS = (ROAD_TRAIN_ID,)
+#: Road users the segmentation names (person, rider, car, truck, bus, train, motorcycle, bicycle): known
+#: objects, which the vehicle's object detection handles; not unexpected obstacles.
+ROAD_USER_TRAIN_IDS = (11, 12, 13, 14, 15, 16, 17, 18)
 
 
 @dataclass

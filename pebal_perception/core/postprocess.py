@@ -34,6 +34,10 @@ table holds the product defaults):
    image spans the scene, not an object on the lane (guard rails, tree lines, the far background); a region
    whose pixels lie mostly outside the road's own extent (per row, between the road's first and last
    column) is beside the road, whatever its footprint touches.
+8. **Not a known road user** (``max_known_share``): a region most of whose pixels the segmentation calls a
+   person, rider, car, truck, bus, train, motorcycle or bicycle is a known object (the vehicle's object
+   detection handles those); energy is high at their outlines and on distant ones, which is the main
+   source of false obstacles on highway footage.
 
 The drivable surface starts from :func:`road_region`: only predicted road connected to the lower part of
 the image and below the horizon that road's width per row implies, so road-labelled sky or far background
@@ -59,7 +63,7 @@ import cv2
 import numpy as np
 
 from pebal_perception.core.limits import check_threshold
-from pebal_perception.core.obstacles import DRIVABLE_TRAIN_IDS, Obstacle
+from pebal_perception.core.obstacles import DRIVABLE_TRAIN_IDS, ROAD_USER_TRAIN_IDS, Obstacle
 from pebal_perception.geometry import pixel_to_ground, valid_intrinsics, valid_mounting
 
 FULL_ROI = (0.0, 0.0, 1.0, 1.0)
@@ -73,7 +77,8 @@ MIN_FIT_ROWS = 8  # road rows needed for the width-per-row line fit
 ROAD_BOTTOM_SHARE = 0.4  # a road component must reach this lowest share of the rows to be the ego road
 ROAD_TOP_SEARCH = 0.05  # the vanishing point is searched down to this share of the height below the fit
 ROAD_REWIDENING = 2.0  # road rows above the narrowest one this many times wider: it is the vanishing point
-REJECT_REASONS = ("small", "score", "off_road", "narrow", "thin", "too_large", "too_wide", "off_extent")
+REJECT_REASONS = ("small", "score", "off_road", "narrow", "thin", "too_large", "too_wide", "off_extent",
+                  "known_class")
 
 
 def check_mounting(height_m: float, pitch_rad: float) -> tuple[float, float]:
@@ -348,6 +353,7 @@ class PostProcessConfig:
     min_fill: float = 0.0  # smallest share of its bounding box a region fills (thin lines are markings)
     max_width_share: float = 1.0  # regions wider than this share of the image are scenery, not obstacles
     min_extent_share: float = 0.0  # smallest share of a region's pixels within the road's per-row extent
+    max_known_share: float = 1.0  # regions with more of their pixels segmented as road users are known objects
 
     def __post_init__(self):
         set_ = object.__setattr__
@@ -365,7 +371,7 @@ class PostProcessConfig:
         ranges = {"hysteresis": (0.0, 1e6), "boundary_band": (0.0, 0.5), "min_footprint_on_road": (0.0, 1.0),
                   "border_margin": (0.0, 0.25), "far_road_width": (0.0, 1.0), "min_width_m": (0.0, 100.0),
                   "max_surface_share": (0.0, 1.0), "min_fill": (0.0, 1.0), "max_width_share": (0.0, 1.0),
-                  "min_extent_share": (0.0, 1.0), "road_width_m": (0.5, 100.0)}
+                  "min_extent_share": (0.0, 1.0), "max_known_share": (0.0, 1.0), "road_width_m": (0.5, 100.0)}
         for name, (low, high) in ranges.items():
             value = float(getattr(self, name))
             if not (math.isfinite(value) and low <= value <= high):
@@ -390,12 +396,15 @@ POSTPROCESS_FIELDS = tuple(f.name for f in fields(PostProcessConfig))
 
 #: What the product runs (the node's parameter defaults, config/detector.yaml; pebal-detect, pebal-eval
 #: and pebal-calibrate --normal use the same): every PostProcessConfig field that differs from the plain
-#: per-pixel behaviour of the dataclass defaults.
+#: per-pixel behaviour of the dataclass defaults, and the node's rules that are off by default.
 PLANNER_DEFAULTS: dict[str, Any] = {
     "restrict_to_drivable": True, "min_obstacle_area": 50, "hysteresis": 1.0, "boundary_band": 0.03,
     "min_footprint_on_road": 0.5, "border_margin": 0.01, "horizon_margin": 0.0, "max_range_m": 60.0,
     "far_road_width": 0.1, "min_width_m": 0.1, "road_width_m": 7.0, "analysis_width": 1024,
     "max_surface_share": 0.25, "min_fill": 0.3, "max_width_share": 0.5, "min_extent_share": 0.5,
+    # off (= the dataclass default): on FS L&F val it cost as many found obstacles as it saved stray regions
+    # (BENCHMARKS.md, figure 10); kept here so that the node parameter has its one default
+    "max_known_share": 1.0,
 }
 #: Fields a normal-driving calibration estimates and stores in a checkpoint.
 CALIBRATED_FIELDS = ("ego_mask_polygon", "horizon_row")
@@ -731,6 +740,9 @@ def _process(semantic: np.ndarray | None, score: np.ndarray, config: PostProcess
                 reason = "too_wide"
             elif extent is not None and _extent_share(region, x, y, extent) < config.min_extent_share:
                 reason = "off_extent"
+            elif (config.max_known_share < 1.0 and semantic is not None
+                  and _known_share(semantic[y:y + bh, x:x + bw][region]) > config.max_known_share):
+                reason = "known_class"
             regions.append(Region(bbox=(x, y, bw, bh), area=area, score=mean, footprint_on_road=footprint,
                                   width_m=width_m, rejected=reason))
             if reason:
@@ -759,6 +771,11 @@ def _extent_share(region: np.ndarray, x: int, y: int, extent: tuple[np.ndarray, 
     first, last = extent[0][rows + y], extent[1][rows + y]
     cols = cols + x
     return float(((cols >= first) & (cols <= last)).mean()) if rows.size else 0.0
+
+
+def _known_share(classes: np.ndarray) -> float:
+    """Share of a region's pixels segmented as a road user (:data:`ROAD_USER_TRAIN_IDS`)."""
+    return float(np.isin(classes, ROAD_USER_TRAIN_IDS).mean()) if classes.size else 0.0
 
 
 def obstacle_mask(score: np.ndarray, semantic: np.ndarray | None, config: PostProcessConfig) -> np.ndarray:

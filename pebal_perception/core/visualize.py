@@ -43,7 +43,7 @@ def score_to_colour(score: np.ndarray, low: float | None = None, high: float | N
 # Rejected candidate regions in the debug view, by reason (see core.postprocess.REJECT_REASONS).
 REASON_COLOURS = {"score": (255, 160, 0), "off_road": (0, 160, 255), "narrow": (255, 255, 255),
                   "small": (128, 128, 128), "too_large": (255, 60, 60), "thin": (255, 255, 120),
-                  "too_wide": (255, 90, 180), "off_extent": (90, 200, 255)}
+                  "too_wide": (255, 90, 180), "off_extent": (90, 200, 255), "known_class": (180, 120, 255)}
 SURFACE_COLOUR = np.array((0, 200, 80), dtype=np.uint8)
 
 

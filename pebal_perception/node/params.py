@@ -197,6 +197,10 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "Smallest share of a region's pixels that must lie within the road's own extent (per row, between "
               "the drivable surface's first and last column): regions mostly beside the road are roadside "
               f"scenery, rejected as off_extent. 0 = off. {RUN_TIME}", value_range=(0.0, 1.0)),
+    ParamSpec("max_known_share", "double", PLANNER_DEFAULTS["max_known_share"],
+              "A region with more than this share of its pixels segmented as a road user (person, rider, car, "
+              "truck, bus, train, motorcycle, bicycle) is a known object, handled by the vehicle's object "
+              f"detection: rejected as known_class. 1 = off. {RUN_TIME}", value_range=(0.0, 1.0)),
     ParamSpec("tracking.enabled", "bool", True,
               "Persistence over frames: obstacles are associated across frames (box IoU / centroid) and get a "
               f"stable track_id; off = every detection is reported at once. {RUN_TIME}"),
@@ -282,6 +286,7 @@ CONFIG_PARAMETERS = {
     "max_range_m": "max_range_m", "far_road_width": "far_road_width", "min_width_m": "min_width_m",
     "road_width_m": "road_width_m", "analysis_width": "analysis_width", "max_surface_share": "max_surface_share",
     "min_fill": "min_fill", "max_width_share": "max_width_share", "min_extent_share": "min_extent_share",
+    "max_known_share": "max_known_share",
 }
 #: Node parameter -> TrackingConfig field.
 TRACKING_PARAMETERS = {"tracking.enabled": "enabled", "tracking.confirm_hits": "confirm_hits",
