@@ -236,3 +236,41 @@ def test_runner_lists_every_module(tmp_path, capsys, monkeypatch):
     assert set(bench_run.MODULES) == {"forward", "frame", "node", "metrics", "training", "soak", "gpu", "dds",
                                       "runtimes", "precision"}
     assert "node_fake: skipped (stubbed in the smoke test)" in capsys.readouterr().out
+
+
+def test_quality_helpers():
+    from bench import bench_quality
+
+    base = bench_quality.parse_row("base")
+    assert base.model == "espnetv2" and base.scores == ("energy", "msp", "maxlogit")
+    row = bench_quality.parse_row("mine=runs/x.pt@espnetv2:energy,maxlogit")
+    assert (row.name, row.checkpoint, row.model, row.scores) == ("mine", "runs/x.pt", "espnetv2",
+                                                                 ("energy", "maxlogit"))
+    with pytest.raises(Exception, match="scores must be among"):
+        bench_quality.parse_row("mine=x.pt:entropy")
+    sweep = [{"stray_per_frame": 0.0, "found": 0.1}, {"stray_per_frame": 0.2, "found": 0.3},
+             {"stray_per_frame": 0.4, "found": 0.5}, {"stray_per_frame": 1.0, "found": 0.4}]
+    assert bench_quality.found_at_stray(sweep, 0.3) == pytest.approx(0.4)  # between the two swept points
+    assert bench_quality.found_at_stray(sweep, 2.0) == pytest.approx(0.5)  # the best found so far
+    assert bench_quality.found_at_stray([], 0.3) is None
+
+
+def test_quality_on_two_frames_per_set(tmp_path):
+    """bench_quality end to end on two frames of every set (skips without ../shared)."""
+    from bench import bench_quality
+
+    if not (bench_quality.SHARED / "benchmarks").is_dir() or not (bench_quality.SHARED / "assets").is_dir():
+        pytest.skip("../shared/benchmarks or ../shared/assets absent")
+    out = tmp_path / "quality.json"
+    assert bench_quality.main(["--model", "base", "--limit", "2", "--sizes", "1024", "--output", str(out),
+                               "--plots", str(tmp_path)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert set(rows) == {"espnetv2-base energy", "espnetv2-base msp", "espnetv2-base maxlogit"}
+    energy = rows["espnetv2-base energy"]
+    assert 0 <= energy["pixel_1024"]["fs_laf"]["auroc"] <= 1
+    assert energy["components"]["fs_laf"]["threshold_chosen_on"] == "fs_static"
+    sweep = energy["planner"]["sweep"]
+    assert set(sweep) == {"fs_laf", "fs_static", "road_anomaly", "highway_frames", "highway_clip"}
+    assert energy["planner"]["operating_points"]["normal 5 %"]["chosen_on"] == "highway_frames"
+    assert (tmp_path / "quality_found_vs_stray_fs_laf.png").is_file()
+    assert (tmp_path / "quality_found_vs_false_frames.png").is_file()
