@@ -64,7 +64,7 @@ setup(
     python_requires=">=3.10",
     packages=_packages(),  # never test/, bench/, scripts/
     # The embedded default model (pebal_perception/data/default_model.pt + its .json record).
-    package_data={"pebal_perception": ["data/*.pt", "data/*.json"]},
+    package_data={"pebal_perception": ["data/*.pt", "data/*.json", "data/*.txt"]},
     install_requires=[
         "torch>=2.1",
         "torchvision>=0.16",

@@ -239,6 +239,12 @@ def main(argv=None) -> int:
                 print(f"recorder: video not written: {exc}", file=sys.stderr)
             cv2.imwrite(str(args.out / "overlay_last.png"), cv2.cvtColor(frames[-1], cv2.COLOR_RGB2BGR))
         frames_in = len(image_recv)
+        footage = None
+        if not replayed:  # the user's own footage: nothing to score against, only what was reported
+            with_any = sum(1 for s in stamps if results[s][2] > 0)
+            footage = {"frames_with_obstacles": with_any, "frames": len(stamps),
+                       "share_with_obstacles": with_any / len(stamps) if stamps else None,
+                       "reported_per_frame": (sum(results[s][2] for s in stamps) / len(stamps)) if stamps else None}
         summary = {
             "model": args.model_note,
             "frames_published": args.expect or None,
@@ -257,6 +263,7 @@ def main(argv=None) -> int:
                            "what": "image received -> result received, both in the recorder (DDS included)"},
             "node_processing_time_ms": {"p50": pct(node_ms, 50), "p95": pct(node_ms, 95)},
             "detection": detection,
+            "footage": footage,
             "video": video,
             "timed_out": timed_out,
             "per_frame": per_frame,
@@ -266,6 +273,9 @@ def main(argv=None) -> int:
           f"{summary['latency_ms']['p50']} ms p95 {summary['latency_ms']['p95']} ms; video {video}", flush=True)
     if detection:
         print(f"recorder: {score_line(detection)}", flush=True)
+    elif footage and stamps:
+        print(f"recorder: no ground truth: {footage['frames_with_obstacles']} of {footage['frames']} frames report an "
+              f"obstacle ({footage['reported_per_frame']:.2f} reported per frame); see overlay video", flush=True)
     return 0 if stamps else 1
 
 
