@@ -159,7 +159,8 @@ done
 grep -m1 "ready:" "$OUT/node.log" | sed 's/^/demo: node: /' || true
 
 # --- 4. replay --------------------------------------------------------------------------------------
-pebal-bag play "$BAG" --wait-for-subscribers --wait-timeout 20 --rate "$PEBAL_DEMO_RATE" --topics "${play_topics[@]}"
+pebal-bag play "$BAG" --wait-for-subscribers --wait-timeout 20 --rate "$PEBAL_DEMO_RATE" --reliable \
+  --topics "${play_topics[@]}"
 touch "$OUT/played"
 
 # --- 5. results ---------------------------------------------------------------------------------

@@ -551,3 +551,18 @@ def test_node_with_use_sim_time_reports_diagnostics_in_bag_time(work, checkpoint
             assert diagnostics.wait(mine, timeout=15) is not None, node.output()[-2000:]
         stamps = [_ns(m.header.stamp) for m in diagnostics.snapshot() if mine(m)]
     assert stamps and all(times[0] <= s <= times[-1] for s in stamps), (stamps, times[0], times[-1])
+
+
+def test_play_qos_follows_the_recording_unless_reliable_is_asked():
+    """A camera bag records best effort (from-video, real drivers); ``play --reliable`` publishes it reliable
+    so that reliable subscribers (the demo on your own footage) match."""
+    pytest.importorskip("rclpy")
+    from rclpy.qos import ReliabilityPolicy
+
+    from pebal_perception.bag import qos_profile
+
+    best_effort = [qos_profile(reliable=False, depth=5)]
+    assert bag_cli._rclpy_qos(best_effort).reliability == ReliabilityPolicy.BEST_EFFORT
+    assert bag_cli._rclpy_qos(best_effort, force_reliable=True).reliability == ReliabilityPolicy.RELIABLE
+    assert bag_cli._rclpy_qos([]).reliability == ReliabilityPolicy.RELIABLE
+    assert bag_cli.build_parser().parse_args(["play", "some_bag", "--reliable"]).reliable

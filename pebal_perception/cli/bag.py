@@ -102,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help=f"also publish the bag's time on /clock, HZ times a second (default "
                            f"{DEFAULT_CLOCK_HZ:g}), for nodes run with use_sim_time:=true; with --loop the "
                            "time jumps back at each pass (write it after BAG, or as --clock=HZ)")
+    play.add_argument("--reliable", action="store_true",
+                      help="publish every topic reliable, whatever QoS the bag recorded (a camera bag records "
+                           "best effort; reliable subscribers then receive every frame)")
     play.add_argument("--quiet", "-q", action="store_true")
 
     proc = sub.add_parser("process", help="run the detector offline over a bag, write an output bag")
@@ -229,11 +232,12 @@ def resolve_message_type(msgtype: str) -> Any | None:
     return cls
 
 
-def _rclpy_qos(profiles: list[Any]) -> Any:
-    """rclpy QoSProfile matching the recorded (offered) profiles; reliable keep-last 10 if none."""
+def _rclpy_qos(profiles: list[Any], force_reliable: bool = False) -> Any:
+    """rclpy QoSProfile matching the recorded (offered) profiles; reliable keep-last 10 if none; reliable
+    whatever was recorded with ``force_reliable`` (``play --reliable``)."""
     from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
-    reliable = all(getattr(p.reliability, "name", "") != "BEST_EFFORT" for p in profiles)
+    reliable = force_reliable or all(getattr(p.reliability, "name", "") != "BEST_EFFORT" for p in profiles)
     latched = bool(profiles) and all(getattr(p.durability, "name", "") == "TRANSIENT_LOCAL" for p in profiles)
     depth = max([10] + [int(p.depth) for p in profiles if int(p.depth) > 0])
     return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth,
@@ -330,7 +334,7 @@ def play(args: argparse.Namespace) -> int:
                                          f"{conn.msgtype!r} is not one this tool publishes\n")
                         continue
                     publishers[conn.topic] = node.create_publisher(msg_type, remap.get(conn.topic, conn.topic),
-                                                                   _rclpy_qos(qos_of(conn)))
+                                                                   _rclpy_qos(qos_of(conn), args.reliable))
                 if not publishers:
                     raise CliError(f"{args.bag}: no topic to play")
                 clock = None
