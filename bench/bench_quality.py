@@ -256,18 +256,10 @@ def _load(path: Path, kind: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | N
 def analysis_scale(semantic: np.ndarray, score: np.ndarray, label: np.ndarray | None):
     """The maps at the post-processing's analysis width (``PLANNER_DEFAULTS["analysis_width"]``): the product
     finds regions at that width anyway, and the sweep runs each frame at ~20 thresholds."""
-    import cv2
+    from pebal_perception.core.postprocess import PLANNER_DEFAULTS, at_analysis_width
 
-    from pebal_perception.core.postprocess import PLANNER_DEFAULTS
-
-    width = int(PLANNER_DEFAULTS["analysis_width"])
-    h, w = score.shape
-    if not 0 < width < w:
-        return semantic, score, label
-    size = (width, max(1, int(round(h * width / w))))
-    nearest = cv2.INTER_NEAREST
-    return (cv2.resize(semantic, size, interpolation=nearest), cv2.resize(score, size, interpolation=cv2.INTER_LINEAR),
-            None if label is None else cv2.resize(label, size, interpolation=nearest))
+    score, semantic, label = at_analysis_width(int(PLANNER_DEFAULTS["analysis_width"]), score, semantic, label)
+    return semantic, score, label
 
 
 def components(result: PixelPass, kind: str) -> dict:
@@ -547,7 +539,8 @@ def main(argv: list[str] | None = None) -> int:
             r["quick"] = limit is not None
             r["date"] = time.strftime("%Y-%m-%d")
         print(f"bench_quality: {row.name} done", file=sys.stderr)
-        stored.update(new)
+        for name, r in new.items():  # a run of some sizes keeps what another run measured at the others
+            stored[name] = {**stored.get(name, {}), **r}
         atomic_write_json(args.output, json_safe({"rows": stored, "pebal_published": PEBAL_PUBLISHED}))
     args.plots.mkdir(parents=True, exist_ok=True)
     plot(stored, args.plots)

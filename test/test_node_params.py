@@ -83,7 +83,7 @@ def test_initial_settings_from_the_defaults():
         threshold=-9.0, restrict_to_drivable=True, min_obstacle_area=50, hysteresis=1.0, boundary_band=0.03,
         min_footprint_on_road=0.5, border_margin=0.01, horizon_margin=0.0, max_range_m=60.0, far_road_width=0.1,
         min_width_m=0.1, road_width_m=7.0, analysis_width=1024, max_surface_share=0.25,
-        min_fill=0.3, max_width_share=0.5, min_extent_share=0.5))
+        min_fill=0.3, max_width_share=0.5, min_extent_share=0.5, max_known_share=0.5))
     assert settings.tracking == TrackingConfig(confirm_hits=2, confirm_window=3, hold_frames=2)
     assert settings.smoothing and not settings.positions_wanted
     mounted = initial_settings(resolve_parameters({"camera.height_m": 1.5, "camera.pitch_rad": 0.1,

@@ -10,7 +10,7 @@ import pytest
 
 from pebal_perception.core.postprocess import (GroundModel, ObstaclePipeline, PostProcessConfig, drivable_mask,
                                                fit_road_scale, mask_to_polygon, polygon_mask, process_frame,
-                                               road_extent, road_region)
+                                               road_extent, road_region, at_analysis_width)
 from pebal_perception.core.tracking import TrackingConfig
 
 ROAD, VEGETATION, SKY, CAR = 0, 8, 10, 13
@@ -497,3 +497,30 @@ def test_analysis_width_keeps_ground_positions_at_full_resolution():
     assert small.bbox == full.bbox
     np.testing.assert_allclose(small.ground_position, full.ground_position, rtol=1e-9)
     assert small.width_m == pytest.approx(full.width_m, rel=0.1)
+
+
+def test_at_analysis_width_scales_scores_linearly_and_labels_nearest():
+    score = np.tile(np.linspace(0, 1, 200, dtype=np.float32), (100, 1))
+    sem = np.zeros((100, 200), np.uint8)
+    sem[:, 100:] = CAR
+    small, small_sem, none = at_analysis_width(100, score, sem, None)
+    assert small.shape == (50, 100) and small_sem.shape == (50, 100) and none is None
+    assert set(np.unique(small_sem)) == {0, CAR} and 0.0 <= small.min() and small.max() <= 1.0
+    same = at_analysis_width(400, score, sem)
+    assert same[0] is score and same[1] is sem  # already narrower: unchanged
+    assert at_analysis_width(0, score)[0] is score
+
+
+def test_boundary_band_lies_along_the_image_border_where_the_road_reaches_it():
+    """Road up to the left image border (a barrier the network calls road, cut by the frame): a region there
+    stands on the band, not on the surface; the same region away from the border is on the surface."""
+    sem = np.full((H, W), VEGETATION, np.uint8)
+    sem[:20] = SKY
+    sem[20:, :60] = ROAD  # reaches the left border
+    score = blank()
+    score[40:46, 0:4] = 2.0  # at the border, 4 px wide (the band is 6 px)
+    score[40:46, 30:34] = 2.0
+    frame = process_frame(sem, score, DRIVE.with_changes(boundary_band=0.1))
+    assert [o.bbox for o in frame.obstacles] == [(30, 40, 4, 6)]
+    assert sorted(r.rejected for r in frame.regions) == ["", "off_road"]
+    assert not frame.surface[50, :6].any() and frame.surface[50, 6:54].all()

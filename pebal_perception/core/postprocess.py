@@ -396,15 +396,13 @@ POSTPROCESS_FIELDS = tuple(f.name for f in fields(PostProcessConfig))
 
 #: What the product runs (the node's parameter defaults, config/detector.yaml; pebal-detect, pebal-eval
 #: and pebal-calibrate --normal use the same): every PostProcessConfig field that differs from the plain
-#: per-pixel behaviour of the dataclass defaults, and the node's rules that are off by default.
+#: per-pixel behaviour of the dataclass defaults.
 PLANNER_DEFAULTS: dict[str, Any] = {
     "restrict_to_drivable": True, "min_obstacle_area": 50, "hysteresis": 1.0, "boundary_band": 0.03,
     "min_footprint_on_road": 0.5, "border_margin": 0.01, "horizon_margin": 0.0, "max_range_m": 60.0,
     "far_road_width": 0.1, "min_width_m": 0.1, "road_width_m": 7.0, "analysis_width": 1024,
     "max_surface_share": 0.25, "min_fill": 0.3, "max_width_share": 0.5, "min_extent_share": 0.5,
-    # off (= the dataclass default): on FS L&F val it cost as many found obstacles as it saved stray regions
-    # (BENCHMARKS.md, figure 10); kept here so that the node parameter has its one default
-    "max_known_share": 1.0,
+    "max_known_share": 0.5,
 }
 #: Fields a normal-driving calibration estimates and stores in a checkpoint.
 CALIBRATED_FIELDS = ("ego_mask_polygon", "horizon_row")
@@ -608,11 +606,25 @@ def lateral_erode(mask: np.ndarray, radius: int) -> np.ndarray:
     """``mask`` shrunk by ``radius`` pixels sideways only (a 1 x (2 radius + 1) element): the band along
     the road's left and right edges, where kerbs, vegetation and walls meet it. The road's lower edge
     under a near object that reaches above the road region (a notch) stays: the full-width road below
-    it has no lateral edge there. The far end is the horizon / range cut's job."""
+    it has no lateral edge there. The far end is the horizon / range cut's job. Where the road reaches the
+    left or right image border its edge is out of view, so the band lies along the border (what the
+    network calls road there is as often a barrier or kerb cut by the frame)."""
     if radius <= 0 or not mask.any():
         return mask
     kernel = np.ones((1, 2 * radius + 1), np.uint8)
-    return cv2.erode(mask.astype(np.uint8), kernel, borderType=cv2.BORDER_REPLICATE).astype(bool)
+    return cv2.erode(mask.astype(np.uint8), kernel, borderType=cv2.BORDER_CONSTANT, borderValue=0).astype(bool)
+
+
+def at_analysis_width(width: int, score: np.ndarray, *label_maps: np.ndarray | None) -> tuple:
+    """``score`` (linear) and each label map (nearest; None stays None) scaled to ``width`` columns, as
+    :func:`process_frame` scales a frame before finding regions; unchanged when already at most that wide
+    (or ``width`` is 0). For offline sweeps that run one frame at many thresholds."""
+    h, w = score.shape
+    if not 0 < width < w:
+        return (score, *label_maps)
+    size = (int(width), max(1, int(round(h * width / w))))
+    return (cv2.resize(score, size, interpolation=cv2.INTER_LINEAR),
+            *(None if m is None else cv2.resize(m, size, interpolation=cv2.INTER_NEAREST) for m in label_maps))
 
 
 def process_frame(semantic: np.ndarray | None, score: np.ndarray, config: PostProcessConfig,

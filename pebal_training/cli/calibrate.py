@@ -217,19 +217,11 @@ def _found_thresholds(semantic, score, label, threshold: float) -> list[float]:
     """Per labelled obstacle of one frame (8-connected components of label 1), the highest threshold at which
     the product's post-processing (single image, no calibrated ego mask or horizon: another camera) finds
     it; at the post-processing's analysis width, where the regions are found anyway."""
-    import cv2
-
-    from pebal_perception.core.postprocess import PLANNER_DEFAULTS, planner_config
+    from pebal_perception.core.postprocess import PLANNER_DEFAULTS, at_analysis_width, planner_config
     from pebal_training.evaluate import instance_components
     from pebal_training.normal_calibration import found_thresholds
 
-    h, w = score.shape
-    width = int(PLANNER_DEFAULTS["analysis_width"])
-    if 0 < width < w:
-        size = (width, max(1, int(round(h * width / w))))
-        semantic = cv2.resize(semantic, size, interpolation=cv2.INTER_NEAREST)
-        score = cv2.resize(score, size, interpolation=cv2.INTER_LINEAR)
-        label = cv2.resize(label, size, interpolation=cv2.INTER_NEAREST)
+    score, semantic, label = at_analysis_width(int(PLANNER_DEFAULTS["analysis_width"]), score, semantic, label)
     return found_thresholds(semantic, score, instance_components(label == 1), planner_config(threshold))
 
 
