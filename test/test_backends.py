@@ -4,6 +4,8 @@ smoothing runs in OpenVINO."""
 from __future__ import annotations
 
 import logging
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -410,3 +412,49 @@ def test_tensorrt_outputs_equal_the_torch_path_on_the_gpu(espnetv2):
         assert sem.shape == score.shape == rgb.shape[:2]
         assert (sem == sem_ref).mean() >= agreement, precision
         assert np.quantile(np.abs(score - score_ref), 0.99 if precision == "fp16" else 1.0) <= energy, precision
+
+
+SIGNAL_STACK_SCRIPT = r"""
+import ctypes, faulthandler, gc, io, os, signal, sys
+import torch
+from pebal_perception.core.backends import OpenVinoRunner
+
+faulthandler.enable()  # as pytest: this thread gets a signal stack of its own
+libc = ctypes.CDLL(None)
+
+class StackT(ctypes.Structure):
+    _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
+
+def stack():
+    s = StackT()
+    libc.sigaltstack(None, ctypes.byref(s))
+    return (s.ss_sp, s.ss_flags, s.ss_size)
+
+buf = io.BytesIO()
+torch.onnx.export(torch.nn.Conv2d(3, 2, 3), torch.zeros(1, 3, 8, 8), buf, dynamo=False)
+before = stack()
+a = OpenVinoRunner(buf.getvalue(), 1)
+b = OpenVinoRunner(buf.getvalue(), 1)  # two cores alive at once, the first one goes first
+del a
+gc.collect()
+del b
+gc.collect()
+assert stack() == before, (stack(), before)
+signal.signal(signal.SIGUSR1, lambda *_: print("handled", flush=True))  # Python handlers use SA_ONSTACK
+os.kill(os.getpid(), signal.SIGUSR1)
+print("alive", flush=True)
+"""
+
+
+def test_openvino_runners_leave_the_threads_signal_stack_valid(tmp_path):
+    """Two OpenVINO runners with overlapping lifetimes used to leave the thread with the first one's freed
+    signal stack: the next Python signal handler (SIGINT, a DataLoader's SIGCHLD) then died with SIGSEGV.
+    The whole test suite crashed that way as test_soak.py started (issue 24, item 10)."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("openvino")
+    proc = subprocess.run([sys.executable, "-c", SIGNAL_STACK_SCRIPT], capture_output=True, text=True, timeout=300,
+                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
+    assert proc.stdout.split() == ["handled", "alive"]

@@ -30,6 +30,7 @@ used (it sends usage telemetry by default): the graph goes to OpenVINO as ONNX, 
 """
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import importlib.util
 import json
@@ -218,8 +219,53 @@ class GraphRunner:
         raise NotImplementedError
 
 
+class _SignalStack(ctypes.Structure):
+    """glibc's ``stack_t`` (``sigaltstack``)."""
+
+    _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
+
+
+class KeepSignalStack:
+    """Restores the calling thread's alternate signal stack (``sigaltstack``) on exit from the block.
+
+    OpenVINO's CPU plugin installs a signal stack of its own on the thread that compiles a model and puts
+    back, when its ``Core`` goes, the one it found. With two cores alive at once the second one records the
+    first one's stack, which the first frees on its way out: the thread is then left with a freed signal
+    stack, and the next signal handled on it (Python installs its handlers with ``SA_ONSTACK``: SIGINT,
+    SIGCHLD of a DataLoader, ...) kills the process with SIGSEGV. Putting the thread's own stack back right
+    after each compile means every core records a stack that stays valid. Linux/glibc only; elsewhere a
+    no-op."""
+
+    def __enter__(self) -> "KeepSignalStack":
+        self._saved = None
+        try:
+            self._libc = ctypes.CDLL(None, use_errno=True)
+            saved = _SignalStack()
+            if self._libc.sigaltstack(None, ctypes.byref(saved)) == 0:
+                self._saved = saved
+        except (OSError, AttributeError):  # not glibc: nothing to keep
+            pass
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._saved is None:
+            return
+        current = _SignalStack()
+        if self._libc.sigaltstack(None, ctypes.byref(current)) == 0 and (
+                current.ss_sp, current.ss_flags, current.ss_size) == (
+                self._saved.ss_sp, self._saved.ss_flags, self._saved.ss_size):
+            return
+        restore = _SignalStack(self._saved.ss_sp, self._saved.ss_flags & 2, self._saved.ss_size)  # SS_DISABLE
+        if self._libc.sigaltstack(ctypes.byref(restore), None) != 0:
+            LOG.warning("could not restore this thread's signal stack (errno %d)", ctypes.get_errno())
+
+
 class OpenVinoRunner(GraphRunner):
     def __init__(self, onnx: bytes, threads: int, compiled_key: dict[str, Any] | None = None):
+        with KeepSignalStack():  # see KeepSignalStack: OpenVINO replaces the thread's signal stack
+            self._build(onnx, threads, compiled_key)
+
+    def _build(self, onnx: bytes, threads: int, compiled_key: dict[str, Any] | None) -> None:
         import openvino
 
         core = openvino.Core()
