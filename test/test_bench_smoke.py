@@ -271,6 +271,6 @@ def test_quality_on_two_frames_per_set(tmp_path):
     assert energy["components"]["fs_laf"]["threshold_chosen_on"] == "fs_static"
     sweep = energy["planner"]["sweep"]
     assert set(sweep) == {"fs_laf", "fs_static", "road_anomaly", "highway_frames", "highway_clip"}
-    assert energy["planner"]["operating_points"]["normal 5 %"]["chosen_on"] == "highway_frames"
+    assert energy["planner"]["operating_points"]["normal rule"]["chosen_on"] == "highway_frames"
     assert (tmp_path / "quality_found_vs_stray_fs_laf.png").is_file()
     assert (tmp_path / "quality_found_vs_false_frames.png").is_file()

@@ -964,7 +964,8 @@ def test_obstacles_are_tracked_over_frames_and_the_debug_view_is_published(workd
     name = "/track_ns/pebal_detector"
     proc = NodeProcess(workdir, "-p", "restrict_to_drivable:=false", "-p", "threshold:=-1000.0",
                        "-p", "hysteresis:=0.0", "-p", "border_margin:=0.0", "-p", "horizon.margin:=.nan",
-                       "-p", "far_road_width:=0.0", "-p", "min_width_m:=0.0", "-p", "tracking.confirm_hits:=2",
+                       "-p", "far_road_width:=0.0", "-p", "min_width_m:=0.0", "-p", "max_width_share:=1.0",
+                       "-p", "max_known_share:=1.0", "-p", "tracking.confirm_hits:=2",
                        "-p", "tracking.confirm_window:=3", "-p", "tracking.hold_frames:=1",
                        namespace="/track_ns", checkpoint=checkpoint)
     outputs = peer.outputs(name)

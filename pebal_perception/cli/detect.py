@@ -79,10 +79,10 @@ def expand_inputs(inputs: list[Path]) -> list[Path]:
     found: list[Path] = []
     for path in inputs:
         if path.is_dir():
-            entries = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+            entries = sorted(p for p in path.rglob("*") if not p.name.startswith("."))
             kept = [p for p in entries if p.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES]
-            other = [p.relative_to(path).as_posix() for p in entries if p.suffix.lower()
-                     not in IMAGE_SUFFIXES | VIDEO_SUFFIXES]
+            other = [p.relative_to(path).as_posix() for p in entries
+                     if p.is_file() and p.suffix.lower() not in IMAGE_SUFFIXES | VIDEO_SUFFIXES]
             if other:
                 shown = ", ".join(other[:5]) + (", ..." if len(other) > 5 else "")
                 print(f"{PROG}: note: {path}: left out {len(other)} file(s) that are not images or videos: {shown}",
