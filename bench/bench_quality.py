@@ -398,14 +398,18 @@ def plot(results: dict, out_dir: Path) -> list[Path]:
         fig = Figure(figsize=(6.5, 4.5))
         ax = fig.add_subplot(1, 1, 1)
         for name, p in series:
-            pts = sorted((q["stray_per_frame"], q["found"]) for q in p["sweep"].get(key, []) if q["found"] is not None)
+            # in threshold order (a parametric curve): at very low thresholds regions merge and get rejected,
+            # so neither axis is monotone in the threshold
+            pts = [(q["stray_per_frame"], q["found"]) for q in sorted(p["sweep"].get(key, []),
+                                                                      key=lambda q: -q["threshold"])
+                   if q["found"] is not None]
             if pts:
-                ax.plot(*zip(*pts), marker=".", lw=1.2, label=name)
+                ax.plot(*zip(*pts), marker=".", lw=1.2, label=name, alpha=0.85)
         ax.axvline(STRAY_BUDGET, color="grey", ls=":", lw=0.8)
         ax.set(xlabel="stray regions per frame", ylabel="obstacles found (>= 25 % covered)", ylim=(0, 1.02),
-               xlim=(0, 2.0), title=f"found vs stray - {title} (node network size, single frames)")
+               xlim=(0, 1.0), title=f"found vs stray - {title} (node network size, single frames)")
         ax.grid(True, lw=0.4, alpha=0.5)
-        ax.legend(fontsize="small", loc="lower right")
+        ax.legend(fontsize="small", loc="upper right")
         fig.tight_layout()
         path = out_dir / f"quality_found_vs_stray_{key}.png"
         _save_figure(path, fig)
@@ -415,7 +419,7 @@ def plot(results: dict, out_dir: Path) -> list[Path]:
     for i, (name, p) in enumerate(series):
         laf = {q["threshold"]: q["found"] for q in p["sweep"].get("fs_laf", [])}
         clip = {q["threshold"]: q["frames_with_any"] for q in p["sweep"].get("highway_clip", [])}
-        pts = sorted((clip[t], laf[t]) for t in laf if t in clip and laf[t] is not None)
+        pts = [(clip[t], laf[t]) for t in sorted(laf, reverse=True) if t in clip and laf[t] is not None]
         if pts:
             ax.plot(*zip(*pts), marker=".", lw=1.2, color=f"C{i}", label=name)
         op = p["operating_points"].get(NORMAL_POINT, {}).get("sets", {})
@@ -504,9 +508,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--post", action="append", default=[], metavar="FIELD=VALUE",
                    help="post-processing change (a PostProcessConfig field) for every row of this run; the "
                         "rows are named with it (an ablation)")
+    p.add_argument("--report", action="store_true", help="run nothing: the table and plots of what --output holds")
     p.add_argument("--output", type=Path, default=RESULTS / "quality.json")
     p.add_argument("--plots", type=Path, default=RESULTS, help="folder of the plots")
     args = p.parse_args(argv)
+    if args.report:
+        stored = json.loads(args.output.read_text())["rows"]
+        args.plots.mkdir(parents=True, exist_ok=True)
+        plot(stored, args.plots)
+        print(table(stored))
+        return 0
     for needed in (SHARED / "benchmarks", SHARED / "assets"):
         if not needed.is_dir():
             print(f"bench_quality: skipped: {needed} is absent", file=sys.stderr)
