@@ -241,11 +241,13 @@ def pixel_pass(engine, kinds: tuple[str, ...], keep: Path | None, limit: int | N
 
 
 def tpr_threshold(acc, tpr: float = 0.95) -> float:
-    """The pixel threshold (score >= t) at which ``tpr`` of the positive pixels are detected."""
+    """The pixel threshold (score > t) at which ``tpr`` of the positive pixels are detected, by
+    ``pebal-calibrate --target-tpr``'s rule."""
+    from pebal_training.cli.calibrate import threshold_for_tpr
     from pebal_training.evaluate import sorted_scores
 
     pos, _ = sorted_scores(acc)
-    return float(pos[int(math.floor((1.0 - tpr) * pos.size))])
+    return threshold_for_tpr(pos, tpr)
 
 
 def _load(path: Path, kind: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:

@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -188,10 +187,11 @@ def synthetic_threshold(engine, seed: int, count: int) -> dict[str, Any]:
         scene = synthetic_scene(i, seed, CALIBRATION_STREAM)
         _, score = engine.score_frame(scene.image)
         acc.update(score, scene.anomaly)
+    from pebal_training.cli.calibrate import threshold_for_tpr
     from pebal_training.evaluate import sorted_scores
 
     pos, _ = sorted_scores(acc)
-    thr = float(pos[int(math.floor((1.0 - CALIBRATION_TPR) * pos.size))])
+    thr = threshold_for_tpr(pos, CALIBRATION_TPR)  # pebal-calibrate --target-tpr's rule
     return {"threshold": thr, "target_tpr": CALIBRATION_TPR, "scenes": count, **acc.compute(),
             "chosen_on": f"{count} held-out synthetic scenes (seed stream {CALIBRATION_STREAM})"}
 
