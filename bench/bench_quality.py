@@ -319,7 +319,7 @@ def planner_sweep(result: PixelPass, kind: str, meta: Any) -> dict:
     hysteresis = hysteresis_for(result, kind)
 
     def config(t: float):
-        return planner_config(t, meta, hysteresis=hysteresis, **POST_OVERRIDES)
+        return planner_config(t, meta, **{"hysteresis": hysteresis, **POST_OVERRIDES})  # --post wins
 
     clean = []
     for set_key, _, path in result.cached:  # the normal-driving rule, exactly as pebal-calibrate --normal
