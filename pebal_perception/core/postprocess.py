@@ -618,7 +618,9 @@ def lateral_erode(mask: np.ndarray, radius: int) -> np.ndarray:
 def at_analysis_width(width: int, score: np.ndarray, *label_maps: np.ndarray | None) -> tuple:
     """``score`` (linear) and each label map (nearest; None stays None) scaled to ``width`` columns, as
     :func:`process_frame` scales a frame before finding regions; unchanged when already at most that wide
-    (or ``width`` is 0). For offline sweeps that run one frame at many thresholds."""
+    (or ``width`` is 0). Offline sweeps call it once per frame to run the frame at many thresholds.
+    Linear, not area: the score map is already smooth (upsampled from the network, Gaussian-smoothed) and
+    a non-integer area resize of a full frame costs more than the whole region analysis."""
     h, w = score.shape
     if not 0 < width < w:
         return (score, *label_maps)
@@ -647,12 +649,9 @@ def process_frame(semantic: np.ndarray | None, score: np.ndarray, config: PostPr
         return _process(semantic, score, config, ground, horizon_hint)
     from pebal_perception.geometry import pixel_to_ground_point, scale_intrinsics
 
-    small = (max(1, int(round(h * config.analysis_width / w))), int(config.analysis_width))
+    score_s, semantic_s = at_analysis_width(config.analysis_width, score, semantic)
+    small = score_s.shape
     sx, sy = w / small[1], h / small[0]
-    # Linear, not area: the score map is already smooth (upsampled from the network, Gaussian-smoothed)
-    # and a non-integer area resize of a full frame costs more than the whole region analysis.
-    score_s = cv2.resize(score, small[::-1], interpolation=cv2.INTER_LINEAR)
-    semantic_s = None if semantic is None else cv2.resize(semantic, small[::-1], interpolation=cv2.INTER_NEAREST)
     ground_s = None
     if ground is not None and ground.usable:
         ground_s = replace(ground, K=scale_intrinsics(ground.K, (w, h), small[::-1]))
