@@ -222,17 +222,13 @@ def _scan_labels_masks(root: Path, title: str,
     images = _files(img_dir, IMAGE_EXTS)
     if not images:
         raise DatasetError(f"{img_dir}: no images (expected {title} images/*.png, *.jpg or *.webp)")
-    pairs, unlabelled = [], []
-    for img in images:
-        for pattern in LABELS_MASKS_NAMES:
-            lab = lab_dir / pattern.format(stem=img.stem)
-            if lab.is_file():
-                pairs.append((img, lab, img.stem))
-                break
-        else:
-            unlabelled.append(img.name)
-    if unlabelled and missing == "raise":
-        raise _no_label_error(lab_dir, unlabelled, "labels_masks/<stem>.png or <stem>_labels_semantic.png")
+
+    def label_name(img: Path) -> str:  # the first name that exists (the first one when none does)
+        names = [pattern.format(stem=img.stem) for pattern in LABELS_MASKS_NAMES]
+        return next((name for name in names if (lab_dir / name).is_file()), names[0])
+
+    pairs, unlabelled = _pair_by_stem(images, lab_dir, label_name,
+                                      "labels_masks/<stem>.png or <stem>_labels_semantic.png", missing=missing)
     if not pairs:
         raise DatasetError(f"{lab_dir}: none of the {len(images)} images has a label "
                            "(expected <stem>.png or <stem>_labels_semantic.png)")
