@@ -140,10 +140,37 @@ def wait_for(condition: Callable[[], Any], timeout: float = DEFAULT_TIMEOUT_S, i
 
 # ---------------------------------------------------------------------------------------------- processes
 
+def _die_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that has Linux kill the child when this process ends, however it ends (a crashed
+    or killed test run must not leave nodes of about a gigabyte behind), or None where that is not
+    available. Only from the main thread: the kernel sends the signal when the *thread* that started the
+    child ends, and a helper thread may end long before its child should."""
+    if not sys.platform.startswith("linux") or threading.current_thread() is not threading.main_thread():
+        return None
+    import ctypes
+
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved here: nothing to look up after fork
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        if os.getppid() != parent:  # the parent ended before the request was made
+            os._exit(1)
+
+    return preexec
+
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
 class ChildProcess:
     """A command run as a child process (``child_env``), its output in ``log_path`` (stderr too unless
-    ``stderr_path`` is given). Its stdin is closed, or with ``stdin_pipe`` a pipe that ``close_stdin()``
-    closes (for a child that stops at end of input)."""
+    ``stderr_path`` is given); it is killed when the test process ends (:func:`_die_with_parent`). Its
+    stdin is closed, or with ``stdin_pipe`` a pipe that ``close_stdin()`` closes (for a child that stops
+    at end of input)."""
 
     def __init__(self, cmd: Sequence[str | Path], log_path: Path, *, stderr_path: Path | None = None,
                  extra_env: Mapping[str, str] | None = None, cwd: Path | None = None, stdin_pipe: bool = False):
@@ -159,7 +186,8 @@ class ChildProcess:
             try:
                 self.proc = subprocess.Popen(self.cmd, stdout=out, stderr=err if err is not None else subprocess.STDOUT,
                                              stdin=subprocess.PIPE if stdin_pipe else subprocess.DEVNULL,
-                                             env=child_env(extra_env), cwd=str(cwd))
+                                             env=child_env(extra_env), cwd=str(cwd),
+                                             preexec_fn=_die_with_parent())
             finally:
                 if err is not None:
                     err.close()
