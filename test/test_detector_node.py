@@ -770,9 +770,14 @@ def test_drops_instead_of_queueing_and_sigint(workdir, checkpoint, peer):
         proc.stop(signal.SIGKILL if proc.alive() else signal.SIGINT)
 
 
-@pytest.mark.parametrize("case", ["corrupt", "missing_default", "wrong_type"])
+@pytest.mark.parametrize("case", ["corrupt", "missing_default", "wrong_type", "bad_qos_override"])
 def test_startup_failure_is_one_clear_line(workdir, case):
-    if case == "wrong_type":  # an override of the wrong type names the parameter and both types (without
+    if case == "bad_qos_override":  # with lazy_input the subscription is made later: checked at start-up
+        proc = ros_harness.NodeProcess(ros_harness.detector_args(
+            namespace="/bad_ns", image_topic="/bad_cam/image",
+            params=["lazy_input:=true", "qos_overrides./bad_cam/image.subscription.reliability:=sometimes"]),
+            workdir, separate_stderr=True)
+    elif case == "wrong_type":  # an override of the wrong type names the parameter and both types (without
         # the params file: rcl silently drops a -p override whose type differs from a params file's value)
         proc = ros_harness.NodeProcess(ros_harness.detector_args(namespace="/bad_ns", params_file=None,
                                                                  params=["min_obstacle_area:=abc"]),
@@ -793,7 +798,8 @@ def test_startup_failure_is_one_clear_line(workdir, case):
     assert len(lines) == 1, proc.stderr()
     assert lines[0].startswith("detector_node: error:") and "Traceback" not in proc.output()
     expected = {"corrupt": "corrupt.pt", "missing_default": "checkpoint",
-                "wrong_type": "parameter min_obstacle_area expects an integer, got a string 'abc'"}[case]
+                "wrong_type": "parameter min_obstacle_area expects an integer, got a string 'abc'",
+                "bad_qos_override": "qos_overrides./bad_cam/image.subscription.reliability"}[case]
     assert expected in lines[0], lines[0]
 
 
@@ -979,12 +985,14 @@ def test_obstacles_are_tracked_over_frames_and_the_debug_view_is_published(workd
         while len(results) < 4:
             assert proc.alive(), proc.output()
             assert time.monotonic() < deadline, f"only {len(results)} results:\n{proc.output()}"
-            try:
-                msg, result = send_and_wait(peer, outputs, lambda: image_msg(rgb, frame_id=uuid.uuid4().hex),
-                                            timeout=5.0, retry=2.0)
-            except AssertionError:
+            # One camera (one frame_id: tracks are kept per camera stream); a result is told by its stamp.
+            msg = image_msg(rgb, frame_id="track_cam")
+            peer.pub_image.publish(msg)
+            stamp = (msg.header.stamp.sec, msg.header.stamp.nanosec)
+            result = outputs["result"].wait(lambda m: (m.header.stamp.sec, m.header.stamp.nanosec) == stamp, 5.0)
+            if result is None:
                 continue
-            stamps.append((msg.header.stamp.sec, msg.header.stamp.nanosec))
+            stamps.append(stamp)
             results.append(result)
         first_reported = next(i for i, r in enumerate(results) if r.obstacles)
         reported = [r.obstacles for r in results[first_reported:]]
@@ -1004,9 +1012,11 @@ def test_obstacles_are_tracked_over_frames_and_the_debug_view_is_published(workd
 
         hood = [0.0, 0.75, 1.0, 0.75, 1.0, 1.0, 0.0, 1.0]  # the bottom quarter
         assert peer.set_parameters(name, Parameter("ego_mask.polygon", value=hood))[0].successful
-        fid = uuid.uuid4().hex
-        send_and_wait(peer, outputs, lambda: image_msg(rgb, frame_id=fid), timeout=TIMEOUT)
-        mask = to_array(outputs["obstacle_mask"].wait(same_frame(fid), 10.0))
+        msg = image_msg(rgb, frame_id="track_cam")  # the same camera: its confirmed track goes on
+        peer.pub_image.publish(msg)
+        stamp = (msg.header.stamp.sec, msg.header.stamp.nanosec)
+        mask = to_array(outputs["obstacle_mask"].wait(
+            lambda m: (m.header.stamp.sec, m.header.stamp.nanosec) == stamp, TIMEOUT))
         assert mask[:100].any() and not mask[125:].any()
     finally:
         proc.stop(signal.SIGTERM)
@@ -1140,3 +1150,74 @@ def test_lifecycle_node_transitions(workdir, checkpoint, peer):
     finally:
         proc.stop(signal.SIGTERM)
         broken.stop(signal.SIGTERM)
+
+
+def test_deactivate_during_a_long_frame_discards_it_and_one_worker_runs_the_model(checkpoint, monkeypatch):
+    """Deactivate while a frame takes longer than the deactivation waits: the call returns, the frame's
+    result is discarded and counted, a frame still waiting is dropped and counted, and after activate
+    the new worker waits for the old frame: never two frames in the model at once.
+
+    In this process, driven through the lifecycle callbacks, with a model that blocks until released."""
+    import torch
+    from builtin_interfaces.msg import Time
+    from rclpy.lifecycle import TransitionCallbackReturn
+    from std_msgs.msg import Header
+
+    from pebal_perception.node import detector_node
+    from pebal_perception.node.detector_node import LifecycleDetectorNode
+
+    class Gate(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner, self.calls, self.inside, self.most_inside = inner, 0, 0, 0
+            self.entered, self.release = threading.Event(), threading.Event()
+            self.lock = threading.Lock()
+
+        def forward(self, x):
+            with self.lock:
+                self.calls += 1
+                self.inside += 1
+                self.most_inside = max(self.most_inside, self.inside)
+            try:
+                self.entered.set()
+                self.release.wait(30)
+                return self.inner(x)
+            finally:
+                with self.lock:
+                    self.inside -= 1
+
+    monkeypatch.setattr(detector_node, "DEACTIVATE_WAIT_S", 0.3)
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    stop = threading.Event()
+    node = LifecycleDetectorNode(stop, context=context, namespace="/long_frame", cli_args=[
+        "--ros-args", "-p", f"checkpoint:={checkpoint}", "-p", "device:=cpu", "-p", "backend:=torch"])
+    rgb = scene_image(size=(96, 192))
+
+    def frame(sec: int):
+        return rgb, Header(frame_id="cam", stamp=Time(sec=sec)), time.perf_counter()
+
+    try:
+        assert node.on_configure(None) == TransitionCallbackReturn.SUCCESS
+        model = node.engine.model = Gate(node.engine.model)
+        assert node.on_activate(None) == TransitionCallbackReturn.SUCCESS
+        node.mailbox.put(frame(1))
+        assert model.entered.wait(TIMEOUT), "the worker never started the frame"
+        node.mailbox.put(frame(2))  # waits in the mailbox behind the long frame
+        assert node.on_deactivate(None) == TransitionCallbackReturn.SUCCESS  # returns without the frame
+        assert node.mailbox.dropped == 1  # the waiting frame: dropped, counted
+        assert node.on_activate(None) == TransitionCallbackReturn.SUCCESS
+        node.mailbox.put(frame(3))
+        time.sleep(0.5)
+        assert model.calls == 1  # the new worker waits for the abandoned frame
+        model.release.set()
+        assert ros_harness.wait_for(lambda: node._processed == 1, TIMEOUT), "frame 3 was not processed"
+        assert model.most_inside == 1 and model.calls == 2
+        assert node._discarded == 1  # frame 1's result was not published
+        assert node.on_deactivate(None) == TransitionCallbackReturn.SUCCESS
+    finally:
+        model.release.set()
+        stop.set()
+        node.stop()
+        node.destroy_node()
+        context.try_shutdown()

@@ -295,6 +295,25 @@ def test_mailbox_keeps_only_the_newest_frame():
     assert box.take(timeout=5) is None  # returns at once when closed
 
 
+def test_closing_the_mailbox_drops_a_waiting_frame_and_counts_it():
+    """A deactivated node must not process, after its next activation, a frame from before."""
+    box = LatestFrameMailbox()
+    box.put("stale")
+    assert box.close() is True and box.dropped == 1
+    box.open()
+    assert box.take(timeout=0.01) is None
+    assert box.close() is False and box.dropped == 1
+
+
+@pytest.mark.parametrize("track_id", [1, 2**30 - 1, 2**30, 2**30 + 1, 2**31, 2**32 - 1])
+def test_marker_ids_fit_int32_for_every_track_id(track_id):
+    from pebal_perception.node.outputs import marker_id
+
+    ids = [marker_id(track_id, text) for text in (False, True)]
+    assert all(0 <= i < 2**31 for i in ids) and ids[1] == ids[0] + 1
+    assert marker_id(track_id + 1, False) != ids[0]  # neighbouring tracks never share a marker
+
+
 def test_recent_events_reflect_only_the_window():
     now = [100.0]
     events = RecentEvents(10.0, clock=lambda: now[0])

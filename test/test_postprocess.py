@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import cv2
 import numpy as np
 import pytest
 
@@ -15,6 +16,7 @@ from pebal_perception.core.tracking import TrackingConfig
 
 ROAD, VEGETATION, SKY, CAR = 0, 8, 10, 13
 H, W = 60, 80
+MS_NS, S_NS = 1_000_000, 1_000_000_000
 
 
 def blank(value: float = 0.0, shape=(H, W)) -> np.ndarray:
@@ -430,7 +432,7 @@ def test_pipeline_static_object_confirm_hold_and_vanish():
     assert pipe.process(None, blank(), PLAIN, stamp_ns=5000).obstacles == []
 
 
-def test_pipeline_shape_change_resets():
+def test_pipeline_a_new_size_is_a_stream_of_its_own():
     pipe = ObstaclePipeline(TRACK)
     score = blank()
     score[20:30, 30:40] = 2.0
@@ -438,9 +440,88 @@ def test_pipeline_shape_change_resets():
     old_id = first[1].obstacles[0].track_id
     bigger = blank(shape=(H + 10, W))
     bigger[20:30, 30:40] = 2.0
-    assert pipe.process(None, bigger, PLAIN, stamp_ns=3000).obstacles == []  # tentative again
+    assert pipe.process(None, bigger, PLAIN, stamp_ns=3000).obstacles == []  # tentative in the new stream
     (obstacle,) = pipe.process(None, bigger, PLAIN, stamp_ns=4000).obstacles
     assert obstacle.track_id != old_id and obstacle.first_seen_ns == 3000 and obstacle.age_frames == 2
+    assert pipe.counters.streams == 2 and pipe.counters.obstacles_forgotten == 0
+
+
+def _persistent_obstacle(shape=(H, W)) -> np.ndarray:
+    score = blank(shape=shape)
+    h, w = shape
+    score[h // 3:h // 2, w // 3:w // 2] = 2.0
+    return score
+
+
+def _reported_in_last(frames, n: int = 15) -> int:
+    return sum(bool(f.obstacles) for f in frames[-n:])
+
+
+DEFAULT_TRACKING = TrackingConfig()  # k 3 of n 5, hold 2
+
+
+def test_pipeline_keeps_a_persistent_obstacle_when_sizes_alternate():
+    """Two cameras (or a source switching resolution) on one topic: each size keeps its own tracks."""
+    pipe = ObstaclePipeline(DEFAULT_TRACKING)
+    small, large = _persistent_obstacle((H, W)), _persistent_obstacle((2 * H, 2 * W))
+    frames = [pipe.process(None, small if i % 2 else large, PLAIN, stamp_ns=(i + 1) * 100 * MS_NS)
+              for i in range(30)]
+    assert _reported_in_last(frames) == 15
+    assert pipe.counters.jump_back_resets == 0 and pipe.counters.obstacles_forgotten == 0
+
+
+@pytest.mark.parametrize("stamps", [
+    [10 * S_NS - i * 100 * MS_NS for i in range(30)],  # a clock stepping backwards by 100 ms per frame
+    [10 * S_NS + (i // 2) * 100 * MS_NS - (i % 2) for i in range(30)],  # t, t - 1 ns: two sources on one topic
+])
+def test_pipeline_keeps_a_persistent_obstacle_when_stamps_step_back(stamps):
+    pipe = ObstaclePipeline(DEFAULT_TRACKING)
+    score = _persistent_obstacle()
+    frames = [pipe.process(None, score, PLAIN, stamp_ns=t) for t in stamps]
+    assert _reported_in_last(frames) == 15
+    assert pipe.counters.jump_back_resets == 0
+
+
+def test_pipeline_counts_and_announces_a_restart_when_time_jumps_back():
+    """A bag replayed in a loop: tracking restarts, and the reported obstacle it forgets is said."""
+    said = []
+    pipe = ObstaclePipeline(DEFAULT_TRACKING, on_forget=lambda text, lost: said.append((text, lost)))
+    score = _persistent_obstacle()
+    frames = [pipe.process(None, score, PLAIN, stamp_ns=10 * S_NS + i * 500 * MS_NS) for i in range(5)]
+    assert frames[-1].obstacles
+    after = pipe.process(None, score, PLAIN, stamp_ns=10 * S_NS)  # the loop starts over
+    assert after.obstacles == []  # to be confirmed again
+    counters = pipe.counters
+    assert (counters.jump_back_resets, counters.obstacles_forgotten) == (1, 1)
+    assert len(said) == 1 and "jumped back" in said[0][0] and "1 reported obstacle" in said[0][0] and said[0][1] == 1
+
+
+def test_pipeline_tells_cameras_apart_by_frame_id_with_unique_track_ids():
+    pipe = ObstaclePipeline(DEFAULT_TRACKING)
+    left, right = _persistent_obstacle(), blank()
+    right[40:50, 60:70] = 2.0
+    frames = {"left": [], "right": []}
+    for i in range(10):
+        for name, score in (("left", left), ("right", right)):
+            frames[name].append(pipe.process(None, score, PLAIN, stamp_ns=(i + 1) * 100 * MS_NS - (name == "left"),
+                                             stream=name))
+    left_ids = {o.track_id for f in frames["left"][-5:] for o in f.obstacles}
+    right_ids = {o.track_id for f in frames["right"][-5:] for o in f.obstacles}
+    assert len(left_ids) == len(right_ids) == 1 and not left_ids & right_ids
+    assert pipe.counters.streams == 2
+
+
+def test_pipeline_bounds_its_streams_and_counts_what_it_forgets():
+    said = []
+    pipe = ObstaclePipeline(DEFAULT_TRACKING, max_streams=2, on_forget=lambda text, lost: said.append((text, lost)))
+    score = _persistent_obstacle()
+    for i in range(4):
+        pipe.process(None, score, PLAIN, stamp_ns=i, stream="a")
+    for name in ("b", "c"):  # "a", least recently seen, goes
+        pipe.process(None, score, PLAIN, stamp_ns=5, stream=name)
+    counters = pipe.counters
+    assert (counters.streams, counters.streams_forgotten, counters.obstacles_forgotten) == (2, 1, 1)
+    assert len(said) == 1 and "'a'" in said[0][0] and said[0][1] == 1
 
 
 def test_pipeline_labels_follow_the_reported_order():
@@ -524,3 +605,41 @@ def test_boundary_band_lies_along_the_image_border_where_the_road_reaches_it():
     assert [o.bbox for o in frame.obstacles] == [(30, 40, 4, 6)]
     assert sorted(r.rejected for r in frame.regions) == ["", "off_road"]
     assert not frame.surface[50, :6].any() and frame.surface[50, 6:54].all()
+
+
+# ---------------------------------------------------------------------------------------------- bounded cost
+def _speckle(shape=(1080, 1920), period: int = 12) -> np.ndarray:
+    """A 2x2 blob every ``period`` pixels: 14,400 candidate regions at 1920x1080."""
+    score = blank(shape=shape)
+    for dy in (0, 1):
+        for dx in (0, 1):
+            score[dy::period, dx::period] = 2.0
+    score[500:540, 900:980] = 3.0  # one real-sized region among them
+    return score
+
+
+def test_candidate_regions_are_capped_largest_first_and_counted():
+    from pebal_perception.core.postprocess import MAX_REGIONS_PER_FRAME
+
+    score = _speckle()
+    config = PostProcessConfig(threshold=1.0, min_obstacle_area=1)
+    frame = process_frame(None, score, config)
+    total = int(cv2.connectedComponents((score > 1.0).astype(np.uint8))[0]) - 1
+    assert len(frame.regions) == MAX_REGIONS_PER_FRAME
+    assert frame.regions_over_cap == total - MAX_REGIONS_PER_FRAME
+    assert max(r.area for r in frame.regions) >= 80 * 40  # the largest is always examined
+
+
+def test_a_frame_full_of_regions_tracks_only_the_capped_ones():
+    """The tracker and the relabelling see at most MAX_REGIONS_PER_FRAME detections per frame: their
+    cost stays bounded (tracking compares every track with every detection)."""
+    from pebal_perception.core.postprocess import MAX_REGIONS_PER_FRAME
+
+    pipe = ObstaclePipeline(TrackingConfig(confirm_hits=1, confirm_window=1, hold_frames=0))
+    config = PostProcessConfig(threshold=1.0, min_obstacle_area=1)
+    frame = pipe.process(None, _speckle(), config, stamp_ns=1)
+    assert len(frame.obstacles) == MAX_REGIONS_PER_FRAME
+    assert frame.labels.max() == MAX_REGIONS_PER_FRAME and frame.mask.sum() == sum(o.area for o in frame.obstacles)
+    for obstacle in frame.obstacles[:5]:
+        x, y, w, h = obstacle.bbox
+        assert (frame.labels[y:y + h, x:x + w] == obstacle.id + 1).all()

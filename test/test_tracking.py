@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from pebal_perception.core.tracking import MAX_TRACK_ID, Detection, ObstacleTracker, Track, TrackingConfig
+from pebal_perception.core.tracking import JUMP_BACK_NS, MAX_TRACK_ID, Detection, ObstacleTracker, Track, TrackingConfig
 
 MS = 1_000_000
 
@@ -146,14 +146,23 @@ def test_hits_count_only_the_window():
     assert [o[0].hits for o in out] == [1, 2, 3, 3, 3, 2, 1]
 
 
-def test_time_going_backwards_resets():
+def test_time_jumping_back_resets_and_is_counted():
     tracker = ObstacleTracker(TrackingConfig(confirm_hits=2, confirm_window=3, hold_frames=2))
-    assert ids(run(tracker, [[det(10)]] * 3, start=10)[-1]) == [1]
-    out = tracker.update([det(10)], 5 * 100 * MS)  # bag looped: earlier stamp
+    assert ids(run(tracker, [[det(10)]] * 3, start=100)[-1]) == [1]
+    out = tracker.update([det(10)], 5 * 100 * MS)  # bag looped: 9.7 s earlier
     assert out == []
     assert [(t.track_id, t.age_frames, t.first_seen_ns) for t in tracker.tracks] == [(2, 1, 500 * MS)]
+    assert (tracker.jump_back_resets, tracker.forgotten_on_reset) == (1, 1)
     out = tracker.update([det(10)], 6 * 100 * MS)
     assert ids(out) == [2]  # ids are not reused after a reset
+
+
+def test_a_small_step_back_in_time_keeps_the_tracks():
+    """Out-of-order frames or a clock stepping back (less than JUMP_BACK_NS) are one timeline."""
+    tracker = ObstacleTracker(TrackingConfig(confirm_hits=2, confirm_window=3, hold_frames=2))
+    run(tracker, [[det(10)]] * 3, start=100)
+    out = tracker.update([det(10)], 102 * 100 * MS - JUMP_BACK_NS)
+    assert ids(out) == [1] and tracker.jump_back_resets == 0
 
 
 def test_reset_forgets_tracks_keeps_counter():
@@ -219,7 +228,7 @@ def test_deterministic_order():
 def test_ids_wrap_in_uint32_range_and_skip_live_ones():
     tracker = ObstacleTracker(TrackingConfig(confirm_hits=1, confirm_window=3, hold_frames=3))
     tracker.update([det(10)], 0)  # id 1 stays alive
-    tracker._next_id = MAX_TRACK_ID
+    tracker._ids._next = MAX_TRACK_ID
     out = tracker.update([det(10), det(200), det(400)], 1)
     assert ids(out) == [1, 2, MAX_TRACK_ID]
     assert all(0 < i <= MAX_TRACK_ID for i in ids(out))

@@ -18,8 +18,12 @@ Rules, per call of ``ObstacleTracker.update`` (one frame):
   k-1 frames it would not reach k hits (it could not be confirmed sooner than a fresh track).
 * Ids start at 1 and are never reused within a tracker's life (``reset`` does not restart them); after
   2**32 - 1 they wrap to 1, skipping ids still in use.
-* Time: equal stamps are allowed (each call is a frame); a stamp older than the previous one (time went
-  backwards, e.g. a bag replayed in a loop) resets the tracker before the frame is processed.
+* Time: equal stamps are allowed (each call is a frame), and so is a stamp up to ``JUMP_BACK_NS`` older
+  than the previous frame's (frames delivered out of order, two cameras on one topic, a clock stepping
+  backwards): such a frame is tracked as usual. A stamp more than ``JUMP_BACK_NS`` older starts a new
+  timeline (a bag replayed from its start, a clock reset): the tracker resets before the frame is
+  processed and counts it (``jump_back_resets``, and the reported obstacles it forgot in
+  ``forgotten_on_reset``) so that the caller can say so.
 * ``TrackingConfig(enabled=False)``, or k = n = 1 with m = 0, reports every detection in the frame it is
   seen and never holds one. When disabled, every detection is reported as a fresh track (age 1,
   missed 0, confirmed), with a new id per detection: ids are then NOT stable across frames.
@@ -39,6 +43,10 @@ import numpy as np
 
 #: Track ids are uint32 on the wire; 0 is never used.
 MAX_TRACK_ID = 2**32 - 1
+
+#: A frame stamped more than this before the previous one starts a new timeline (module docstring);
+#: a smaller step back is jitter or reordering within one drive, which must not drop what is tracked.
+JUMP_BACK_NS = 1_000_000_000
 
 
 def _check_int(name: str, value: Any, minimum: int) -> None:
@@ -145,18 +153,36 @@ def _iou_and_distance(track_boxes: np.ndarray, det_boxes: np.ndarray) -> tuple[n
     return iou, np.hypot(dx, dy), np.sqrt(np.maximum(area_t, area_d))
 
 
-class ObstacleTracker:
-    """k-of-n confirmation, m-frame hold and stable ids for per-frame detections (rules: module doc)."""
+class TrackIds:
+    """The id counter of one or more trackers: trackers that share one (the streams of one topic) never
+    hand out the same id while both use it."""
 
-    def __init__(self, config: TrackingConfig = TrackingConfig()) -> None:
+    def __init__(self) -> None:
+        self._next = 1
+
+    def allocate(self, in_use: set[int]) -> int:
+        while True:
+            track_id = self._next
+            self._next = 1 if self._next >= MAX_TRACK_ID else self._next + 1
+            if track_id not in in_use:
+                return track_id
+
+
+class ObstacleTracker:
+    """k-of-n confirmation, m-frame hold and stable ids for per-frame detections (rules: module doc).
+    ``ids``: a counter shared with other trackers (default: its own)."""
+
+    def __init__(self, config: TrackingConfig = TrackingConfig(), ids: TrackIds | None = None) -> None:
         if not isinstance(config, TrackingConfig):
             raise ValueError(f"config must be a TrackingConfig, got {type(config).__name__}")
         self._config = config
         self._pending: TrackingConfig | None = None
-        self._next_id = 1
+        self._ids = ids if ids is not None else TrackIds()
         self._tracks: list[Track] = []  # live tracks, ascending id (ids only grow until a wrap)
         self._history: dict[int, deque[bool]] = {}  # track id -> detected?, oldest first, last n frames
         self._last_stamp: int | None = None
+        self.jump_back_resets = 0  # resets because a stamp jumped back by more than JUMP_BACK_NS
+        self.forgotten_on_reset = 0  # reported (confirmed) tracks those resets dropped
 
     @property
     def config(self) -> TrackingConfig:
@@ -188,7 +214,8 @@ class ObstacleTracker:
 
     def update(self, detections: Sequence[Detection], stamp_ns: int) -> list[Track]:
         """Associates, updates, returns the tracks to REPORT this frame (confirmed, not beyond hold), sorted by
-        track_id. A stamp older than the previous one resets the tracker first."""
+        track_id. A stamp more than ``JUMP_BACK_NS`` older than the previous one resets the tracker first
+        (counted in ``jump_back_resets``)."""
         if isinstance(stamp_ns, bool):
             raise ValueError(f"stamp_ns must be an integer, got {stamp_ns!r}")
         try:
@@ -198,7 +225,9 @@ class ObstacleTracker:
         for det in detections:
             if not isinstance(det, Detection):
                 raise ValueError(f"detections must be Detection objects, got {type(det).__name__}")
-        if self._last_stamp is not None and stamp < self._last_stamp:
+        if self._last_stamp is not None and stamp < self._last_stamp - JUMP_BACK_NS:
+            self.jump_back_resets += 1
+            self.forgotten_on_reset += sum(t.reported for t in self._tracks)
             self.reset()
         self._apply_pending_config()
         self._last_stamp = stamp
@@ -254,12 +283,7 @@ class ObstacleTracker:
                 track.hits = sum(self._history[track.track_id])
 
     def _allocate_id(self) -> int:
-        in_use = {t.track_id for t in self._tracks}
-        while True:
-            track_id = self._next_id
-            self._next_id = 1 if self._next_id >= MAX_TRACK_ID else self._next_id + 1
-            if track_id not in in_use:
-                return track_id
+        return self._ids.allocate({t.track_id for t in self._tracks})
 
     def _associate(self, detections: Sequence[Detection]) -> dict[int, int]:
         """Track id -> detection index, greedy as described in the module docstring."""

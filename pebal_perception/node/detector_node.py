@@ -19,12 +19,16 @@ Outputs (reliable, keep-last 5), stamped with the input image's header, at the i
 Diagnostics
 -----------
 The counters in ``/diagnostics`` are cumulative since start-up. The status *level* reflects the last
-``diagnostics.window_s`` seconds (default 10): ERROR while a frame failed to process within the window,
-WARN while a frame was dropped for lack of device memory, an input image was rejected or input frames
-were lost in transport within it (lost frames are also logged, rate-limited, with the remedy: the
-large-image Fast DDS profile on the publisher too), and also WARN while the model runs degraded after
-running out of memory, before the first image, and while the latest camera_info is unusable although
-ground positions are configured; OK otherwise. Once failures stop, the level returns to OK after one window.
+``diagnostics.window_s`` seconds (default 10): ERROR while a frame failed to process within the window, WARN
+while a frame was dropped for lack of device memory, an input image was rejected or input frames were lost in
+transport within it (lost frames are also logged, rate-limited, with the remedy: the large-image Fast DDS
+profile on the publisher too), and also WARN while the model runs degraded after running out of memory, before
+the first image, after a frame had more candidate regions than are examined (``regions_over_cap``: the largest
+``MAX_REGIONS_PER_FRAME`` are), after tracking had to forget reported obstacles (a stamp jumped back by more
+than a second, e.g. a bag replayed in a loop, or more camera streams than it tracks at once; each camera
+stream is a frame_id and image size with tracks of its own: ``tracking_*`` keys), and while the latest
+camera_info is unusable although ground positions are configured; OK otherwise.
+Once failures stop, the level returns to OK after one window.
 
 camera_info
 -----------
@@ -95,6 +99,7 @@ from pebal_perception.node.outputs import OUTPUT_TOPICS, MessageClasses, build_o
 from pebal_perception.node.params import (DEVICES, NODE_NAME, PARAMETERS, PARAMETERS_BY_NAME, ParamSpec,
                                           RuntimeSettings, initial_settings, parse_threshold,
                                           plan_parameter_batch, type_mismatch)
+from pebal_perception.core.postprocess import MAX_REGIONS_PER_FRAME
 from pebal_perception.node.processing import (FrameOutOfMemory, GroundModel, LatestFrameMailbox, ObstaclePipeline,
                                               OomGuardedInference, RecentEvents, check_camera_info, make_ground_model,
                                               parse_oom_fallback, rescale_warning)
@@ -112,6 +117,23 @@ TYPE_NAMES = {**{kind: name for name, kind in PARAMETER_TYPES.items()},
               ParameterType.PARAMETER_NOT_SET: "not set", ParameterType.PARAMETER_BYTE_ARRAY: "byte_array",
               ParameterType.PARAMETER_BOOL_ARRAY: "bool_array", ParameterType.PARAMETER_INTEGER_ARRAY: "integer_array",
               ParameterType.PARAMETER_STRING_ARRAY: "string_array"}
+
+
+#: Values a QoS override may take, per policy (rclpy's enum names, lower case).
+QOS_OVERRIDE_CHOICES = {"reliability": ("reliable", "best_effort", "system_default"),
+                        "history": ("keep_last", "keep_all", "system_default")}
+
+
+def qos_override_problem(policy: str, value: Any) -> str | None:
+    """Why ``value`` cannot be the ``policy`` of a subscription's QoS override, or None."""
+    if policy == "depth":
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            return f"expected a non-negative integer, got {value!r}"
+        return None
+    choices = QOS_OVERRIDE_CHOICES[policy]
+    if not isinstance(value, str) or value.lower() not in choices:
+        return f"expected one of {', '.join(choices)}, got {value!r}"
+    return None
 
 
 class StartupError(Exception):
@@ -218,6 +240,8 @@ class DetectorBehaviour:
         self._processed = 0
         self._images_built = 0  # output images computed (each only while subscribed)
         self._failed = 0  # taken from the mailbox but not published (processing error, out of memory)
+        self._discarded = 0  # processed but not published: the node was deactivated during the frame
+        self._regions_over_cap = 0  # candidate regions left out beyond MAX_REGIONS_PER_FRAME
         self._lost_in_transport = 0  # reported lost by the middleware: never reached _on_image
         self._proc_times: deque[float] = deque(maxlen=200)  # (receive -> publish) ms, last window
         self._infer_times: deque[float] = deque(maxlen=200)
@@ -231,19 +255,23 @@ class DetectorBehaviour:
         self._camera_info_problem: str | None = None  # why the latest camera_info was refused
         self._rescale_warned: set[tuple[tuple[int, int], tuple[int, int]]] = set()
         self.mailbox = LatestFrameMailbox()
-        self.pipeline: ObstaclePipeline | None = None  # post-processing with memory (tracking); worker only
+        # Post-processing with memory (tracking), used by the worker only; its counts stay for the node's life.
+        self.pipeline = ObstaclePipeline(on_forget=self._on_tracking_forgot)
         self.converter = ImageConverter()
         self.engine = None
         self._settings: RuntimeSettings | None = None  # None until configured
         self._entities: list[tuple[Any, Any]] = []  # (destroy method, entity) for what _open created
         self._input_subscriptions: list[Any] = []
+        # One worker at a time runs the engine. A deactivation that outlasts DEACTIVATE_WAIT_S leaves the
+        # worker to finish its frame (then discarded); the next worker waits for it before it starts.
         self._worker: threading.Thread | None = None
-        self._worker_stop = threading.Event()
+        self._worker_stop = threading.Event()  # the current worker's own: a new one per activation
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self._parameter_service = AllOrNoneParameterService(self)
 
     def _configure(self) -> None:
         """Loads the model and builds the settings from the parameters; StartupError says why not."""
+        self._check_qos_overrides()  # the subscriptions apply them later (lazy_input: much later)
         self._load_engine()  # raises StartupError
         try:
             # Everything a run-time change may alter, in one immutable object: replaced whole (one
@@ -279,8 +307,9 @@ class DetectorBehaviour:
         else:
             self._subscribe_inputs()
         self.mailbox.open()
-        self._worker_stop.clear()
-        self._worker = threading.Thread(target=self._work, name="pebal-inference", daemon=True)
+        previous, self._worker_stop = self._worker, threading.Event()
+        self._worker = threading.Thread(target=self._work, args=(self._worker_stop, previous),
+                                        name="pebal-inference", daemon=True)
         self._worker.start()
         image_qos = self._input_qos_text()
         self.get_logger().info(
@@ -292,24 +321,34 @@ class DetectorBehaviour:
                if self._value("lazy_input") else f"subscribed to {self.resolve_topic_name('image')} ({image_qos})"))
 
     def _stop_worker(self, timeout: float) -> None:
-        """Ends the worker thread (it finishes its frame if that takes less than ``timeout`` s)."""
+        """Ends the worker thread: it finishes its frame if that takes less than ``timeout`` s, else the
+        frame's result is discarded when it is done (counted). A frame still waiting is dropped (counted)."""
         self._worker_stop.set()
         self.mailbox.close()
         if self._worker is not None and self._worker.is_alive():
             self._worker.join(timeout)
+            if self._worker.is_alive():
+                self.get_logger().warning(
+                    f"stopped while a frame has been processing for over {timeout:g} s: its result will be "
+                    "discarded, and the next activation starts processing once it is done")
+            else:
+                self._worker = None
+        else:
+            self._worker = None
 
     def _close(self, timeout: float = 1.5) -> None:
         """Stops the worker and destroys what :meth:`_open` created."""
         self._stop_worker(timeout)
-        self._worker = None
         self._unsubscribe_inputs()
         for destroy, entity in reversed(self._entities):
             destroy(entity)
         self._entities = []
-        self.pipeline = None  # tracks do not survive a deactivation
 
     def _release(self) -> None:
-        """Drops the model (and its device memory)."""
+        """Drops the model (and its device memory), once a worker abandoned in a long frame is done with it
+        (waiting at most DEACTIVATE_WAIT_S: a configure must not hold two models)."""
+        if self._worker is not None and self._worker.is_alive():
+            self._worker.join(DEACTIVATE_WAIT_S)
         engine, self.engine, self._settings = self.engine, None, None
         if engine is not None:
             del engine
@@ -335,6 +374,22 @@ class DetectorBehaviour:
 
     def _value_or(self, name: str, default: Any) -> Any:
         return self.get_parameter(name).value if self.has_parameter(name) else default
+
+    def _input_topics(self) -> list[str]:
+        return [self.resolve_topic_name(name) for name in
+                ("image", *(("image/compressed",) if self._value("subscribe_compressed") else ()), "camera_info")]
+
+    def _check_qos_overrides(self) -> None:
+        """The ``qos_overrides.<input>.subscription.*`` values rclpy will apply, checked now: rclpy only
+        reads them when it subscribes, and a bad one then fails deep inside a timer or a transition."""
+        for topic in self._input_topics():
+            for policy, parameter in ((policy, f"qos_overrides.{topic}.subscription.{policy}")
+                                      for policy in ("reliability", "history", "depth")):
+                given = self._parameter_overrides.get(parameter)
+                if given is not None:
+                    problem = qos_override_problem(policy, given.value)
+                    if problem:
+                        raise StartupError(f"invalid parameter {parameter}: {problem}")
 
     def _subscribe_inputs(self) -> None:
         if self._input_subscriptions:
@@ -547,17 +602,31 @@ class DetectorBehaviour:
         self._ground_cache = (key, model)
         return model
 
+    def _on_tracking_forgot(self, text: str, reported_lost: int) -> None:
+        """Tracking restarted or dropped a camera stream (counted by the pipeline): logged; a WARN status
+        too when reported obstacles were dropped (they must be confirmed again)."""
+        if reported_lost:
+            self._events.note("tracking_forgot", text)
+            self.get_logger().warning(text, throttle_duration_sec=5.0)
+        else:
+            self.get_logger().info(text, throttle_duration_sec=30.0)
+
     # ---------------------------------------------------------------------------------- worker
-    def _work(self) -> None:
+    def _work(self, stop: threading.Event, previous: threading.Thread | None) -> None:
+        """The worker of one activation (until ``stop``); it starts once ``previous``, a worker abandoned
+        in a long frame by a deactivation, has finished, so that one frame at a time uses the engine."""
         import torch
 
         torch.set_grad_enabled(False)
-        while not (self._stop.is_set() or self._worker_stop.is_set()):
+        while previous is not None and previous.is_alive() and not (self._stop.is_set() or stop.is_set()):
+            previous.join(0.2)
+        self.pipeline.reset()  # tracks do not survive a deactivation; no other worker uses it now
+        while not (self._stop.is_set() or stop.is_set()):
             item = self.mailbox.take(timeout=0.2)
             if item is None:
                 continue
             try:
-                self._process(*item)
+                self._process(*item, stop=stop)
             except FrameOutOfMemory as exc:  # also counted by self.inference; the next frame may fit
                 with self._lock:
                     self._failed += 1
@@ -570,19 +639,25 @@ class DetectorBehaviour:
                 self.get_logger().error(f"processing failed: {type(exc).__name__}: {exc}",
                                         throttle_duration_sec=5.0)
 
-    def _process(self, rgb: np.ndarray, header: Any, received: float) -> None:
+    def _process(self, rgb: np.ndarray, header: Any, received: float, stop: threading.Event) -> None:
         settings = self._settings  # one snapshot for the whole frame
         # Shared with `pebal-bag process`: network + scoring, one host synchronisation per frame.
         # Out-of-memory errors are retried / degraded by self.inference (see oom_fallback).
         semantic, score, infer_ms = self.inference(rgb, smoothing=settings.smoothing)
         h, w = score.shape
-        if self.pipeline is None:
-            self.pipeline = ObstaclePipeline(settings.tracking)
-        elif self.pipeline.tracker.config != settings.tracking:
+        if self.pipeline.tracking != settings.tracking:
             self.pipeline.set_tracking(settings.tracking)
         stamp = int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
-        frame = self.pipeline.process(semantic, score, settings.config, stamp, self._ground_model(w, h, settings))
-        if self._stop.is_set() or self._worker_stop.is_set():  # shutting down or deactivating
+        frame = self.pipeline.process(semantic, score, settings.config, stamp, self._ground_model(w, h, settings),
+                                      stream=header.frame_id)
+        if frame.regions_over_cap:
+            with self._lock:
+                self._regions_over_cap += frame.regions_over_cap
+            self._events.note("regions_over_cap", f"{frame.regions_over_cap} candidate regions left out "
+                                                  f"beyond {MAX_REGIONS_PER_FRAME} per frame (the smallest)")
+        if self._stop.is_set() or stop.is_set():  # shut down or deactivated during the frame
+            with self._lock:
+                self._discarded += 1
             return
         publishers = self.publishers_by_topic
         wanted = {topic for topic, pub in publishers.items() if topic != "result" and pub.get_subscription_count() > 0}
@@ -614,6 +689,7 @@ class DetectorBehaviour:
             with self._lock:
                 t0, received0, processed0 = self._last_diag
                 received, processed, failed = self._received, self._processed, self._failed
+                discarded, regions_over_cap = self._discarded, self._regions_over_cap
                 images_built = self._images_built
                 lost = self._lost_in_transport
                 self._last_diag = (now, received, processed)
@@ -634,6 +710,9 @@ class DetectorBehaviour:
             oom_dropped = events.recent("out_of_memory_dropped")
             rejection = events.recent("rejected")
             lost_recently = events.recent("lost_in_transport")
+            tracking_forgot = events.recent("tracking_forgot")
+            capped = events.recent("regions_over_cap")
+            tracked = self.pipeline.counters
             status.level, status.message = DiagnosticStatus.OK, "running"
             if failure:
                 status.level = DiagnosticStatus.ERROR
@@ -653,6 +732,12 @@ class DetectorBehaviour:
                 status.level = DiagnosticStatus.WARN
                 status.message = (f"input frames lost in transport (last {lost_recently[0]:.0f} s ago, "
                                   f"{lost_recently[1]}): see the node's log for the remedy")
+            elif capped:
+                status.level = DiagnosticStatus.WARN
+                status.message = f"too many candidate regions {capped[0]:.0f} s ago: {capped[1]}"
+            elif tracking_forgot:
+                status.level = DiagnosticStatus.WARN
+                status.message = f"tracking forgot obstacles {tracking_forgot[0]:.0f} s ago: {tracking_forgot[1]}"
             elif camera_info_problem and settings.positions_wanted:
                 status.level = DiagnosticStatus.WARN
                 status.message = f"no ground positions: camera_info ignored ({camera_info_problem})"
@@ -672,9 +757,15 @@ class DetectorBehaviour:
                 ("input_subscribed", "yes" if self._input_subscriptions else "no"),
                 ("dropped_frames", str(dropped)),
                 ("frames_failed", str(failed)),
+                ("frames_discarded_at_deactivation", str(discarded)),
                 ("frames_lost_in_transport", str(lost)),
                 ("rejected_total", str(sum(rejected.values()))),
                 ("camera_info_rejected", str(camera_info_rejected)),
+                ("regions_over_cap", str(regions_over_cap)),
+                ("tracking_streams", str(tracked.streams)),
+                ("tracking_restarts", str(tracked.jump_back_resets)),
+                ("tracking_streams_forgotten", str(tracked.streams_forgotten)),
+                ("tracking_obstacles_forgotten", str(tracked.obstacles_forgotten)),
                 *((f"rejected.{reason}", str(count)) for reason, count in sorted(rejected.items())),
                 ("out_of_memory_frames", str(oom.out_of_memory)),
                 ("out_of_memory_dropped", str(oom.dropped)),
@@ -722,7 +813,10 @@ class LifecycleDetectorNode(DetectorBehaviour, LifecycleNode):
     - configure: the model is loaded and the settings built (a checkpoint or parameter problem fails
       the transition, logged, and the node stays unconfigured);
     - activate: publishers, subscriptions, timers and the worker are created;
-    - deactivate: all of those are destroyed (the frame in progress is finished first);
+    - deactivate: all of those are destroyed; the frame in progress is waited for up to
+      ``DEACTIVATE_WAIT_S``, a longer one is left to finish and its result discarded
+      (``frames_discarded_at_deactivation``), and the next activation's worker starts once it is done
+      (one frame at a time per model); a frame still waiting is dropped (``dropped_frames``);
     - cleanup: the model is released; shutdown: everything is.
     """
 

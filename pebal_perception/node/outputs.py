@@ -112,6 +112,12 @@ DEFAULT_MARKER_WIDTH_M = 0.5  # when the obstacle's width is unknown
 TEXT_HEIGHT_M = 0.4
 
 
+def marker_id(ident: int, text: bool) -> int:
+    """The Marker id (int32) of an obstacle's box or text: two per track id, wrapping after 2**30 track
+    ids so that a long-running node never overflows the field (ids 2**30 apart would share a marker)."""
+    return 2 * ((ident - 1) % 2**30) + int(text)
+
+
 def obstacle_markers(obstacles, header: Any, marker_cls: Any, array_cls: Any) -> Any:
     """``visualization_msgs/MarkerArray`` for RViz: a DELETEALL first (so obstacles that disappeared, or
     lost their position, vanish), then per obstacle with a finite ground position a box standing on the
@@ -130,7 +136,7 @@ def obstacle_markers(obstacles, header: Any, marker_cls: Any, array_cls: Any) ->
         for kind, offset in ((marker_cls.CUBE, size / 2), (marker_cls.TEXT_VIEW_FACING, size + TEXT_HEIGHT_M)):
             m = marker_cls()
             m.header, m.ns, m.action, m.type = header, MARKER_NAMESPACE, marker_cls.ADD, kind
-            m.id = 2 * ident + (kind == marker_cls.TEXT_VIEW_FACING)
+            m.id = marker_id(ident, kind == marker_cls.TEXT_VIEW_FACING)
             m.pose.position.x, m.pose.position.y, m.pose.position.z = x, y - offset, z  # y points down
             m.pose.orientation.w = 1.0
             if kind == marker_cls.CUBE:

@@ -255,10 +255,18 @@ class LatestFrameMailbox:
             item, self._item = self._item, None
             return item
 
-    def close(self) -> None:
+    def close(self) -> bool:
+        """Stops accepting frames; a frame still waiting is discarded (counted in ``dropped``, as it was
+        never processed) so that nothing stale is processed after a re-activation. Returns True when one
+        was."""
         with self._cond:
             self._closed = True
+            discarded = self._item is not None
+            if discarded:
+                self.dropped += 1
+            self._item = None
             self._cond.notify_all()
+            return discarded
 
     def open(self) -> None:
         """Accepts frames again after :meth:`close` (a managed node activated again)."""
