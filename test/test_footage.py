@@ -290,3 +290,336 @@ def test_camera_publishes_the_frames(folder, calibration, tmp_path):
         assert lines[0].startswith("pebal-camera: publishing") and lines[-1].startswith("pebal-camera: published")
     finally:
         peer.close()
+
+
+# -------------------------------------------------------------------------------- limits at every entry
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A PNG whose header (IHDR, CRC correct) claims ``width x height`` but whose pixel data is a few bytes:
+    a size over the limits costs nothing to make, and only a decoder that trusts the header allocates it."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+            + chunk(b"IEND", b""))
+
+
+def write_video(path: Path, size: tuple[int, int], count: int, noise: bool = False) -> Path:
+    w, h = size
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), VIDEO_FPS, (w, h))
+    assert writer.isOpened(), "this OpenCV cannot write MJPG"
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        writer.write(rng.integers(0, 256, (h, w, 3), dtype=np.uint8) if noise else frame_bgr(i, (w, h)))
+    writer.release()
+    return path
+
+
+def one_error_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+@pytest.mark.parametrize("placement", ["file", "folder"])
+def test_image_over_the_pixel_limit_is_refused_from_its_header(capsys, tmp_path, placement):
+    """16000x16000 (256 MP) in a 100-byte PNG: refused from the header, nothing decoded, no bag."""
+    big = tmp_path / "big.png"
+    if placement == "folder":
+        big = tmp_path / "frames" / "big.png"
+        big.parent.mkdir()
+    big.write_bytes(png_claiming(16000, 16000))
+    out = tmp_path / "out_bag"
+    rc, _, err = run(capsys, "from-video", big if placement == "file" else big.parent, "-o", out, "-q")
+    line = one_error_line(err)
+    assert rc == 1 and line.startswith(f"pebal-bag: error: {big}: ") and "16000x16000" in line and "pixels" in line
+    assert leftovers(tmp_path, out.name) == []
+
+
+def _thin_input(kind: str, base: Path) -> Path:
+    if kind == "1x1 image":
+        path = base / "dot.png"
+        assert cv2.imwrite(str(path), np.zeros((1, 1, 3), np.uint8))
+    elif kind == "100000x1 image":
+        path = base / "line.png"
+        assert cv2.imwrite(str(path), np.zeros((1, 100_000, 3), np.uint8))
+    elif kind == "folder of 1x1 images":
+        path = base / "dots"
+        path.mkdir()
+        for i in range(3):
+            assert cv2.imwrite(str(path / f"{i}.png"), np.zeros((1, 1, 3), np.uint8))
+    elif kind == "4000x100 video":
+        path = write_video(base / "strip.avi", (4000, 104), 2)
+    else:
+        raise AssertionError(kind)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["1x1 image", "100000x1 image", "folder of 1x1 images", "4000x100 video"])
+def test_tiny_or_thin_frames_are_refused_at_entry(capsys, tmp_path, kind):
+    """Frames the detector cannot use are refused when they come in, not written to a bag."""
+    path = _thin_input(kind, tmp_path)
+    out = tmp_path / "out_bag"
+    rc, _, err = run(capsys, "from-video", path, "-o", out, "-q")
+    line = one_error_line(err)
+    assert rc == 1 and line.startswith(f"pebal-bag: error: {path}"), line
+    assert "aspect ratio" in line or "smaller than" in line, line
+    assert leftovers(tmp_path, out.name) == []
+
+
+class ScriptedCapture:
+    """Stands in for cv2.VideoCapture: reports ``size`` (WxH) and returns ``frames`` (counting reads)."""
+
+    reads = 0
+
+    def __init__(self, size: tuple[int, int], frames: list[np.ndarray]):
+        self.size, self.frames = size, list(frames)
+
+    def isOpened(self) -> bool:  # noqa: N802 - OpenCV's name
+        return True
+
+    def get(self, prop: int) -> float:
+        return {cv2.CAP_PROP_FRAME_WIDTH: self.size[0], cv2.CAP_PROP_FRAME_HEIGHT: self.size[1],
+                cv2.CAP_PROP_FPS: VIDEO_FPS, cv2.CAP_PROP_FRAME_COUNT: len(self.frames)}.get(prop, 0.0)
+
+    def read(self):
+        ScriptedCapture.reads += 1
+        return (True, self.frames.pop(0)) if self.frames else (False, None)
+
+    def grab(self) -> bool:
+        return self.read()[0]
+
+    def release(self) -> None:
+        pass
+
+
+def scripted(monkeypatch, size: tuple[int, int], frames: list[np.ndarray]) -> None:
+    ScriptedCapture.reads = 0
+    monkeypatch.setattr(cv2, "VideoCapture", lambda *_: ScriptedCapture(size, frames))
+
+
+def test_video_over_the_limits_is_refused_before_a_frame_is_decoded(monkeypatch, video):
+    """A video whose frame size breaks the limits (20 frames of 16000x16000 in a 15 MB AVI) is refused
+    from the size the container gives, before the first frame is read."""
+    scripted(monkeypatch, (16000, 16000), [frame_bgr(0)])
+    with pytest.raises(FootageError, match=r"16000x16000.*pixels") as refused:
+        open_source(video)
+    assert str(refused.value).startswith(f"{video}: ") and ScriptedCapture.reads == 0
+
+
+def test_each_decoded_frame_is_checked_too(monkeypatch, video):
+    """The container's size is a claim: every decoded frame is checked as well."""
+    thin = np.zeros((100, 4000, 3), np.uint8)
+    scripted(monkeypatch, (160, 120), [thin])
+    with pytest.raises(FootageError, match="aspect ratio"):
+        open_source(video)
+    scripted(monkeypatch, (160, 120), [frame_bgr(0), frame_bgr(1), thin, frame_bgr(3)])
+    source = open_source(video)
+    scripted(monkeypatch, (160, 120), [frame_bgr(0), frame_bgr(1), thin, frame_bgr(3)])
+    with pytest.raises(FootageError, match="frame 2 .*aspect ratio"):
+        list(source.frames())
+
+
+SIZE_ERRORS = ["40000x40000", "100000x1", "4000x100", "1x1"]
+
+
+@pytest.mark.parametrize("size", SIZE_ERRORS)
+def test_size_option_is_bounded_by_the_limits(capsys, folder, tmp_path, size):
+    from pebal_perception.cli import camera as camera_cli
+
+    for argv, parse in ((["from-video", str(folder), "-o", str(tmp_path / "out"), "--size", size],
+                         bag_cli.build_parser().parse_args),
+                        ([str(folder), "--size", size], camera_cli.build_parser().parse_args)):
+        with pytest.raises(SystemExit) as usage:
+            parse(argv)
+        err = capsys.readouterr().err
+        errors = [line for line in err.splitlines() if "error:" in line]
+        assert usage.value.code == 2 and len(errors) == 1 and "argument --size" in errors[0], err
+    assert not (tmp_path / "out").exists()
+
+
+def _limited_cli(module: str, *argv, timeout: float = 30) -> tuple[int, str]:
+    """Runs ``python -m MODULE ARGV`` with at most 4 GB of address space (a read with no bound fails
+    instead of eating the machine) and a time limit (a blocking open fails the test, it does not hang it)."""
+    import resource
+    import subprocess
+
+    def limit_memory() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
+
+    try:
+        done = subprocess.run([sys.executable, "-m", module, *map(str, argv)], capture_output=True, text=True,
+                              timeout=timeout, env=ros_harness.child_env(), preexec_fn=limit_memory)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"{module} {argv} still runs after {timeout} s")
+    return done.returncode, done.stderr
+
+
+@pytest.fixture
+def fifo(tmp_path) -> Path:
+    path = tmp_path / "pipe"
+    os.mkfifo(path)
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("what", ["fifo as input", "device as input", "fifo as camera info",
+                                  "device as camera info", "camera: fifo as input"])
+def test_inputs_must_be_regular_files(fifo, folder, tmp_path, what):
+    """A FIFO would block the open, /dev/zero would be read forever: both are refused at once."""
+    special = fifo if "fifo" in what else Path("/dev/zero")
+    if what.startswith("camera"):
+        rc, err = _limited_cli("pebal_perception.cli.camera", special)
+        prog = "pebal-camera"
+    else:
+        argv = [special] if "input" in what else [folder, "--camera-info", special]
+        rc, err = _limited_cli("pebal_perception.cli.bag", "from-video", *argv, "-o", tmp_path / "out", "-q")
+        prog = "pebal-bag"
+    line = one_error_line(err)
+    assert rc == 1 and line.startswith(f"{prog}: error: {special}: ") and "not a regular file" in line, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_calibration_file_is_read_with_a_bound(tmp_path):
+    big = tmp_path / "huge.yaml"
+    big.write_text(CALIBRATION + "#" * (2 << 20) + "\n")
+    with pytest.raises(FootageError, match=r"huge\.yaml: .*larger than"):
+        load_calibration(big)
+
+
+def test_truncated_video_is_reported(capsys, tmp_path):
+    """12 of 50 claimed frames: the bag is written, with a warning line and the counts in footage.json."""
+    whole = write_video(tmp_path / "whole.avi", (64, 48), 50, noise=True)
+    cut = tmp_path / "cut.avi"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 4])
+    out = tmp_path / "cut_bag"
+    rc, _, err = run(capsys, "from-video", cut, "-o", out, "-q")
+    assert rc == 0, err
+    line = one_error_line(err)
+    summary = json.loads((out / "footage.json").read_text())
+    read = summary["source_frames_read"]
+    assert 0 < read < 40 and summary["source_frames_claimed"] == 50 and summary["frames"] == read
+    assert line.startswith(f"pebal-bag: warning: {cut}: ") and f"{read} of the 50 frames" in line
+    assert summary["warnings"] == [line.split("warning: ", 1)[1]]
+    complete = tmp_path / "whole_bag"
+    rc, _, err = run(capsys, "from-video", whole, "-o", complete, "-q")
+    assert rc == 0 and err == ""
+    summary = json.loads((complete / "footage.json").read_text())
+    assert summary["source_frames_read"] == summary["source_frames_claimed"] == 50 and summary["warnings"] == []
+
+
+class EmptyPasses:
+    """A source whose every pass gives no frame (the file went away, every frame is undecodable)."""
+
+    path, passes = Path("gone.avi"), 0
+
+    def frames(self):
+        self.passes += 1
+        return iter(())
+
+    def shortfall(self):
+        return None
+
+
+def test_loop_over_a_source_without_frames_stops():
+    """``--loop`` over a pass that gives no frame would spin: the pacing stops with a FootageError."""
+    import threading
+
+    from pebal_perception.frame_sources import paced_frames
+
+    source, stop = EmptyPasses(), threading.Event()
+    with pytest.raises(FootageError, match="gone.avi: .*no frame"):
+        for _ in paced_frames(source, period=0.01, stop=stop, loop=True):
+            pass
+    assert source.passes == 1
+
+
+def test_loop_warns_about_a_short_pass_once(tmp_path):
+    import threading
+
+    from pebal_perception.frame_sources import paced_frames
+
+    whole = write_video(tmp_path / "whole.avi", (64, 48), 50, noise=True)
+    cut = tmp_path / "cut.avi"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 4])
+    source, stop, warnings = open_source(cut), threading.Event(), []
+    frames = 0
+    for _ in paced_frames(source, period=0.0, stop=stop, loop=True, warn=warnings.append):
+        frames += 1
+        if frames == 60:  # several passes
+            stop.set()
+    assert len(warnings) == 1 and "of the 50 frames" in warnings[0]
+
+
+@pytest.mark.ros
+def test_camera_loop_without_frames_exits_1(monkeypatch, capsys, folder):
+    reason = ros_harness.ros_unavailable(("rclpy", "sensor_msgs.msg"), executables=())
+    if reason:
+        pytest.skip(reason)
+    from pebal_perception import frame_sources
+    from pebal_perception.cli import camera as camera_cli
+
+    real_open = frame_sources.open_source
+
+    def open_then_lose_frames(*args, **kwargs):
+        source = real_open(*args, **kwargs)
+        source.frames = lambda: iter(())
+        return source
+
+    def too_long(*_):
+        raise TimeoutError("pebal-camera --loop still runs after 60 s")
+
+    monkeypatch.setattr(frame_sources, "open_source", open_then_lose_frames)
+    old = signal.signal(signal.SIGALRM, too_long)
+    signal.alarm(60)
+    try:
+        rc = camera_cli.main([str(folder), "--loop", "--topic", "/footage_empty/image_raw"])
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+    err = capsys.readouterr().err
+    assert rc == 1 and one_error_line(err).startswith(f"pebal-camera: error: {folder}: "), err
+
+
+@pytest.mark.parametrize("topic", ["/camera image", "/camera//image_raw", "/camera/", "/camera/1st", "/cam-era",
+                                   "", "/a/~b", "/" + "a" * 250])
+def test_invalid_topic_is_a_usage_error(capsys, folder, tmp_path, topic):
+    from pebal_perception.cli import camera as camera_cli
+
+    for argv, parse in ((["from-video", str(folder), "-o", str(tmp_path / "out"), "--topic", topic],
+                         bag_cli.build_parser().parse_args),
+                        ([str(folder), "--topic", topic], camera_cli.build_parser().parse_args)):
+        with pytest.raises(SystemExit) as usage:
+            parse(argv)
+        err = capsys.readouterr().err
+        errors = [line for line in err.splitlines() if "error:" in line]
+        assert usage.value.code == 2 and len(errors) == 1 and "argument --topic" in errors[0], err
+
+
+def test_topic_names_a_bag_can_hold(capsys, folder, tmp_path):
+    """A relative name is written fully qualified (as ros2 bag record does); a private ``~`` name has no
+    node to belong to in a bag."""
+    from pebal_perception.cli import camera as camera_cli
+
+    out = tmp_path / "relative"
+    assert run(capsys, "from-video", folder, "-o", out, "--topic", "front/image", "--every", 3, "-q")[0] == 0
+    assert sorted(read_bag(out)) == ["/front/image"]
+    with pytest.raises(SystemExit):
+        bag_cli.build_parser().parse_args(["from-video", str(folder), "-o", str(out), "--topic", "~/image"])
+    assert "argument --topic" in capsys.readouterr().err
+    assert camera_cli.build_parser().parse_args([str(folder), "--topic", "~/image"]).topic == "~/image"
+
+
+def test_single_image_file_is_one_frame(capsys, folder, tmp_path):
+    image = folder / "frame_002.png"
+    source = open_source(image)
+    assert (source.kind, source.count, source.size) == ("image", 1, (120, 160))
+    assert [i for i, _ in source.frames()] == [0]
+    out = tmp_path / "one"
+    assert run(capsys, "from-video", image, "-o", out, "-q")[0] == 0
+    (_, msg), = read_bag(out)["/camera/image_raw"]
+    assert (pixels(msg) == frame_bgr(2)).all()

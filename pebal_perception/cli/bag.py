@@ -33,15 +33,21 @@ folder, and only once the new bag is complete; anything else there (a folder wit
 recorded bag, a file, a device, a fifo) is refused before any work, with one line
 ``pebal-bag: error: OUT: what is there``, and left untouched.
 
-``from-video`` turns a user's own footage (a video OpenCV reads, or a folder of PNG/JPEG images in name
-order; :mod:`pebal_perception.frame_sources`) into a version-8 bag: one ``sensor_msgs/Image`` (bgr8) per
+``from-video`` turns a user's own footage (a video OpenCV reads, a PNG/JPEG image, or a folder of them in
+name order; :mod:`pebal_perception.frame_sources`) into a version-8 bag: one ``sensor_msgs/Image`` (bgr8) per
 kept frame on ``--topic`` (``--compressed``: a JPEG ``sensor_msgs/CompressedImage`` on ``<topic>/compressed``
 instead), stamped ``start + source frame index / fps`` (``--fps``: the source's rate, by default the
 video's own, 10 for a folder), plus with ``--camera-info`` a ``sensor_msgs/CameraInfo`` of the same stamp on
 ``camera_info`` next to ``--topic`` (scaled to ``--size``). It is written atomically like ``process``'s
-output, with ``footage.json`` inside; ``--overwrite`` replaces only a bag ``from-video`` wrote. Bad
-footage (unreadable video, empty folder, a file there that is not an image, bad calibration YAML) is one
-line ``pebal-bag: error: PATH: what``, exit 1, and nothing is left at the output path.
+output, with ``footage.json`` inside; ``--overwrite`` replaces only a bag ``from-video`` wrote. Frames are
+held to the limits of ``pebal-detect`` and the node before they are decoded: at most 64 M pixels, an aspect
+ratio within 1:8..8:1, at least 16 pixels on a side (``--size`` too, as a usage error); INPUT and
+``--camera-info`` must be regular files (or a folder), ``--topic`` a valid ROS 2 topic name (a relative one is
+written fully qualified). Bad footage (unreadable video, empty folder, a file there that is not an image,
+frames outside the limits, a FIFO or device, bad calibration YAML) is one line ``pebal-bag: error: PATH:
+what``, exit 1, and nothing is left at the output path. A video that ends well before the frame count its
+container claims is written with one line ``pebal-bag: warning: ...`` and exit 0; ``footage.json`` records
+both counts (``source_frames_claimed``, ``source_frames_read``) and the warning (``warnings``).
 
 Problems with the input (missing, truncated, corrupt, empty bag; missing topic) are reported as one
 line ``pebal-bag: error: BAG: ...`` with exit status 1 (2 for usage errors).
@@ -58,7 +64,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from pebal_perception.core.cli_args import image_size, positive_int, positive_number
+from pebal_perception.core.cli_args import frame_size, positive_int, positive_number
 
 from pebal_perception.core.backends import BACKENDS
 
@@ -133,16 +139,21 @@ def build_parser() -> argparse.ArgumentParser:
                            "complete); anything else at --output is refused")
     proc.add_argument("--quiet", "-q", action="store_true")
 
+    from pebal_perception.frame_sources import bag_topic_argument
+
     video = sub.add_parser("from-video", help="write a bag of camera images from a video or a folder of images")
-    video.add_argument("input", type=Path, help="a video file OpenCV reads, or a folder of PNG/JPEG images "
-                                                "(in name order)")
+    video.add_argument("input", type=Path, help="a video file OpenCV reads, a PNG/JPEG image, or a folder of them "
+                                                "(in name order); frames of at most 64 M pixels, aspect ratio "
+                                                "within 8:1, sides of at least 16 pixels")
     video.add_argument("--output", "-o", type=Path, required=True,
                        help="output bag directory (must not exist, see --overwrite)")
-    video.add_argument("--topic", default="/camera/image_raw", help="image topic (default /camera/image_raw)")
+    video.add_argument("--topic", type=bag_topic_argument, default="/camera/image_raw",
+                       help="image topic, a ROS 2 topic name (default /camera/image_raw)")
     video.add_argument("--fps", type=positive_number, default=None,
                        help="frame rate of the source (default: the video's own; 10 for a folder)")
     video.add_argument("--every", type=positive_int, default=1, metavar="N", help="keep every N-th frame (default 1)")
-    video.add_argument("--size", type=image_size, default=None, metavar="WxH", help="resize the frames")
+    video.add_argument("--size", type=frame_size, default=None, metavar="WxH",
+                       help="resize the frames (within the same limits)")
     video.add_argument("--compressed", action="store_true",
                        help="write sensor_msgs/CompressedImage (JPEG) on <topic>/compressed instead")
     video.add_argument("--camera-info", type=Path, default=None, metavar="YAML",
@@ -675,8 +686,12 @@ def from_video(args: argparse.Namespace) -> int:
                 bar.close()
             if frames == 0:
                 raise CliError(f"{args.input}: no frames")
+            warnings = [w for w in (source.shortfall(),) if w is not None]
+            for warning in warnings:
+                sys.stderr.write(f"{PROG}: warning: {warning}\n")
             summary = {"input": str(args.input), "output_bag": str(args.output), "kind": source.kind,
-                       "frames": frames, "fps": fps, "every": args.every,
+                       "frames": frames, "source_frames_claimed": source.source_count,
+                       "source_frames_read": source.frames_read, "warnings": warnings, "fps": fps, "every": args.every,
                        "size": [source.size[1], source.size[0]], "frame_id": args.frame_id,
                        "start_ns": start_ns, "camera_info": str(args.camera_info) if args.camera_info else None,
                        "output_topics": dict(writer.counts)}

@@ -12,15 +12,21 @@ source frames). With ``--camera-info`` a ``sensor_msgs/CameraInfo`` of the same 
 ``camera_info`` next to ``--topic`` (scaled to ``--size``). The large-image Fast DDS profile is applied
 (:func:`pebal_perception.dds.apply_default_profile`) before rclpy starts.
 
+Frames are held to the limits of ``pebal-detect`` and the node where they come in, before they are
+decoded (:mod:`pebal_perception.frame_sources`): at most 64 M pixels, an aspect ratio within 1:8..8:1, at
+least 16 pixels on a side; ``--size`` too. INPUT and ``--camera-info`` must be regular files (or a folder);
+``--topic`` must be a valid ROS 2 topic name.
+
 One line at start and one at the end (frames published); Ctrl-C / SIGTERM stop it with exit status 0.
-Bad input is one line ``pebal-camera: error: PATH: what``, exit 1 (2 for usage errors).
+Bad input is one line ``pebal-camera: error: PATH: what``, exit 1 (2 for usage errors); so is a pass over
+the source that gives no frame (``--loop`` would only spin). A video that ends well before the frame count
+its container claims gives one line ``pebal-camera: warning: ...`` (once).
 """
 from __future__ import annotations
 
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Sequence
 
@@ -28,17 +34,21 @@ PROG = "pebal-camera"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from pebal_perception.core.cli_args import positive_int, positive_number
-    from pebal_perception.core.cli_args import image_size
+    from pebal_perception.core.cli_args import frame_size, positive_int, positive_number
+    from pebal_perception.frame_sources import topic_argument
 
     parser = argparse.ArgumentParser(prog=PROG, description="Publish a video or an image folder as a live camera.")
-    parser.add_argument("input", type=Path, help="a video file OpenCV reads, or a folder of PNG/JPEG images")
-    parser.add_argument("--topic", default="/camera/image_raw", help="image topic (default /camera/image_raw)")
+    parser.add_argument("input", type=Path, help="a video file OpenCV reads, a PNG/JPEG image, or a folder of them "
+                                                 "(frames of at most 64 M pixels, aspect ratio within 8:1, "
+                                                 "sides of at least 16 pixels)")
+    parser.add_argument("--topic", type=topic_argument, default="/camera/image_raw",
+                        help="image topic, a ROS 2 topic name (default /camera/image_raw)")
     parser.add_argument("--rate", type=positive_number, default=None,
                         help="frames per second of the source (default: the video's own; 10 for a folder)")
     parser.add_argument("--loop", action="store_true", help="start again at the end (until Ctrl-C)")
     parser.add_argument("--every", type=positive_int, default=1, metavar="N", help="publish every N-th frame")
-    parser.add_argument("--size", type=image_size, default=None, metavar="WxH", help="resize the frames")
+    parser.add_argument("--size", type=frame_size, default=None, metavar="WxH",
+                        help="resize the frames (within the same limits)")
     parser.add_argument("--frame-id", default="camera", help="header frame_id (default camera)")
     parser.add_argument("--camera-info", type=Path, default=None, metavar="YAML",
                         help="camera calibration (camera_calibration_parsers YAML), published on camera_info "
@@ -49,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     from pebal_perception.cli.bag import _Interrupt
     from pebal_perception.frame_sources import (FootageError, camera_info_topic, load_calibration, open_source,
-                                                wait_until)
+                                                paced_frames)
 
     args = build_parser().parse_args(argv)
     try:
@@ -89,25 +99,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                              if info_pub else "")
             print(f"{PROG}: publishing {args.input} ({source.kind}, {width}x{height}) on {topics} at "
                   f"{fps / args.every:g} frames/s{' in a loop' if args.loop else ''}", flush=True)
-            due = time.monotonic()
-            while not stop.is_set():
-                for _, bgr in source.frames():
-                    if not wait_until(due, stop):
-                        break
-                    due = max(due + period, time.monotonic() - period)  # no burst after a stall
-                    stamp = node.get_clock().now().to_msg()
-                    h, w = bgr.shape[:2]
-                    msg = Image(height=h, width=w, encoding="bgr8", is_bigendian=0, step=w * 3, data=bgr.tobytes())
-                    msg.header.stamp, msg.header.frame_id = stamp, args.frame_id
-                    image_pub.publish(msg)
-                    if info_pub is not None:
-                        info = CameraInfo(**info_fields)
-                        info.header.stamp, info.header.frame_id = stamp, args.frame_id
-                        info_pub.publish(info)
-                    published += 1
-                if not args.loop:
-                    break
-        except FootageError as exc:  # an image in the folder that does not decode
+            for bgr in paced_frames(source, period, stop, loop=args.loop, warn=_warn):
+                stamp = node.get_clock().now().to_msg()
+                h, w = bgr.shape[:2]
+                msg = Image(height=h, width=w, encoding="bgr8", is_bigendian=0, step=w * 3, data=bgr.tobytes())
+                msg.header.stamp, msg.header.frame_id = stamp, args.frame_id
+                image_pub.publish(msg)
+                if info_pub is not None:
+                    info = CameraInfo(**info_fields)
+                    info.header.stamp, info.header.frame_id = stamp, args.frame_id
+                    info_pub.publish(info)
+                published += 1
+        except FootageError as exc:  # an image in the folder that does not decode, a pass without frames
             failure = str(exc)
         finally:
             if node is not None:
@@ -118,6 +121,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(f"{PROG}: error: {failure}\n")
         return 1
     return 0
+
+
+def _warn(text: str) -> None:
+    sys.stderr.write(f"{PROG}: warning: {text}\n")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import math
 
+from .limits import frame_size_problem
+
 
 def image_size(text: str, allow_native: bool = False) -> tuple[int, int] | str:
     """'WIDTHxHEIGHT' -> (height, width); also 'native' when ``allow_native``. For argparse ``type=``."""
@@ -26,6 +28,17 @@ def image_size(text: str, allow_native: bool = False) -> tuple[int, int] | str:
 
 def image_size_or_native(text: str) -> tuple[int, int] | str:
     return image_size(text, allow_native=True)
+
+
+def frame_size(text: str) -> tuple[int, int]:
+    """'WIDTHxHEIGHT' -> (height, width) of camera frames (``--size`` of pebal-bag from-video and
+    pebal-camera), within the limits frames are held to where footage comes in
+    (:func:`~pebal_perception.core.limits.frame_size_problem`). For argparse ``type=``."""
+    height, width = image_size(text)
+    problem = frame_size_problem(width, height, what="size")
+    if problem is not None:
+        raise argparse.ArgumentTypeError(problem)
+    return height, width
 
 
 def positive_number(text: str) -> float:

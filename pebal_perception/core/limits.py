@@ -39,3 +39,18 @@ def aspect_ratio_problem(width: int, height: int, what: str = "image") -> str | 
         return (f"{what} {width}x{height} (WxH) has an aspect ratio of {long_side / short_side:.4g}:1, "
                 f"outside 1:{MAX_ASPECT_RATIO}..{MAX_ASPECT_RATIO}:1")
     return None
+
+
+#: Shortest side a camera frame may have where footage comes in (``pebal-bag from-video``, ``pebal-camera``):
+#: a frame narrower than one cell of the coarsest network grid (16 px, ESPNetv2's size divisor) shows no scene.
+MIN_FRAME_SIDE = 16
+
+
+def frame_size_problem(width: int, height: int, what: str = "frame") -> str | None:
+    """Why a ``width x height`` camera frame is outside the limits (a side under :data:`MIN_FRAME_SIDE`, more
+    than :data:`MAX_IMAGE_PIXELS` pixels, an aspect ratio outside 1:MAX..MAX:1), or None when it is within."""
+    if width < MIN_FRAME_SIDE or height < MIN_FRAME_SIDE:
+        return f"{what} {width}x{height} (WxH) is smaller than {MIN_FRAME_SIDE} pixels on a side"
+    if width * height > MAX_IMAGE_PIXELS:
+        return f"{what} {width}x{height} (WxH) has {width * height} pixels, over {MAX_IMAGE_PIXELS}"
+    return aspect_ratio_problem(width, height, what)
