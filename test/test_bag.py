@@ -178,6 +178,10 @@ def test_process_writes_complete_bag(capsys, work, checkpoint, drive_bags, stora
     assert meta["version"] == 8 and meta["storage_identifier"] == storage_out
     summary = json.loads((out / "summary.json").read_text())
     assert summary["frames_in"] == summary["frames_out"] == FRAMES
+    # one camera, stamps only going forward: one tracked stream, nothing forgotten or capped
+    assert summary["tracking"] == {"streams": 1, "jump_back_resets": 0, "streams_forgotten": 0,
+                                   "obstacles_forgotten": 0, "notes": []}
+    assert summary["regions_over_cap"] == 0
     msgs = read_all(out)
     types = {**OUTPUTS, "overlay": "sensor_msgs/msg/Image"}
     with open_bag(out) as reader:

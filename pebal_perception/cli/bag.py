@@ -510,6 +510,8 @@ def process(args: argparse.Namespace) -> int:
     from pebal_perception.image_conversion import ImageConverter, ImageRejected
     from pebal_perception.node.outputs import MessageClasses, build_output_messages, uint8_array
     from pebal_perception.bag import stamp_ns
+    from dataclasses import asdict
+
     from pebal_perception.node.processing import ObstaclePipeline, infer_maps, make_ground_model
 
     image_topic = args.topic
@@ -540,11 +542,13 @@ def process(args: argparse.Namespace) -> int:
         outputs = ["semantic", "energy", "obstacle_mask", "result"] + (["overlay"] if args.overlay else [])
         topics = {name: f"{prefix}/{name}" for name in outputs}
         stats: dict[str, Any] = {"frames_in": 0, "frames_out": 0, "rejected": {}, "obstacles": 0,
-                                 "frames_with_obstacles": 0}
+                                 "frames_with_obstacles": 0, "regions_over_cap": 0}
         times: list[float] = []
         infer_times: list[float] = []
         camera_info = None
-        pipeline = ObstaclePipeline(settings.tracking)  # as the node: tracking over the bag's frames
+        tracking_notes: list[str] = []
+        pipeline = ObstaclePipeline(settings.tracking,  # as the node: tracking over the bag's frames
+                                    on_forget=lambda text, lost: tracking_notes.append(text) if lost else None)
         started = time.monotonic()
 
         with _Interrupt() as stop, AtomicBagWriter(args.output, storage=args.storage,
@@ -579,7 +583,9 @@ def process(args: argparse.Namespace) -> int:
                 if camera_info is not None:
                     ground = make_ground_model(camera_info[0], camera_info[1:], (w, h), settings.height_m,
                                                settings.pitch_rad)
-                frame = pipeline.process(semantic, score, config, stamp_ns(msg.header), ground)
+                frame = pipeline.process(semantic, score, config, stamp_ns(msg.header), ground,
+                                         stream=msg.header.frame_id)
+                stats["regions_over_cap"] += frame.regions_over_cap
                 messages = build_output_messages(rgb, semantic, score, frame, msg.header, classes,
                                                  model_id=model_id, threshold=config.threshold, overlay=args.overlay)
                 result = messages.pop("result")
@@ -607,6 +613,7 @@ def process(args: argparse.Namespace) -> int:
                 "processing_time_ms": {"mean": round(sum(times) / len(times), 3) if times else None,
                                        "p50": _percentile(times, 50), "p95": _percentile(times, 95)},
                 "inference_time_ms": {"p50": _percentile(infer_times, 50), "p95": _percentile(infer_times, 95)},
+                "tracking": {**asdict(pipeline.counters), "notes": tracking_notes[:20]},
                 "wall_s": round(time.monotonic() - started, 3),
             }
             writer.commit(extra_files={"summary.json": json.dumps(summary, indent=1) + "\n"})
