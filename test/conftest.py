@@ -27,10 +27,12 @@ ros_harness.use_loopback()
 
 # Compiled inference graphs (core/backends.py) go to a cache of this test session, not the user's
 # ~/.cache/pebal; child processes (the node) inherit it. Models of the same weights share entries.
+# The key that signs its entries lies outside it, in a folder of the session too.
 if "PEBAL_CACHE_DIR" not in os.environ:
     import tempfile
 
     os.environ["PEBAL_CACHE_DIR"] = tempfile.mkdtemp(prefix="pebal_test_cache_")
+    os.environ.setdefault("PEBAL_CACHE_KEY", str(Path(tempfile.mkdtemp(prefix="pebal_test_key_")) / "cache-key"))
 
 SHARED_ASSETS = Path(os.environ.get("PEBAL_SHARED_ASSETS", REPO_ROOT.parent / "shared" / "assets"))
 SHARED_BENCHMARKS = Path(os.environ.get("PEBAL_SHARED_BENCHMARKS", REPO_ROOT.parent / "shared" / "benchmarks"))

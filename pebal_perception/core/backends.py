@@ -22,11 +22,10 @@ the host resizes the frame (PyTorch's uint8 kernel, as the torch path) and bring
 image size and smooths them (the same functions as the torch path), so the outputs equal the torch
 path's to float rounding at every image size with one graph per network size.
 
-Graphs are cached on disk (:func:`cache_dir`: ``$PEBAL_CACHE_DIR``, else ``$XDG_CACHE_HOME/pebal``,
-else ``~/.cache/pebal``), keyed by the model's weights, the network size, the runtime and its version
-and the graph's own version; an entry is written atomically with a checksum, and one that does not
-match it (stale, truncated, corrupt) is reported and rebuilt. OpenVINO's ``convert_model`` is never
-used (it sends usage telemetry by default): the graph goes to OpenVINO as ONNX, through its reader.
+Graphs are cached on disk, keyed by the model's weights digest, the network size, the runtime and its
+version and the graph's own version: :mod:`pebal_perception.core.graph_cache` (its rules of trust
+there). OpenVINO's ``convert_model`` is never used (it sends usage telemetry by default): the graph goes to
+OpenVINO as ONNX, through its reader.
 """
 from __future__ import annotations
 
@@ -35,11 +34,13 @@ import hashlib
 import importlib.util
 import json
 import logging
-import os
-from pathlib import Path
+import math
+import time
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
+
+from .graph_cache import cached
 
 if TYPE_CHECKING:  # torch only when a backend is resolved or built: the CLIs import BACKENDS for --help
     import torch
@@ -112,9 +113,9 @@ def choose_fastest(run: Callable[[str], Any], names: list[str], key: dict[str, A
     once per machine, so a cached choice builds nothing for the others. Timed interleaved: one untimed call
     each (it builds the graph; a runtime whose graph cannot be built, ValueError, is left out, logged), then
     up to ``rounds`` rounds in rotated order, fewer when the untimed calls say they would take longer than
-    ``budget_s`` (a large model on a small CPU takes seconds per frame)."""
+    ``budget_s`` (a large model on a small CPU takes seconds per frame). A cached choice that is not one of
+    :func:`check_choice`'s shape is reported and measured again."""
     import statistics
-    import time
 
     def measure() -> bytes:
         LOG.info("backend auto: measuring %s (once per machine and network size)", ", ".join(names))
@@ -135,10 +136,33 @@ def choose_fastest(run: Callable[[str], Any], names: list[str], key: dict[str, A
                 t0 = time.perf_counter()
                 run(name)
                 times[name].append((time.perf_counter() - t0) * 1e3)
-        ms = {name: round(statistics.median(v), 2) for name, v in times.items()}
+        ms = {name: round(float(statistics.median(v)), 2) for name, v in times.items()}
         return json.dumps({"backend": min(ms, key=ms.get), "ms": ms}).encode()
 
-    return json.loads(_cached({**key, "kind": "auto-choice"}, ".choice", measure))
+    return json.loads(cached({**key, "kind": "auto-choice"}, ".choice", measure,
+                              validate=lambda data: check_choice(data, names)))
+
+
+def check_choice(data: bytes, names: list[str]) -> None:
+    """ValueError unless ``data`` is a choice of :func:`choose_fastest` among ``names``: a JSON object of
+    exactly ``backend`` (one of ``names``) and ``ms`` (finite non-negative milliseconds per backend, named
+    from ``names``), the backend being the fastest of them."""
+    try:
+        choice = json.loads(data)
+    except (ValueError, RecursionError) as exc:
+        raise ValueError(f"not JSON ({exc})") from None
+    if not isinstance(choice, dict) or set(choice) != {"backend", "ms"}:
+        raise ValueError("not an object of backend and ms")
+    backend, ms = choice["backend"], choice["ms"]
+    if not isinstance(ms, dict) or not ms or not set(ms) <= set(names):
+        raise ValueError(f"ms must time some of {', '.join(names)}")
+    for value in ms.values():  # bool is an int to Python, but no timing
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            raise ValueError(f"ms must be milliseconds, got {value!r}")
+    if not isinstance(backend, str) or backend not in ms:
+        raise ValueError(f"backend must be one of the timed {', '.join(ms)}")
+    if ms[backend] != min(ms.values()):
+        raise ValueError(f"backend {backend} is not the fastest of its own timings")
 
 
 def runtime_version(name: str) -> str:
@@ -159,14 +183,6 @@ def runtime_version(name: str) -> str:
     return torch.__version__
 
 
-def cache_dir() -> Path:
-    """Where compiled graphs are kept (module docstring)."""
-    if os.environ.get("PEBAL_CACHE_DIR"):
-        return Path(os.environ["PEBAL_CACHE_DIR"])
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "pebal"
-
-
 def weights_digest(model: "torch.nn.Module") -> str:
     """SHA-256 over the model's parameters and buffers (names, shapes, dtypes, values)."""
     import torch
@@ -180,35 +196,38 @@ def weights_digest(model: "torch.nn.Module") -> str:
     return digest.hexdigest()
 
 
-def _cached(key: dict[str, Any], suffix: str, build: Callable[[], bytes],
-            directory: Path | None = None) -> bytes:
-    """The bytes cached under ``key`` (a JSON-able description), else ``build()``'s, stored atomically with
-    their checksum. An entry whose checksum or description does not match is reported and rebuilt; a
-    cache that cannot be written is reported and skipped (the graph is still used)."""
-    from .io import atomic_write_bytes, atomic_write_json
-
-    directory = cache_dir() if directory is None else directory
-    text = json.dumps(key, sort_keys=True)
-    name = hashlib.sha256(text.encode()).hexdigest()[:32]
-    blob, meta = directory / f"{name}{suffix}", directory / f"{name}.json"
-    if blob.exists() or meta.exists():
-        try:
-            info = json.loads(meta.read_text())
-            data = blob.read_bytes()
-            if info.get("key") != key or info.get("sha256") != hashlib.sha256(data).hexdigest():
-                raise ValueError("checksum or key does not match")
-            return data
-        except (OSError, ValueError) as exc:
-            LOG.warning("cache entry %s is stale or corrupt (%s): rebuilding it", blob, exc)
-    data = build()
+def refuse_external_data(onnx: bytes) -> None:
+    """BackendError when the ONNX model ``onnx`` takes tensors from external data files: their paths let
+    a graph read any file the process can (into the maps it publishes and the compiled blob it caches).
+    Checked with the ``onnx`` package; without it the check is skipped: the graphs handed to the runtimes
+    are then ones exported here in memory (which never use external data) or signed cache entries."""
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(blob, data)
-        atomic_write_json(meta, {"format": "pebal-graph-cache", "key": key,
-                                 "sha256": hashlib.sha256(data).hexdigest()})
-    except OSError as exc:
-        LOG.warning("cannot write the graph cache %s (%s): running without it", directory, exc)
-    return data
+        from onnx import ModelProto
+    except ImportError:
+        return
+    try:
+        model = ModelProto.FromString(onnx)
+    except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError, whatever its module
+        raise BackendError(f"the graph is not an ONNX model ({type(exc).__name__}: {exc})") from None
+    if _has_external_tensor(model):
+        raise BackendError("the ONNX graph takes tensors from external data files, which pebal refuses "
+                           "(their paths could name any file)")
+
+
+def _has_external_tensor(message: Any) -> bool:
+    """Whether any TensorProto within ``message`` (initializers, attributes, subgraphs, functions, sparse
+    tensors) is stored as external data."""
+    stack = [message]
+    while stack:
+        current = stack.pop()
+        if current.DESCRIPTOR.name == "TensorProto":  # no tensors within; its raw bytes are not touched
+            if current.data_location == 1 or len(current.external_data):  # 1: TensorProto.EXTERNAL
+                return True
+            continue
+        for field, value in current.ListFields():
+            if field.message_type is not None:
+                stack.extend([value] if hasattr(value, "ListFields") else value)
+    return False
 
 
 class GraphRunner:
@@ -268,6 +287,7 @@ class OpenVinoRunner(GraphRunner):
     def _build(self, onnx: bytes, threads: int, compiled_key: dict[str, Any] | None) -> None:
         import openvino
 
+        refuse_external_data(onnx)
         core = openvino.Core()
         # f32 exactly: OpenVINO would otherwise pick bf16 on CPUs that have it (outputs off by ~1e-2).
         config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": int(threads),
@@ -279,7 +299,7 @@ class OpenVinoRunner(GraphRunner):
                 exported = core.compile_model(model, "CPU", config).export_model()
                 return exported.getvalue() if hasattr(exported, "getvalue") else bytes(exported)
 
-            blob = _cached(compiled_key, ".ovblob", export)
+            blob = cached(compiled_key, ".ovblob", export)
             try:
                 compiled = core.import_model(blob, "CPU", config)
             except Exception as exc:  # noqa: BLE001 - a blob of another build: compile afresh
@@ -296,6 +316,7 @@ class OnnxRuntimeRunner(GraphRunner):
     def __init__(self, onnx: bytes, threads: int):
         import onnxruntime
 
+        refuse_external_data(onnx)
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = int(threads)
         options.inter_op_num_threads = 1
@@ -323,6 +344,7 @@ class TensorRtRunner(GraphRunner):
         import tensorrt as trt
         import torch
 
+        refuse_external_data(onnx)
         self.device = torch.device(device)
         logger = trt.Logger(trt.Logger.WARNING)
 
@@ -344,7 +366,12 @@ class TensorRtRunner(GraphRunner):
         on_device = torch.cuda.device(self.device) if self.device.type == "cuda" else contextlib.nullcontext()
         with on_device:
             runtime = trt.Runtime(logger)
-            engine = runtime.deserialize_cuda_engine(_cached(engine_key, ".plan", build))
+            plan = cached(engine_key, ".plan", build)
+            try:
+                engine = runtime.deserialize_cuda_engine(plan)
+            except Exception as exc:  # noqa: BLE001 - TensorRT's own error types: built again below
+                LOG.warning("cached TensorRT engine not loadable (%s)", exc)
+                engine = None
             if engine is None:  # intact, but not loadable by this TensorRT or GPU
                 LOG.warning("cached TensorRT engine not loadable here: building it again")
                 engine = runtime.deserialize_cuda_engine(build())
@@ -406,7 +433,7 @@ def build_runner(name: str, model: "torch.nn.Module", mean, std, network_hw: tup
            "form": form}
     try:
         if name == "tensorrt":  # float input: the device resizes in float32 (preprocess.resize_batch)
-            onnx = _cached({**key, "kind": "onnx-float-input", "torch": torch.__version__}, ".onnx",
+            onnx = cached({**key, "kind": "onnx-float-input", "torch": torch.__version__}, ".onnx",
                            lambda: onnx_bytes(graph(), input_dtype=torch.float32))
             device = torch.device(device if device is not None else "cuda")
             gpu = (torch.cuda.get_device_name(device), list(torch.cuda.get_device_capability(device))
@@ -414,7 +441,7 @@ def build_runner(name: str, model: "torch.nn.Module", mean, std, network_hw: tup
             return TensorRtRunner(onnx, device, precision, engine_key={
                 **key, "kind": "tensorrt-engine", "tensorrt": runtime_version("tensorrt"), "gpu": gpu[0],
                 "compute_capability": gpu[1], "precision": precision})
-        onnx = _cached({**key, "kind": "onnx", "torch": torch.__version__}, ".onnx", lambda: onnx_bytes(graph()))
+        onnx = cached({**key, "kind": "onnx", "torch": torch.__version__}, ".onnx", lambda: onnx_bytes(graph()))
         if name == "openvino":
             return OpenVinoRunner(onnx, threads, compiled_key={**key, "kind": "openvino-cpu", "threads": threads,
                                                                "openvino": runtime_version("openvino")})

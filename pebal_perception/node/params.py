@@ -98,7 +98,8 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "OpenVINO and ONNX Runtime once per machine and network size, cached; on CUDA TensorRT when installed, "
               "else PyTorch), torch (the reference), openvino or onnxruntime (CPU), tensorrt (CUDA, at the "
               "precision parameter; not yet run on a GPU). "
-              f"Compiled graphs are cached in $PEBAL_CACHE_DIR or ~/.cache/pebal. {READ_ONLY_TEXT}",
+              f"Compiled graphs are cached in $PEBAL_CACHE_DIR or ~/.cache/pebal, signed with a per-user key "
+              f"($PEBAL_CACHE_KEY or ~/.config/pebal/cache-key). {READ_ONLY_TEXT}",
               read_only=True, choices=BACKENDS),
     ParamSpec("precision", "string", "fp32",
               f"fp32 or fp16 (autocast, CUDA only; CPU always runs fp32). {READ_ONLY_TEXT}", read_only=True,
