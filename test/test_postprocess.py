@@ -9,7 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from pebal_perception.core.postprocess import (GroundModel, ObstaclePipeline, PostProcessConfig, drivable_mask,
+from pebal_perception.core.pipeline import ObstaclePipeline
+from pebal_perception.core.postprocess import (GroundModel, PostProcessConfig, drivable_mask,
                                                fit_road_scale, mask_to_polygon, polygon_mask, process_frame,
                                                road_extent, road_region, at_analysis_width)
 from pebal_perception.core.tracking import TrackingConfig
@@ -619,7 +620,7 @@ def _speckle(shape=(1080, 1920), period: int = 12) -> np.ndarray:
 
 
 def test_candidate_regions_are_capped_largest_first_and_counted():
-    from pebal_perception.core.postprocess import MAX_REGIONS_PER_FRAME
+    from pebal_perception.core.limits import MAX_REGIONS_PER_FRAME
 
     score = _speckle()
     config = PostProcessConfig(threshold=1.0, min_obstacle_area=1)
@@ -633,7 +634,7 @@ def test_candidate_regions_are_capped_largest_first_and_counted():
 def test_a_frame_full_of_regions_tracks_only_the_capped_ones():
     """The tracker and the relabelling see at most MAX_REGIONS_PER_FRAME detections per frame: their
     cost stays bounded (tracking compares every track with every detection)."""
-    from pebal_perception.core.postprocess import MAX_REGIONS_PER_FRAME
+    from pebal_perception.core.limits import MAX_REGIONS_PER_FRAME
 
     pipe = ObstaclePipeline(TrackingConfig(confirm_hits=1, confirm_window=1, hold_frames=0))
     config = PostProcessConfig(threshold=1.0, min_obstacle_area=1)

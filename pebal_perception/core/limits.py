@@ -54,3 +54,10 @@ def frame_size_problem(width: int, height: int, what: str = "frame") -> str | No
     if width * height > MAX_IMAGE_PIXELS:
         return f"{what} {width}x{height} (WxH) has {width * height} pixels, over {MAX_IMAGE_PIXELS}"
     return aspect_ratio_problem(width, height, what)
+
+
+#: Candidate regions post-processing examines per frame (the largest); the rest are counted
+#: (``ProcessedFrame.regions_over_cap``). Real frames have a few dozen at most; noise over a whole frame
+#: gives tens of thousands, whose tracking alone would take seconds and gigabytes.
+MAX_REGIONS_PER_FRAME = 256
+

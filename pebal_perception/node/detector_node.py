@@ -99,7 +99,7 @@ from pebal_perception.node.outputs import OUTPUT_TOPICS, MessageClasses, build_o
 from pebal_perception.node.params import (DEVICES, NODE_NAME, PARAMETERS, PARAMETERS_BY_NAME, ParamSpec,
                                           RuntimeSettings, initial_settings, parse_threshold,
                                           plan_parameter_batch, type_mismatch)
-from pebal_perception.core.postprocess import MAX_REGIONS_PER_FRAME
+from pebal_perception.core.limits import MAX_REGIONS_PER_FRAME
 from pebal_perception.node.processing import (FrameOutOfMemory, GroundModel, LatestFrameMailbox, ObstaclePipeline,
                                               OomGuardedInference, RecentEvents, check_camera_info, make_ground_model,
                                               parse_oom_fallback, rescale_warning)

@@ -13,9 +13,10 @@ import numpy as np
 
 # The post-processing lives in the core (shared with pebal-detect); re-exported for the node's users.
 from pebal_perception.core.postprocess import (FULL_ROI, MAX_CAMERA_HEIGHT_M, MAX_MIN_OBSTACLE_AREA,  # noqa: F401
-                                               GroundModel, ObstaclePipeline, PostProcessConfig, ProcessedFrame,
+                                               GroundModel, PostProcessConfig, ProcessedFrame,
                                                bottom_centre_pixel, check_mounting, drivable_mask, finite_max,
                                                obstacle_mask, process_frame, roi_mask, roi_slices, validate_roi)
+from pebal_perception.core.pipeline import ObstaclePipeline  # noqa: F401 - re-exported, as above
 from pebal_perception.core.engine import infer_maps  # the default inference of OomGuardedInference
 from pebal_perception.geometry import valid_intrinsics
 
