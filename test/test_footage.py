@@ -623,3 +623,25 @@ def test_single_image_file_is_one_frame(capsys, folder, tmp_path):
     assert run(capsys, "from-video", image, "-o", out, "-q")[0] == 0
     (_, msg), = read_bag(out)["/camera/image_raw"]
     assert (pixels(msg) == frame_bgr(2)).all()
+
+
+def test_an_unwritable_output_place_is_named_not_the_input(tmp_path, monkeypatch, capsys):
+    """The partial bag cannot be created beside --output (a read-only folder; simulated, tests run as
+    root): the one line names the output path."""
+    import tempfile
+
+    from pebal_perception.cli import bag as bag_cli
+
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    cv2.imwrite(str(frames / "a.png"), np.zeros((64, 128, 3), np.uint8))
+    output = tmp_path / "readonly" / "bag"
+    output.parent.mkdir()
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(Path(kwargs["dir"]) / f"{kwargs['prefix']}abcd"))
+
+    monkeypatch.setattr(tempfile, "mkdtemp", refuse)
+    assert bag_cli.main(["from-video", str(frames), "--output", str(output), "--quiet"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"pebal-bag: error: {output}: cannot write the output bag (Permission denied)"]

@@ -189,10 +189,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         if isinstance(exc, BagError):
             sys.stderr.write(f"{PROG}: error: {exc}\n")
+        elif _at_output(exc, getattr(args, "output", None)):
+            sys.stderr.write(f"{PROG}: error: {args.output}: cannot write the output bag ({exc.strerror})\n")
         else:
             where = getattr(args, "bag", None) or getattr(args, "input", "")
             sys.stderr.write(f"{PROG}: error: {where}: {type(exc).__name__}: {exc}\n".splitlines()[0] + "\n")
         return 1
+
+
+def _at_output(exc: BaseException, output: Path | None) -> bool:
+    """Whether ``exc`` is an OS error at ``output`` or beside it (the partial bag is written in its folder),
+    so that the message names the output and not the input."""
+    if output is None or not isinstance(exc, OSError) or exc.filename is None:
+        return False
+    failed, output = Path(os.fsdecode(exc.filename)), Path(output)
+    return failed == output or output in failed.parents or failed.parent == output.parent
 
 
 class _Interrupt:
