@@ -303,3 +303,38 @@ def test_drive_scorer_rejects_bad_settings():
     for kwargs in ({"within_frames": 0}, {"min_coverage": 0.0}, {"min_area": 0}):
         with pytest.raises(ValueError):
             DriveScorer(**kwargs)
+
+
+# --------------------------------------------------------------------------------------------------
+# pebal-eval --planner-sweep on a model with absurd (finite) scores
+
+
+def test_planner_sweep_ends_on_scores_near_1e16(tmp_path, monkeypatch):
+    """A checkpoint whose classifier is scaled by 1e16 loads; before, the sweep's threshold search stepped
+    down by 0.25 from about 1e16, which does not change the number: it never ended. The process_frame calls
+    are counted (and capped) so that a search that does not end fails instead of hanging."""
+    from pebal_perception.core import postprocess
+    from pebal_training import normal_calibration
+    from pebal_training.cli.evaluate import planner_sweep
+
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 20_000:
+            raise AssertionError("the threshold search does not end")
+        return postprocess.process_frame(*args, **kwargs)
+
+    monkeypatch.setattr(normal_calibration, "process_frame", counted)
+
+    class HugeScores(FakeEngine):
+        def infer_one(self, image: np.ndarray) -> FrameResult:
+            score = (1e16 * (1.0 + image[..., 0].astype(np.float32) / 255.0)).astype(np.float32)
+            semantic = np.zeros(score.shape, np.uint8)  # all road
+            return FrameResult(semantic=semantic, score=score, obstacle=score > self.threshold,
+                               threshold=self.threshold)
+
+    report = planner_sweep(HugeScores(), _dataset(), tmp_path, threshold=0.5, limit=None, name="huge",
+                           progress=False)
+    assert report["normal_frames"] == 2 and report["objects"] == 2
+    assert all(np.isfinite(report["thresholds"])) and (tmp_path / "planner.png").is_file()

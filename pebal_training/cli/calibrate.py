@@ -19,14 +19,28 @@ float32, so the threshold is a float32 value too.
 * --normal INPUT... (bags, videos or image folders of normal driving: no anomaly on the road) with
   --max-false-frames RATE (default 0.05): the threshold at which at most RATE of those frames report any
   obstacle after the node's full post-processing (``pebal_training.normal_calibration``; the node's default
-  parameters, single images, no tracking). From the same frames, when there are at least 3 of one size,
-  the ego vehicle mask (bottom-connected pixels whose class and score barely change) and the horizon
-  (median of the road fits) are estimated and stored for the node. threshold_info["normal_driving"] keeps
-  the inputs, rate, achieved rate, date and the post-processing parameters used; ``--plot`` (default
+  parameters, single images, no tracking). A bag is read on one image topic: --topic, else the camera's
+  default /camera/image_raw (or its /compressed), else the bag's only image topic; a bag with several
+  and none of those needs --topic, and a --topic a bag lacks is refused (exit 2, naming the bag's image
+  topics). Only *usable* frames count: those where the road the vehicle drives on (predicted road
+  connected to the image bottom) covers at least 2 % of the frame; a frame without road cannot report an
+  obstacle and says nothing about the threshold. Inputs where the road is seen in fewer than half of the
+  frames (a black or white video, the wrong camera, a model that does not see this road), or fewer than 3
+  usable frames in all, are refused with exit 1 and one line saying how many of how many frames had road.
+  From the usable frames, when they are all of one size, the ego vehicle mask (bottom-connected pixels
+  whose class and score barely change, bounded within the bottom of the frame) and the horizon (median of
+  the road fits) are estimated and stored for the node. When no usable frame reports anything at any
+  threshold, the threshold is the highest score on their drivable surface (nothing there can report); a
+  threshold outside the range a threshold may have (+-1e6: scores of a broken or rescaled model) is
+  refused with exit 1. The frames are read twice (statistics, then per-frame thresholds with the
+  estimated mask and horizon), so memory does not grow with their number. The summary line and
+  threshold_info["normal_driving"] give the frames read and the usable ones (per input), the inputs,
+  rate, achieved rate, date and the post-processing parameters used; ``--plot`` (default
   ``<checkpoint stem>_false_frames.png`` beside the written checkpoint) plots the false-frame rate against
   the threshold. An existing file there is replaced only when pebal-calibrate wrote it (its PNG
-  ``Software`` text); anything else is refused before any work. With --dataset as well,
-  both operating points are computed and reported; the normal-driving one is stored.
+  ``Software`` text, read from the file's first chunks without decoding the image); anything else is
+  refused before any work. With --dataset as well, both operating points are computed and reported; the
+  normal-driving one is stored.
 
 The threshold and threshold_info {target, achieved tpr/fpr, dataset, root, num images, pixels, input
 size, date} go into the checkpoint's metadata (atomic rewrite). Third-party checkpoints carry no
@@ -34,14 +48,19 @@ metadata: give --output-checkpoint and the model is written there in our format 
 The file written (--checkpoint in place, or --output-checkpoint) must be a regular file or, for
 --output-checkpoint, absent; it is replaced atomically (temp file + rename; a symbolic link is
 replaced by the new file, the file it pointed to is left as it was). A folder, device, fifo or socket
-there is refused before any work, with one line.
+there, or a place where no file can be created (a read-only file system, no permission), is refused
+before any work, with one line naming that path.
 """
 from __future__ import annotations
 
 import argparse
 import datetime as _dt
 import math
+import os
+import struct
 import sys
+import tempfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +72,9 @@ from pebal_perception.core.io import OutputPathError, check_output_file
 from pebal_training.cli.evaluate import ANOMALY_NAMES
 
 PROG = "pebal-calibrate"
+# The camera topic the launch file and pebal-bag use by default (the node subscribes to image_raw).
+DEFAULT_IMAGE_TOPIC = "/camera/image_raw"
+IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
 _EPS = 1e-9  # tolerance when turning a rate into a pixel count (0.95 * 100 must give 95, not 96)
 
 
@@ -96,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-false-frames", type=float, default=0.05, metavar="RATE",
                    help="--normal: share of normal frames allowed to report an obstacle (default 0.05)")
     p.add_argument("--every", type=int, default=1, help="--normal: use every N-th frame of each input")
+    p.add_argument("--topic", help=f"--normal: the image topic read from bags (default {DEFAULT_IMAGE_TOPIC}, "
+                   "else a bag's only image topic)")
     p.add_argument("--plot", type=Path, help="--normal: where the false-frame plot goes (default: "
                    "<checkpoint stem>_false_frames.png beside the written checkpoint)")
     p.add_argument("--split", help="lostandfound split (default test)")
@@ -112,9 +136,35 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _error(msg: object) -> int:
+def _error(msg: object, code: int = 2) -> int:
     print(f"{PROG}: error: {msg}", file=sys.stderr)
-    return 2
+    return code
+
+
+def _refuse(msg: object) -> int:
+    """The inputs cannot give a calibration (exit 1; a usage or input error is exit 2)."""
+    return _error(msg, code=1)
+
+
+def _write_error(path: Path, exc: OSError) -> str:
+    """One line naming the output ``path`` (not the temp file beside it that the write failed on)."""
+    if isinstance(exc, OutputPathError):
+        return str(exc)
+    return f"{path}: cannot write ({exc.strerror or exc})"
+
+
+def check_writable_place(path: Path) -> Path:
+    """``path`` when a file can be created where it goes: a temp file is created in its folder (or the
+    nearest existing one above it, where the missing folders would be made) and removed again. A
+    read-only file system, a folder without permission, /proc: :class:`OutputPathError` naming ``path``."""
+    folder = next((p for p in Path(path).parents if os.path.isdir(p)), Path("."))
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{Path(path).name}.", suffix=".tmp", dir=folder)
+    except OSError as exc:
+        raise OutputPathError(_write_error(path, exc)) from None
+    os.close(fd)
+    os.unlink(tmp)
+    return path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -136,13 +186,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.limit is not None and args.limit < 1:
         return _error("--limit must be >= 1")
     dest = args.output_checkpoint or args.checkpoint
-    try:  # before any work: only a regular file (or a new one) is written, atomically
-        check_output_file(dest)
+    try:  # before any work: only a regular file (or a new one) is written, atomically, where one can be
+        check_writable_place(check_output_file(dest))
         if args.normal:
             args.plot = args.plot or dest.with_name(dest.stem + "_false_frames.png")
-            check_plot_path(args.plot)
+            check_writable_place(check_plot_path(args.plot))
     except OutputPathError as exc:
         return _error(exc)
+    if args.normal:
+        from pebal_perception.bag import BagError
+
+        try:  # before any work too: which image topic of each bag is read
+            args.topics = {path: bag_image_topic(path, args.topic) for path in args.normal if _is_bag(path)}
+        except (BagError, ValueError, OSError) as exc:
+            return _error(exc)
 
     from tqdm import tqdm
 
@@ -206,8 +263,10 @@ def main(argv: list[str] | None = None) -> int:
                                  pixel_threshold=thr, found=found)
     try:
         _store(args, dest, model, meta, ours, thr, info)
-    except (CheckpointError, OSError) as exc:
+    except CheckpointError as exc:
         return _error(exc)
+    except OSError as exc:
+        return _error(_write_error(dest, exc))
     print(f"{PROG}: threshold {thr:.6g} (TPR {tpr:.4f}, FPR {fpr:.4f} on {used} images of {args.dataset}) "
           f"-> {dest}")
     return 0
@@ -260,25 +319,52 @@ def _store(args, dest: Path, model, meta, ours: bool, threshold: float, info: di
     save_checkpoint(dest, model, meta, extra=extra)
 
 
-def _normal_frames(inputs: list[Path], every: int):
-    """(source name, index, RGB frame) of the normal-driving inputs: bags (every image topic), videos and
-    image folders."""
+def _is_bag(path: Path) -> bool:
+    return path.is_dir() and (path / "metadata.yaml").is_file()
+
+
+def bag_image_topic(path: Path, topic: str | None = None) -> str:
+    """The one image topic of the bag at ``path`` a calibration reads: ``topic`` (a leading / added), else
+    the camera's default (:data:`DEFAULT_IMAGE_TOPIC`, or its /compressed), else the bag's only image
+    topic. Ground-truth and debug images recorded beside the camera are not normal frames. ValueError
+    (one line, naming the bag's image topics) when ``topic`` is not one of them or the choice is unclear."""
+    from pebal_perception.bag import open_bag
+
+    with open_bag(path) as reader:
+        images = sorted(t for t, kind in reader.topics().items() if kind in IMAGE_TYPES)
+    listed = ", ".join(images) or "none"
+    if topic is not None:
+        wanted = topic if topic.startswith("/") else f"/{topic}"
+        if wanted not in images:
+            raise ValueError(f"{path}: no image topic {wanted} in the bag (its image topics: {listed})")
+        return wanted
+    if not images:
+        raise ValueError(f"{path}: the bag has no sensor_msgs Image or CompressedImage topic")
+    for default in (DEFAULT_IMAGE_TOPIC, f"{DEFAULT_IMAGE_TOPIC}/compressed"):
+        if default in images:
+            return default
+    if len(images) == 1:
+        return images[0]
+    raise ValueError(f"{path}: the bag has several image topics ({listed}) and none is {DEFAULT_IMAGE_TOPIC}; "
+                     "choose one with --topic")
+
+
+def _normal_frames(inputs: list[Path], every: int, topics: dict[Path, str]):
+    """(input name, index, RGB frame) of the normal-driving inputs: bags (on their topic of ``topics``,
+    the input name is ``BAG:TOPIC``), videos and image folders. A fresh pass over them at each call."""
     import cv2
 
     from pebal_perception.frame_sources import open_source
 
     for path in inputs:
-        if path.is_dir() and (path / "metadata.yaml").is_file():
+        if _is_bag(path):
             from pebal_perception.bag import deserialize, open_bag
             from pebal_perception.image_conversion import ImageConverter, ImageRejected
 
             converter = ImageConverter()
+            topic = topics[path]
             with open_bag(path) as reader:
-                topics = [t for t, kind in reader.topics().items()
-                          if kind in ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")]
-                if not topics:
-                    raise ValueError(f"{path}: the bag has no sensor_msgs Image or CompressedImage topic")
-                for index, (conn, _, data) in enumerate(reader.messages(topics)):
+                for index, (conn, _, data) in enumerate(reader.messages([topic])):
                     if index % every:
                         continue
                     msg = deserialize(data, conn.msgtype)
@@ -287,72 +373,119 @@ def _normal_frames(inputs: list[Path], every: int):
                                else converter.compressed_to_rgb(msg))
                     except ImageRejected:
                         continue
-                    yield f"{path.name}:{conn.topic}", index, rgb
+                    yield f"{path}:{topic}", index, rgb
         else:
             source = open_source(path, every=every)
             for index, bgr in source.frames():
-                yield path.name, index, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+                yield str(path), index, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def _progress(iterable, desc: str, quiet: bool, total: int | None = None):
+    from tqdm import tqdm
+
+    return tqdm(iterable, desc=desc, unit="frame", total=total, disable=True if quiet else None)
+
+
+def _survey(args, engine):
+    """First pass: every frame through the engine into a :class:`DriveSurvey` (usable frames, ego
+    statistics, horizon rows), keeping none of them."""
+    from pebal_perception.core.engine import infer_maps
+    from pebal_training.normal_calibration import DriveSurvey
+
+    survey = DriveSurvey()
+    frames = _normal_frames(list(args.normal), args.every, args.topics)
+    for source, _, rgb in _progress(frames, f"{PROG} --normal", args.quiet):
+        if args.limit is not None and survey.num_frames >= args.limit:
+            break
+        semantic, score, _ = infer_maps(engine, rgb)
+        survey.add(source, semantic, score)
+    return survey
+
+
+def _clean_thresholds(args, engine, usable: list[bool], config) -> list[float]:
+    """Second pass: the clean threshold of each usable frame (the frames in the order of the first pass),
+    with the ego mask and horizon estimated from all of them; one frame in memory at a time."""
+    from pebal_perception.core.engine import infer_maps
+    from pebal_training.normal_calibration import clean_threshold
+
+    clean = []
+    frames = _normal_frames(list(args.normal), args.every, args.topics)
+    for ordinal, (_, _, rgb) in enumerate(_progress(frames, f"{PROG} thresholds", args.quiet, len(usable))):
+        if ordinal >= len(usable):
+            break
+        if usable[ordinal]:
+            semantic, score, _ = infer_maps(engine, rgb)
+            clean.append(clean_threshold(semantic, score, config))
+    return clean
+
+
+def _float32_at_least(value: float) -> float:
+    """The smallest float32 not below ``value`` (rounding to nearest could land below a clean threshold)."""
+    v = np.float32(value)
+    if float(v) < value:
+        v = np.nextafter(v, np.float32(np.inf))
+    return float(v)
 
 
 def _calibrate_normal(args, dest: Path, engine=None, model=None, meta=None, ours=None, pixel_info=None,
                       pixel_threshold=None, found=None) -> int:
-    """The --normal path: threshold for at most --max-false-frames normal frames with an obstacle. With
-    ``found`` (the labelled obstacles' found thresholds of --dataset) the trade-off is shown: the share of
-    those obstacles still found at the chosen threshold is printed, stored and plotted."""
+    """The --normal path: threshold for at most --max-false-frames usable normal frames with an obstacle.
+    With ``found`` (the labelled obstacles' found thresholds of --dataset) the trade-off is shown: the share
+    of those obstacles still found at the chosen threshold is printed, stored and plotted."""
     from dataclasses import replace
 
-    from tqdm import tqdm
-
+    from pebal_perception.bag import BagError
     from pebal_perception.core.checkpoint import CheckpointError
-    from pebal_perception.core.postprocess import drivable_mask, fit_road_scale
-    from pebal_perception.frame_sources import FootageError
-    from pebal_perception.core.engine import infer_maps
+    from pebal_perception.core.limits import MAX_ABS_THRESHOLD
     from pebal_perception.core.postprocess import planner_config
-    from pebal_training.normal_calibration import clean_threshold, ego_polygon, false_frame_rate, threshold_for_rate
+    from pebal_perception.frame_sources import FootageError
+    from pebal_training.normal_calibration import MIN_ROAD_SHARE, TOLERANCE, false_frame_rate, threshold_for_rate
 
     if engine is None:
         try:
             model, meta, engine, ours = _load_model(args)
         except (CheckpointError, KeyError, ValueError) as exc:
             return _error(exc.args[0] if isinstance(exc, KeyError) and exc.args else exc)
-    maps, counts = [], {}
-    try:
-        frames = _normal_frames(list(args.normal), args.every)
-        for source, _, rgb in tqdm(frames, desc=f"{PROG} --normal", unit="frame",
-                                   disable=True if args.quiet else None):
-            if args.limit is not None and len(maps) >= args.limit:
-                break
-            semantic, score, _ = infer_maps(engine, rgb)
-            maps.append((semantic, score))
-            counts[source] = counts.get(source, 0) + 1
-    except (FootageError, ValueError, OSError) as exc:
-        return _error(exc)
-    if not maps:
-        return _error(f"{', '.join(map(str, args.normal))}: no frames to calibrate on")
+    inputs = ", ".join(map(str, args.normal))
     config = planner_config(engine.threshold)  # the node's defaults; ego mask and horizon estimated below
-    sizes = {m[0].shape for m in maps}
-    learned: dict = {}
-    if len(sizes) == 1:
-        polygon = ego_polygon([m[0] for m in maps], [m[1] for m in maps])
-        if polygon:
-            learned["ego_mask_polygon"] = list(polygon)
-            config = replace(config, ego_mask_polygon=polygon)
-        fits = [fit_road_scale(drivable_mask(m[0])) for m in maps]
-        rows = [f.horizon_row for f in fits if f is not None]
-        if len(rows) >= 3:
-            learned["horizon_row"] = float(np.median(rows) / maps[0][0].shape[0])
-            config = replace(config, horizon_row=learned["horizon_row"])
-    clean = [clean_threshold(semantic, score, config) for semantic, score in
-             tqdm(maps, desc=f"{PROG} thresholds", unit="frame", disable=True if args.quiet else None)]
-    thr = float(np.float32(threshold_for_rate(clean, args.max_false_frames)))
+    try:
+        survey = _survey(args, engine)
+        if not survey.num_frames:
+            return _error(f"{inputs}: no frames to calibrate on")
+        refusal = survey.refusal()
+        if refusal:
+            return _refuse(refusal)
+        learned = survey.learned()
+        config = replace(config, **{k: tuple(v) if isinstance(v, list) else v for k, v in learned.items()})
+        clean = _clean_thresholds(args, engine, survey.usable, config)
+    except (FootageError, BagError, ValueError, OSError) as exc:
+        return _error(exc)
+    # Frames that never report leave the threshold unbounded below: then not below the highest score on
+    # their drivable surface, where nothing can report (see threshold_for_rate).
+    ceiling = survey.road_ceiling + TOLERANCE if math.isfinite(survey.road_ceiling) else None
+    try:
+        thr = _float32_at_least(threshold_for_rate(clean, args.max_false_frames, fallback=ceiling))
+    except ValueError as exc:
+        return _refuse(f"{inputs}: {exc}")
+    if not abs(thr) <= MAX_ABS_THRESHOLD:
+        return _refuse(f"{inputs}: these frames call for threshold {thr:.6g}, outside the range a threshold may "
+                       f"have ([-{MAX_ABS_THRESHOLD:g}, {MAX_ABS_THRESHOLD:g}]): the model's scores (up to "
+                       f"{survey.road_ceiling:.3g} on the road) are not those of a working model")
     achieved = false_frame_rate(clean, thr)
+    usable, frames = survey.num_usable, survey.num_frames
     normal = {
-        "inputs": [str(p) for p in args.normal], "frames_per_input": counts, "num_frames": len(maps),
+        "inputs": [str(p) for p in args.normal], "frames_per_input": survey.frames_per_input,
+        "num_frames": frames, "usable_frames": usable, "usable_per_input": survey.usable_per_input,
+        "usable_rule": f"road connected to the image bottom covers >= {MIN_ROAD_SHARE:.0%} of the frame; "
+                       "the others are left out",
         "max_false_frames": args.max_false_frames, "achieved_false_frames": achieved,
         "rule": "false frame = any obstacle reported after the full post-processing (single images)",
         "postprocess": {**config.to_dict(), **learned, "threshold": thr}, "estimated": sorted(learned),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
+    if not any(math.isfinite(c) for c in clean):
+        normal["threshold_rule"] = "no usable frame reports an obstacle at any threshold: the highest score " \
+                                   "on their drivable surface"
     info = dict(pixel_info or {})
     if pixel_info is not None:
         info["pixel_threshold"] = pixel_threshold
@@ -366,16 +499,19 @@ def _calibrate_normal(args, dest: Path, engine=None, model=None, meta=None, ours
     info["normal_driving"] = normal
     try:
         _store(args, dest, model, meta, ours, thr, info)
-    except (CheckpointError, OSError) as exc:
+    except CheckpointError as exc:
         return _error(exc)
+    except OSError as exc:
+        return _error(_write_error(dest, exc))
     try:
         check_plot_path(args.plot)  # again: something may have appeared there meanwhile
         _plot_false_frames(clean, thr, args.max_false_frames, args.plot, _save_plot, found, args.dataset)
     except OSError as exc:
-        return _error(f"{exc} (the checkpoint {dest} was written)")
+        return _error(f"{_write_error(args.plot, exc)} (the checkpoint {dest} was written)")
     both = f"; pixel-level operating point {pixel_threshold:.6g}" if pixel_threshold is not None else ""
-    print(f"{PROG}: threshold {thr:.6g} ({achieved:.1%} of {len(maps)} normal frames report an obstacle, target "
-          f"{args.max_false_frames:.1%}; estimated {', '.join(sorted(learned)) or 'nothing'}){both} -> {dest}")
+    print(f"{PROG}: threshold {thr:.6g} ({achieved:.1%} of {usable} usable normal frames report an obstacle, "
+          f"target {args.max_false_frames:.1%}; road seen in {usable} of {frames} frames; estimated "
+          f"{', '.join(sorted(learned)) or 'nothing'}){both} -> {dest}")
     if recall is not None:
         print(f"{PROG}: at this threshold {recall:.1%} of the {len(found)} labelled obstacles of {args.dataset} are "
               f"found (the trade-off against the false-frame rate is plotted in {args.plot})")
@@ -386,22 +522,48 @@ def _calibrate_normal(args, dest: Path, engine=None, model=None, meta=None, ours
 
 
 PLOT_SOFTWARE = "pebal-calibrate"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# The text chunks a plot's tag is in come before the image data, within the first bytes of the file.
+PNG_TEXT_BYTES = 1 << 20
+
+
+def png_text(path: Path, keyword: str, limit: int = PNG_TEXT_BYTES) -> str | None:
+    """The ``tEXt`` value of ``keyword`` in the PNG at ``path``, from the chunks before its image data
+    within its first ``limit`` bytes; no image is decoded, whatever size its header claims. None when
+    the keyword is not there or the file is not a well-formed PNG (another signature, a chunk cut short
+    or with a wrong CRC) or cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(limit)
+    except OSError:
+        return None
+    if not data.startswith(PNG_SIGNATURE):
+        return None
+    wanted, pos = keyword.encode("latin-1"), len(PNG_SIGNATURE)
+    while pos + 12 <= len(data):  # length, type, data, CRC
+        length, kind = struct.unpack_from(">I4s", data, pos)
+        end = pos + 8 + length
+        if end + 4 > len(data):
+            return None
+        body = data[pos + 8:end]
+        if zlib.crc32(kind + body) != struct.unpack_from(">I", data, end)[0]:
+            return None
+        if kind in (b"IDAT", b"IEND"):
+            return None
+        if kind == b"tEXt":
+            name, sep, value = body.partition(b"\0")
+            if sep and name == wanted:
+                return value.decode("latin-1")
+        pos = end + 4
+    return None
 
 
 def check_plot_path(path: Path) -> Path:
     """``path`` may take the plot: absent, or a PNG pebal-calibrate wrote (its ``Software`` text); a user's
     file of that name, or anything that is not a regular file, raises :class:`OutputPathError`."""
     path = check_output_file(path)
-    if path.exists():
-        try:
-            from PIL import Image
-
-            with Image.open(path) as img:
-                software = getattr(img, "text", {}).get("Software")
-        except (OSError, ValueError):
-            software = None
-        if software != PLOT_SOFTWARE:
-            raise OutputPathError(f"{path}: exists and was not written by {PLOT_SOFTWARE} (choose --plot)")
+    if path.exists() and png_text(path, "Software") != PLOT_SOFTWARE:
+        raise OutputPathError(f"{path}: exists and was not written by {PLOT_SOFTWARE} (choose --plot)")
     return path
 
 
