@@ -155,6 +155,13 @@ def test_cli_errors(tmp_path, tiny_checkpoint, capsys):
     assert "none.pt" in err[0] and "multiples of 4" in err[2]
 
 
+def test_an_output_folder_that_cannot_be_made_is_one_line_naming_it(tiny_checkpoint, capsys):
+    out = "/proc/self/pebal_export"  # no folder can be made there, whoever runs the tests
+    assert export_cli.main(["--checkpoint", str(tiny_checkpoint), "-o", out, "--format", "onnx"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"pebal-export: error: {out}: cannot write ("), err
+
+
 @pytest.mark.parametrize("value", ["inf", "nan", "1e308"])
 def test_export_refuses_a_threshold_no_loader_would_accept(tmp_path, capsys, value):
     from pebal_training.cli.export import main

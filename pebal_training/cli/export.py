@@ -109,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
                                dynamic_batch=args.dynamic_batch)
     except ValueError as exc:  # OutputPathError too
         return _error(exc)
+    except OSError as exc:  # the output folder cannot be made or written
+        return _error(f"{args.output}: cannot write ({exc.strerror or exc})")
     except Exception as exc:  # noqa: BLE001 - exporter failures of any type: one line, not a trace
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         print(f"{PROG}: export failed: {type(exc).__name__}: {first}", file=sys.stderr)
