@@ -26,6 +26,8 @@ import sys
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
+from pebal_perception.core.errors import first_line
+
 STORAGES = ("sqlite3", "mcap")
 BAG_VERSION = 8
 CUSTOM_MSG_PACKAGE = "pebal_perception"
@@ -114,12 +116,6 @@ def qos_profile(reliable: bool = True, depth: int = 10, transient_local: bool = 
 
 # ---------------------------------------------------------------------------------------------- reading
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    first = text.splitlines()[0] if text else ""
-    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
-
-
 class BagReader:
     """A bag opened for reading; every failure (also while iterating) raises :class:`BagError`."""
 
@@ -137,7 +133,7 @@ class BagReader:
             self._reader = Reader(self.path)
             self._reader.open()
         except Exception as exc:  # noqa: BLE001 - ReaderError, sqlite/mcap errors, YAML errors, ...
-            raise BagError(f"{self.path}: cannot open bag ({_first_line(exc)})") from None
+            raise BagError(f"{self.path}: cannot open bag ({first_line(exc, with_type=True)})") from None
         try:
             self._check_storage_files()
         except BagError:
@@ -184,7 +180,7 @@ class BagReader:
                 break
             except Exception as exc:  # noqa: BLE001 - truncated / corrupt storage
                 raise BagError(f"{self.path}: corrupt or truncated bag after {count} message(s) "
-                               f"({_first_line(exc)})") from None
+                               f"({first_line(exc, with_type=True)})") from None
             count += 1
             conn, timestamp, data = item
             yield conn, int(timestamp), bytes(data)

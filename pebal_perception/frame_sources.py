@@ -43,6 +43,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from pebal_perception.core.errors import first_line
 from pebal_perception.core.limits import frame_size_problem
 
 DEFAULT_FOLDER_FPS = 10.0
@@ -129,11 +130,6 @@ def bag_topic_argument(text: str) -> str:
         raise argparse.ArgumentTypeError(f"invalid topic name {text!r} for a bag: a private '~' name belongs to "
                                          "a node; give an absolute name such as /camera/image_raw")
     return name if name.startswith("/") else f"/{name}"
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _resize(bgr: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
@@ -267,7 +263,7 @@ def _read_image(path: Path) -> np.ndarray:
     except ImageRejected as exc:
         raise FootageError(exc.message) from None
     except OSError as exc:
-        raise FootageError(f"{path}: cannot read ({exc.strerror or _first_line(exc)})") from None
+        raise FootageError(f"{path}: cannot read ({exc.strerror or first_line(exc)})") from None
     _check_frame_size(rgb.shape[1], rgb.shape[0], path, "image")
     return np.ascontiguousarray(rgb[..., ::-1])
 
@@ -323,7 +319,7 @@ def _input_is_folder(path: Path) -> bool:
     except FileNotFoundError:
         raise FootageError(f"{path}: no such file or folder") from None
     except OSError as exc:
-        raise FootageError(f"{path}: cannot read ({exc.strerror or _first_line(exc)})") from None
+        raise FootageError(f"{path}: cannot read ({exc.strerror or first_line(exc)})") from None
     if stat.S_ISDIR(mode):
         return True
     if not stat.S_ISREG(mode):
@@ -339,7 +335,7 @@ def _sniff_file(path: Path) -> str | None:
         with open(path, "rb") as f:
             return sniff_format(f.read(16))
     except OSError as exc:
-        raise FootageError(f"{path}: cannot read ({exc.strerror or _first_line(exc)})") from None
+        raise FootageError(f"{path}: cannot read ({exc.strerror or first_line(exc)})") from None
 
 
 def _folder_files(path: Path) -> tuple[list[Path], list[str]]:
@@ -487,9 +483,9 @@ def load_calibration(path: str | os.PathLike) -> Calibration:
     try:
         doc = yaml.safe_load(_read_small_file(path, MAX_CALIBRATION_BYTES).decode("utf-8"))
     except OSError as exc:
-        raise FootageError(f"{path}: cannot read ({exc.strerror or _first_line(exc)})") from None
+        raise FootageError(f"{path}: cannot read ({exc.strerror or first_line(exc)})") from None
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise FootageError(f"{path}: not valid YAML ({_first_line(exc)})") from None
+        raise FootageError(f"{path}: not valid YAML ({first_line(exc)})") from None
     if not isinstance(doc, dict):
         raise FootageError(f"{path}: not a camera calibration (expected a mapping with image_width, "
                            "image_height, camera_matrix, ...)")

@@ -181,7 +181,3 @@ def export_model(model: nn.Module, meta: ModelMeta, out_dir: str | Path, name: s
                    opset if "onnx" in formats else None, dynamic_batch)
     written["sidecar"] = atomic_write_json(out / f"{name}.json", info)
     return written
-
-
-def load_sidecar(path: str | Path) -> dict[str, Any]:
-    return json.loads(Path(path).read_text())

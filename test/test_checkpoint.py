@@ -260,7 +260,9 @@ def test_weights_that_give_non_finite_outputs_are_refused(tmp_path):
     _refused(_saved(tmp_path, model), "test input", "not finite")
     model = TinySegNet()
     with torch.no_grad():
-        model.classifier.weight.fill_(1e38)  # finite weights whose products overflow
+        model.classifier.weight.fill_(1e38)  # finite weights whose products overflow ...
+        model.body[1].weight.fill_(0.0)  # ... on features of 1 everywhere (random ones may all be 0 after
+        model.body[1].bias.fill_(1.0)  # the ReLU on the test input, about one init in 256: then no overflow)
     _refused(_saved(tmp_path, model), "test input")
 
 

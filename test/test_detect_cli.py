@@ -9,14 +9,12 @@ import torch
 from pebal_perception.cli import detect
 from pebal_perception.core.checkpoint import ModelMeta, save_checkpoint
 
-from tiny_models import TINY, TinySegNet
+from tiny_models import TINY, TinySegNet, write_tiny_checkpoint
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
-    return save_checkpoint(path, TinySegNet(), ModelMeta.for_architecture(TINY, threshold=-2.9))
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt", threshold=-2.9)
 
 
 def _write_image(path, h=48, w=80, seed=0):

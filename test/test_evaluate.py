@@ -15,7 +15,7 @@ import torch
 from sklearn.metrics import average_precision_score, roc_auc_score
 from torch import nn
 
-from pebal_perception.core.checkpoint import ModelMeta, save_checkpoint
+from pebal_perception.core.checkpoint import ModelMeta
 from pebal_perception.core.engine import InferenceEngine
 from pebal_training.cli import evaluate as eval_cli
 from pebal_training.component_metrics import (F1_THRESHOLDS, ComponentMetricAccumulator, component_metrics,
@@ -25,16 +25,14 @@ from pebal_training.data.datasets import (CityscapesSegmentation, FishyscapesDat
                                           RoadAnomalyDataset, SegmentMeIfYouCanDataset)
 from pebal_training.evaluate import curves, sliding_logits
 
-from tiny_models import TINY, TinySegNet
+from tiny_models import TINY, write_tiny_checkpoint
 
 SIZE = (96, 48)  # W x H of the synthetic scenes
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
-    return save_checkpoint(path, TinySegNet(), ModelMeta.for_architecture(TINY, threshold=-3.0))
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt", threshold=-3.0)
 
 
 @pytest.fixture(scope="module")

@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from pebal_perception.core import scoring
-from pebal_perception.core.checkpoint import ModelMeta, load_checkpoint, save_checkpoint
+from pebal_perception.core.checkpoint import ModelMeta, load_checkpoint
 from pebal_perception.core.models import create_model
 from pebal_training import export as E
 from pebal_training.cli import export as export_cli
 
-from tiny_models import TINY, TinySegNet
+from tiny_models import TINY, TinySegNet, write_tiny_checkpoint
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -49,9 +49,7 @@ def _check_against_eager(module, files, size_hw, batch=1):
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory):
-    torch.manual_seed(3)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
-    return save_checkpoint(path, TinySegNet(), ModelMeta.for_architecture(TINY, threshold=-2.5))
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt", seed=3, threshold=-2.5)
 
 
 @pytest.mark.slow

@@ -25,6 +25,8 @@ from pebal_perception.bag import read_all_messages  # noqa: E402
 from pebal_perception.cli import bag as bag_cli  # noqa: E402
 from pebal_perception.frame_sources import FootageError, load_calibration, open_source  # noqa: E402
 
+from tiny_models import write_tiny_checkpoint  # noqa: E402
+
 VIDEO_FRAMES, VIDEO_SIZE, VIDEO_FPS = 12, (320, 240), 10.0
 FOLDER_FRAMES, FOLDER_SIZE = 6, (160, 120)
 START_NS = 100 * 1_000_000_000
@@ -167,12 +169,12 @@ def test_overwrite_only_its_own_bag(capsys, folder, tmp_path):
 
 
 def test_process_reads_every_frame(capsys, folder, calibration, tmp_path):
-    from test_bag import make_checkpoint
-
     bag = tmp_path / "input_bag"
     assert run(capsys, "from-video", folder, "-o", bag, "--camera-info", calibration, "-q")[0] == 0
     out = tmp_path / "processed"
-    rc, _, err = run(capsys, "process", bag, "-o", out, "--checkpoint", make_checkpoint(tmp_path / "tiny.pt"),
+    # The real architecture with random weights, the same checkpoint test_bag processes bags with.
+    checkpoint = write_tiny_checkpoint(tmp_path / "tiny.pt", architecture="espnetv2", input_size=[128, 256])
+    rc, _, err = run(capsys, "process", bag, "-o", out, "--checkpoint", checkpoint,
                      "--device", "cpu", "-q")
     assert rc == 0, err
     summary = json.loads((out / "summary.json").read_text())

@@ -16,13 +16,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-from pebal_perception.core.checkpoint import ModelMeta, save_checkpoint
 from pebal_perception.core.io import (FolderLayout, OutputPathError, atomic_write_bytes, check_output_file,
                                       check_output_folder, json_keys, remove_output_folder)
 
-from tiny_models import TINY, TinySegNet
+from tiny_models import TINY, write_tiny_checkpoint
 
 USER_DATA = b"the user's data"
 KINDS = ("user_dir", "fifo", "device", "file")
@@ -77,9 +75,7 @@ def target(request, tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
-    return save_checkpoint(path, TinySegNet(), ModelMeta.for_architecture(TINY, threshold=-2.9))
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt", threshold=-2.9)
 
 
 def _write_image(path: Path, h: int = 32, w: int = 64) -> Path:

@@ -35,6 +35,7 @@ from torch import nn
 
 from . import scoring
 from .constants import CITYSCAPES_CLASSES, IMAGENET_MEAN, IMAGENET_STD
+from .errors import first_line
 from .io import atomic_write_bytes
 from .limits import check_threshold
 from .models import NUM_INLIER_CLASSES, NUM_OUTPUTS, ModelSpec, canonical_model_name, get_model_spec, list_models
@@ -255,7 +256,7 @@ def _check_buildable(spec: ModelSpec, meta: ModelMeta, state: dict[str, torch.Te
             shapes = {k: v for k, v in spec.builder(**meta.model_kwargs).state_dict().items()}
     except Exception as exc:  # noqa: BLE001 - TypeError for unknown kwargs, ValueError from the builder, ...
         raise CheckpointError(f"{source}: model_kwargs {meta.model_kwargs!r:.80} do not build a "
-                              f"{meta.architecture} ({type(exc).__name__}: {_first_line(exc)})") from None
+                              f"{meta.architecture} ({type(exc).__name__}: {first_line(exc)})") from None
     given = dict(state)
     for key, value in shapes.items():
         if key.endswith("num_batches_tracked") and key not in given:
@@ -264,11 +265,6 @@ def _check_buildable(spec: ModelSpec, meta: ModelMeta, state: dict[str, torch.Te
     if problem:
         raise CheckpointError(f"{source}: the weights do not fit {meta.architecture} with model_kwargs "
                               f"{meta.model_kwargs!r:.80} ({problem})")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _non_finite_weights(model: nn.Module) -> str | None:
@@ -332,7 +328,7 @@ def validate_model(model: nn.Module, meta: ModelMeta, source: str | os.PathLike)
                 try:
                     logits = model(normalize(pattern, meta.mean, meta.std, (h, w)))
                 except Exception as exc:  # noqa: BLE001 - any failure of the forward is a broken checkpoint
-                    problem = f"the model fails on a {w}x{h} test input ({type(exc).__name__}: {_first_line(exc)})"
+                    problem = f"the model fails on a {w}x{h} test input ({type(exc).__name__}: {first_line(exc)})"
                 else:
                     problem = _output_problem(logits, f"a {w}x{h} test input")
     finally:

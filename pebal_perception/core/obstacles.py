@@ -36,15 +36,6 @@ class Obstacle:
                 "held": self.held}
 
 
-def remove_small_blobs(mask: np.ndarray, min_area: int) -> np.ndarray:
-    if min_area <= 1 or not mask.any():
-        return mask.astype(bool)
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
-    keep = stats[:, cv2.CC_STAT_AREA] >= min_area
-    keep[0] = False
-    return keep[labels]
-
-
 def extract_obstacles(mask: np.ndarray, score: np.ndarray, semantic: np.ndarray | None = None,
                       min_area: int = 1, footprint_rows: int = 3) -> list[Obstacle]:
     """One Obstacle per 8-connected region of ``mask`` with at least ``min_area`` pixels.

@@ -391,8 +391,6 @@ class PostProcessConfig:
         return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in fields(self)}
 
 
-POSTPROCESS_FIELDS = tuple(f.name for f in fields(PostProcessConfig))
-
 #: What the product runs (the node's parameter defaults, config/detector.yaml; pebal-detect, pebal-eval
 #: and pebal-calibrate --normal use the same): every PostProcessConfig field that differs from the plain
 #: per-pixel behaviour of the dataclass defaults.
@@ -403,8 +401,6 @@ PLANNER_DEFAULTS: dict[str, Any] = {
     "max_surface_share": 0.25, "min_fill": 0.3, "max_width_share": 0.5, "min_extent_share": 0.5,
     "max_known_share": 0.5,
 }
-#: Fields a normal-driving calibration estimates and stores in a checkpoint.
-CALIBRATED_FIELDS = ("ego_mask_polygon", "horizon_row")
 
 
 def calibrated_postprocess(meta: Any) -> dict[str, Any]:

@@ -23,8 +23,8 @@ One command (CPU, 2 threads; wall time in ``<output>/real_default.json``) does:
 
 3. **PEBAL fine-tuning** with :func:`pebal_training.trainer.train` (the ``pebal-finetune`` code path, the
    reference losses: PAL + energy hinge + smoothness/sparsity), the abstention row re-initialised, the
-   whole ESPNetv2 decoder trained (``--trainable``; the last block alone cannot move the boundary pixels,
-   ``real_roads`` attempt 4), every BatchNorm kept in eval (``--bn-mode``), 256 x 512 crops.
+   whole ESPNetv2 decoder trained (``--trainable``; the last block alone cannot move the boundary pixels:
+   ``docs/experiments/real_roads.md``), every BatchNorm kept in eval (``--bn-mode``), 256 x 512 crops.
 
 4. **Threshold**, chosen on sets that are never reported: the lowest threshold at which at most one of
    the eight real highway frames (``real_driving_frames``; the normal-driving rule of ``pebal-calibrate

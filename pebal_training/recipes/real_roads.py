@@ -1,123 +1,34 @@
-"""PEBAL fine-tuning of the EdgeNets ESPNetv2 Cityscapes model for REAL roads (issue 14, part 1), on CPU.
+"""PEBAL fine-tuning of the EdgeNets ESPNetv2 Cityscapes model on real road frames, on CPU.
 
-    .venv/bin/python -m pebal_training.recipes.real_roads --output runs/real_roads
+    .venv/bin/python -m pebal_training.recipes.real_roads --output runs/real_roads [--gap]
 
-What it does (on a shared 2-core CPU, ``torch.set_num_threads(2)``; wall times of the measured runs are in
-the table at the end; ``--gap`` adds about 4-5 CPU minutes to each of the two evaluations):
+One command (2 CPU threads, about 20 minutes with the defaults) does:
 
-1. **Inlier frames**: only the train scenes :data:`pebal_training.data.road_pastes.TRAIN_SCENES` (three
-   Udacity 1280 x 720 frames, one Cityscapes 2048 x 1024 frame), each resized to the network's deployment
-   scale (1024 wide, aspect kept, height rounded to a multiple of 16: 1024 x 576 and 1024 x 512), plus
-   ``--variants`` photometric / mild geometric copies per frame
-   (:func:`~pebal_training.data.road_pastes.normal_variants`; the trainer's own augmentation is only
-   flip, random scale and crop). Every frame is pseudo-labelled by the base model (argmax over the 19
-   classes; pixels whose top softmax probability is below ``--min-confidence`` become 255 = void; the
-   default 0 labels every pixel, since every pixel of an unmodified real frame is an inlier, including the
-   uncertain road edges, lane markings and far road that raise false obstacles) and written as a
-   Cityscapes tree under ``<output>/data/cityscapes`` (read by ``data.kind: cityscapes``).
-2. **Outliers on the road**: ``--pastes`` frames per train scene with 1-3 objects pasted on the road
-   (:func:`~pebal_training.data.road_pastes.paste_on_road`; road = the pseudo-label's road class,
-   holes filled by :func:`~pebal_perception.core.postprocess.drivable_mask`; perspective scale, mild
-   brightness matching), objects = COCO cutouts of every sample image except
-   :data:`~pebal_training.data.road_pastes.HELD_OUT_COCO` and procedural renders from seed 0
-   (< :data:`~pebal_training.data.road_pastes.EVALUATION_RENDER_SEED`). With ``--road-pastes inliers``
-   (the default) these frames are written into the same Cityscapes tree as inlier frames
-   (``<scene>_pNN``): the base frame's pseudo-label with 254 on the pasted objects, read with
-   ``data.inlier_outlier_label: true`` (the Cityscapes reader then accepts 254; those images are
-   ``is_ood`` and their 254 pixels are outliers in the losses, exactly as pasted OE pixels), so the
-   objects stay where they were pasted. The trainer's own outlier exposure is kept: an ``ood_seg``
-   source (``<output>/data/ood_seg``: ``train2017/<name>.jpg`` + 254 masks in
-   ``annotations/ood_seg_train2017/<name>.png``) holds the non-held-out COCO sample images (all their
-   instances, resized by 0.5), as cityscapes_smoke's ``data.outliers`` does; ``--oe-fraction`` of them
-   per frame and epoch are pasted by AnomalyMix at random positions. ``--road-pastes ood_seg`` is the
-   first attempt's path: the road pastes go into that ood_seg source too, so AnomalyMix copies their
-   objects to a uniformly random position of a random inlier frame (their place on the road is lost).
-3. **Fine-tuning** with :func:`pebal_training.trainer.train` (the ``pebal-finetune`` code path):
-   ``loss.objective: pebal`` (reference losses), abstention row re-initialised
-   (the default for a third-party checkpoint, as in cityscapes_smoke), trainable ``--trainable`` (default
-   the whole decoder, :data:`DECODER_PREFIXES`; PEBAL trains only its last block), ``--bn-mode`` (default
-   ``eval``: every BatchNorm keeps its pretrained running statistics), 256 x 512
-   crops, batch ``--batch``, lr ``--lr`` (1e-3) with the poly schedule, ``--iters`` iterations (rounded
-   up to whole epochs), seed ``--seed``.
-4. **Held-out measurement**, before (base weights) and after: (a) pixel accuracy of the 19-class argmax on
-   Cityscapes ``frankfurt_000000_000294`` (a report scene, never trained on; run at 1024 x 512, prediction
-   reduced to 256 x 128 nearest) against mmsegmentation's downscaled ground truth
-   (``cityscapes_val/mmseg_pseudo_256x128/*_labelTrainIds.png``, the real gtFine labels at 256 x 128);
-   (b) pixel AP / AUROC / FPR95 (:func:`pebal_training.evaluate.evaluate_anomaly`, the engine at its
-   deployment input size 512 x 1024) on the calibration and report scenes: per scene ``--eval-normals``
-   normal frames and ``--eval-pastes`` frames with held-out objects (HELD_OUT_COCO cutouts and renders
-   from EVALUATION_RENDER_SEED) pasted on the base model's road (the same frames before and after);
-   (c) with ``--gap``, the region-score gap under the node's default post-processing (ego mask and horizon estimated
-   per camera from the normal frames, as ``pebal-calibrate --normal``): per pasted object its *found
-   threshold* and per normal frame its *clean threshold* (:mod:`pebal_training.normal_calibration`);
-   ``gap = median(found) - max(clean)`` > 0 means one threshold separates most objects from every normal
-   frame.  The threshold is NOT calibrated here (run ``pebal-calibrate --normal`` on the calibration
-   scenes afterwards).
-5. **Outputs**: ``<output>/real_roads.pt`` (our checkpoint format, ``meta.model_id =
-   "espnetv2-real-roads"``, no threshold), ``<output>/real_roads.json`` (scenes, objects, settings,
-   iterations, wall time, the metrics), ``<output>/data`` (resized Cityscapes frames: Cityscapes terms,
-   never ship them; ``runs/`` is git-ignored) and ``<output>/run`` (the trainer's run folder). ``--output``
-   must be new, empty or written by this recipe; ``data/`` and ``run/`` are rebuilt on every run.
+1. **Inlier frames**: the real train scenes (:data:`pebal_training.data.road_pastes.TRAIN_SCENES`) at the
+   network's deployment scale (1024 wide) plus ``--variants`` photometric / mild geometric copies,
+   pseudo-labelled by the base model (argmax; below ``--min-confidence`` = void) and written as a
+   Cityscapes tree under ``<output>/data/cityscapes``.
+2. **Outliers on the road**: ``--pastes`` frames per train scene with COCO cutouts (except
+   ``HELD_OUT_COCO``) and procedural renders pasted on the road at perspective scale. ``--road-pastes
+   inliers`` (the default) writes them into the Cityscapes tree with 254 on the objects, so they stay on
+   the road; ``ood_seg`` gives them to AnomalyMix, which re-pastes them anywhere. The trainer's COCO
+   outlier exposure (``<output>/data/ood_seg``, ``--oe-fraction`` per frame and epoch) is kept.
+3. **Fine-tuning** with :func:`pebal_training.trainer.train` (the ``pebal-finetune`` code path, the
+   reference PEBAL losses, the abstention row re-initialised): ``--trainable`` prefixes (default the
+   whole decoder, :data:`DECODER_PREFIXES`), ``--bn-mode`` (default ``eval``: BatchNorm keeps its
+   pretrained statistics), 256 x 512 crops, poly lr schedule, ``--iters`` iterations.
+4. **Held-out measurement** of the base and the fine-tuned weights: (a) segmentation pixel accuracy on
+   Cityscapes ``frankfurt_000000_000294``; (b) pixel AP / AUROC / FPR95 on normal and held-out pasted
+   frames of the calibration and report scenes; (c) with ``--gap``, the region-score gap under the
+   node's default post-processing (:mod:`pebal_training.normal_calibration`): ``median(found) -
+   max(clean)`` > 0 means one threshold separates most objects from every normal frame. No threshold
+   is calibrated here: run ``pebal-calibrate --normal`` afterwards.
+5. **Outputs**: ``<output>/real_roads.pt`` (``meta.model_id = "espnetv2-real-roads"``, no threshold),
+   ``<output>/real_roads.json`` (settings, wall time, metrics), ``<output>/data`` (resized Cityscapes
+   frames: never ship them) and ``<output>/run`` (the trainer's run folder). ``--output`` must be new,
+   empty or written by this recipe; ``data/`` and ``run/`` are rebuilt on every run.
 
-Measured (seed 666, ``--gap``; 36 held-out images with 48 objects; the evaluation engine at 512 x 1024).
-Attempt 1 = the first defaults (``--road-pastes ood_seg --min-confidence 0.5 --trainable bu_dec_l4.
---oe-fraction 1.5``, 108 it., 19.3 min in all, training 10.4 min). Attempt 2 = on-road pasted inlier frames
-(``--road-pastes inliers``, 24 frames with 254 on the objects), ``--min-confidence 0``, ``--trainable
-bu_dec_l3. bu_dec_l4.``, lr 1e-3, ``--oe-fraction 0.5`` (22 COCO AnomalyMix samples per epoch), with
-(i) ``--iters 100`` (105 it. = 7 epochs x 15; 16.1 min in all, training 8.3 min) -- the defaults
-then -- and (ii) ``--iters 180`` (12 x 15; 16.1 min in all, training 6.0 min on a less loaded CPU).
-The base column is attempt 1's measurement; the base re-measured with attempt 2 gives the same
-segmentation accuracy and AUROC 0.460 / 0.461, AP 0.0099 / 0.0100, FPR95 0.995, median found -8.15,
-max clean -5.54, gap -2.61 (the road-fit / road-paste code changed in between, commit 32abbe8; (ii)'s
-held-out pastes hold 341,740 object pixels, attempt 1's and (i)'s 339,709):
-
-=====================================  ===============  =============  =============  =============
-metric (held-out)                      base (EdgeNets)  attempt 1      attempt 2 (i)  attempt 2 (ii)
-                                                        108 it.        105 it.        180 it.
-=====================================  ===============  =============  =============  =============
-(a) pixel accuracy, 000294 @ 256x128   0.9483           0.9490         0.9506         0.9535
-(b) pixel AP                           0.0099           0.0089         0.0122         0.0206
-(b) pixel AUROC                        0.460            0.394          0.449          0.428
-(b) FPR95                              0.995            0.999          0.999          1.000
-(c) median found threshold (objects)   -8.06            -9.60          -8.31          -8.54
-(c) max clean threshold (normal)       -5.54            -6.50          -6.51          -5.55
-(c) gap                                -2.52            -3.10          -1.80          -2.99
-(c) objects found above max clean      0 %              4.2 %          8.3 %          2.1 %
-=====================================  ===============  =============  =============  =============
-
-**The gap is still negative in every run: no setting here separates the held-out objects from the
-normal frames.** Attempt 2 (i) is the best (gap -2.61 -> -1.80 against the re-measured base, 8 % of the
-objects above the max clean threshold; segmentation +0.2 points), so its settings were the defaults
-until attempt 5; its checkpoint is ``runs/real_roads_v2a/real_roads.pt`` (not shipped). Training 80 %
-longer (ii) doubles the pixel AP but loses the gap again (the max clean threshold comes back to the base's, the objects
-move down). Loss trend (means over thirds of each run): attempt 2 (i) total 5.36 -> 4.92 -> 4.18, PAL
-3.98 -> 3.85 -> 3.12, ``energy_out`` 12.9 -> 7.9 -> 6.9, ``energy_in`` flat at 11.5-11.9; (ii) total
-5.2 -> 3.7, PAL 3.8 -> 2.9, ``energy_out`` 14 -> 5.5, ``energy_in`` 11.3-11.8 -> 10.3 over the last 90
-steps. So the outlier hinge is learnt, but the inlier hinge (every pixel of the real frames below
-``m_in = -12``) barely moves: with ``energy_weight 0.1`` it is a small part of the loss, and the uncertain
-normal-frame pixels stay at high energy. Attempt 3 = attempt 2 (i) with ``--energy-weight 1.0`` (10x the
-reference; without ``--gap``; 105 it., training 5.2 min): pixel AUROC 0.461 -> 0.558 (the first above
-chance), AP 0.0100 -> 0.0162, FPR95 0.995 -> 0.991, but segmentation 0.9483 -> 0.9310 (-1.7 points, beyond
-the 0.5-point budget), so it is not the default; ``bench/bench_planner.py`` numbers for it are in
-BENCHMARKS.md.
-
-**Attempts 4-6 (2026-12-02): the whole decoder, and BatchNorm kept in eval.** A one-batch over-fit check
-showed why attempts 1-3 could not separate: with ``bu_dec_l3. bu_dec_l4.`` (3,656 parameters) the pasted
-objects reach the outlier margin (-6) but the inlier tail (road edges, lane markings; 99th percentile
-about -5) does not move; with the whole decoder (43,556) both do. Attempt 4 trained the whole decoder
-with ``bn_mode: frozen`` (the trained blocks' BN then use batch statistics and overwrite their running
-ones): held-out AUROC 0.64 but segmentation -1.9 points. Attempt 5 = attempt 4 with ``--bn-mode eval``
-(**the current defaults**; 210 iterations, training 14.8 min, 19.6 min in all on a CPU shared with
-other work): segmentation 0.9483 -> 0.9474 (-0.09 points), pixel AP 0.0100 -> 0.0780, **AUROC 0.461 ->
-0.857, FPR95 0.995 -> 0.482**. Attempt 6 = attempt 5 with ``--energy-weight 0.5 --iters 300``: AP 0.078,
-AUROC 0.858, FPR95 0.530, segmentation -0.45 points (23 min). Attempt 7 = the defaults with ``--renders 96
---pastes 12``: AP 0.169, AUROC 0.947, FPR95 0.190, but segmentation -3.1 points (over the budget; 32
-min). The pixel scores now separate the held-out objects; the region level does not yet
-(``bench/bench_planner.py``, BENCHMARKS.md): on normal
-frames a few regions per scene (a bollard at the kerb, the far road with distant traffic, lane-line
-blobs) still score above half of the objects. Settings were chosen on these held-out numbers, which pool
-calibration and report scenes (the report scenes are not clean for this choice).
-
+Why the defaults are what they are, and every measured attempt: ``docs/experiments/real_roads.md``.
 Nothing here imports ROS.
 """
 from __future__ import annotations
@@ -192,7 +103,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--pastes", type=int, default=6, help="training frames with objects pasted on the road, per scene")
     p.add_argument("--renders", type=int, default=24, help="rendered training obstacles (seed 0)")
     p.add_argument("--oe-fraction", type=float, default=0.5,
-                   help="COCO outlier-exposure samples per training frame and epoch (first attempt: 1.5)")
+                   help="COCO outlier-exposure samples per training frame and epoch")
     p.add_argument("--min-confidence", type=float, default=0.0,
                    help="pseudo-label confidence threshold (0: every pixel labelled with the argmax class)")
     p.add_argument("--road-pastes", choices=("inliers", "ood_seg"), default="inliers",
