@@ -158,7 +158,7 @@ class NodePathPipeline:
         from pebal_perception.core import scoring
         from pebal_perception.core.preprocess import normalize, to_uint8_batch
         from pebal_perception.node.outputs import build_output_messages
-        from pebal_perception.node.processing import process_frame
+        from pebal_perception.core.postprocess import process_frame
 
         t = timer or StageTimer()
         eng = self.engine
@@ -200,7 +200,8 @@ class NodePathPipeline:
         import types
 
         from pebal_perception.node.outputs import build_output_messages
-        from pebal_perception.node.processing import infer_maps, process_frame
+        from pebal_perception.core.engine import infer_maps
+        from pebal_perception.core.postprocess import process_frame
 
         rgb = self.converter.to_rgb(types.SimpleNamespace(**msg))
         sem, score, _ = infer_maps(self.engine, rgb)

@@ -190,7 +190,8 @@ def bench_frame(size_wh: tuple[int, int], warmup: int, repeats: int, device: str
     import numpy as np
 
     from pebal_perception.core.engine import InferenceEngine
-    from pebal_perception.node.processing import infer_maps, process_frame
+    from pebal_perception.core.engine import infer_maps
+    from pebal_perception.core.postprocess import process_frame
 
     w, h = size_wh
     model, cpu_engine, _, _ = build("espnetv2", size_wh)
@@ -226,7 +227,7 @@ def bench_tensorrt(model_name: str, size_wh: tuple[int, int], warmup: int, repea
 
     from pebal_perception.core import backends
     from pebal_perception.core.engine import InferenceEngine
-    from pebal_perception.node.processing import infer_maps
+    from pebal_perception.core.engine import infer_maps
 
     w, h = size_wh
     name = f"gpu_tensorrt_{SHORT_NAMES.get(model_name, model_name)}_{w}x{h}_{precision}"
@@ -261,8 +262,8 @@ def bench_node(duration_s: float, device: str, verbose: bool = True) -> list[dic
     params = [f"device:={device}", "precision:=fp16", f"input_width:={NODE_SIZE[0]}",
               f"input_height:={NODE_SIZE[1]}"]
     try:
-        record = bench_soak.soak(duration_s, fps=NODE_FPS, size=NODE_SIZE, node_params=params, verbose=verbose,
-                                 progress_every_s=10.0)
+        record = bench_soak.soak(duration_s, write_bag=bench_soak.drive_bag, fps=NODE_FPS, size=NODE_SIZE,
+                                 node_params=params, verbose=verbose, progress_every_s=10.0)
     except (bench_soak.SoakUnavailable, bench_soak.SoakError) as exc:
         return [skipped(name, str(exc))]
     a = record["analysis"]

@@ -71,7 +71,7 @@ def cutouts(assets: Path, seed: int):
 def score_all(engine, samples) -> list[tuple[np.ndarray, np.ndarray]]:
     from tqdm import tqdm
 
-    from pebal_perception.node.processing import infer_maps
+    from pebal_perception.core.engine import infer_maps
 
     out = []
     for s in tqdm(samples, desc="scoring", unit="img"):
@@ -82,7 +82,7 @@ def score_all(engine, samples) -> list[tuple[np.ndarray, np.ndarray]]:
 
 def build(engine, assets: Path, seed: int, variants: int, pastes: int):
     from pebal_perception.core.postprocess import drivable_mask
-    from pebal_perception.node.processing import infer_maps
+    from pebal_perception.core.engine import infer_maps
     from pebal_training.data.road_pastes import build_road_benchmark
 
     frames = real_frames(assets)

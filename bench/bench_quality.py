@@ -392,7 +392,7 @@ def plot(results: dict, out_dir: Path) -> list[Path]:
     matplotlib.use("Agg", force=True)
     from matplotlib.figure import Figure
 
-    from pebal_training.evaluate import _save_figure
+    from pebal_training.figures import save_figure
 
     written = []
     series = [(name, r["planner"]) for name, r in results.items() if r.get("planner")]
@@ -414,7 +414,7 @@ def plot(results: dict, out_dir: Path) -> list[Path]:
         ax.legend(fontsize="small", loc="upper right")
         fig.tight_layout()
         path = out_dir / f"quality_found_vs_stray_{key}.png"
-        _save_figure(path, fig)
+        save_figure(path, fig)
         written.append(path)
     fig = Figure(figsize=(6.5, 4.5))
     ax = fig.add_subplot(1, 1, 1)
@@ -433,7 +433,7 @@ def plot(results: dict, out_dir: Path) -> list[Path]:
     ax.legend(fontsize="small", loc="lower right")
     fig.tight_layout()
     path = out_dir / "quality_found_vs_false_frames.png"
-    _save_figure(path, fig)
+    save_figure(path, fig)
     written.append(path)
     return written
 

@@ -77,6 +77,13 @@ LATENCY_TARGET = 1.5
 
 # ------------------------------------------------------------------------------------------ figures
 
+
+def drive_bag(path, frames: int, size: tuple[int, int], fps: float) -> dict:
+    """The soak's bag: a synthetic drive with two anomalies on the road, raw bgr8 frames."""
+    from pebal_training.recipes.drive_bag import write_drive_bag
+
+    return write_drive_bag(path, frames=frames, fps=fps, size=size, seed=7, anomalies=(2, 3), encoding="bgr8")
+
 def figures(record: dict[str, Any]) -> list[dict[str, Any]]:
     a = record["analysis"]
     final = record.get("final") or {}
@@ -166,7 +173,7 @@ def run(quick: bool = False, duration_s: float | None = None, verbose: bool = Tr
 
     local_ros_env()  # the bench's own domain (PEBAL_BENCH_ROS_DOMAIN_ID or pid-derived), loopback only
     try:
-        record = soak(duration, verbose=verbose)
+        record = soak(duration, write_bag=drive_bag, verbose=verbose)
     except (SoakUnavailable, SoakError) as exc:
         return [skipped(n, str(exc)) for n in names]
     if verbose:
@@ -203,8 +210,8 @@ def main(argv: list[str] | None = None) -> int:
 
     local_ros_env()
     try:
-        record = soak(duration, fps=args.fps, size=args.size, frames=args.frames, warmup_s=args.warmup,
-                      reliable_input=not args.best_effort, node_params=args.param)
+        record = soak(duration, write_bag=drive_bag, fps=args.fps, size=args.size, frames=args.frames,
+                      warmup_s=args.warmup, reliable_input=not args.best_effort, node_params=args.param)
     except (SoakUnavailable, SoakError) as exc:
         print(format_figure(skipped("soak", str(exc))))
         return 1

@@ -37,11 +37,12 @@ import torch.nn.functional as F
 
 from pebal_perception.core.constants import CITYSCAPES_CLASSES, IGNORE_LABEL, NUM_INLIER_CLASSES, VOID
 from pebal_perception.core.engine import FrameResult
-from pebal_perception.core.io import atomic_save_image, atomic_write, atomic_write_json
+from pebal_perception.core.io import atomic_save_image, atomic_write_json
 from pebal_perception.core.preprocess import normalize, to_uint8_batch
 from pebal_perception.core.visualize import score_to_colour
 from pebal_training.component_metrics import ComponentMetricAccumulator
 from pebal_training.metrics import AnomalyMetricAccumulator, ConfusionMatrix, anomaly_metrics
+from pebal_training.figures import save_figure
 from pebal_training.planner_metrics import PlannerMetricAccumulator
 
 PLOT_POINTS = 2000
@@ -82,16 +83,6 @@ def curves(pos: np.ndarray, neg: np.ndarray, max_points: int = PLOT_POINTS) -> d
             "thresholds": thr}
 
 
-def _save_figure(path: Path, fig, software: str | None = None) -> None:
-    """``fig`` as a PNG at ``path``, atomically; ``software`` goes into the PNG's Software text (a tool
-    that replaces only its own files checks it)."""
-    import io
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, metadata={"Software": software} if software else None)
-    atomic_write(path, lambda f: f.write(buf.getvalue()))
-
-
 def plot_curves(c: dict[str, np.ndarray], metrics: dict, out: Path, title: str) -> None:
     import matplotlib
 
@@ -108,7 +99,7 @@ def plot_curves(c: dict[str, np.ndarray], metrics: dict, out: Path, title: str) 
            xlim=(0, 1), ylim=(0, 1.01))
     ax.legend(loc="lower right")
     fig.tight_layout()
-    _save_figure(out / "roc.png", fig)
+    save_figure(out / "roc.png", fig)
 
     fig = Figure(figsize=(5, 5))
     ax = fig.add_subplot(1, 1, 1)
@@ -118,7 +109,7 @@ def plot_curves(c: dict[str, np.ndarray], metrics: dict, out: Path, title: str) 
     ax.set(xlabel="recall", ylabel="precision", title=f"PR - {title}", xlim=(0, 1), ylim=(0, 1.01))
     ax.legend(loc="upper right")
     fig.tight_layout()
-    _save_figure(out / "pr.png", fig)
+    save_figure(out / "pr.png", fig)
 
 
 # --------------------------------------------------------------------------------------------------

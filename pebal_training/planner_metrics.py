@@ -274,7 +274,7 @@ def plot_planner_sweep(thresholds: Sequence[float], false_frame_rate: Sequence[f
     matplotlib.use("Agg", force=True)
     from matplotlib.figure import Figure  # no pyplot state
 
-    from pebal_training.evaluate import _save_figure
+    from pebal_training.figures import save_figure
 
     t = _as_float_array(thresholds)
     series = [_as_float_array(v) for v in (false_frame_rate, object_recall, stray_per_frame)]
@@ -303,5 +303,5 @@ def plot_planner_sweep(thresholds: Sequence[float], false_frame_rate: Sequence[f
     ax.legend(handles + h2, labels + l2, loc="best", fontsize="small")
     fig.tight_layout()
     path = Path(path)
-    _save_figure(path, fig)
+    save_figure(path, fig)
     return path

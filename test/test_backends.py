@@ -170,6 +170,62 @@ def test_auto_measures_on_the_cpu_and_is_torch_elsewhere(espnetv2, tmp_path):
         resolve_backend("tvm", "cpu")
 
 
+class _EagerRunner(backends.GraphRunner):
+    """A runtime that is PyTorch running the graph it is given: about the least a backend can be."""
+
+    def __init__(self, request: backends.GraphRequest):
+        self.graph = request.frame_graph()
+
+    def __call__(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        with torch.no_grad():
+            semantic, energy = self.graph(torch.from_numpy(rgb))
+        return semantic.numpy(), energy.numpy()
+
+
+@pytest.fixture
+def eager_backend(monkeypatch):
+    """One more backend, registered as backends.py registers its own, for one test; returns its builds."""
+    monkeypatch.setattr(backends, "_REGISTRY", dict(backends._REGISTRY))  # both restored after the test
+    monkeypatch.setattr(backends, "BACKENDS", backends.BACKENDS)
+    builds = []
+
+    def build(request):
+        builds.append(request)
+        return _EagerRunner(request)
+
+    backends.register_backend(backends.Backend("eager", module="torch", device="cpu", build=build,
+                                               description="PyTorch running the graph, CPU",
+                                               graph_form={"prelu": "affine", "argmax": "reduce"}))
+    return builds
+
+
+def test_one_registration_adds_a_backend(espnetv2, eager_backend):
+    """A registered backend is a choice (BACKENDS, help text), resolves on its device only, gets its graph
+    form, runs the engine's frames with the torch path's outputs and takes part in auto's measurement."""
+    assert backends.BACKENDS[-1] == "eager" and "eager (PyTorch running the graph, CPU)" in backends.help_text()
+    assert "and eager once per machine" in backends.help_text()  # auto measures it on the CPU
+    assert resolve_backend("eager", "cpu") == "eager" and "eager" in backends.compiled_runtimes()
+    with pytest.raises(BackendError, match="eager runs on the CPU"):
+        resolve_backend("eager", "cuda")
+    with pytest.raises(ValueError, match="already registered"):
+        backends.register_backend(backends.get_backend("eager"))
+    assert frame_graph.RUNTIME_FORMS["eager"] == {"prelu": "affine", "argmax": "reduce"}
+    model, meta = espnetv2
+    engine = InferenceEngine(model, meta, device="cpu", backend="eager")
+    assert engine.backend == "eager" and len(eager_backend) == 1 and engine.runner(NETWORK).graph.argmax_by_reduce
+    reference = InferenceEngine(model, meta, device="cpu", backend="torch")
+    for image_hw in (NETWORK, (150, 330)):
+        rgb = _frame(*image_hw)
+        sem, score, _ = infer_maps(engine, rgb)
+        sem_ref, score_ref, _ = infer_maps(reference, rgb)
+        assert (sem == sem_ref).mean() >= 0.999 and np.abs(score - score_ref).max() <= 1e-3
+    assert len(eager_backend) == 1  # one graph per network size
+    engine.to_device("cpu")
+    assert engine.backend == "eager"
+    auto = InferenceEngine(model, meta, device="cpu", backend="auto")
+    assert "eager" in auto.backend_timings
+
+
 @pytest.mark.skipif(not RUNTIMES, reason="no compiled runtime installed")
 def test_graph_cache_is_reused_and_a_corrupt_entry_is_rebuilt(espnetv2, tmp_path, monkeypatch, caplog):
     model, meta = espnetv2

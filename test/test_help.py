@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pebal_perception.node.params import PARAMETERS, wants_help
+from pebal_perception.core.settings import PARAMETERS, wants_help
 
 VENV = Path(sys.prefix)
 LAUNCHERS = [VENV / "lib" / "pebal_perception" / "detector_node",

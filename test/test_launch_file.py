@@ -241,7 +241,7 @@ def test_installed_executable_and_params_file_exist():
 def test_params_file_documents_every_parameter():
     data = yaml.safe_load(PARAMS_FILE.read_text())
     params = data["/**"]["ros__parameters"]
-    from pebal_perception.node.params import PARAMETERS_BY_NAME  # the table the node declares from
+    from pebal_perception.core.settings import PARAMETERS_BY_NAME  # the table the node declares from
     lines = PARAMS_FILE.read_text().splitlines()
     for name in params:
         assert name in PARAMETERS_BY_NAME, f"{name} in detector.yaml is not declared by the node"

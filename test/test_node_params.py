@@ -1,4 +1,4 @@
-"""The node's parameter table (node/params.py), the output message builder (node/outputs.py) and the
+"""The node's parameter table (core/settings.py), the output message builder (node/outputs.py) and the
 model-name aliases of the registry.
 
 * The table and ``config/detector.yaml`` hold the same names and defaults, and the YAML documents
@@ -20,9 +20,9 @@ import yaml
 from pebal_perception.core.obstacles import Obstacle
 from pebal_perception.node.outputs import OUTPUT_TOPICS, MessageClasses, build_output_messages, uint8_array
 from pebal_perception.core.tracking import TrackingConfig
-from pebal_perception.node.params import (CONFIG_PARAMETERS, PARAMETERS, PARAMETERS_BY_NAME, READ_ONLY,
+from pebal_perception.core.settings import (CONFIG_PARAMETERS, PARAMETERS, PARAMETERS_BY_NAME, READ_ONLY,
                                           TRACKING_PARAMETERS, RuntimeSettings, initial_settings, resolve_parameters)
-from pebal_perception.node.processing import PostProcessConfig, process_frame
+from pebal_perception.core.postprocess import PostProcessConfig, process_frame
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PARAMS_FILE = REPO_ROOT / "config" / "detector.yaml"

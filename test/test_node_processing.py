@@ -2,9 +2,10 @@
 
 * ``pebal_perception.geometry``: back-projection checked against the synthetic scene generator's
   independent camera model (``pebal_training.data.synthetic.Camera``) and by projecting back.
-* ``pebal_perception.node.processing``: drivable-area restriction, ROI, small-blob removal, obstacles
-  and their ground positions, parameter validation, and the device out-of-memory guard (retry,
-  fp16 / CPU fallbacks, dropped frames), with scripted failures since no test may need a GPU.
+* ``pebal_perception.core``: drivable-area restriction, ROI, small-blob removal, obstacles and their
+  ground positions (postprocess, camera), parameter validation (settings), and the device out-of-memory
+  guard (inference: retry, fp16 / CPU fallbacks, dropped frames), with scripted failures since no test
+  may need a GPU; the node's mailbox and status window (node.processing).
 """
 from __future__ import annotations
 
@@ -15,12 +16,13 @@ import pytest
 
 from pebal_perception.geometry import (camera_to_pixel, pixel_to_ground, pixel_to_ground_point, scale_intrinsics,
                                        valid_intrinsics)
-from pebal_perception.node.params import PARAMETERS_BY_NAME, RuntimeSettings, parse_threshold, plan_parameter_batch
-from pebal_perception.node.processing import (FrameOutOfMemory, GroundModel, LatestFrameMailbox, OomGuardedInference,
-                                              PostProcessConfig, RecentEvents, bottom_centre_pixel, check_camera_info,
-                                              check_mounting, drivable_mask, is_out_of_memory, make_ground_model,
-                                              obstacle_mask, parse_oom_fallback, process_frame, rescale_warning,
-                                              roi_mask, validate_roi)
+from pebal_perception.core.camera import check_camera_info, make_ground_model, rescale_warning
+from pebal_perception.core.inference import (FrameOutOfMemory, OomGuardedInference, is_out_of_memory,
+                                             parse_oom_fallback)
+from pebal_perception.core.postprocess import (GroundModel, PostProcessConfig, bottom_centre_pixel, check_mounting,
+                                               drivable_mask, obstacle_mask, process_frame, roi_mask, validate_roi)
+from pebal_perception.core.settings import PARAMETERS_BY_NAME, RuntimeSettings, parse_threshold, plan_parameter_batch
+from pebal_perception.node.processing import LatestFrameMailbox, RecentEvents
 from pebal_training.data.synthetic import Camera, SceneConfig, generate_scene
 
 NAN = float("nan")
@@ -338,7 +340,8 @@ def test_processing_core_is_ros_free():
     from pathlib import Path
 
     probe = ("import json, sys; import pebal_perception.geometry, pebal_perception.node.processing, "
-             "pebal_perception.node.params, pebal_perception.node.outputs; "
+             "pebal_perception.core.detector, "
+             "pebal_perception.core.settings, pebal_perception.node.outputs; "
              "print(json.dumps(sorted(m for m in sys.modules if "
              "m.split('.')[0] in ('rclpy', 'sensor_msgs', 'pebal_training') or m == 'pebal_perception.msg')))")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
@@ -465,7 +468,7 @@ def test_oom_guard_with_a_real_engine_gives_the_normal_outputs():
     from pebal_perception.core.checkpoint import ModelMeta
     from pebal_perception.core.engine import InferenceEngine
     from pebal_perception.core.models import get_model_spec
-    from pebal_perception.node.processing import infer_maps
+    from pebal_perception.core.engine import infer_maps
 
     torch.manual_seed(0)
     engine = InferenceEngine(get_model_spec("espnetv2").builder(), ModelMeta.for_architecture(
@@ -499,7 +502,7 @@ def test_oom_guard_with_a_real_engine_gives_the_normal_outputs():
 
 
 def test_finite_max_ignores_nan_and_inf():
-    from pebal_perception.node.processing import finite_max
+    from pebal_perception.core.postprocess import finite_max
 
     score = np.array([[0.5, -2.0], [1.5, 0.0]], dtype=np.float32)
     assert finite_max(score) == 1.5

@@ -16,6 +16,13 @@ import pytest
 
 from pebal_perception.testing import soak as soak_runner
 
+
+def drive_bag(path, frames: int, size: tuple[int, int], fps: float) -> dict:
+    """The soak's bag (as bench/bench_soak.py): a synthetic drive with two anomalies, raw bgr8 frames."""
+    from pebal_training.recipes.drive_bag import write_drive_bag
+
+    return write_drive_bag(path, frames=frames, fps=fps, size=size, seed=7, anomalies=(2, 3), encoding="bgr8")
+
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 
 DURATION_S = 30.0
@@ -33,8 +40,8 @@ def record(tmp_path_factory):
     if reason is not None:
         pytest.skip(f"{reason}; run scripts/setup.sh")
     try:
-        rec = soak_runner.soak(DURATION_S, warmup_s=WARMUP_S, workdir=tmp_path_factory.mktemp("soak"),
-                              verbose=False)
+        rec = soak_runner.soak(DURATION_S, write_bag=drive_bag, warmup_s=WARMUP_S,
+                               workdir=tmp_path_factory.mktemp("soak"), verbose=False)
     except soak_runner.SoakUnavailable as exc:  # pragma: no cover - depends on the environment
         pytest.skip(str(exc))
     print("soak: " + soak_runner.summary_line(rec))  # shown with -s / on failure

@@ -17,8 +17,8 @@ the first played message's time while it waits for subscribers / ``--delay``, th
 advancing at ``--rate`` (never past the next message's time), and the last message's time at the end.
 With ``--loop`` the clock jumps back to the first message's time at each pass.
 
-``process`` runs the node's own pipeline (``InferenceEngine`` + ``node/processing.py``: the same
-functions the node calls, with the same parameters read from the same params file) over every image
+``process`` runs the node's own step (:class:`pebal_perception.core.detector.Detector`, built from the
+same parameters read from the same params file, tracking per camera stream included) over every image
 of ``--topic`` and writes a version-8 bag (readable by rosbag2 on Humble and later) with
 ``<prefix>/semantic`` (mono8), ``<prefix>/energy`` (32FC1), ``<prefix>/obstacle_mask`` (mono8),
 ``<prefix>/result`` (pebal_perception/AnomalyResult) and, with ``--overlay``, ``<prefix>/overlay``
@@ -437,13 +437,13 @@ def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
 
 def load_parameters(params_file: Path | None, overrides: Sequence[str], node_name: str = "pebal_detector") -> dict:
     """The node's parameters as the node would see them: the defaults of the node's parameter table
-    (node/params.py), then the params file's ``/**`` and ``<node>`` sections, then ``NAME:=VALUE``
+    (core/settings.py), then the params file's ``/**`` and ``<node>`` sections, then ``NAME:=VALUE``
     overrides (values parsed as YAML, like rcl does); every value checked against the table (type,
     range, choices) as the node's descriptors check them. Names the table does not know are ignored,
     as the node ignores undeclared overrides."""
     import yaml
 
-    from pebal_perception.node.params import resolve_parameters
+    from pebal_perception.core.settings import resolve_parameters
 
     params: dict[str, Any] = {}
     if params_file is not None:
@@ -469,40 +469,19 @@ def load_parameters(params_file: Path | None, overrides: Sequence[str], node_nam
         raise CliError(str(exc)) from None
 
 
-def _engine_and_config(args: argparse.Namespace, params: dict) -> tuple[Any, Any]:
-    """The engine and the node's start-up RuntimeSettings from ``params`` (:func:`load_parameters`)."""
-    from pebal_perception.core.default_model import default_checkpoint
-    from pebal_perception.core.engine import InferenceEngine
-    from pebal_perception.core.postprocess import calibrated_postprocess
-    from pebal_perception.node.params import initial_settings, parse_threshold
+def _detector(args: argparse.Namespace, params: dict, on_event=None) -> Any:
+    """The node's detector from ``params`` (:func:`load_parameters`), --checkpoint / --model / --device /
+    --backend overriding them."""
+    from pebal_perception.core.detector import Detector, DetectorError
 
-    checkpoint = args.checkpoint if args.checkpoint is not None else params["checkpoint"]
-    model = args.model if args.model is not None else params["model"]
-    device = args.device or params["device"] or "auto"
-    width, height = params["input_width"], params["input_height"]
-    if (width == 0) != (height == 0):
-        raise CliError(f"parameters input_width={width} and input_height={height}: set both or neither")
+    values = dict(params)
+    for name in ("checkpoint", "model", "device", "backend"):
+        if getattr(args, name, None) is not None:
+            values[name] = getattr(args, name)
     try:
-        threshold = parse_threshold(params["threshold"])
-    except ValueError as exc:
-        raise CliError(f"parameter threshold: {exc}") from None
-    try:
-        path = checkpoint or default_checkpoint()
-    except FileNotFoundError as exc:
+        return Detector.from_values(values, on_event=on_event)
+    except DetectorError as exc:
         raise CliError(str(exc)) from None
-    try:
-        engine = InferenceEngine.from_checkpoint(
-            path, model or None, device=device, precision=params["precision"],
-            input_size=(height, width) if width else None, threshold=threshold, smoothing=params["smoothing"],
-            backend=args.backend or params["backend"])
-    except Exception as exc:  # noqa: BLE001 - one line
-        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CliError(f"cannot load model from {path}: {text}") from None
-    try:
-        settings = initial_settings(params, engine.meta.effective_threshold, calibrated_postprocess(engine.meta))
-    except ValueError as exc:
-        raise CliError(f"invalid parameter: {exc}") from None
-    return engine, settings
 
 
 def _percentile(values: list[float], q: float) -> float | None:
@@ -514,16 +493,13 @@ def _percentile(values: list[float], q: float) -> float | None:
 
 
 def process(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from pebal_perception.bag import AtomicBagWriter, BagError, check_bag_output, deserialize, msg_class, open_bag, \
-        qos_profile
-    from pebal_perception.image_conversion import ImageConverter, ImageRejected
-    from pebal_perception.node.outputs import MessageClasses, build_output_messages, uint8_array
-    from pebal_perception.bag import stamp_ns
     from dataclasses import asdict
 
-    from pebal_perception.node.processing import ObstaclePipeline, infer_maps, make_ground_model
+    from pebal_perception.bag import AtomicBagWriter, BagError, check_bag_output, deserialize, msg_class, open_bag, \
+        qos_profile, stamp_ns
+    from pebal_perception.core.detector import CameraInfo
+    from pebal_perception.image_conversion import ImageConverter, ImageRejected
+    from pebal_perception.node.outputs import MessageClasses, build_output_messages, uint8_array
 
     image_topic = args.topic
     info_topic = args.camera_info_topic or f"{image_topic.rsplit('/', 1)[0]}/camera_info"
@@ -539,9 +515,10 @@ def process(args: argparse.Namespace) -> int:
         has_info = reader.topics().get(info_topic) == "sensor_msgs/msg/CameraInfo"
         params_file = args.params_file or _default_params_file()
         params = load_parameters(params_file, args.param)
-        engine, settings = _engine_and_config(args, params)
-        config = settings.config
-        model_id = engine.meta.model_id or engine.meta.architecture
+        tracking_notes: list[str] = []  # as the node: tracking over the bag's frames, per camera stream
+        detector = _detector(args, params, on_event=lambda kind, text: tracking_notes.append(text)
+                             if kind == "tracking_forgot" else None)
+        engine, config = detector.engine, detector.settings.config
         converter = ImageConverter()
         to_rgb = converter.to_rgb if image_type.endswith("/Image") else converter.compressed_to_rgb
 
@@ -553,13 +530,9 @@ def process(args: argparse.Namespace) -> int:
         outputs = ["semantic", "energy", "obstacle_mask", "result"] + (["overlay"] if args.overlay else [])
         topics = {name: f"{prefix}/{name}" for name in outputs}
         stats: dict[str, Any] = {"frames_in": 0, "frames_out": 0, "rejected": {}, "obstacles": 0,
-                                 "frames_with_obstacles": 0, "regions_over_cap": 0}
+                                 "frames_with_obstacles": 0}
         times: list[float] = []
         infer_times: list[float] = []
-        camera_info = None
-        tracking_notes: list[str] = []
-        pipeline = ObstaclePipeline(settings.tracking,  # as the node: tracking over the bag's frames
-                                    on_forget=lambda text, lost: tracking_notes.append(text) if lost else None)
         started = time.monotonic()
 
         with _Interrupt() as stop, AtomicBagWriter(args.output, storage=args.storage,
@@ -578,8 +551,7 @@ def process(args: argparse.Namespace) -> int:
                                    f"decoded as {conn.msgtype} ({type(exc).__name__}: {exc}); no output "
                                    "written".replace("\n", " ")) from None
                 if conn.topic == info_topic:
-                    k = np.asarray(msg.k, dtype=np.float64).reshape(3, 3)
-                    camera_info = (k, int(msg.width), int(msg.height))
+                    detector.set_camera(CameraInfo(k=tuple(msg.k), width=int(msg.width), height=int(msg.height)))
                     continue
                 stats["frames_in"] += 1
                 received = time.perf_counter()
@@ -588,17 +560,10 @@ def process(args: argparse.Namespace) -> int:
                 except ImageRejected as exc:
                     stats["rejected"][exc.reason] = stats["rejected"].get(exc.reason, 0) + 1
                     continue
-                semantic, score, infer_ms = infer_maps(engine, rgb, smoothing=settings.smoothing)
-                h, w = score.shape
-                ground = None
-                if camera_info is not None:
-                    ground = make_ground_model(camera_info[0], camera_info[1:], (w, h), settings.height_m,
-                                               settings.pitch_rad)
-                frame = pipeline.process(semantic, score, config, stamp_ns(msg.header), ground,
-                                         stream=msg.header.frame_id)
-                stats["regions_over_cap"] += frame.regions_over_cap
-                messages = build_output_messages(rgb, semantic, score, frame, msg.header, classes,
-                                                 model_id=model_id, threshold=config.threshold, overlay=args.overlay)
+                step = detector.step(rgb, stamp_ns(msg.header), stream=msg.header.frame_id)
+                messages = build_output_messages(rgb, step.semantic, step.score, step.frame, msg.header, classes,
+                                                 model_id=detector.model_id, threshold=config.threshold,
+                                                 overlay=args.overlay)
                 result = messages.pop("result")
                 for name, out in messages.items():
                     writer.write_msg(topics[name], timestamp, out)
@@ -610,21 +575,22 @@ def process(args: argparse.Namespace) -> int:
                 stats["obstacles"] += len(obstacles)
                 stats["frames_with_obstacles"] += bool(obstacles)
                 times.append(elapsed_ms)
-                infer_times.append(infer_ms)
+                infer_times.append(step.inference_ms)
             if stats["frames_in"] == 0:
                 raise BagError(f"{args.bag}: no messages on {image_topic}")
             summary = {
                 "input_bag": str(args.bag), "output_bag": str(args.output), "storage": args.storage,
                 "image_topic": image_topic, "camera_info_topic": info_topic if has_info else None,
                 "params_file": str(params_file) if params_file else None, "param_overrides": list(args.param),
-                "model_id": str(model_id), "device": str(engine.device), "threshold": float(config.threshold),
+                "model_id": detector.model_id, "device": str(engine.device), "threshold": float(config.threshold),
                 "network_input": None if engine.input_size is None else [engine.input_size[1], engine.input_size[0]],
                 **stats, "rejected_total": sum(stats["rejected"].values()),
                 "output_topics": {topics[n]: writer.counts[topics[n]] for n in outputs},
                 "processing_time_ms": {"mean": round(sum(times) / len(times), 3) if times else None,
                                        "p50": _percentile(times, 50), "p95": _percentile(times, 95)},
                 "inference_time_ms": {"p50": _percentile(infer_times, 50), "p95": _percentile(infer_times, 95)},
-                "tracking": {**asdict(pipeline.counters), "notes": tracking_notes[:20]},
+                "regions_over_cap": detector.status().regions_over_cap,
+                "tracking": {**asdict(detector.status().tracking), "notes": tracking_notes[:20]},
                 "wall_s": round(time.monotonic() - started, 3),
             }
             writer.commit(extra_files={"summary.json": json.dumps(summary, indent=1) + "\n"})

@@ -30,6 +30,7 @@ import cv2
 import numpy as np
 
 from pebal_perception.core.backends import BACKENDS
+from pebal_perception.core.backends import help_text as backends_help_text
 from pebal_perception.core.cli_args import image_size_or_native
 from pebal_perception.core.io import FolderLayout, json_keys, prepare_output_folder
 
@@ -57,8 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="architecture of a bare third-party state dict (e.g. espnetv2)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     p.add_argument("--backend", default="auto", choices=BACKENDS,
-                   help="inference runtime: auto (the fastest installed, measured on the CPU), torch, openvino, "
-                        "onnxruntime (default auto)")
+                   help=f"inference runtime: {backends_help_text()} (default auto)")
     p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"), help="CUDA only")
     p.add_argument("--threshold", type=float, help="obstacle threshold on the score (default: the checkpoint's "
                    "calibrated one)")
@@ -210,23 +210,21 @@ def main(argv: list[str] | None = None) -> int:
     # Heavy imports after argument checks, so `--help` and usage errors are instant.
     from tqdm import tqdm
 
-    from pebal_perception.core.checkpoint import CheckpointError
     from pebal_perception.core.default_model import default_checkpoint
-    from pebal_perception.core.engine import InferenceEngine
+    from pebal_perception.core.detector import Detector, DetectorError, open_engine
 
     try:
         checkpoint = args.checkpoint or default_checkpoint()
-        engine = InferenceEngine.from_checkpoint(
-            checkpoint, args.model, device=args.device, precision=args.precision, threshold=args.threshold,
-            input_size=args.input_size, smoothing=not args.no_smoothing, backend=args.backend)
-    except (CheckpointError, KeyError, ValueError, FileNotFoundError) as exc:
-        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"{PROG}: error: {msg}", file=sys.stderr)
+        engine = open_engine(checkpoint, args.model, device=args.device, precision=args.precision,
+                             threshold=args.threshold, input_size=args.input_size, smoothing=not args.no_smoothing,
+                             backend=args.backend)
+        # The node's post-processing at its defaults; each image on its own (no tracking).
+        detector = Detector.for_engine(engine, {"threshold": engine.threshold, "smoothing": not args.no_smoothing,
+                                                **({} if args.min_area is None else
+                                                   {"min_obstacle_area": args.min_area})})
+    except (DetectorError, FileNotFoundError) as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
-    from pebal_perception.core.postprocess import planner_config
-
-    overrides = {} if args.min_area is None else {"min_obstacle_area": args.min_area}
-    args.postprocess = planner_config(engine.threshold, engine.meta, **overrides)
 
     frames, failures = [], []
     started = time.perf_counter()
@@ -238,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
 
         def run(batch: list[tuple[str, np.ndarray]]) -> list[dict]:
             try:
-                records = _run_batch(engine, batch, args)
+                records = _run_batch(detector, batch, args)
             except (RuntimeError, MemoryError, ValueError) as exc:  # e.g. out of memory: these frames only
                 for name, _ in batch:
                     fail(name, f"{name}: inference failed ({_first_line(exc)})")
@@ -275,20 +273,20 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if failures else 0
 
 
-def _run_batch(engine, batch: list[tuple[str, np.ndarray]], args) -> list[dict]:
+def _run_batch(detector, batch: list[tuple[str, np.ndarray]], args) -> list[dict]:
+    """Inference of the batch at once, then the detector's step after inference for each image."""
     from pebal_perception.core.io import atomic_save_image, atomic_save_npy
-    from pebal_perception.core.postprocess import process_frame
     from pebal_perception.core.visualize import debug_overlay, overlay
 
     t0 = time.perf_counter()
-    results = engine.infer([img for _, img in batch])
+    results = detector.engine.infer([img for _, img in batch])
     per_frame_ms = (time.perf_counter() - t0) * 1000.0 / len(batch)
     records = []
     for (name, image), res in zip(batch, results):
         out = args.output
         atomic_save_image(out / f"{name}_semantic.png", res.semantic)
         atomic_save_npy(out / f"{name}_energy.npy", res.score.astype(np.float32, copy=False))
-        frame = process_frame(res.semantic, res.score, args.postprocess)
+        frame = detector.finish(res.semantic, res.score, per_frame_ms, track=False).frame
         atomic_save_image(out / f"{name}_obstacle.png", frame.mask.astype(np.uint8) * 255)
         atomic_save_image(out / f"{name}_overlay.jpg", overlay(image, res.semantic, frame.mask))
         if args.debug:

@@ -16,7 +16,7 @@ on the CPU against a stand-in of the ``tensorrt`` module (test_backends.py); its
 are not measured (README, BENCHMARKS.md).
 
 The compiled runtimes run a :class:`~pebal_perception.core.frame_graph.FrameGraph` at the network size,
-each in the form it runs fastest (``frame_graph.RUNTIME_FORMS``):
+each in the form it runs fastest (its :attr:`Backend.graph_form`):
 uint8 frame resized to the network size in, normalisation, network, free energy and argmax in the graph;
 the host resizes the frame (PyTorch's uint8 kernel, as the torch path) and brings the maps back to the
 image size and smooths them (the same functions as the torch path), so the outputs equal the torch
@@ -26,17 +26,28 @@ Graphs are cached on disk, keyed by the model's weights digest, the network size
 version and the graph's own version: :mod:`pebal_perception.core.graph_cache` (its rules of trust
 there). OpenVINO's ``convert_model`` is never used (it sends usage telemetry by default): the graph goes to
 OpenVINO as ONNX, through its reader.
+
+Adding a runtime backend: write its :class:`GraphRunner` (built from a :class:`GraphRequest`, whose
+:meth:`~GraphRequest.onnx` gives the cached ONNX of the graph) and register a :class:`Backend` for it at
+the end of this module: the name ``backend`` takes, the module the runtime comes in, the device kind it
+runs on, its graph form, its builder and one line for the help texts. Everything else reads the
+registry: :data:`BACKENDS` (the node parameter's and the CLIs' choices), their help texts
+(:func:`help_text`), :func:`resolve_backend`, ``auto`` (on the CPU it measures every installed CPU
+runtime; elsewhere it takes the first one registered for the device kind that is installed) and the
+engine's device, precision and frame handling. Its tests go to test_backends.py.
 """
 from __future__ import annotations
 
 import ctypes
 import hashlib
+import importlib
 import importlib.util
 import json
 import logging
 import math
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import numpy as np
 
@@ -45,7 +56,9 @@ from .graph_cache import cached
 if TYPE_CHECKING:  # torch only when a backend is resolved or built: the CLIs import BACKENDS for --help
     import torch
 
-BACKENDS = ("auto", "torch", "openvino", "onnxruntime", "tensorrt")
+    from .frame_graph import FrameGraph
+
+BACKENDS: tuple[str, ...] = ("auto",)  # "auto" and the registered names (register_backend keeps it up to date)
 GRAPH_VERSION = 2  # bump when FrameGraph's computation changes: old cache entries are then not used
 LOG = logging.getLogger("pebal.backends")
 
@@ -54,9 +67,85 @@ class BackendError(ValueError):
     """A backend that cannot run here (not installed, wrong device) or a graph it cannot build."""
 
 
+@dataclass(frozen=True)
+class Backend:
+    """One inference runtime, as :func:`resolve_backend`, :func:`build_runner` and the engine see it.
+
+    ``build`` compiles the network-size graph into a :class:`GraphRunner`; ``None`` marks the engine's own
+    PyTorch path (the reference), which runs the model eagerly and compiles nothing."""
+
+    name: str  # the value of ``backend``
+    module: str  # the Python module the runtime comes in (:func:`installed` looks for it, importing nothing)
+    device: str | None  # the device kind it runs on ("cpu", "cuda"); None: any (the torch path)
+    description: str  # one line for the help texts
+    build: Callable[["GraphRequest"], "GraphRunner"] | None = None
+    graph_form: Mapping[str, str] = field(default_factory=dict)  # FrameGraph's prelu/argmax form (default native)
+    install_hint: str = "pip install -r requirements.txt"  # how to install it, for the "not installed" error
+    read_version: Callable[[], str] | None = None  # default: the module's __version__
+
+    @property
+    def compiled(self) -> bool:
+        return self.build is not None
+
+    def version(self) -> str:
+        """The runtime's version (part of the graph cache keys: a new version builds its graphs afresh)."""
+        if self.read_version is not None:
+            return self.read_version()
+        return importlib.import_module(self.module).__version__
+
+
+_REGISTRY: dict[str, Backend] = {}
+
+
+def register_backend(backend: Backend) -> Backend:
+    """Registers ``backend`` under its name and lists it in :data:`BACKENDS`. Registered at import of this
+    module, it is among the choices of the node parameter and of the CLIs, which take :data:`BACKENDS`
+    when they are imported."""
+    global BACKENDS
+    if backend.name == "auto" or backend.name in _REGISTRY:
+        raise ValueError(f"backend {backend.name!r} is already registered")
+    # the engine hands a compiled graph its frames on the host (cpu) or on the GPU (cuda); only its own
+    # torch path runs on any device
+    kinds = ("cpu", "cuda") if backend.compiled else (None,)
+    if backend.device not in kinds:
+        raise ValueError(f"backend {backend.name!r}: device must be one of {kinds}, got {backend.device!r}")
+    _REGISTRY[backend.name] = backend
+    BACKENDS = ("auto", *_REGISTRY)
+    return backend
+
+
+def get_backend(name: str) -> Backend:
+    """The registered backend ``name``; BackendError naming the known ones otherwise."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise BackendError(f"backend must be one of {', '.join(BACKENDS)}, got {name!r}") from None
+
+
+def registered_backends() -> list[Backend]:
+    """The registered backends, in registration order (the order auto tries them in)."""
+    return list(_REGISTRY.values())
+
+
 def installed(name: str) -> bool:
-    """Whether the runtime of backend ``name`` can be imported (without importing it)."""
-    return importlib.util.find_spec(name) is not None  # each backend is named after its module
+    """Whether the runtime of backend ``name`` (or the module ``name``) can be imported, without importing it."""
+    backend = _REGISTRY.get(name)
+    return importlib.util.find_spec(backend.module if backend else name) is not None
+
+
+def runs_on(name: str, device_type: str) -> bool:
+    """Whether backend ``name`` (as :func:`resolve_backend` gave it) can run on a ``device_type`` device."""
+    if name == "auto":  # resolve_backend leaves auto only on the CPU, to be measured among the CPU runtimes
+        return device_type == "cpu"
+    device = get_backend(name).device
+    return device is None or device == device_type
+
+
+# Why a backend cannot run on the device it was asked for, per device kind it needs.
+_WRONG_DEVICE = {
+    "cuda": "backend {name} needs a CUDA device; device is {device} (use backend auto)",
+    "cpu": "backend {name} runs on the CPU here; device is {device} (use backend torch or auto there)",
+}
 
 
 def resolve_backend(name: str, device: "torch.device | str") -> str:
@@ -65,31 +154,42 @@ def resolve_backend(name: str, device: "torch.device | str") -> str:
     import torch
 
     name = (name or "auto").strip().lower()
-    if name not in BACKENDS:
-        raise BackendError(f"backend must be one of {', '.join(BACKENDS)}, got {name!r}")
+    backend = None if name == "auto" else get_backend(name)  # BackendError for a name not registered
     device_type = torch.device(device).type
-    if name == "auto" and device_type == "cuda":  # TensorRT when installed (the engine falls back to torch)
-        return "tensorrt" if installed("tensorrt") else "torch"
-    if name == "auto":  # on the CPU with a compiled runtime: measured by the engine (choose_fastest)
-        return "auto" if device_type == "cpu" and compiled_runtimes() else "torch"
-    if name == "tensorrt":
-        if device_type != "cuda":
-            raise BackendError(f"backend tensorrt needs a CUDA device; device is {device_type} (use backend auto)")
-        if not installed("tensorrt"):
-            raise BackendError("backend tensorrt is not installed (on an NVIDIA machine: pip install -e '.[tensorrt]'; "
-                               "see the README)")
-    if name in ("openvino", "onnxruntime"):
-        if device_type != "cpu":
-            raise BackendError(f"backend {name} runs on the CPU here; device is {device_type} (use backend "
-                               "torch or auto there)")
-        if not installed(name):
-            raise BackendError(f"backend {name} is not installed (pip install -r requirements.txt)")
+    if backend is None:
+        candidates = compiled_runtimes(device_type)
+        if device_type == "cpu":  # measured by the engine (choose_fastest): the winner depends on the CPU
+            return "auto" if candidates else "torch"
+        # elsewhere the first registered (building every engine to time it would take minutes); the engine
+        # falls back to torch when its graph cannot be built
+        return candidates[0] if candidates else "torch"
+    if not runs_on(name, device_type):
+        raise BackendError(_WRONG_DEVICE[backend.device].format(name=name, device=device_type))
+    if not installed(name):
+        raise BackendError(f"backend {name} is not installed ({backend.install_hint})")
     return name
 
 
-def compiled_runtimes() -> list[str]:
-    """The compiled CPU runtimes installed here, in the order they are tried."""
-    return [name for name in ("openvino", "onnxruntime") if installed(name)]
+def compiled_runtimes(device_type: str = "cpu") -> list[str]:
+    """The compiled runtimes installed here for ``device_type`` devices, in the order they are tried."""
+    return [name for name, backend in _REGISTRY.items()
+            if backend.compiled and backend.device == device_type and installed(name)]
+
+
+def help_text() -> str:
+    """What each value of ``backend`` means, for the node parameter's description and ``--backend``."""
+    def listed(names: list[str]) -> str:
+        return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+    compiled = [b for b in _REGISTRY.values() if b.compiled]
+    auto = [f"on the CPU measured among {listed(['torch', *(b.name for b in compiled if b.device == 'cpu')])} "
+            "once per machine and network size, cached"]
+    for device in dict.fromkeys(b.device for b in compiled if b.device != "cpu"):
+        names = [b.name for b in compiled if b.device == device]
+        first = names[0] if len(names) == 1 else f"the first installed of {', '.join(names)}"
+        auto.append(f"on {device.upper()} {first} when installed, else torch")
+    return ", ".join([f"auto (the fastest installed for the device: {'; '.join(auto)})",
+                      *(f"{b.name} ({b.description})" for b in _REGISTRY.values())])
 
 
 def cpu_model() -> str:
@@ -166,21 +266,8 @@ def check_choice(data: bytes, names: list[str]) -> None:
 
 
 def runtime_version(name: str) -> str:
-    if name == "openvino":
-        import openvino
-
-        return openvino.__version__
-    if name == "onnxruntime":
-        import onnxruntime
-
-        return onnxruntime.__version__
-    if name == "tensorrt":
-        import tensorrt
-
-        return tensorrt.__version__
-    import torch
-
-    return torch.__version__
+    """The version of backend ``name``'s runtime."""
+    return get_backend(name).version()
 
 
 def weights_digest(model: "torch.nn.Module") -> str:
@@ -224,18 +311,55 @@ def _has_external_tensor(message: Any) -> bool:
             if current.data_location == 1 or len(current.external_data):  # 1: TensorProto.EXTERNAL
                 return True
             continue
-        for field, value in current.ListFields():
-            if field.message_type is not None:
+        for descriptor, value in current.ListFields():
+            if descriptor.message_type is not None:
                 stack.extend([value] if hasattr(value, "ListFields") else value)
     return False
 
 
 class GraphRunner:
-    """A compiled :class:`FrameGraph` at the network size: :meth:`__call__` takes a uint8 ``1 x h x w x 3``
-    array and returns (semantic ``1 x h x w`` uint8, energy ``1 x h x w`` float32)."""
+    """A compiled :class:`FrameGraph` at the network size: :meth:`__call__` takes a ``1 x h x w x 3`` frame
+    and returns (semantic ``1 x h x w`` uint8, energy ``1 x h x w`` float32), where the runtime runs: a CPU
+    runtime takes and gives host arrays (the frame uint8), a CUDA one tensors on the engine's device (the
+    frame as ``preprocess.resize_batch`` gives it there)."""
 
-    def __call__(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(self, rgb: Any) -> tuple[Any, Any]:
         raise NotImplementedError
+
+
+@dataclass
+class GraphRequest:
+    """What a backend's builder gets: the model's graph at ``network_hw`` in the backend's ``form``, the
+    settings it runs with, and ``key``, the cache key of that graph (a runtime adds what its compiled form
+    depends on: its version, the threads, the GPU, ...)."""
+
+    model: "torch.nn.Module"
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    network_hw: tuple[int, int]
+    form: dict[str, str]
+    threads: int
+    precision: str
+    device: "torch.device | str | None"
+    key: dict[str, Any]
+
+    def frame_graph(self) -> "FrameGraph":
+        """The graph as a module (built afresh: the OpenVINO form copies the model)."""
+        from .frame_graph import FrameGraph
+
+        return FrameGraph(self.model, self.mean, self.std, self.network_hw, self.network_hw, smoothing=False,
+                          **self.form).eval()
+
+    def onnx(self, float_input: bool = False) -> bytes:
+        """The graph as ONNX, from the disk cache when it holds it (exported only on a miss). ``float_input``:
+        a float32 frame in, as a device's resize gives it, instead of the host's uint8."""
+        import torch
+
+        from . import frame_graph
+
+        kind, dtype = ("onnx-float-input", torch.float32) if float_input else ("onnx", torch.uint8)
+        return cached({**self.key, "kind": kind, "torch": torch.__version__}, ".onnx",
+                      lambda: frame_graph.onnx_bytes(self.frame_graph(), input_dtype=dtype))
 
 
 class _SignalStack(ctypes.Structure):
@@ -414,42 +538,63 @@ class TensorRtRunner(GraphRunner):
 def build_runner(name: str, model: "torch.nn.Module", mean, std, network_hw: tuple[int, int],
                  threads: int | None = None, digest: str | None = None, precision: str = "fp32",
                  device: "torch.device | str | None" = None) -> GraphRunner:
-    """The compiled network-size graph of ``model`` for backend ``name`` (openvino, onnxruntime or
-    tensorrt), from the disk cache when it holds one (module docstring). ``digest``: the model's
-    :func:`weights_digest` when the caller already has it (hashing a large model's weights takes a
-    while). ``precision`` and ``device``: TensorRT's (the CPU runtimes run fp32 on the CPU)."""
+    """The compiled network-size graph of ``model`` for the compiled backend ``name``, from the disk cache
+    when it holds one (module docstring). ``digest``: the model's :func:`weights_digest` when the caller
+    already has it (hashing a large model's weights takes a while). ``threads``: the CPU runtimes' (default
+    PyTorch's); ``precision`` and ``device``: a CUDA runtime's (the CPU runtimes run fp32 on the CPU)."""
     import torch
 
-    from .frame_graph import RUNTIME_FORMS, FrameGraph, onnx_bytes
-
-    threads = torch.get_num_threads() if not threads else int(threads)
-    form = RUNTIME_FORMS.get(name, {})
-
-    def graph() -> FrameGraph:  # built only on a cache miss: the OpenVINO form copies the model
-        return FrameGraph(model, mean, std, network_hw, network_hw, smoothing=False, **form).eval()
-
+    backend = get_backend(name)
+    if not backend.compiled:
+        raise BackendError(f"no graph runner for backend {name!r}")
+    form = dict(backend.graph_form)
     key = {"graph_version": GRAPH_VERSION, "weights": digest or weights_digest(model), "network_hw": list(network_hw),
            "mean": [float(v) for v in mean], "std": [float(v) for v in std], "outputs": "semantic,energy",
            "form": form}
+    request = GraphRequest(model, mean, std, tuple(network_hw), form,
+                           threads=torch.get_num_threads() if not threads else int(threads),
+                           precision=precision, device=device, key=key)
     try:
-        if name == "tensorrt":  # float input: the device resizes in float32 (preprocess.resize_batch)
-            onnx = cached({**key, "kind": "onnx-float-input", "torch": torch.__version__}, ".onnx",
-                           lambda: onnx_bytes(graph(), input_dtype=torch.float32))
-            device = torch.device(device if device is not None else "cuda")
-            gpu = (torch.cuda.get_device_name(device), list(torch.cuda.get_device_capability(device))
-                   ) if device.type == "cuda" else (device.type, [])
-            return TensorRtRunner(onnx, device, precision, engine_key={
-                **key, "kind": "tensorrt-engine", "tensorrt": runtime_version("tensorrt"), "gpu": gpu[0],
-                "compute_capability": gpu[1], "precision": precision})
-        onnx = cached({**key, "kind": "onnx", "torch": torch.__version__}, ".onnx", lambda: onnx_bytes(graph()))
-        if name == "openvino":
-            return OpenVinoRunner(onnx, threads, compiled_key={**key, "kind": "openvino-cpu", "threads": threads,
-                                                               "openvino": runtime_version("openvino")})
-        if name == "onnxruntime":
-            return OnnxRuntimeRunner(onnx, threads)
+        return backend.build(request)
     except BackendError:
         raise
     except Exception as exc:  # export or compile failure: one clear error
         raise BackendError(f"cannot build the {name} graph at {network_hw[1]}x{network_hw[0]}: "
                            f"{type(exc).__name__}: {exc}") from exc
-    raise BackendError(f"no graph runner for backend {name!r}")
+
+
+def _build_openvino(request: GraphRequest) -> GraphRunner:
+    return OpenVinoRunner(request.onnx(), request.threads, compiled_key={
+        **request.key, "kind": "openvino-cpu", "threads": request.threads, "openvino": runtime_version("openvino")})
+
+
+def _build_onnxruntime(request: GraphRequest) -> GraphRunner:
+    return OnnxRuntimeRunner(request.onnx(), request.threads)
+
+
+def _build_tensorrt(request: GraphRequest) -> GraphRunner:
+    import torch
+
+    onnx = request.onnx(float_input=True)  # the device resizes in float32 (preprocess.resize_batch)
+    device = torch.device(request.device if request.device is not None else "cuda")
+    gpu = (torch.cuda.get_device_name(device), list(torch.cuda.get_device_capability(device))
+           ) if device.type == "cuda" else (device.type, [])
+    return TensorRtRunner(onnx, device, request.precision, engine_key={
+        **request.key, "kind": "tensorrt-engine", "tensorrt": runtime_version("tensorrt"), "gpu": gpu[0],
+        "compute_capability": gpu[1], "precision": request.precision})
+
+
+# The registry. Registration order is the order auto tries them in. The graph forms are the ones each ran
+# fastest (ESPNetv2 at 1024x512, fp32, 2 threads, AMD EPYC, BENCHMARKS.md figure 8): OpenVINO 2026.4 went
+# from 640 to 390 ms a frame with both rewrites; ONNX Runtime 1.32 was slower with either (its NCHWc
+# kernels take PRelu and ArgMax natively).
+register_backend(Backend("torch", module="torch", device=None, description="PyTorch, the reference"))
+register_backend(Backend("openvino", module="openvino", device="cpu", description="OpenVINO, CPU",
+                         build=_build_openvino, graph_form={"prelu": "affine", "argmax": "reduce"}))
+register_backend(Backend("onnxruntime", module="onnxruntime", device="cpu", description="ONNX Runtime, CPU",
+                         build=_build_onnxruntime, graph_form={"prelu": "native", "argmax": "native"}))
+register_backend(Backend(
+    "tensorrt", module="tensorrt", device="cuda",
+    description="TensorRT, CUDA, at the chosen precision; not yet run on a GPU", build=_build_tensorrt,
+    graph_form={"prelu": "native", "argmax": "native"},  # not measured (no GPU lent): TensorRT fuses PReLU
+    install_hint="on an NVIDIA machine: pip install -e '.[tensorrt]'; see the README"))

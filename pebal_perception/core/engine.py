@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import scoring
+from . import backends, scoring
 from .backends import build_runner, choose_fastest, resolve_backend, weights_digest
 from .checkpoint import ModelMeta, load_checkpoint
 from .limits import check_threshold
@@ -65,14 +65,15 @@ class InferenceEngine:
         smoothing: apply PEBAL's 7x7, sigma-1 Gaussian to the energy (the reference behaviour).
         optimize: fold BatchNorm into convolutions and run channels-last (outputs equal the plain
             model's to float rounding; see ``core/optimize.py`` and test_engine.py).
-        backend: the runtime of :meth:`score_frame` (``infer_maps``, :meth:`infer`): ``torch`` (this class's
-            own path, the reference; the default here, as training and evaluation need it), ``openvino``,
-            ``onnxruntime`` (CPU), ``tensorrt`` (CUDA, at the engine's precision; not yet run on a GPU: see
-            ``core/backends.py``) or ``auto`` (``core/backends.py``: the fastest installed for the device,
-            measured on the CPU once per machine, TensorRT on CUDA when installed, falling back to torch when
-            its engine cannot be built; the default of the node and the CLIs; ``backend`` is then the one it
-            chose, ``backend_timings`` what it measured). The compiled graph is built at construction for a
-            fixed network size (native size: on first use per size).
+        backend: the runtime of :meth:`score_frame` (``infer_maps``, :meth:`infer`), one of
+            ``backends.BACKENDS`` (``core/backends.py``'s registry; ``backends.help_text()`` says what each
+            is): ``torch`` (this class's own path, the reference; the default here, as training and
+            evaluation need it), a compiled runtime of the device's kind, or ``auto`` (the fastest installed
+            for the device, measured on the CPU once per machine; elsewhere the first registered runtime
+            installed, falling back to torch when its graph cannot be built; the default of the node and
+            the CLIs; ``backend`` is then the one it chose, ``backend_timings`` what it measured). The
+            compiled graph is built at construction for a fixed network size (native size: on first use
+            per size).
             :meth:`score_tensors` is always torch.
     """
 
@@ -115,8 +116,8 @@ class InferenceEngine:
                 self._build_or_fall_back(tuple(self.input_size))
 
     def _build_or_fall_back(self, size: tuple[int, int]) -> None:
-        """Builds the backend's graph for ``size``; when ``auto`` chose TensorRT and its engine cannot be
-        built, warns and runs torch instead (an explicit backend raises the BackendError)."""
+        """Builds the backend's graph for ``size``; when ``auto`` chose it unmeasured (a CUDA runtime) and its
+        graph cannot be built, warns and runs torch instead (an explicit backend raises the BackendError)."""
         try:
             self.runner(size)
         except ValueError as exc:
@@ -129,12 +130,12 @@ class InferenceEngine:
             self.backend = "torch"
 
     def set_precision(self, precision: str) -> None:
-        """Switches the autocast precision (takes effect on the next batch; CPU stays fp32). A TensorRT engine
-        is built again for the new precision, at the next frame."""
+        """Switches the autocast precision (takes effect on the next batch; CPU stays fp32). A compiled graph
+        (a CUDA runtime's engine) is built again for the new precision, at the next frame."""
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
         precision = precision if self.device.type == "cuda" else "fp32"
-        if precision != self.precision and self.backend == "tensorrt":
+        if precision != self.precision:  # each graph was built for the old one (build_runner's precision)
             self._runners.clear()
         self.precision = precision
 
@@ -144,9 +145,8 @@ class InferenceEngine:
         self.model = self.model.to(self.device)
         if self.device.type != "cuda":
             self.precision = "fp32"
-        runtime_device = "cuda" if self.backend == "tensorrt" else "cpu"
-        if self.backend != "torch" and self.device.type != runtime_device:
-            self.backend = "torch"  # e.g. TensorRT after CUDA ran out of memory: the CPU runs torch
+        if not backends.runs_on(self.backend, self.device.type):
+            self.backend = "torch"  # e.g. a CUDA runtime after CUDA ran out of memory: the CPU runs torch
             self._runners.clear()
 
     @classmethod
@@ -226,7 +226,6 @@ class InferenceEngine:
         runtime's graph is built); a runtime whose graph cannot be built is left out (logged)."""
         import logging
 
-        from . import backends
         from .backends import compiled_runtimes, cpu_model, runtime_version
 
         names = ["torch", *compiled_runtimes()]
@@ -271,7 +270,7 @@ class InferenceEngine:
             return semantic_t[0].cpu().numpy(), score_t[0].float().cpu().numpy()
         self.check_image(h, w)
         size = network_size((h, w), None, self.spec.size_divisor) if self.native_size else self.input_size
-        if backend == "tensorrt":  # everything on the device; the host copies only the final maps
+        if backends.get_backend(backend).device == "cuda":  # everything on the device; the host copies the maps
             if (tuple(size), backend) not in self._runners:
                 self._build_or_fall_back(tuple(size))  # a native-size engine: per size, at its first frame
                 if self.backend == "torch":

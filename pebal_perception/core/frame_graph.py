@@ -15,19 +15,20 @@ equivalents for the fixed sizes of one graph:
   the few input pixels each output pixel reads and a weighted sum, with the weights taken from
   PyTorch's own kernel (:func:`resize_taps`); likewise the nearest-exact resize of the class map
   (:func:`nearest_exact_indices`), and the bilinear resize of the energy back to the image size
-  (OpenVINO 2026.4 computed the exporter's ``Resize`` of that map wrongly);
+  (OpenVINO 2026.4 computes the exporter's ``Resize`` of that map wrongly);
 - ``adaptive_avg_pool2d`` with sizes that do not divide (ESPNetv2's pyramid pooling): two matrix
   products (:func:`onnx_friendly_adaptive_pool`);
-- reflect padding (OpenVINO's ONNX reader refused the ``Pad`` mode ``reflect`` that the exporter
+- reflect padding (OpenVINO's ONNX reader refuses the ``Pad`` mode ``reflect`` that the exporter
   writes): slices and flips (:func:`reflect_pad`);
-- ``logsumexp`` (OpenVINO ran the exporter's ``ReduceLogSumExp`` wrongly behind the resize): the
+- ``logsumexp`` (OpenVINO runs the exporter's ``ReduceLogSumExp`` wrongly behind the resize): the
   maximum-shifted sum written out (:func:`portable_free_energy`).
 
-Each runtime gets the form of the graph that it runs fastest (:data:`RUNTIME_FORMS`, measured; the
-exported ONNX of ``pebal-export`` is the portable form): OpenVINO's CPU plugin ran ESPNetv2's
-``PRelu`` between layout conversions (a third of the frame in reorders) and the class map's ``ArgMax``
-as a slow ``TopK``, so its graph writes PReLU as ``relu(x) (1 - a) + a x`` (:class:`AffinePReLU`) and
-the argmax as the first class equal to the maximum; ONNX Runtime runs the native operations faster.
+Each runtime gets the form of the graph that it runs fastest (its ``graph_form`` in the registry of
+``core/backends.py``, measured; the exported ONNX of ``pebal-export`` is the portable form): OpenVINO's
+CPU plugin runs ESPNetv2's ``PRelu`` between layout conversions (a third of the frame in reorders) and
+the class map's ``ArgMax`` as a slow ``TopK``, so its graph writes PReLU as ``relu(x) (1 - a) + a x``
+(:class:`AffinePReLU`) and the argmax as the first class equal to the maximum; ONNX Runtime runs the
+native operations faster.
 
 The torch path stays the reference (``backend: torch``); the graph equals it to float rounding, except
 where the frame is resized: PyTorch resizes a CPU uint8 frame with a fixed-point uint8 kernel (whole
@@ -95,8 +96,8 @@ def _resize_axis(x: torch.Tensor, indices: torch.Tensor, weights: torch.Tensor, 
 
 def portable_free_energy(logits: torch.Tensor) -> torch.Tensor:
     """``-logsumexp`` over the channels of ``N x C x H x W`` float logits, kept as ``N x 1 x H x W``, written
-    out with the maximum shifted off: the exporter's ``ReduceLogSumExp`` gave OpenVINO 2026.4 wrong
-    energies (most pixels 0) behind the graph's resize while the class map stayed right."""
+    out with the maximum shifted off: behind the graph's resize, OpenVINO 2026.4 computes the exporter's
+    ``ReduceLogSumExp`` wrongly (most pixels 0) while the class map is right."""
     peak = logits.amax(dim=1, keepdim=True)
     return -(peak + (logits - peak).exp().sum(dim=1, keepdim=True).log())
 
@@ -175,19 +176,20 @@ def onnx_friendly_adaptive_pool():
         nn.functional.adaptive_avg_pool2d = original
 
 
-# Per runtime, the graph form it ran fastest (ESPNetv2 at 1024x512, fp32, 2 threads, AMD EPYC, BENCHMARKS.md
-# figure 8): OpenVINO 2026.4 went from 640 to 390 ms a frame with both rewrites; ONNX Runtime 1.32 was
-# slower with either (its NCHWc kernels take PRelu and ArgMax natively).
-RUNTIME_FORMS: dict[str, dict[str, str]] = {
-    "onnxruntime": {"prelu": "native", "argmax": "native"},
-    "openvino": {"prelu": "affine", "argmax": "reduce"},
-    "tensorrt": {"prelu": "native", "argmax": "native"},  # not measured (no GPU lent): TensorRT fuses PReLU
-}
+def __getattr__(name: str) -> Any:
+    """``RUNTIME_FORMS``: compiled runtime name -> the graph form it runs, read from the backend registry
+    (each ``backends.Backend.graph_form``, where the measurements behind them are noted), for scripts
+    that build a runtime's graph by hand."""
+    if name == "RUNTIME_FORMS":
+        from . import backends
+
+        return {b.name: dict(b.graph_form) for b in backends.registered_backends() if b.compiled}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class AffinePReLU(nn.Module):
     """``nn.PReLU`` as ``relu(x) (1 - a) + x a`` (per-channel ``a``): equal to float rounding, and made of
-    operations a runtime fuses into its convolutions' layout (see :data:`RUNTIME_FORMS`)."""
+    operations a runtime fuses into its convolutions' layout (see the module docstring)."""
 
     def __init__(self, prelu: nn.PReLU):
         super().__init__()
@@ -225,7 +227,7 @@ class FrameGraph(nn.Module):
     score ``N x H x W`` float32); see the module docstring. ``network_hw`` is the size the network runs
     at; ``smoothing`` applies PEBAL's Gaussian; ``prelu`` (``native`` or ``affine``: :func:`with_affine_prelu`)
     and ``argmax`` (``native`` or ``reduce``: :func:`argmax_by_reduce`) pick the form
-    (:data:`RUNTIME_FORMS`)."""
+    (a runtime's ``backends.Backend.graph_form``)."""
 
     def __init__(self, model: nn.Module, mean: Sequence[float], std: Sequence[float], image_hw: Sequence[int],
                  network_hw: Sequence[int], smoothing: bool = True,
@@ -251,7 +253,7 @@ class FrameGraph(nn.Module):
                     # the class map back to the image size (aten::_upsample_nearest_exact2d has no ONNX form)
                     "row_back": nearest_exact_indices(nh, h), "col_back": nearest_exact_indices(nw, w)}
             # the energy back to the image size (bilinear, as score_tensors), also by taps: OpenVINO 2026.4
-            # ran the exporter's Resize of this map wrong (all pixels off, the class map right)
+            # computes the exporter's Resize of this map wrongly (all pixels off, the class map right)
             (taps["row_up"], taps["row_up_w"]), (taps["col_up"], taps["col_up_w"]) = (
                 resize_taps(nh, h, False), resize_taps(nw, w, False))
             for name, value in taps.items():

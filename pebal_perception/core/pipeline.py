@@ -80,7 +80,8 @@ class ObstaclePipeline:
 
     @property
     def counters(self) -> StreamCounters:
-        trackers = [s.tracker for s in self._streams.values()]
+        streams = list(self._streams.values())  # one copy: the caller may read while a frame is processed
+        trackers = [s.tracker for s in streams]
         retired = self._retired
         return StreamCounters(
             streams=len(trackers), streams_forgotten=retired.streams_forgotten,

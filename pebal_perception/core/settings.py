@@ -1,4 +1,4 @@
-"""The detector node's parameters, ROS-free: one table, and the run-time settings they make up.
+"""The detector's settings, ROS-free: the node's parameter table, and the run-time settings they make up.
 
 :data:`PARAMETERS` lists every parameter the node declares (name, type, default, range, read-only,
 description). The node builds its ``ParameterDescriptor``\\ s from it (rclpy then refuses wrong types,
@@ -17,11 +17,12 @@ from dataclasses import dataclass, replace
 from typing import Any, Mapping, Sequence
 
 from pebal_perception.core.backends import BACKENDS
+from pebal_perception.core.backends import help_text as backends_help_text
 from pebal_perception.core.limits import check_threshold
 from pebal_perception.core.postprocess import PLANNER_DEFAULTS, fill_from_calibration
 from pebal_perception.core.tracking import TrackingConfig
-from pebal_perception.node.processing import (MAX_CAMERA_HEIGHT_M, MAX_MIN_OBSTACLE_AREA, PostProcessConfig,
-                                              check_mounting, validate_roi)
+from pebal_perception.core.postprocess import (MAX_CAMERA_HEIGHT_M, MAX_MIN_OBSTACLE_AREA, PostProcessConfig,
+                                               check_mounting, validate_roi)
 
 NODE_NAME = "pebal_detector"
 DEVICES = ("auto", "cpu", "cuda")  # device is one of these, or cuda:N
@@ -94,10 +95,7 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("device", "string", "auto",
               f"Inference device: auto (CUDA when available), cuda, cuda:N or cpu. {READ_ONLY_TEXT}", read_only=True),
     ParamSpec("backend", "string", "auto",
-              "Inference runtime: auto (the fastest installed for the device: on the CPU measured among PyTorch, "
-              "OpenVINO and ONNX Runtime once per machine and network size, cached; on CUDA TensorRT when installed, "
-              "else PyTorch), torch (the reference), openvino or onnxruntime (CPU), tensorrt (CUDA, at the "
-              "precision parameter; not yet run on a GPU). "
+              f"Inference runtime: {backends_help_text()}. "
               f"Compiled graphs are cached in $PEBAL_CACHE_DIR or ~/.cache/pebal, signed with a per-user key "
               f"($PEBAL_CACHE_KEY or ~/.config/pebal/cache-key). {READ_ONLY_TEXT}",
               read_only=True, choices=BACKENDS),

@@ -32,7 +32,7 @@ Once failures stop, the level returns to OK after one window.
 
 camera_info
 -----------
-A camera_info whose K and size cannot describe a real pinhole camera (processing.check_camera_info:
+A camera_info whose K and size cannot describe a real pinhole camera (core.camera.check_camera_info:
 sizes 0 or above 100000 pixels, a principal point outside that size, focal lengths not positive or
 not finite, K all zeros = uncalibrated) makes the camera unknown: ground positions are NaN until a
 usable one arrives; each is counted (``camera_info_rejected``). Images of another size than the
@@ -50,7 +50,7 @@ Managed variant
 orchestrated start-up: configure loads the model, activate creates subscriptions and publishers,
 deactivate destroys them, cleanup releases the model. ``detector_node`` stays the default.
 
-Parameters: one table, ``node/params.py`` (PARAMETERS: name, type, default, range, read-only,
+Parameters: one table, ``core/settings.py`` (PARAMETERS: name, type, default, range, read-only,
 description), from which the node builds its descriptors; ``config/detector.yaml`` documents every one.
 Camera mounting, smoothing, threshold and post-processing form one immutable ``RuntimeSettings``: a
 parameter change replaces it whole, and the worker reads it once per frame.
@@ -91,18 +91,16 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Float32, Header
 from visualization_msgs.msg import Marker, MarkerArray
 
-from pebal_perception.core.postprocess import calibrated_postprocess
 from pebal_perception.dds import PROFILE_NAME, PROFILE_VARIABLE, find_profile
 from pebal_perception.image_conversion import REJECT_REASONS, ImageConverter, ImageRejected
 from pebal_perception.msg import AnomalyResult, Obstacle
 from pebal_perception.node.outputs import OUTPUT_TOPICS, MessageClasses, build_output_messages, obstacle_markers
-from pebal_perception.node.params import (DEVICES, NODE_NAME, PARAMETERS, PARAMETERS_BY_NAME, ParamSpec,
-                                          RuntimeSettings, initial_settings, parse_threshold,
-                                          plan_parameter_batch, type_mismatch)
-from pebal_perception.core.limits import MAX_REGIONS_PER_FRAME
-from pebal_perception.node.processing import (FrameOutOfMemory, GroundModel, LatestFrameMailbox, ObstaclePipeline,
-                                              OomGuardedInference, RecentEvents, check_camera_info, make_ground_model,
-                                              parse_oom_fallback, rescale_warning)
+from pebal_perception.core.detector import CameraInfo as CameraModel
+from pebal_perception.core.detector import Detector, DetectorError
+from pebal_perception.core.inference import FrameOutOfMemory
+from pebal_perception.core.settings import (NODE_NAME, PARAMETERS, PARAMETERS_BY_NAME, ParamSpec,
+                                            plan_parameter_batch, type_mismatch)
+from pebal_perception.node.processing import LatestFrameMailbox, RecentEvents
 
 PROG = "detector_node"
 LIFECYCLE_PROG = "detector_lifecycle_node"
@@ -241,25 +239,16 @@ class DetectorBehaviour:
         self._images_built = 0  # output images computed (each only while subscribed)
         self._failed = 0  # taken from the mailbox but not published (processing error, out of memory)
         self._discarded = 0  # processed but not published: the node was deactivated during the frame
-        self._regions_over_cap = 0  # candidate regions left out beyond MAX_REGIONS_PER_FRAME
         self._lost_in_transport = 0  # reported lost by the middleware: never reached _on_image
         self._proc_times: deque[float] = deque(maxlen=200)  # (receive -> publish) ms, last window
         self._infer_times: deque[float] = deque(maxlen=200)
         self._last_diag = (time.monotonic(), 0, 0)
         # What happened within the last window sets the diagnostics level (the counters stay cumulative).
         self._events = RecentEvents(self._value("diagnostics.window_s"))
-        # sequence, K (None when refused), width, height of the latest camera_info
-        self._camera_info: tuple[int, np.ndarray | None, int, int] | None = None
-        self._ground_cache: tuple[Any, GroundModel | None] = (None, None)
-        self._camera_info_rejected = 0  # camera_info messages refused by check_camera_info
-        self._camera_info_problem: str | None = None  # why the latest camera_info was refused
-        self._rescale_warned: set[tuple[tuple[int, int], tuple[int, int]]] = set()
         self.mailbox = LatestFrameMailbox()
-        # Post-processing with memory (tracking), used by the worker only; its counts stay for the node's life.
-        self.pipeline = ObstaclePipeline(on_forget=self._on_tracking_forgot)
         self.converter = ImageConverter()
-        self.engine = None
-        self._settings: RuntimeSettings | None = None  # None until configured
+        # The frame step (model, settings, tracks, camera), from configure to cleanup; stepped by the worker only.
+        self.detector: Detector | None = None
         self._entities: list[tuple[Any, Any]] = []  # (destroy method, entity) for what _open created
         self._input_subscriptions: list[Any] = []
         # One worker at a time runs the engine. A deactivation that outlasts DEACTIVATE_WAIT_S leaves the
@@ -272,16 +261,12 @@ class DetectorBehaviour:
     def _configure(self) -> None:
         """Loads the model and builds the settings from the parameters; StartupError says why not."""
         self._check_qos_overrides()  # the subscriptions apply them later (lazy_input: much later)
-        self._load_engine()  # raises StartupError
         try:
-            # Everything a run-time change may alter, in one immutable object: replaced whole (one
-            # reference assignment), read once per frame by the worker.
-            self._settings = initial_settings(
-                {spec.name: self._value(spec.name) for spec in PARAMETERS}, self.calibrated_threshold,
-                calibrated_postprocess(self.engine.meta))
-        except ValueError as exc:
-            self._release()
-            raise StartupError(f"invalid parameter: {exc}") from None
+            PARAMETERS_BY_NAME["qos.reliability"].check(self._value("qos.reliability"))
+            self.detector = Detector.from_values({spec.name: self._value(spec.name) for spec in PARAMETERS},
+                                                 on_event=self._on_detector_event)
+        except (DetectorError, ValueError) as exc:
+            raise StartupError(str(exc)) from None
 
     def _open(self) -> None:
         """Publishers, timers, the worker and (unless lazy_input waits for a subscriber) the input
@@ -312,11 +297,12 @@ class DetectorBehaviour:
                                         name="pebal-inference", daemon=True)
         self._worker.start()
         image_qos = self._input_qos_text()
+        engine, settings = self.detector.engine, self.detector.settings
         self.get_logger().info(
-            f"ready: model {self.model_id} on {self.engine.device} ({self.engine.precision}, "
-            f"{self.engine.backend}{self._backend_note()}), network input "
-            f"{self._input_size_text()}, threshold {self._settings.config.threshold:g}"
-            f"{' (calibrated)' if self._settings.threshold_param is None else ''}; "
+            f"ready: model {self.detector.model_id} on {engine.device} ({engine.precision}, "
+            f"{engine.backend}{self._backend_note()}), network input "
+            f"{self._input_size_text()}, threshold {settings.config.threshold:g}"
+            f"{' (calibrated)' if settings.threshold_param is None else ''}; "
             + (f"subscribing to {self.resolve_topic_name('image')} while an output has a subscriber (lazy_input)"
                if self._value("lazy_input") else f"subscribed to {self.resolve_topic_name('image')} ({image_qos})"))
 
@@ -349,9 +335,9 @@ class DetectorBehaviour:
         (waiting at most DEACTIVATE_WAIT_S: a configure must not hold two models)."""
         if self._worker is not None and self._worker.is_alive():
             self._worker.join(DEACTIVATE_WAIT_S)
-        engine, self.engine, self._settings = self.engine, None, None
-        if engine is not None:
-            del engine
+        detector, self.detector = self.detector, None
+        if detector is not None:
+            del detector
             import torch
 
             if torch.cuda.is_available():
@@ -436,68 +422,14 @@ class DetectorBehaviour:
             return PARAMETERS_BY_NAME[name].default
 
     def _backend_note(self) -> str:
-        timings = self.engine.backend_timings
+        timings = self.detector.engine.backend_timings
         if not timings:
             return ""
         return " chosen by backend auto: " + ", ".join(f"{k} {v:.0f} ms" for k, v in timings.items())
 
     def _input_size_text(self) -> str:
-        size = self.engine.input_size
+        size = self.detector.engine.input_size
         return "native" if size is None else f"{size[1]}x{size[0]}"
-
-    def _load_engine(self) -> None:
-        from pebal_perception.core.checkpoint import CheckpointError
-        from pebal_perception.core.default_model import default_checkpoint
-        from pebal_perception.core.engine import InferenceEngine
-
-        get = self._value
-        device = get("device").strip() or "auto"
-        if device.split(":")[0] not in DEVICES:
-            raise StartupError(f"parameter device={device!r}: expected auto, cpu, cuda or cuda:N")
-        try:  # the choices of precision, qos.reliability, backend (rclpy checked types and ranges)
-            for name in ("precision", "qos.reliability", "backend"):
-                PARAMETERS_BY_NAME[name].check(get(name))
-        except ValueError as exc:
-            raise StartupError(str(exc)) from None
-        width, height = get("input_width"), get("input_height")
-        if (width == 0) != (height == 0):
-            raise StartupError(f"parameters input_width={width} and input_height={height}: set both or neither")
-        try:
-            oom_fallback = parse_oom_fallback(get("oom_fallback"))
-        except ValueError as exc:
-            raise StartupError(f"parameter {exc}") from None
-        try:
-            threshold = parse_threshold(get("threshold"))
-        except ValueError as exc:
-            raise StartupError(f"parameter threshold: {exc}") from None
-        threads = get("cpu_threads")
-        if threads > 0:
-            import torch
-
-            torch.set_num_threads(threads)  # the whole process: this node owns it
-        checkpoint = get("checkpoint").strip()
-        model = get("model").strip() or None
-        if not checkpoint:
-            try:
-                default_checkpoint()
-            except FileNotFoundError as exc:
-                raise StartupError(f"parameter checkpoint is '' and {exc}") from None
-        try:
-            path = checkpoint or default_checkpoint()
-            self.engine = InferenceEngine.from_checkpoint(
-                path, model, device=device, precision=get("precision"),
-                input_size=(height, width) if width else None, threshold=threshold, smoothing=get("smoothing"),
-                backend=get("backend"))
-        except Exception as exc:  # noqa: BLE001 - any loading problem: one line, exit status 1
-            text = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-            first = str(text).strip().splitlines()[0] if str(text).strip() else ""
-            if not isinstance(exc, (CheckpointError, FileNotFoundError, KeyError, ValueError)):
-                first = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
-            where = "" if checkpoint and checkpoint in first else f" from {checkpoint or 'the default model'}"
-            raise StartupError(f"cannot load model{where}: {first}") from None
-        self.inference = OomGuardedInference(self.engine, oom_fallback)
-        self.model_id = self.engine.meta.model_id or self.engine.meta.architecture
-        self.calibrated_threshold = self.engine.meta.effective_threshold
 
     def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
         """Validates a batch of changes as a whole (plan_parameter_batch); applies all of them or none.
@@ -510,15 +442,16 @@ class DetectorBehaviour:
         if any(not p.name for p in params):  # rclpy lets an empty name through (and declarations come here)
             return SetParametersResult(successful=False, reason="a parameter name must not be empty")
         ours = [(p.name, p.value) for p in params if p.name in PARAMETERS_BY_NAME]
-        if self._settings is None or not ours:
+        detector = self.detector
+        if detector is None or not ours:
             return SetParametersResult(successful=True)
         try:
-            new = plan_parameter_batch(self._settings, ours, self.calibrated_threshold)
+            new = plan_parameter_batch(detector.settings, ours, detector.calibrated_threshold)
         except ValueError as exc:
             return SetParametersResult(successful=False, reason=str(exc))
         except Exception as exc:  # noqa: BLE001 - never let a parameter request kill the node
             return SetParametersResult(successful=False, reason=f"{type(exc).__name__}: {exc}")
-        self._settings = new  # one reference swap: the worker sees the old or the new settings, whole
+        detector.update(new)  # one reference swap: the worker sees the old or the new settings, whole
         return SetParametersResult(successful=True)
 
     # ---------------------------------------------------------------------------------- inputs
@@ -563,20 +496,11 @@ class DetectorBehaviour:
                 throttle_duration_sec=10.0)
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
-        """Keeps the latest camera_info; an unusable one (check_camera_info) makes the camera unknown
-        (NaN ground positions) until a usable one arrives, and is counted."""
+        """The detector's camera; an unusable camera_info makes it unknown (NaN ground positions) until a
+        usable one arrives, and is counted (Detector.set_camera)."""
         try:
-            width, height = int(msg.width), int(msg.height)
-            try:
-                k, problem = check_camera_info(msg.k, width, height), None
-            except ValueError as exc:
-                k, problem = None, str(exc)
-            seq = self._camera_info[0] + 1 if self._camera_info is not None else 0
-            self._camera_info = (seq, k, width, height)
-            with self._lock:
-                self._camera_info_problem = problem
-                if problem is not None:
-                    self._camera_info_rejected += 1
+            problem = self.detector.set_camera(CameraModel(k=tuple(msg.k), width=int(msg.width),
+                                                           height=int(msg.height)))
             if problem is not None:
                 self.get_logger().warning(f"camera_info ignored, no ground positions: {problem}",
                                           throttle_duration_sec=10.0)
@@ -584,32 +508,15 @@ class DetectorBehaviour:
             self.get_logger().error(f"ignoring camera_info: {type(exc).__name__}: {exc}",
                                     throttle_duration_sec=5.0)
 
-    def _ground_model(self, width: int, height: int, settings: RuntimeSettings) -> GroundModel | None:
-        info = self._camera_info
-        height_m, pitch_rad = settings.height_m, settings.pitch_rad
-        if info is None or info[1] is None or not settings.positions_wanted:
-            return None
-        key = (info[0], width, height, height_m, pitch_rad)
-        if self._ground_cache[0] == key:
-            return self._ground_cache[1]
-        _, k, info_w, info_h = info
-        sizes = ((info_w, info_h), (width, height))
-        warning = rescale_warning(*sizes)
-        if warning and sizes not in self._rescale_warned and len(self._rescale_warned) < 64:
-            self._rescale_warned.add(sizes)  # once per pair of sizes
-            self.get_logger().warning(warning)
-        model = make_ground_model(k, (info_w, info_h), (width, height), height_m, pitch_rad)
-        self._ground_cache = (key, model)
-        return model
-
-    def _on_tracking_forgot(self, text: str, reported_lost: int) -> None:
-        """Tracking restarted or dropped a camera stream (counted by the pipeline): logged; a WARN status
-        too when reported obstacles were dropped (they must be confirmed again)."""
-        if reported_lost:
-            self._events.note("tracking_forgot", text)
-            self.get_logger().warning(text, throttle_duration_sec=5.0)
-        else:
+    def _on_detector_event(self, kind: str, text: str) -> None:
+        """What the detector says: recent WARN events (obstacles forgotten by tracking, regions over the
+        cap) and log lines."""
+        if kind == "tracking_note":
             self.get_logger().info(text, throttle_duration_sec=30.0)
+            return
+        if kind in ("tracking_forgot", "regions_over_cap"):
+            self._events.note(kind, text)
+        self.get_logger().warning(text, throttle_duration_sec=5.0)
 
     # ---------------------------------------------------------------------------------- worker
     def _work(self, stop: threading.Event, previous: threading.Thread | None) -> None:
@@ -620,14 +527,14 @@ class DetectorBehaviour:
         torch.set_grad_enabled(False)
         while previous is not None and previous.is_alive() and not (self._stop.is_set() or stop.is_set()):
             previous.join(0.2)
-        self.pipeline.reset()  # tracks do not survive a deactivation; no other worker uses it now
+        self.detector.reset()  # tracks do not survive a deactivation; no other worker steps it now
         while not (self._stop.is_set() or stop.is_set()):
             item = self.mailbox.take(timeout=0.2)
             if item is None:
                 continue
             try:
                 self._process(*item, stop=stop)
-            except FrameOutOfMemory as exc:  # also counted by self.inference; the next frame may fit
+            except FrameOutOfMemory as exc:  # also counted by the detector; the next frame may fit
                 with self._lock:
                     self._failed += 1
                 self._events.note("out_of_memory_dropped", str(exc))
@@ -640,21 +547,10 @@ class DetectorBehaviour:
                                         throttle_duration_sec=5.0)
 
     def _process(self, rgb: np.ndarray, header: Any, received: float, stop: threading.Event) -> None:
-        settings = self._settings  # one snapshot for the whole frame
-        # Shared with `pebal-bag process`: network + scoring, one host synchronisation per frame.
-        # Out-of-memory errors are retried / degraded by self.inference (see oom_fallback).
-        semantic, score, infer_ms = self.inference(rgb, smoothing=settings.smoothing)
-        h, w = score.shape
-        if self.pipeline.tracking != settings.tracking:
-            self.pipeline.set_tracking(settings.tracking)
+        detector = self.detector
+        # Out-of-memory errors are retried / degraded inside the step (oom_fallback).
         stamp = int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
-        frame = self.pipeline.process(semantic, score, settings.config, stamp, self._ground_model(w, h, settings),
-                                      stream=header.frame_id)
-        if frame.regions_over_cap:
-            with self._lock:
-                self._regions_over_cap += frame.regions_over_cap
-            self._events.note("regions_over_cap", f"{frame.regions_over_cap} candidate regions left out "
-                                                  f"beyond {MAX_REGIONS_PER_FRAME} per frame (the smallest)")
+        out = detector.step(rgb, stamp, stream=header.frame_id)
         if self._stop.is_set() or stop.is_set():  # shut down or deactivated during the frame
             with self._lock:
                 self._discarded += 1
@@ -662,13 +558,13 @@ class DetectorBehaviour:
         publishers = self.publishers_by_topic
         wanted = {topic for topic, pub in publishers.items() if topic != "result" and pub.get_subscription_count() > 0}
         messages = build_output_messages(  # each image only while someone subscribes to it
-            rgb, semantic, score, frame, header, ROS_MESSAGES, model_id=self.model_id,
-            threshold=settings.config.threshold, wanted=wanted)
+            rgb, out.semantic, out.score, out.frame, header, ROS_MESSAGES, model_id=detector.model_id,
+            threshold=out.settings.config.threshold, wanted=wanted)
         result = messages.pop("result")
         for topic, msg in messages.items():
             publishers[topic].publish(msg)
         if self.pub_markers.get_subscription_count() > 0:  # RViz: only while someone looks
-            self.pub_markers.publish(obstacle_markers(frame.obstacles, header, Marker, MarkerArray))
+            self.pub_markers.publish(obstacle_markers(out.frame.obstacles, header, Marker, MarkerArray))
         elapsed_ms = (time.perf_counter() - received) * 1000.0
         result.processing_time_ms = float(elapsed_ms)
         publishers["result"].publish(result)
@@ -677,19 +573,20 @@ class DetectorBehaviour:
             self._processed += 1
             self._images_built += len(messages)
             self._proc_times.append(elapsed_ms)
-            self._infer_times.append(infer_ms)
+            self._infer_times.append(out.inference_ms)
 
     # ----------------------------------------------------------------------------- diagnostics
     def _publish_diagnostics(self) -> None:
         import torch
 
-        settings = self._settings
+        detector = self.detector
         try:
+            engine, settings, detected = detector.engine, detector.settings, detector.status()
             now = time.monotonic()
             with self._lock:
                 t0, received0, processed0 = self._last_diag
                 received, processed, failed = self._received, self._processed, self._failed
-                discarded, regions_over_cap = self._discarded, self._regions_over_cap
+                discarded = self._discarded
                 images_built = self._images_built
                 lost = self._lost_in_transport
                 self._last_diag = (now, received, processed)
@@ -698,12 +595,10 @@ class DetectorBehaviour:
                 self._proc_times.clear()
                 self._infer_times.clear()
                 rejected = dict(self._rejected)
-                camera_info_rejected, camera_info_problem = self._camera_info_rejected, self._camera_info_problem
-            oom = self.inference
             dt = max(now - t0, 1e-6)
             dropped = self.mailbox.dropped
             status = DiagnosticStatus(name=f"{self.get_fully_qualified_name()}: anomaly detection",
-                                      hardware_id=str(self.engine.device))
+                                      hardware_id=str(engine.device))
             # The level reflects the last diagnostics.window_s seconds (module docstring).
             events = self._events
             failure = events.recent("processing_failed")
@@ -712,14 +607,14 @@ class DetectorBehaviour:
             lost_recently = events.recent("lost_in_transport")
             tracking_forgot = events.recent("tracking_forgot")
             capped = events.recent("regions_over_cap")
-            tracked = self.pipeline.counters
+            tracked = detected.tracking
             status.level, status.message = DiagnosticStatus.OK, "running"
             if failure:
                 status.level = DiagnosticStatus.ERROR
                 status.message = f"processing failed {failure[0]:.0f} s ago: {failure[1]}"
-            elif oom.degraded:
+            elif detected.degraded:
                 status.level = DiagnosticStatus.WARN
-                status.message = f"out of device memory: now {self.engine.precision} on {self.engine.device}"
+                status.message = f"out of device memory: now {engine.precision} on {engine.device}"
             elif oom_dropped:
                 status.level = DiagnosticStatus.WARN
                 status.message = f"out of device memory: frames dropped (last {oom_dropped[0]:.0f} s ago)"
@@ -738,9 +633,9 @@ class DetectorBehaviour:
             elif tracking_forgot:
                 status.level = DiagnosticStatus.WARN
                 status.message = f"tracking forgot obstacles {tracking_forgot[0]:.0f} s ago: {tracking_forgot[1]}"
-            elif camera_info_problem and settings.positions_wanted:
+            elif detected.camera_info_problem and settings.positions_wanted:
                 status.level = DiagnosticStatus.WARN
-                status.message = f"no ground positions: camera_info ignored ({camera_info_problem})"
+                status.message = f"no ground positions: camera_info ignored ({detected.camera_info_problem})"
 
             def fmt(values):
                 return f"{sum(values) / len(values):.2f}" if values else "nan"
@@ -760,21 +655,21 @@ class DetectorBehaviour:
                 ("frames_discarded_at_deactivation", str(discarded)),
                 ("frames_lost_in_transport", str(lost)),
                 ("rejected_total", str(sum(rejected.values()))),
-                ("camera_info_rejected", str(camera_info_rejected)),
-                ("regions_over_cap", str(regions_over_cap)),
+                ("camera_info_rejected", str(detected.camera_info_rejected)),
+                ("regions_over_cap", str(detected.regions_over_cap)),
                 ("tracking_streams", str(tracked.streams)),
                 ("tracking_restarts", str(tracked.jump_back_resets)),
                 ("tracking_streams_forgotten", str(tracked.streams_forgotten)),
                 ("tracking_obstacles_forgotten", str(tracked.obstacles_forgotten)),
                 *((f"rejected.{reason}", str(count)) for reason, count in sorted(rejected.items())),
-                ("out_of_memory_frames", str(oom.out_of_memory)),
-                ("out_of_memory_dropped", str(oom.dropped)),
-                ("degraded", ",".join(oom.degraded) or "no"),
-                ("device", str(self.engine.device)),
-                ("precision", str(self.engine.precision)),
-                ("backend", str(self.engine.backend)),
+                ("out_of_memory_frames", str(detected.out_of_memory_frames)),
+                ("out_of_memory_dropped", str(detected.out_of_memory_dropped)),
+                ("degraded", ",".join(detected.degraded) or "no"),
+                ("device", str(engine.device)),
+                ("precision", str(engine.precision)),
+                ("backend", str(engine.backend)),
                 ("cpu_threads", str(torch.get_num_threads())),
-                ("model_id", str(self.model_id)),
+                ("model_id", detector.model_id),
                 ("network_input", self._input_size_text()),
                 ("threshold", f"{settings.config.threshold:g}"),
                 ("status_window_s", f"{events.window_s:g}"),
@@ -830,7 +725,7 @@ class LifecycleDetectorNode(DetectorBehaviour, LifecycleNode):
         except StartupError as exc:
             self.get_logger().error(f"configure failed: {exc}")
             return TransitionCallbackReturn.FAILURE
-        self.get_logger().info(f"configured: model {self.model_id} on {self.engine.device}")
+        self.get_logger().info(f"configured: model {self.detector.model_id} on {self.detector.engine.device}")
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -884,7 +779,7 @@ def _finish(status: int, fast_exit: bool) -> int:
 
 
 def _run(args: list[str] | None, lifecycle: bool = False) -> int:
-    from pebal_perception.node.params import help_text, wants_help
+    from pebal_perception.core.settings import help_text, wants_help
 
     prog = LIFECYCLE_PROG if lifecycle else PROG
     argv = list(sys.argv[1:] if args is None else args[1:])

@@ -21,7 +21,7 @@ import numpy as np
 
 from pebal_perception.core.obstacles import Obstacle
 from pebal_perception.image_conversion import rgb_to_image_fields
-from pebal_perception.node.processing import ProcessedFrame
+from pebal_perception.core.postprocess import ProcessedFrame
 
 #: Output topic suffixes (relative to the node's ``~/``), in publishing order.
 OUTPUT_TOPICS = ("semantic", "semantic/color", "energy", "obstacle_mask", "overlay", "debug", "result")

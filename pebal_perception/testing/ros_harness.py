@@ -63,7 +63,7 @@ def _per_pixel_params() -> tuple[str, ...]:
     from dataclasses import fields
 
     from pebal_perception.core.postprocess import PLANNER_DEFAULTS, PostProcessConfig
-    from pebal_perception.node.params import CONFIG_PARAMETERS
+    from pebal_perception.core.settings import CONFIG_PARAMETERS
 
     plain = {f.name: f.default for f in fields(PostProcessConfig)}
     out = []

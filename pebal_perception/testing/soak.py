@@ -11,8 +11,9 @@ and their report). What runs (all on this machine, DDS on loopback only in the c
   ``qos_overrides.<image topic>.subscription.reliability:=reliable`` (a 1.5 MB frame is ~25 UDP
   fragments; with best effort one lost fragment loses the frame inside DDS, before the node can count
   it);
-* the **real replay tool**: a synthetic drive (``pebal_training.recipes.drive_bag``, ``bgr8``) written
-  once into a temporary bag and replayed with ``pebal-bag play --loop`` at its recorded rate.
+* the **real replay tool**: a bag the caller writes (``write_bag``; the bench and the test write a
+  synthetic drive, ``pebal_training.recipes.drive_bag``, ``bgr8``) once into a temporary folder,
+  replayed with ``pebal-bag play --loop`` at its recorded rate.
 
 Sampled every second from ``/proc``: the resident memory, threads and open files of the node and its
 children (and the player's memory); received as they come (``ros_harness.Peer``): the node's
@@ -30,7 +31,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from pebal_perception.testing import ros_harness
 from pebal_perception.testing.ros_harness import LAUNCHER, PLAYER, ChildProcess, NodeProcess, Peer
@@ -56,7 +57,7 @@ class SoakError(Exception):
 def prerequisites() -> str | None:
     """None when everything the soak needs is there; else the reason it cannot run."""
     return ros_harness.ros_unavailable(
-        modules=(*ros_harness.ROS_MODULES, "pebal_perception.node.detector_node", "pebal_training.recipes.drive_bag"),
+        modules=(*ros_harness.ROS_MODULES, "pebal_perception.node.detector_node"),
         executables=(LAUNCHER, PLAYER))
 
 
@@ -244,13 +245,6 @@ def analyse(record: dict[str, Any]) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------------------------- soak
 
-def make_bag(path: Path, frames: int, size: tuple[int, int], fps: float) -> dict[str, Any]:
-    from pebal_training.recipes.drive_bag import write_drive_bag
-
-    return write_drive_bag(path, frames=frames, fps=fps, size=size, seed=7, anomalies=(2, 3), encoding="bgr8")
-
-
-
 def _parse_status(status) -> dict[str, Any] | None:
     """The counters of one DiagnosticStatus of the node (None when it lacks them)."""
     values = {kv.key: kv.value for kv in status.values}
@@ -272,14 +266,20 @@ def _parse_status(status) -> dict[str, Any] | None:
     return d
 
 
-def soak(duration_s: float, *, fps: float = 10.0, size: tuple[int, int] = (1024, 512), frames: int = 30,
+#: Writes the looped bag: ``write_bag(path, frames, (width, height), fps)`` -> a description holding at least
+#: ``camera`` (the bag's camera); the caller's (a synthetic drive: ``pebal_training.recipes.drive_bag``).
+BagWriter = Callable[[Path, int, tuple[int, int], float], dict]
+
+
+def soak(duration_s: float, *, write_bag: BagWriter, fps: float = 10.0, size: tuple[int, int] = (1024, 512),
+         frames: int = 30,
          warmup_s: float | None = None, sample_period_s: float = 1.0, workdir: Path | None = None,
          verbose: bool = True, progress_every_s: float = 60.0, reliable_input: bool = True,
          node_params: Sequence[str] = ()) -> dict[str, Any]:
     """Runs the node + looping replay for ``duration_s`` (after start-up) and returns the raw record
     plus ``analysis`` (see ``analyse``). ``reliable_input``: a reliable image subscription (else the params
-    file's best_effort); ``node_params``: extra ``NAME:=VALUE`` node parameters. Raises SoakUnavailable /
-    SoakError."""
+    file's best_effort); ``node_params``: extra ``NAME:=VALUE`` node parameters; ``write_bag`` writes the
+    bag that is replayed (:data:`BagWriter`). Raises SoakUnavailable / SoakError."""
     reason = prerequisites()
     if reason is not None:
         raise SoakUnavailable(reason)
@@ -304,7 +304,7 @@ def soak(duration_s: float, *, fps: float = 10.0, size: tuple[int, int] = (1024,
     try:
         t0 = time.perf_counter()
         bag = work / "drive_bag"
-        drive = make_bag(bag, frames, size, fps)
+        drive = write_bag(bag, frames, size, fps)
         cam = drive["camera"]
         log(f"bag: {frames} frames {size[0]}x{size[1]} bgr8 at {fps:g} Hz in {time.perf_counter() - t0:.1f} s")
 

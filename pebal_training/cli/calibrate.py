@@ -568,9 +568,9 @@ def check_plot_path(path: Path) -> Path:
 
 
 def _save_plot(path: Path, fig) -> None:
-    from pebal_training.evaluate import _save_figure
+    from pebal_training.figures import save_figure
 
-    _save_figure(path, fig, software=PLOT_SOFTWARE)
+    save_figure(path, fig, software=PLOT_SOFTWARE)
 
 
 def _plot_false_frames(clean, threshold: float, rate: float, path: Path, save, found=None,
