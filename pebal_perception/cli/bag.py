@@ -499,7 +499,7 @@ def process(args: argparse.Namespace) -> int:
         qos_profile, stamp_ns
     from pebal_perception.core.detector import CameraInfo
     from pebal_perception.image_conversion import ImageConverter, ImageRejected
-    from pebal_perception.node.outputs import MessageClasses, build_output_messages, uint8_array
+    from pebal_perception.node.outputs import OUTPUTS, MessageClasses, build_output_messages, uint8_array
 
     image_topic = args.topic
     info_topic = args.camera_info_topic or f"{image_topic.rsplit('/', 1)[0]}/camera_info"
@@ -527,7 +527,9 @@ def process(args: argparse.Namespace) -> int:
             Obstacle=msg_class("pebal_perception/msg/Obstacle"), Point=msg_class("geometry_msgs/msg/Point"),
             image_data=uint8_array, Time=msg_class("builtin_interfaces/msg/Time"))
         out_qos = [qos_profile(reliable=True, depth=5)]  # the node's output QoS
-        outputs = ["semantic", "energy", "obstacle_mask", "result"] + (["overlay"] if args.overlay else [])
+        written = [t for t in OUTPUTS  # the node's outputs a bag can carry (no markers, no processing time)
+                   if (t.default or (t.name == "overlay" and args.overlay)) and getattr(classes, t.needs) is not None]
+        outputs = [t.name for t in written]
         topics = {name: f"{prefix}/{name}" for name in outputs}
         stats: dict[str, Any] = {"frames_in": 0, "frames_out": 0, "rejected": {}, "obstacles": 0,
                                  "frames_with_obstacles": 0}
@@ -537,9 +539,8 @@ def process(args: argparse.Namespace) -> int:
 
         with _Interrupt() as stop, AtomicBagWriter(args.output, storage=args.storage,
                                                    overwrite=args.overwrite) as writer:
-            for name in outputs:
-                writer.add_topic(topics[name], "pebal_perception/msg/AnomalyResult" if name == "result"
-                                 else "sensor_msgs/msg/Image", out_qos)
+            for topic in written:
+                writer.add_topic(topics[topic.name], topic.msgtype, out_qos)
             wanted = [image_topic] + ([info_topic] if has_info else [])
             for index, (conn, timestamp, data) in enumerate(reader.messages(wanted)):
                 if stop.is_set():

@@ -94,7 +94,7 @@ from visualization_msgs.msg import Marker, MarkerArray
 from pebal_perception.dds import PROFILE_NAME, PROFILE_VARIABLE, find_profile
 from pebal_perception.image_conversion import REJECT_REASONS, ImageConverter, ImageRejected
 from pebal_perception.msg import AnomalyResult, Obstacle
-from pebal_perception.node.outputs import OUTPUT_TOPICS, MessageClasses, build_output_messages, obstacle_markers
+from pebal_perception.node.outputs import OUTPUTS, MessageClasses, build_output_messages, message_class
 from pebal_perception.core.detector import CameraInfo as CameraModel
 from pebal_perception.core.detector import Detector, DetectorError
 from pebal_perception.core.inference import FrameOutOfMemory
@@ -106,7 +106,8 @@ PROG = "detector_node"
 LIFECYCLE_PROG = "detector_lifecycle_node"
 LAZY_INPUT_CHECK_S = 0.5  # how often lazy_input looks at the outputs' subscriber counts
 DEACTIVATE_WAIT_S = 10.0  # a deactivation waits this long for the frame in progress
-ROS_MESSAGES = MessageClasses(Image=Image, AnomalyResult=AnomalyResult, Obstacle=Obstacle, Point=Point, Time=Time)
+ROS_MESSAGES = MessageClasses(Image=Image, AnomalyResult=AnomalyResult, Obstacle=Obstacle, Point=Point, Time=Time,
+                              Float32=Float32, Marker=Marker, MarkerArray=MarkerArray)
 PARAMETER_TYPES = {"string": ParameterType.PARAMETER_STRING, "integer": ParameterType.PARAMETER_INTEGER,
                    "double": ParameterType.PARAMETER_DOUBLE, "bool": ParameterType.PARAMETER_BOOL,
                    "double_array": ParameterType.PARAMETER_DOUBLE_ARRAY}
@@ -272,13 +273,11 @@ class DetectorBehaviour:
         """Publishers, timers, the worker and (unless lazy_input waits for a subscriber) the input
         subscriptions."""
         out_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=5, reliability=ReliabilityPolicy.RELIABLE)
-        self.publishers_by_topic = {topic: self.create_publisher(AnomalyResult if topic == "result" else Image,
-                                                                 f"~/{topic}", out_qos) for topic in OUTPUT_TOPICS}
-        self.pub_markers = self.create_publisher(MarkerArray, "~/obstacles/markers", out_qos)
-        self.pub_time = self.create_publisher(Float32, "~/processing_time_ms", out_qos)
+        self.publishers_by_topic = {t.name: self.create_publisher(message_class(t.msgtype), f"~/{t.name}", out_qos)
+                                    for t in OUTPUTS}
         self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self._entities = [(self.destroy_publisher, pub) for pub in (*self.publishers_by_topic.values(),
-                                                                    self.pub_markers, self.pub_time, self.pub_diag)]
+                                                                    self.pub_diag)]
         # The node's clock: with use_sim_time it runs on /clock (pebal-bag play --clock).
         self._entities.append((self.destroy_timer, self.create_timer(1.0, self._publish_diagnostics)))
         camera_info = self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, self._input_qos(),
@@ -396,8 +395,7 @@ class DetectorBehaviour:
         self._input_subscriptions = []
 
     def _output_subscribers(self) -> int:
-        pubs = [*self.publishers_by_topic.values(), self.pub_markers, self.pub_time]
-        return sum(pub.get_subscription_count() for pub in pubs)
+        return sum(pub.get_subscription_count() for pub in self.publishers_by_topic.values())
 
     def _update_input_subscriptions(self) -> None:
         """lazy_input: the image inputs are subscribed to only while some output (not /diagnostics) has a
@@ -556,22 +554,20 @@ class DetectorBehaviour:
                 self._discarded += 1
             return
         publishers = self.publishers_by_topic
-        wanted = {topic for topic, pub in publishers.items() if topic != "result" and pub.get_subscription_count() > 0}
-        messages = build_output_messages(  # each image only while someone subscribes to it
-            rgb, out.semantic, out.score, out.frame, header, ROS_MESSAGES, model_id=detector.model_id,
-            threshold=out.settings.config.threshold, wanted=wanted)
-        result = messages.pop("result")
+        wanted = {topic for topic, pub in publishers.items() if pub.get_subscription_count() > 0}
+        parts = dict(rgb=rgb, semantic=out.semantic, score=out.score, frame=out.frame, header=header,
+                     classes=ROS_MESSAGES, model_id=detector.model_id, threshold=out.settings.config.threshold,
+                     wanted=wanted)
+        messages = build_output_messages(**parts, late=False)  # each only while someone subscribes to it
         for topic, msg in messages.items():
             publishers[topic].publish(msg)
-        if self.pub_markers.get_subscription_count() > 0:  # RViz: only while someone looks
-            self.pub_markers.publish(obstacle_markers(out.frame.obstacles, header, Marker, MarkerArray))
         elapsed_ms = (time.perf_counter() - received) * 1000.0
-        result.processing_time_ms = float(elapsed_ms)
-        publishers["result"].publish(result)
-        self.pub_time.publish(Float32(data=float(elapsed_ms)))
+        for topic, msg in build_output_messages(**parts, late=True, processing_time_ms=elapsed_ms).items():
+            publishers[topic].publish(msg)  # the result and the processing time, whoever listens
+        images = sum(isinstance(msg, Image) for msg in messages.values())
         with self._lock:
             self._processed += 1
-            self._images_built += len(messages)
+            self._images_built += images
             self._proc_times.append(elapsed_ms)
             self._infer_times.append(out.inference_ms)
 

@@ -23,18 +23,13 @@ from pebal_perception.core.obstacles import Obstacle
 from pebal_perception.image_conversion import rgb_to_image_fields
 from pebal_perception.core.postprocess import ProcessedFrame
 
-#: Output topic suffixes (relative to the node's ``~/``), in publishing order.
-OUTPUT_TOPICS = ("semantic", "semantic/color", "energy", "obstacle_mask", "overlay", "debug", "result")
-#: The images built when the caller does not say which (``pebal-bag process``, benchmarks).
-DEFAULT_IMAGES = ("semantic", "energy", "obstacle_mask")
-
-
 @dataclass(frozen=True)
 class MessageClasses:
     """Constructors of the output message types (keyword arguments = the message fields).
 
     ``image_data`` turns the packed pixel bytes into what ``Image(data=...)`` takes: ``bytes`` as they
-    are for rclpy, a uint8 array for rosbags."""
+    are for rclpy, a uint8 array for rosbags. Types left None are not built (a bag of the node's outputs
+    holds no markers or processing times)."""
 
     Image: Callable[..., Any]  # named as the message types
     AnomalyResult: Callable[..., Any]
@@ -42,6 +37,98 @@ class MessageClasses:
     Point: Callable[..., Any]
     image_data: Callable[[bytes], Any] = bytes
     Time: Callable[..., Any] | None = None  # builtin_interfaces/Time (Obstacle.first_seen)
+    Float32: Callable[..., Any] | None = None  # std_msgs/Float32
+    Marker: Any = None  # visualization_msgs/Marker (its constants are used too)
+    MarkerArray: Callable[..., Any] | None = None
+
+
+@dataclass
+class FrameMessages:
+    """What the output messages of one frame are made of (the builders of :data:`OUTPUTS` read it)."""
+
+    rgb: np.ndarray  # the input frame
+    semantic: np.ndarray
+    score: np.ndarray
+    frame: ProcessedFrame  # the post-processed frame (reported obstacles)
+    header: Any  # the input image's, copied into every message
+    classes: MessageClasses
+    model_id: str
+    threshold: float
+    processing_time_ms: float = 0.0  # receipt -> the other outputs published (known to the late ones)
+
+    def image(self, array: np.ndarray, encoding: str) -> Any:
+        fields = rgb_to_image_fields(array, encoding)
+        fields["data"] = self.classes.image_data(fields["data"])
+        return self.classes.Image(header=self.header, **fields)
+
+
+@dataclass(frozen=True)
+class OutputTopic:
+    """One output of the node: its topic (relative to the node's ``~/``), message type and builder."""
+
+    name: str
+    msgtype: str  # the ROS type name, e.g. "sensor_msgs/msg/Image"
+    build: Callable[[FrameMessages], Any]
+    needs: str = "Image"  # the MessageClasses field the builder uses (None there: not built)
+    default: bool = False  # built when the caller does not say which (pebal-bag process, benchmarks)
+    always: bool = False  # built and published for every frame, whoever listens
+    late: bool = False  # built after the others are published (it carries the processing time)
+    on_request: bool = False  # costs work per frame: the test harness subscribes to it only when asked
+
+
+def _result(m: FrameMessages) -> Any:
+    frame = m.frame
+    return m.classes.AnomalyResult(
+        header=m.header, model_id=str(m.model_id), threshold=float(m.threshold),
+        anomalous_fraction=float(frame.anomalous_fraction), max_score=float(frame.max_score),
+        processing_time_ms=float(m.processing_time_ms),
+        obstacles=[obstacle_message(o, m.classes) for o in frame.obstacles])
+
+
+def _visualize() -> Any:
+    from pebal_perception.core import visualize  # OpenCV drawing: only when a view is built
+
+    return visualize
+
+
+IMAGE = "sensor_msgs/msg/Image"
+
+#: The node's outputs, in publishing order. The node publishes each one (images and markers only while
+#: someone subscribes), ``pebal-bag process`` writes the default ones, the test harness subscribes to them:
+#: a new output is one entry here.
+OUTPUTS: tuple[OutputTopic, ...] = (
+    OutputTopic("semantic", IMAGE, lambda m: m.image(m.semantic, "mono8"), default=True),
+    OutputTopic("semantic/color", IMAGE, lambda m: m.image(_visualize().colorize(m.semantic), "rgb8"),
+                on_request=True),
+    OutputTopic("energy", IMAGE, lambda m: m.image(m.score, "32FC1"), default=True),
+    OutputTopic("obstacle_mask", IMAGE, lambda m: m.image(m.frame.mask.astype(np.uint8) * 255, "mono8"),
+                default=True),
+    OutputTopic("overlay", IMAGE, lambda m: m.image(_visualize().overlay(m.rgb, m.semantic, m.frame.mask), "rgb8")),
+    OutputTopic("debug", IMAGE, lambda m: m.image(_visualize().debug_overlay(m.rgb, m.frame), "rgb8"),
+                on_request=True),
+    OutputTopic("obstacles/markers", "visualization_msgs/msg/MarkerArray",
+                lambda m: obstacle_markers(m.frame.obstacles, m.header, m.classes.Marker, m.classes.MarkerArray),
+                needs="MarkerArray", on_request=True),
+    OutputTopic("result", "pebal_perception/msg/AnomalyResult", _result, needs="AnomalyResult", default=True,
+                always=True, late=True),
+    OutputTopic("processing_time_ms", "std_msgs/msg/Float32",
+                lambda m: m.classes.Float32(data=float(m.processing_time_ms)), needs="Float32", always=True,
+                late=True),
+)
+OUTPUTS_BY_NAME = {t.name: t for t in OUTPUTS}
+#: Output topic names (relative to the node's ``~/``), in publishing order.
+OUTPUT_TOPICS = tuple(t.name for t in OUTPUTS)
+#: The images built when the caller does not say which.
+DEFAULT_IMAGES = tuple(t.name for t in OUTPUTS if t.default and not t.always)
+
+
+def message_class(msgtype: str) -> Any:
+    """The rclpy class of one of :data:`OUTPUTS`' message types ("pkg/msg/Name"); only ever called with
+    the table's own type names."""
+    import importlib
+
+    package, _, name = msgtype.split("/")
+    return getattr(importlib.import_module(f"{package}.msg"), name)
 
 
 def uint8_array(data: bytes) -> np.ndarray:
@@ -67,41 +154,24 @@ def obstacle_message(o: Obstacle, classes: MessageClasses) -> Any:
 def build_output_messages(rgb: np.ndarray, semantic: np.ndarray, score: np.ndarray, frame: ProcessedFrame,
                           header: Any, classes: MessageClasses, *, model_id: str, threshold: float,
                           overlay: bool = False, debug: bool = False, wanted: Collection[str] | None = None,
-                          processing_time_ms: float = 0.0) -> dict[str, Any]:
-    """Topic suffix -> message for one frame (keys in :data:`OUTPUT_TOPICS` order). The images are
-    ``wanted`` when given (the node: the topics with subscribers), else :data:`DEFAULT_IMAGES` plus
-    ``overlay`` / ``debug`` when asked for; ``result`` is always built. ``rgb`` is the input frame,
-    ``semantic`` / ``score`` the engine's maps and ``frame`` their post-processing
-    (processing.process_frame); ``header`` (the input image's) is copied into every message. The
-    caller may update ``result.processing_time_ms`` once it has published the images."""
-
-    def image(array: np.ndarray, encoding: str) -> Any:
-        fields = rgb_to_image_fields(array, encoding)
-        fields["data"] = classes.image_data(fields["data"])
-        return classes.Image(header=header, **fields)
-
+                          processing_time_ms: float = 0.0, late: bool | None = None) -> dict[str, Any]:
+    """Topic name -> message for one frame, in :data:`OUTPUTS` order: the ``wanted`` topics (the node: those
+    with subscribers), else the default ones plus ``overlay`` / ``debug`` when asked for, and those built
+    ``always``; a topic whose message class ``classes`` lacks is left out. ``late`` True / False: only the
+    late / only the other topics (None: both). ``rgb`` is the input frame, ``semantic`` / ``score`` the
+    engine's maps and ``frame`` their post-processing; ``header`` (the input image's) is copied into every
+    message."""
     if wanted is None:
-        wanted = set(DEFAULT_IMAGES) | ({"overlay"} if overlay else set()) | ({"debug"} if debug else set())
-    unknown = set(wanted) - set(OUTPUT_TOPICS)
+        wanted = ({t.name for t in OUTPUTS if t.default} | ({"overlay"} if overlay else set())
+                  | ({"debug"} if debug else set()))
+    unknown = set(wanted) - set(OUTPUTS_BY_NAME)
     if unknown:
         raise ValueError(f"unknown output topics {sorted(unknown)}")
-    from pebal_perception.core import visualize
-
-    builders = {
-        "semantic": lambda: image(semantic, "mono8"),
-        "semantic/color": lambda: image(visualize.colorize(semantic), "rgb8"),
-        "energy": lambda: image(score, "32FC1"),
-        "obstacle_mask": lambda: image(frame.mask.astype(np.uint8) * 255, "mono8"),
-        "overlay": lambda: image(visualize.overlay(rgb, semantic, frame.mask), "rgb8"),
-        "debug": lambda: image(visualize.debug_overlay(rgb, frame), "rgb8"),
-    }
-    messages = {topic: builders[topic]() for topic in OUTPUT_TOPICS if topic in wanted and topic in builders}
-    messages["result"] = classes.AnomalyResult(
-        header=header, model_id=str(model_id), threshold=float(threshold),
-        anomalous_fraction=float(frame.anomalous_fraction), max_score=float(frame.max_score),
-        processing_time_ms=float(processing_time_ms),
-        obstacles=[obstacle_message(o, classes) for o in frame.obstacles])
-    return messages
+    parts = FrameMessages(rgb=rgb, semantic=semantic, score=score, frame=frame, header=header, classes=classes,
+                          model_id=model_id, threshold=threshold, processing_time_ms=processing_time_ms)
+    return {t.name: t.build(parts) for t in OUTPUTS
+            if (t.name in wanted or t.always) and getattr(classes, t.needs) is not None
+            and (late is None or t.late == late)}
 
 
 # ---------------------------------------------------------------------------------------- RViz markers

@@ -385,20 +385,20 @@ class Collector:
 
 
 def detector_output_types() -> dict[str, Any]:
-    """The detector node's output topics (relative to its name) and their message types."""
-    from sensor_msgs.msg import Image
-    from std_msgs.msg import Float32
-    from visualization_msgs.msg import MarkerArray
+    """The detector node's output topics (relative to its name) and their message types (its table)."""
+    from pebal_perception.node.outputs import OUTPUTS, message_class
 
-    from pebal_perception.msg import AnomalyResult
+    return {t.name: message_class(t.msgtype) for t in OUTPUTS}
 
-    return {"result": AnomalyResult, "semantic": Image, "semantic/color": Image, "energy": Image,
-            "obstacle_mask": Image, "overlay": Image, "debug": Image, "processing_time_ms": Float32,
-            "obstacles/markers": MarkerArray}
+
+def _on_request_outputs() -> tuple[str, ...]:
+    from pebal_perception.node.outputs import OUTPUTS
+
+    return tuple(t.name for t in OUTPUTS if t.on_request)
 
 
 #: Outputs ``detector_outputs`` subscribes to only when asked by name (each costs work per frame).
-ON_REQUEST_OUTPUTS = ("debug", "semantic/color", "obstacles/markers")
+ON_REQUEST_OUTPUTS = _on_request_outputs()
 
 
 class Peer:
