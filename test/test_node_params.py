@@ -21,7 +21,8 @@ from pebal_perception.core.obstacles import Obstacle
 from pebal_perception.node.outputs import OUTPUT_TOPICS, MessageClasses, build_output_messages, uint8_array
 from pebal_perception.core.tracking import TrackingConfig
 from pebal_perception.core.settings import (CONFIG_PARAMETERS, PARAMETERS, PARAMETERS_BY_NAME, READ_ONLY,
-                                          TRACKING_PARAMETERS, RuntimeSettings, initial_settings, resolve_parameters)
+                                            TRACKING_PARAMETERS, RuntimeSettings, initial_settings, params_file_text,
+                                            resolve_parameters)
 from pebal_perception.core.postprocess import PostProcessConfig, process_frame
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -44,10 +45,10 @@ def test_table_and_params_file_agree():
     for spec in documented:
         assert _same(spec.default, params[spec.name]), (spec.name, spec.default, params[spec.name])
         spec.check(params[spec.name])  # the file's values pass the table's checks
-    lines = PARAMS_FILE.read_text().splitlines()
-    for spec in documented:  # each entry documented by the comment line above it
-        index = next(i for i, line in enumerate(lines) if line.strip().startswith(f"{spec.name}:"))
-        assert lines[index - 1].strip().startswith("#"), f"{spec.name} has no comment in detector.yaml"
+    # the file is the table's: each entry under its description (python -m pebal_perception.core.settings)
+    assert PARAMS_FILE.read_text() == params_file_text(), \
+        "config/detector.yaml differs from the table: python -m pebal_perception.core.settings > config/detector.yaml"
+    for spec in documented:
         assert spec.description.strip(), spec.name
         assert spec.description.rstrip().endswith("Read-only." if spec.read_only else "Changeable at run time."), \
             spec.name

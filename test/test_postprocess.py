@@ -458,7 +458,7 @@ def _reported_in_last(frames, n: int = 15) -> int:
     return sum(bool(f.obstacles) for f in frames[-n:])
 
 
-DEFAULT_TRACKING = TrackingConfig()  # k 3 of n 5, hold 2
+DEFAULT_TRACKING = TrackingConfig()  # the node's: k 2 of n 3, hold 2
 
 
 def test_pipeline_keeps_a_persistent_obstacle_when_sizes_alternate():

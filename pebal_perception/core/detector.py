@@ -26,7 +26,7 @@ from pebal_perception.core.inference import OomGuardedInference, parse_oom_fallb
 from pebal_perception.core.pipeline import ObstaclePipeline, StreamCounters
 from pebal_perception.core.postprocess import GroundModel, ProcessedFrame, calibrated_postprocess, process_frame
 from pebal_perception.core.settings import DEVICES, PARAMETERS, PARAMETERS_BY_NAME, RuntimeSettings, \
-    initial_settings, parse_threshold
+    initial_settings
 
 
 def default_values() -> dict[str, Any]:
@@ -46,9 +46,10 @@ class DetectorError(ValueError):
 def load_engine(values: Mapping[str, Any]) -> Any:
     """The inference engine the settings ``values`` (parameter names of the node's table) describe:
     ``checkpoint`` ('' = the embedded default model), ``model``, ``device``, ``precision``, ``backend``,
-    ``input_width`` / ``input_height`` (0 / 0 = the checkpoint's size), ``threshold`` (NaN = the
-    checkpoint's calibrated one), ``smoothing``, ``cpu_threads`` (> 0 sets torch's threads for the whole
-    process). :class:`DetectorError` says what is wrong, in one line."""
+    ``input_width`` / ``input_height`` (0 / 0 = the checkpoint's size), ``smoothing``, ``cpu_threads``
+    (> 0 sets torch's threads for the whole process). The threshold is not the engine's: the detector's
+    settings own it (one value, changeable at run time). :class:`DetectorError` says what is wrong, in
+    one line."""
     try:
         for name in ("precision", "backend"):
             PARAMETERS_BY_NAME[name].check(values[name])
@@ -57,10 +58,6 @@ def load_engine(values: Mapping[str, Any]) -> Any:
     width, height = values["input_width"], values["input_height"]
     if (width == 0) != (height == 0):
         raise DetectorError(f"parameters input_width={width} and input_height={height}: set both or neither")
-    try:
-        threshold = parse_threshold(values["threshold"])
-    except ValueError as exc:
-        raise DetectorError(f"parameter threshold: {exc}") from None
     threads = values.get("cpu_threads", 0)
     if threads > 0:
         import torch
@@ -69,8 +66,8 @@ def load_engine(values: Mapping[str, Any]) -> Any:
     checkpoint = str(values["checkpoint"]).strip()
     try:
         return open_engine(checkpoint, values["model"], device=values["device"], precision=values["precision"],
-                           input_size=(height, width) if width else None, threshold=threshold,
-                           smoothing=values["smoothing"], backend=values["backend"])
+                           input_size=(height, width) if width else None, smoothing=values["smoothing"],
+                           backend=values["backend"])
     except DetectorError as exc:
         if exc.loading:  # said as the node's start-up error: which model could not be loaded
             where = "" if checkpoint and checkpoint in str(exc) else f" from {checkpoint or 'the default model'}"

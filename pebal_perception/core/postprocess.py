@@ -61,6 +61,7 @@ from typing import Any, Mapping, Sequence
 import cv2
 import numpy as np
 
+from pebal_perception.core.fields import check_ranges, product_values, setting
 from pebal_perception.core.limits import MAX_REGIONS_PER_FRAME, check_threshold
 from pebal_perception.core.obstacles import DRIVABLE_TRAIN_IDS, ROAD_USER_TRAIN_IDS, Obstacle
 from pebal_perception.geometry import pixel_to_ground, valid_intrinsics, valid_mounting
@@ -330,58 +331,94 @@ def fit_road_scale(road: np.ndarray, hood_share: float = 0.08) -> RoadScale | No
 @dataclass(frozen=True)
 class PostProcessConfig:
     """Run-time adjustable post-processing (the node swaps the whole object atomically). Defaults are the
-    plain per-pixel behaviour; see the module docstring for each test."""
+    plain per-pixel behaviour; each field's ``product`` value is what the node runs by default
+    (:data:`PLANNER_DEFAULTS`); each test is described in the module docstring."""
 
     threshold: float
-    restrict_to_drivable: bool = False
-    roi: tuple[float, float, float, float] = FULL_ROI
-    min_obstacle_area: int = 1
-    hysteresis: float = 0.0  # score units below threshold that candidate pixels may have
-    boundary_band: float = 0.0  # band along the road's outer boundary, fraction of the image height
-    min_footprint_on_road: float = 0.5  # share of the footprint that must lie on the drivable surface
-    border_margin: float = 0.0  # margin along every image border, fraction of the image height
-    ego_mask_polygon: tuple[float, ...] = ()  # normalised polygon of the ego vehicle (excluded)
-    horizon_row: float = math.nan  # fraction of the image height; NaN = from the camera model or the road
-    horizon_margin: float = math.nan  # excluded rows below the horizon (fraction of H); NaN = no horizon cut
-    max_range_m: float = math.nan  # with a camera model: rows whose ground point is farther are excluded
-    far_road_width: float = 0.0  # without one: rows where the fitted road is narrower (fraction of W)
-    min_width_m: float = 0.0  # smallest obstacle width at its distance [m] (when a scale is known)
-    road_width_m: float = 7.0  # assumed road width for the road-derived scale [m]
-    analysis_width: int = 0  # find regions at this width (mapped back); 0 = at the frame's own resolution
-    max_surface_share: float = 1.0  # regions covering more of the drivable surface are not obstacles
-    min_fill: float = 0.0  # smallest share of its bounding box a region fills (thin lines are markings)
-    max_width_share: float = 1.0  # regions wider than this share of the image are scenery, not obstacles
-    min_extent_share: float = 0.0  # smallest share of a region's pixels within the road's per-row extent
-    max_known_share: float = 1.0  # regions with more of their pixels segmented as road users are known objects
+    restrict_to_drivable: bool = setting(
+        False, "Report only regions standing on the drivable surface (predicted road plus the holes it encloses, "
+        "minus the boundary band): their footprint, the rows just below them, must lie on it.",
+        param="restrict_to_drivable", product=True)
+    roi: tuple[float, float, float, float] = setting(
+        FULL_ROI, "Region of interest [x0, y0, x1, y1], normalised 0..1 image coordinates (x0 < x1, y0 < y1); "
+        "obstacle pixels outside are ignored.", param="roi")
+    min_obstacle_area: int = setting(
+        1, "Smallest obstacle region in pixels of the input image; smaller blobs are removed from the mask and "
+        "not reported.", param="min_obstacle_area", product=50, value_range=(0, MAX_MIN_OBSTACLE_AREA))
+    hysteresis: float = setting(
+        0.0, "Candidate pixels score above threshold - hysteresis; a region is an obstacle only when its mean "
+        "score exceeds the threshold (region score, not single pixels). Score units (nats).",
+        param="hysteresis", product=1.0, value_range=(0.0, 1e6))
+    boundary_band: float = setting(
+        0.0, "Band along the road region's left and right edges excluded from the drivable surface, as a "
+        "fraction of the image height (class transitions at road edges score high).",
+        param="drivable.boundary_band", product=0.03, value_range=(0.0, 0.5))
+    min_footprint_on_road: float = setting(
+        0.5, "Share of a region's footprint (the pixel rows just below its lower boundary) that must lie on the "
+        "drivable surface for it to be an obstacle (with restrict_to_drivable).",
+        param="drivable.min_footprint_on_road", value_range=(0.0, 1.0))
+    border_margin: float = setting(
+        0.0, "Margin along every image border excluded, as a fraction of the image height.",
+        param="border_margin", product=0.01, value_range=(0.0, 0.25))
+    ego_mask_polygon: tuple[float, ...] = setting(
+        (), "Ego vehicle (hood, mirrors) to exclude: polygon x0, y0, x1, y1, ... in normalised image "
+        "coordinates (at least 3 vertices); [] = none, or the one a normal-driving calibration stored in the "
+        "checkpoint.", param="ego_mask.polygon")
+    horizon_row: float = setting(
+        math.nan, "Horizon row as a fraction of the image height; NaN = from camera height/pitch and camera_info "
+        "when known, else estimated from the road region (median over recent frames).",
+        param="horizon.row", optional_range=(0.0, 1.0))
+    horizon_margin: float = setting(
+        math.nan, "Rows down to this fraction of the image height below the horizon are excluded (far road, the "
+        "horizon band); NaN = no horizon cut.", param="horizon.margin", product=0.0, optional_range=(-1.0, 1.0))
+    max_range_m: float = setting(
+        math.nan, "With camera height/pitch and camera_info: rows whose flat-ground point lies farther than this "
+        "are excluded [m]; NaN = no limit.", param="max_range_m", product=60.0, optional_range=(0.1, 1e4))
+    far_road_width: float = setting(
+        0.0, "Without a camera model: rows where the road, as fitted (width per row), is narrower than this "
+        "fraction of the image width count as beyond range and are excluded; 0 = off.",
+        param="far_road_width", product=0.1, value_range=(0.0, 1.0))
+    min_width_m: float = setting(
+        0.0, "Smallest obstacle width at the distance its bottom row implies [m] (camera model, or the road "
+        "width per row taken as road_width_m); 0 = pixel minimum only.",
+        param="min_width_m", product=0.1, value_range=(0.0, 100.0))
+    road_width_m: float = setting(
+        7.0, "Road width assumed for the scale estimated from the road region without a camera model [m].",
+        param="road_width_m", value_range=(0.5, 100.0))
+    analysis_width: int = setting(
+        0, "Regions are found on a copy of the frame scaled to this width (then mapped back to the input "
+        "resolution): the score map comes from the network at about that size anyway, and the work no longer "
+        "grows with the camera's resolution. 0 = at the input resolution.",
+        param="analysis_width", product=1024, value_range=(0, 100_000))
+    max_surface_share: float = setting(
+        1.0, "A region covering more than this share of the drivable surface is the road's own score "
+        "(unfamiliar texture, wet asphalt, domain shift), not an obstacle on it: rejected as too_large (one box "
+        "over the whole road would hide any real obstacle in it). 1 = off.",
+        param="max_surface_share", product=0.25, value_range=(0.0, 1.0))
+    min_fill: float = setting(
+        0.0, "Smallest share of its bounding box a region must fill: thinner regions are lines painted on the "
+        "road (lane markings seen obliquely, tar seams, kerb edges), rejected as thin. 0 = off.",
+        param="min_fill", product=0.3, value_range=(0.0, 1.0))
+    max_width_share: float = setting(
+        1.0, "A region wider than this share of the image width spans the scene (guard rails, tree lines, the "
+        "far background), not an object on the lane: rejected as too_wide. 1 = off.",
+        param="max_width_share", product=0.5, value_range=(0.0, 1.0))
+    min_extent_share: float = setting(
+        0.0, "Smallest share of a region's pixels that must lie within the road's own extent (per row, between "
+        "the drivable surface's first and last column): regions mostly beside the road are roadside scenery, "
+        "rejected as off_extent. 0 = off.", param="min_extent_share", product=0.5, value_range=(0.0, 1.0))
+    max_known_share: float = setting(
+        1.0, "A region with more than this share of its pixels segmented as a road user (person, rider, car, "
+        "truck, bus, train, motorcycle, bicycle) is a known object, handled by the vehicle's object detection: "
+        "rejected as known_class. 1 = off.", param="max_known_share", product=0.5, value_range=(0.0, 1.0))
 
     def __post_init__(self):
         set_ = object.__setattr__
         set_(self, "threshold", check_threshold(self.threshold))
         set_(self, "roi", validate_roi(self.roi))
-        if not 0 <= int(self.min_obstacle_area) <= MAX_MIN_OBSTACLE_AREA:
-            raise ValueError(f"min_obstacle_area must lie in [0, {MAX_MIN_OBSTACLE_AREA}], "
-                             f"got {self.min_obstacle_area}")
-        set_(self, "min_obstacle_area", int(self.min_obstacle_area))
-        if not 0 <= int(self.analysis_width) <= 100_000:
-            raise ValueError(f"analysis_width must lie in [0, 100000] pixels, got {self.analysis_width}")
-        set_(self, "analysis_width", int(self.analysis_width))
         set_(self, "restrict_to_drivable", bool(self.restrict_to_drivable))
         set_(self, "ego_mask_polygon", validate_polygon(self.ego_mask_polygon))
-        ranges = {"hysteresis": (0.0, 1e6), "boundary_band": (0.0, 0.5), "min_footprint_on_road": (0.0, 1.0),
-                  "border_margin": (0.0, 0.25), "far_road_width": (0.0, 1.0), "min_width_m": (0.0, 100.0),
-                  "max_surface_share": (0.0, 1.0), "min_fill": (0.0, 1.0), "max_width_share": (0.0, 1.0),
-                  "min_extent_share": (0.0, 1.0), "max_known_share": (0.0, 1.0), "road_width_m": (0.5, 100.0)}
-        for name, (low, high) in ranges.items():
-            value = float(getattr(self, name))
-            if not (math.isfinite(value) and low <= value <= high):
-                raise ValueError(f"{name} must lie in [{low:g}, {high:g}], got {value:g}")
-            set_(self, name, value)
-        optional = {"horizon_row": (0.0, 1.0), "horizon_margin": (-1.0, 1.0), "max_range_m": (0.1, 1e4)}
-        for name, (low, high) in optional.items():
-            value = float(getattr(self, name))
-            if not (math.isnan(value) or low <= value <= high):
-                raise ValueError(f"{name} must lie in [{low:g}, {high:g}] (or NaN = off/automatic), got {value:g}")
-            set_(self, name, value)
+        check_ranges(self)
 
     def with_changes(self, **changes: Any) -> "PostProcessConfig":
         return replace(self, **changes)
@@ -392,15 +429,9 @@ class PostProcessConfig:
 
 
 #: What the product runs (the node's parameter defaults, config/detector.yaml; pebal-detect, pebal-eval
-#: and pebal-calibrate --normal use the same): every PostProcessConfig field that differs from the plain
-#: per-pixel behaviour of the dataclass defaults.
-PLANNER_DEFAULTS: dict[str, Any] = {
-    "restrict_to_drivable": True, "min_obstacle_area": 50, "hysteresis": 1.0, "boundary_band": 0.03,
-    "min_footprint_on_road": 0.5, "border_margin": 0.01, "horizon_margin": 0.0, "max_range_m": 60.0,
-    "far_road_width": 0.1, "min_width_m": 0.1, "road_width_m": 7.0, "analysis_width": 1024,
-    "max_surface_share": 0.25, "min_fill": 0.3, "max_width_share": 0.5, "min_extent_share": 0.5,
-    "max_known_share": 0.5,
-}
+#: and pebal-calibrate --normal use the same): every PostProcessConfig field whose product value differs
+#: from the plain per-pixel behaviour of the dataclass defaults.
+PLANNER_DEFAULTS: dict[str, Any] = product_values(PostProcessConfig)
 
 
 def calibrated_postprocess(meta: Any) -> dict[str, Any]:

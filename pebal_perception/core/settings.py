@@ -13,16 +13,17 @@ its worker takes one snapshot per frame.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, replace
 from typing import Any, Mapping, Sequence
 
 from pebal_perception.core.backends import BACKENDS
 from pebal_perception.core.backends import help_text as backends_help_text
+from pebal_perception.core.fields import declared, parameters_of, product_value
 from pebal_perception.core.limits import check_threshold
-from pebal_perception.core.postprocess import PLANNER_DEFAULTS, fill_from_calibration
+from pebal_perception.core.postprocess import (MAX_CAMERA_HEIGHT_M, PostProcessConfig, check_mounting,
+                                               fill_from_calibration, validate_roi)
 from pebal_perception.core.tracking import TrackingConfig
-from pebal_perception.core.postprocess import (MAX_CAMERA_HEIGHT_M, MAX_MIN_OBSTACLE_AREA, PostProcessConfig,
-                                               check_mounting, validate_roi)
 
 NODE_NAME = "pebal_detector"
 DEVICES = ("auto", "cpu", "cuda")  # device is one of these, or cuda:N
@@ -85,6 +86,39 @@ QOS_OVERRIDE_TEXT = "qos_overrides.<input topic>.subscription.{policy} (e.g. qos
 RUN_TIME = "Changeable at run time."
 READ_ONLY_TEXT = "Read-only."
 
+def _parameter_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "double"
+    if isinstance(value, tuple):
+        return "double_array"
+    raise TypeError(f"no parameter type for {value!r}")
+
+
+def _declared_parameters(cls: Any, after: Mapping[str, ParamSpec] | None = None) -> list[ParamSpec]:
+    """The parameters a config dataclass declares on its fields (:mod:`pebal_perception.core.fields`),
+    each followed by ``after``'s entry for it, if any."""
+    specs = []
+    for f, s in declared(cls):
+        if not s.param:
+            continue
+        default = product_value(f, s)
+        kind = _parameter_type(default)
+        specs.append(ParamSpec(s.param, kind, list(default) if kind == "double_array" else default,
+                               f"{s.description} {RUN_TIME if s.run_time else READ_ONLY_TEXT}",
+                               read_only=not s.run_time, value_range=s.value_range))
+        if after and s.param in after:
+            specs.append(after[s.param])
+    return specs
+
+
+EGO_MASK_IMAGE = ParamSpec("ego_mask.image", "string", "",
+              "Ego vehicle as a mask image (PNG/JPEG of any size, stretched to the frame; non-black pixels = ego), "
+              f"used when ego_mask.polygon is empty; '' = none. {READ_ONLY_TEXT}", read_only=True)
+
 PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("checkpoint", "string", "",
               "Model checkpoint file (pebal format or a supported third-party file); '' = the embedded default "
@@ -123,94 +157,8 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               dynamic_typing=True),
     ParamSpec("smoothing", "bool", True,
               f"Apply PEBAL's 7x7 Gaussian (sigma 1) to the energy map. {RUN_TIME}"),
-    ParamSpec("restrict_to_drivable", "bool", PLANNER_DEFAULTS["restrict_to_drivable"],
-              "Report only regions standing on the drivable surface (predicted road plus the holes it encloses, "
-              "minus the boundary band): their footprint, the rows just below them, must lie on it. "
-              f"{RUN_TIME}"),
-    ParamSpec("roi", "double_array", [0.0, 0.0, 1.0, 1.0],
-              "Region of interest [x0, y0, x1, y1], normalised 0..1 image coordinates (x0 < x1, y0 < y1); "
-              f"obstacle pixels outside are ignored. {RUN_TIME}"),
-    ParamSpec("min_obstacle_area", "integer", PLANNER_DEFAULTS["min_obstacle_area"],
-              "Smallest obstacle region in pixels of the input image; smaller blobs are removed from the mask "
-              f"and not reported. {RUN_TIME}", value_range=(0, MAX_MIN_OBSTACLE_AREA)),
-    ParamSpec("hysteresis", "double", PLANNER_DEFAULTS["hysteresis"],
-              "Candidate pixels score above threshold - hysteresis; a region is an obstacle only when its mean "
-              f"score exceeds the threshold (region score, not single pixels). Score units (nats). {RUN_TIME}",
-              value_range=(0.0, 1e6)),
-    ParamSpec("drivable.boundary_band", "double", PLANNER_DEFAULTS["boundary_band"],
-              "Band along the road region's left and right edges excluded from the drivable surface, as a "
-              f"fraction of the image height (class transitions at road edges score high). {RUN_TIME}",
-              value_range=(0.0, 0.5)),
-    ParamSpec("drivable.min_footprint_on_road", "double", PLANNER_DEFAULTS["min_footprint_on_road"],
-              "Share of a region's footprint (the pixel rows just below its lower boundary) that must lie on the "
-              f"drivable surface for it to be an obstacle (with restrict_to_drivable). {RUN_TIME}",
-              value_range=(0.0, 1.0)),
-    ParamSpec("border_margin", "double", PLANNER_DEFAULTS["border_margin"],
-              f"Margin along every image border excluded, as a fraction of the image height. {RUN_TIME}",
-              value_range=(0.0, 0.25)),
-    ParamSpec("ego_mask.polygon", "double_array", [],
-              "Ego vehicle (hood, mirrors) to exclude: polygon x0, y0, x1, y1, ... in normalised image "
-              "coordinates (at least 3 vertices); [] = none, or the one a normal-driving calibration stored in "
-              f"the checkpoint. {RUN_TIME}"),
-    ParamSpec("ego_mask.image", "string", "",
-              "Ego vehicle as a mask image (PNG/JPEG of any size, stretched to the frame; non-black pixels = ego), "
-              f"used when ego_mask.polygon is empty; '' = none. {READ_ONLY_TEXT}", read_only=True),
-    ParamSpec("horizon.row", "double", NAN,
-              "Horizon row as a fraction of the image height; NaN = from camera height/pitch and camera_info "
-              f"when known, else estimated from the road region (median over recent frames). {RUN_TIME}"),
-    ParamSpec("horizon.margin", "double", PLANNER_DEFAULTS["horizon_margin"],
-              "Rows down to this fraction of the image height below the horizon are excluded (far road, the "
-              f"horizon band); NaN = no horizon cut. {RUN_TIME}"),
-    ParamSpec("max_range_m", "double", PLANNER_DEFAULTS["max_range_m"],
-              "With camera height/pitch and camera_info: rows whose flat-ground point lies farther than this are "
-              f"excluded [m]; NaN = no limit. {RUN_TIME}"),
-    ParamSpec("far_road_width", "double", PLANNER_DEFAULTS["far_road_width"],
-              "Without a camera model: rows where the road, as fitted (width per row), is narrower than this "
-              f"fraction of the image width count as beyond range and are excluded; 0 = off. {RUN_TIME}",
-              value_range=(0.0, 1.0)),
-    ParamSpec("min_width_m", "double", PLANNER_DEFAULTS["min_width_m"],
-              "Smallest obstacle width at the distance its bottom row implies [m] (camera model, or the road "
-              f"width per row taken as road_width_m); 0 = pixel minimum only. {RUN_TIME}", value_range=(0.0, 100.0)),
-    ParamSpec("road_width_m", "double", PLANNER_DEFAULTS["road_width_m"],
-              "Road width assumed for the scale estimated from the road region without a camera model [m]. "
-              f"{RUN_TIME}", value_range=(0.5, 100.0)),
-    ParamSpec("analysis_width", "integer", PLANNER_DEFAULTS["analysis_width"],
-              "Regions are found on a copy of the frame scaled to this width (then mapped back to the input "
-              "resolution): the score map comes from the network at about that size anyway, and the work no "
-              f"longer grows with the camera's resolution. 0 = at the input resolution. {RUN_TIME}",
-              value_range=(0, 100_000)),
-    ParamSpec("max_surface_share", "double", PLANNER_DEFAULTS["max_surface_share"],
-              "A region covering more than this share of the drivable surface is the road's own score "
-              "(unfamiliar texture, wet asphalt, domain shift), not an obstacle on it: rejected as too_large "
-              f"(one box over the whole road would hide any real obstacle in it). 1 = off. {RUN_TIME}",
-              value_range=(0.0, 1.0)),
-    ParamSpec("min_fill", "double", PLANNER_DEFAULTS["min_fill"],
-              "Smallest share of its bounding box a region must fill: thinner regions are lines painted on "
-              "the road (lane markings seen obliquely, tar seams, kerb edges), rejected as thin. 0 = off. "
-              f"{RUN_TIME}", value_range=(0.0, 1.0)),
-    ParamSpec("max_width_share", "double", PLANNER_DEFAULTS["max_width_share"],
-              "A region wider than this share of the image width spans the scene (guard rails, tree lines, "
-              f"the far background), not an object on the lane: rejected as too_wide. 1 = off. {RUN_TIME}",
-              value_range=(0.0, 1.0)),
-    ParamSpec("min_extent_share", "double", PLANNER_DEFAULTS["min_extent_share"],
-              "Smallest share of a region's pixels that must lie within the road's own extent (per row, between "
-              "the drivable surface's first and last column): regions mostly beside the road are roadside "
-              f"scenery, rejected as off_extent. 0 = off. {RUN_TIME}", value_range=(0.0, 1.0)),
-    ParamSpec("max_known_share", "double", PLANNER_DEFAULTS["max_known_share"],
-              "A region with more than this share of its pixels segmented as a road user (person, rider, car, "
-              "truck, bus, train, motorcycle, bicycle) is a known object, handled by the vehicle's object "
-              f"detection: rejected as known_class. 1 = off. {RUN_TIME}", value_range=(0.0, 1.0)),
-    ParamSpec("tracking.enabled", "bool", True,
-              "Persistence over frames: obstacles are associated across frames (box IoU / centroid) and get a "
-              f"stable track_id; off = every detection is reported at once. {RUN_TIME}"),
-    ParamSpec("tracking.confirm_hits", "integer", 2,
-              f"An obstacle is reported once detected in this many of the last tracking.confirm_window frames. "
-              f"{RUN_TIME}", value_range=(1, 100)),
-    ParamSpec("tracking.confirm_window", "integer", 3,
-              f"Window (frames) for tracking.confirm_hits. {RUN_TIME}", value_range=(1, 100)),
-    ParamSpec("tracking.hold_frames", "integer", 2,
-              f"A reported obstacle stays reported this many frames after it was last detected. {RUN_TIME}",
-              value_range=(0, 100)),
+    *_declared_parameters(PostProcessConfig, after={"ego_mask.polygon": EGO_MASK_IMAGE}),
+    *_declared_parameters(TrackingConfig),
     ParamSpec("qos.depth", "integer", 5,
               "Deprecated: the base history depth of the input subscriptions, which "
               f"qos_overrides.<topic>.subscription.depth overrides. {READ_ONLY_TEXT}",
@@ -277,19 +225,9 @@ def parse_threshold(value: Any) -> float | None:
 
 
 #: Node parameter -> PostProcessConfig field (the parameters that shape what a planner receives).
-CONFIG_PARAMETERS = {
-    "restrict_to_drivable": "restrict_to_drivable", "roi": "roi", "min_obstacle_area": "min_obstacle_area",
-    "hysteresis": "hysteresis", "drivable.boundary_band": "boundary_band",
-    "drivable.min_footprint_on_road": "min_footprint_on_road", "border_margin": "border_margin",
-    "ego_mask.polygon": "ego_mask_polygon", "horizon.row": "horizon_row", "horizon.margin": "horizon_margin",
-    "max_range_m": "max_range_m", "far_road_width": "far_road_width", "min_width_m": "min_width_m",
-    "road_width_m": "road_width_m", "analysis_width": "analysis_width", "max_surface_share": "max_surface_share",
-    "min_fill": "min_fill", "max_width_share": "max_width_share", "min_extent_share": "min_extent_share",
-    "max_known_share": "max_known_share",
-}
+CONFIG_PARAMETERS = parameters_of(PostProcessConfig)
 #: Node parameter -> TrackingConfig field.
-TRACKING_PARAMETERS = {"tracking.enabled": "enabled", "tracking.confirm_hits": "confirm_hits",
-                       "tracking.confirm_window": "confirm_window", "tracking.hold_frames": "hold_frames"}
+TRACKING_PARAMETERS = parameters_of(TrackingConfig)
 
 
 def ego_mask_from_image(path: str) -> tuple[float, ...]:
@@ -455,3 +393,85 @@ def wants_help(argv: Sequence[str]) -> bool:
     if "--ros-args" in own:
         own = own[:own.index("--ros-args")]
     return any(a in ("-h", "--help") for a in own)
+
+
+# --------------------------------------------------------------------------------- config/detector.yaml
+
+#: Headings of config/detector.yaml, at the first parameter of each group, with notes for the whole group.
+PARAMS_FILE_SECTIONS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "checkpoint": ("model (read-only: fixed once the node runs)", ()),
+    "threshold": ("scoring (changeable at run time, e.g. `ros2 param set`)", ()),
+    "restrict_to_drivable": ("what a planner receives (changeable at run time; core/postprocess.py)", ()),
+    "tracking.enabled": ("tracking over frames (changeable at run time; core/tracking.py)", ()),
+    "subscribe_compressed": ("inputs (read-only)", (
+        "Input QoS: the standard ROS 2 overrides, one set per input subscription (rclpy declares them,",
+        "read-only), named after the topic as resolved after remapping. Default: sensor data (best_effort,",
+        "keep_last, depth 5; only the newest frame is ever processed, replaced frames count as dropped in",
+        "/diagnostics). Large raw frames from a best-effort publisher need config/fastdds_large_images.xml",
+        "loaded by the publisher and the node (FASTDDS_DEFAULT_PROFILES_FILE); a reliable publisher + reliable",
+        "here also avoids losing them. For the launch file's topic:",
+        "qos_overrides:",
+        "  /camera/image_raw:",
+        "    subscription:",
+        "      reliability: best_effort",
+        "      depth: 5",
+        "(The older qos.depth / qos.reliability parameters still work in this release, with a warning.)")),
+    "camera.height_m": ("flat-ground positions of obstacles (changeable at run time)", (
+        "With camera_info received and both values set, each obstacle's ground_position is the bottom-centre",
+        "pixel of its box back-projected onto a flat ground plane, in the camera's optical frame (x right,",
+        "y down, z forward) [m]. A camera_info that cannot be a real camera (size 0 or > 100000 px, principal",
+        "point outside that size, focal lengths <= 0 or not finite, K all zeros) is ignored: positions are",
+        "NaN and /diagnostics counts it (camera_info_rejected).")),
+    "diagnostics.window_s": ("/diagnostics (read-only)", ()),
+}
+
+
+_PLAIN_YAML_WORD = re.compile(r"[a-z_][a-z0-9_]*")
+_YAML_KEYWORDS = {"true", "false", "yes", "no", "on", "off", "y", "n", "null"}
+
+
+def _yaml_value(value: Any) -> str:
+    if isinstance(value, str):  # quoted unless YAML reads it back as the same plain string
+        plain = _PLAIN_YAML_WORD.fullmatch(value) and value not in _YAML_KEYWORDS
+        return value if plain else "'" + value.replace("'", "''") + "'"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float) and math.isnan(value):
+        return ".nan"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_yaml_value(v) for v in value) + "]"
+    return repr(value)
+
+
+def params_file_text() -> str:
+    """config/detector.yaml as the table makes it: every parameter but the deprecated ones, at its
+    default, under the description of the table (test/test_node_params.py checks the file is this).
+    Written by ``python -m pebal_perception.core.settings > config/detector.yaml``."""
+    import textwrap
+
+    lines = ["# Parameters of the PEBAL road-anomaly detector node (pebal_perception/detector_node), made from the",
+             "# node's parameter table (pebal_perception/core/settings.py; regenerate with",
+             "# python -m pebal_perception.core.settings > config/detector.yaml).",
+             "# Loaded by launch/detector.launch.py (params_file); launch arguments override some of them.",
+             '# "/**" applies them to the node whatever its name and namespace.',
+             "/**:", "  ros__parameters:"]
+    indent = "    "
+    for spec in PARAMETERS:
+        if spec.deprecated:
+            continue
+        if spec.name in PARAMS_FILE_SECTIONS:
+            title, notes = PARAMS_FILE_SECTIONS[spec.name]
+            if lines[-1] != "  ros__parameters:":
+                lines.append("")
+            lines.append(f"{indent}# --- {title} ".ljust(104, "-"))
+            lines += [f"{indent}# {note}".rstrip() for note in notes]
+        lines += textwrap.wrap(spec.description, width=104, initial_indent=f"{indent}# ",
+                               subsequent_indent=f"{indent}# ")
+        lines.append(f"{indent}{spec.name}: {_yaml_value(spec.default)}")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.stdout.write(params_file_text())

@@ -41,6 +41,8 @@ from typing import Any
 
 import numpy as np
 
+from pebal_perception.core.fields import check_ranges, setting
+
 #: Track ids are uint32 on the wire; 0 is never used.
 MAX_TRACK_ID = 2**32 - 1
 
@@ -70,10 +72,17 @@ def _check_float(name: str, value: Any) -> float:
 
 @dataclass(frozen=True)
 class TrackingConfig:
-    enabled: bool = True
-    confirm_hits: int = 3  # k: seen in at least k ...
-    confirm_window: int = 5  # n: ... of the last n frames (1 <= k <= n)
-    hold_frames: int = 2  # m: keep reporting a confirmed track this many frames after its last detection
+    enabled: bool = setting(
+        True, "Persistence over frames: obstacles are associated across frames (box IoU / centroid) and get a "
+        "stable track_id; off = every detection is reported at once.", param="tracking.enabled")
+    confirm_hits: int = setting(  # k: seen in at least k ...
+        2, "An obstacle is reported once detected in this many of the last tracking.confirm_window frames.",
+        param="tracking.confirm_hits", value_range=(1, 100))
+    confirm_window: int = setting(  # n: ... of the last n frames (1 <= k <= n)
+        3, "Window (frames) for tracking.confirm_hits.", param="tracking.confirm_window", value_range=(1, 100))
+    hold_frames: int = setting(  # m: keep reporting a confirmed track this many frames after its last detection
+        2, "A reported obstacle stays reported this many frames after it was last detected.",
+        param="tracking.hold_frames", value_range=(0, 100))
     min_iou: float = 0.1  # association: bbox IoU at least this (0 < min_iou <= 1) ...
     max_centroid_distance: float = 0.5  # ... or centroid distance <= this * sqrt(larger box area), >= 0
 
@@ -92,6 +101,7 @@ class TrackingConfig:
         distance = _check_float("max_centroid_distance", self.max_centroid_distance)
         if distance < 0.0:
             raise ValueError(f"max_centroid_distance must be >= 0, got {distance}")
+        check_ranges(self)
 
 
 @dataclass
