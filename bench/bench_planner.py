@@ -81,7 +81,7 @@ def score_all(engine, samples) -> list[tuple[np.ndarray, np.ndarray]]:
 
 
 def build(engine, assets: Path, seed: int, variants: int, pastes: int):
-    from pebal_perception.core.postprocess import drivable_mask
+    from pebal_perception.core.road import drivable_mask
     from pebal_perception.core.engine import infer_maps
     from pebal_training.data.road_pastes import build_road_benchmark
 
@@ -99,7 +99,8 @@ CLEAN_CACHE: dict = {}
 
 def evaluate_split(samples, maps, cameras, calib_scenes, config, rate: float) -> dict:
     """Calibrate on ``calib_scenes``, measure on the other scenes."""
-    from pebal_perception.core.postprocess import drivable_mask, fit_road_scale, process_frame
+    from pebal_perception.core.postprocess import process_frame
+    from pebal_perception.core.road import drivable_mask, fit_road_scale
     from pebal_training.normal_calibration import clean_threshold, ego_polygon, false_frame_rate
     from pebal_training.normal_calibration import threshold_for_rate
     from pebal_training.planner_metrics import PlannerMetricAccumulator

@@ -258,7 +258,8 @@ def _load(path: Path, kind: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | N
 def analysis_scale(semantic: np.ndarray, score: np.ndarray, label: np.ndarray | None):
     """The maps at the post-processing's analysis width (``PLANNER_DEFAULTS["analysis_width"]``): the product
     finds regions at that width anyway, and the sweep runs each frame at ~20 thresholds."""
-    from pebal_perception.core.postprocess import PLANNER_DEFAULTS, at_analysis_width
+    from pebal_perception.core.postprocess import at_analysis_width
+    from pebal_perception.core.postprocess_config import PLANNER_DEFAULTS
 
     score, semantic, label = at_analysis_width(int(PLANNER_DEFAULTS["analysis_width"]), score, semantic, label)
     return semantic, score, label
@@ -291,7 +292,7 @@ def hysteresis_for(result: PixelPass, kind: str) -> float:
     """The post-processing's hysteresis (in energy units) carried over to ``kind``'s units by the ratio of
     the two scores' interquartile ranges on the road (max softmax lives in [-1, 0]: a hysteresis of 1
     would make every pixel a candidate)."""
-    from pebal_perception.core.postprocess import PLANNER_DEFAULTS
+    from pebal_perception.core.postprocess_config import PLANNER_DEFAULTS
 
     base = float(PLANNER_DEFAULTS["hysteresis"])
     if kind == "energy" or "energy" not in result.road_samples:
@@ -308,7 +309,8 @@ def planner_sweep(result: PixelPass, kind: str, meta: Any) -> dict:
     """Per set and swept threshold: objects found, stray regions, frames with any obstacle; the
     normal-driving rule's threshold (chosen on the highway frames) and its numbers on every set."""
     from pebal_perception.core.constants import VOID
-    from pebal_perception.core.postprocess import planner_config, process_frame
+    from pebal_perception.core.postprocess import process_frame
+    from pebal_perception.core.postprocess_config import planner_config
     from pebal_training.evaluate import instance_components
     from pebal_training.normal_calibration import clean_threshold, threshold_for_rate
     from pebal_training.planner_metrics import frame_planner_stats

@@ -204,6 +204,6 @@ def format_figure(fig: Mapping[str, Any]) -> str:
 def node_postprocess(threshold: float):
     """The post-processing the node runs with its default parameters (config/detector.yaml), at
     ``threshold``: what the benchmarks time (single frames, no tracking)."""
-    from pebal_perception.core.postprocess import planner_config
+    from pebal_perception.core.postprocess_config import planner_config
 
     return planner_config(float(threshold))

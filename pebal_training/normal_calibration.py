@@ -34,8 +34,9 @@ import numpy as np
 
 from pebal_perception.core.constants import NUM_INLIER_CLASSES
 from pebal_perception.core.limits import MAX_ABS_THRESHOLD
-from pebal_perception.core.postprocess import (GroundModel, PostProcessConfig, drivable_mask, fit_road_scale,
-                                               mask_to_polygon, process_frame, road_region)
+from pebal_perception.core.postprocess import GroundModel, mask_to_polygon, process_frame
+from pebal_perception.core.postprocess_config import PostProcessConfig
+from pebal_perception.core.road import drivable_mask, fit_road_scale, road_region
 
 TOLERANCE = 1e-3  # bisection resolution in score units (nats)
 MIN_EGO_FRAMES = 3
@@ -46,7 +47,7 @@ GRID_STEP = 0.25  # coarse scan step in score units before the bisection
 MAX_SCAN_POINTS = 2048
 MAX_BISECTION_STEPS = 64  # halvings that bring any float interval down to adjacent numbers
 
-# A frame is usable when the road it drives on (postprocess.road_region: predicted road connected to the
+# A frame is usable when the road it drives on (core.road.road_region: predicted road connected to the
 # lower part of the image) covers at least MIN_ROAD_SHARE of it. Calibrating needs at least
 # MIN_USABLE_SHARE of every input's frames usable, and MIN_USABLE_FRAMES in all.
 MIN_ROAD_SHARE = 0.02

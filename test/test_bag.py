@@ -168,7 +168,8 @@ def _process(work: Path, checkpoint: Path, bag: Path, storage_out: str) -> tuple
 
 @pytest.mark.parametrize("storage_in,storage_out", [("sqlite3", "mcap"), ("mcap", "sqlite3")])
 def test_process_writes_complete_bag(capsys, work, checkpoint, drive_bags, storage_in, storage_out):
-    from pebal_perception.core.postprocess import PostProcessConfig, process_frame
+    from pebal_perception.core.postprocess import process_frame
+    from pebal_perception.core.postprocess_config import PostProcessConfig
 
     out, rc, _ = _process(work, checkpoint, drive_bags[storage_in], storage_out)
     err = capsys.readouterr().err

@@ -141,8 +141,9 @@ def normal_folder(tmp_path_factory):
 
 
 def test_normal_driving_calibration_meets_the_rate_and_records_provenance(road_checkpoint, normal_folder, capsys):
-    from pebal_perception.core.postprocess import PostProcessConfig, process_frame
-    from pebal_perception.core.postprocess import calibrated_postprocess
+    from pebal_perception.core.postprocess import process_frame
+    from pebal_perception.core.postprocess_config import PostProcessConfig
+    from pebal_perception.core.postprocess_config import calibrated_postprocess
 
     assert calibrate.main(["--checkpoint", str(road_checkpoint), "--normal", str(normal_folder),
                            "--max-false-frames", "0.2", "--quiet"]) == 0
@@ -271,7 +272,7 @@ def write_video(path, value: int, frames: int = 20, size=(96, 48)) -> Path:
 
 
 def test_the_road_seeing_test_network_sees_road_where_there_is_some(road_checkpoint):
-    from pebal_perception.core.postprocess import road_region
+    from pebal_perception.core.road import road_region
 
     engine = InferenceEngine(*load_checkpoint(road_checkpoint), device="cpu")
     for rgb in synthetic_frames(3):
@@ -474,7 +475,7 @@ class CountedCalls:
 
 def test_clean_threshold_search_is_bounded_on_huge_scores(monkeypatch):
     """Before, the scan stepped t down by 0.25, which stops changing t near 1e16: it never ended."""
-    from pebal_perception.core.postprocess import planner_config
+    from pebal_perception.core.postprocess_config import planner_config
     from pebal_training import normal_calibration as nc
 
     counted = CountedCalls(3000)

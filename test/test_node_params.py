@@ -23,7 +23,8 @@ from pebal_perception.core.tracking import TrackingConfig
 from pebal_perception.core.settings import (CONFIG_PARAMETERS, PARAMETERS, PARAMETERS_BY_NAME, READ_ONLY,
                                             TRACKING_PARAMETERS, RuntimeSettings, initial_settings, params_file_text,
                                             resolve_parameters)
-from pebal_perception.core.postprocess import PostProcessConfig, process_frame
+from pebal_perception.core.postprocess import process_frame
+from pebal_perception.core.postprocess_config import PostProcessConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PARAMS_FILE = REPO_ROOT / "config" / "detector.yaml"
@@ -97,7 +98,7 @@ def test_initial_settings_from_the_defaults():
 def test_node_descriptors_come_from_the_table():
     pytest.importorskip("rclpy")
     try:
-        from pebal_perception.node.detector_node import parameter_descriptor
+        from pebal_perception.node.parameters import parameter_descriptor
     except ImportError as exc:  # pragma: no cover - messages not built
         pytest.skip(f"detector node not importable: {exc}")
     from rcl_interfaces.msg import ParameterType

@@ -19,8 +19,9 @@ from pebal_perception.geometry import (camera_to_pixel, pixel_to_ground, pixel_t
 from pebal_perception.core.camera import check_camera_info, make_ground_model, rescale_warning
 from pebal_perception.core.inference import (FrameOutOfMemory, OomGuardedInference, is_out_of_memory,
                                              parse_oom_fallback)
-from pebal_perception.core.postprocess import (GroundModel, PostProcessConfig, bottom_centre_pixel, check_mounting,
-                                               drivable_mask, obstacle_mask, process_frame, roi_mask, validate_roi)
+from pebal_perception.core.postprocess import GroundModel, bottom_centre_pixel, obstacle_mask, process_frame, roi_mask
+from pebal_perception.core.postprocess_config import PostProcessConfig, check_mounting, validate_roi
+from pebal_perception.core.road import drivable_mask
 from pebal_perception.core.settings import PARAMETERS_BY_NAME, RuntimeSettings, parse_threshold, plan_parameter_batch
 from pebal_perception.node.processing import LatestFrameMailbox, RecentEvents
 from pebal_training.data.synthetic import Camera, SceneConfig, generate_scene

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 from pebal_perception.core.pipeline import ObstaclePipeline
-from pebal_perception.core.postprocess import (GroundModel, PostProcessConfig, drivable_mask,
-                                               fit_road_scale, mask_to_polygon, polygon_mask, process_frame,
-                                               road_extent, road_region, at_analysis_width)
+from pebal_perception.core.postprocess import (GroundModel, at_analysis_width, mask_to_polygon, polygon_mask,
+                                               process_frame)
+from pebal_perception.core.postprocess_config import PostProcessConfig
+from pebal_perception.core.road import drivable_mask, fit_road_scale, road_extent, road_region
 from pebal_perception.core.tracking import TrackingConfig
 
 ROAD, VEGETATION, SKY, CAR = 0, 8, 10, 13

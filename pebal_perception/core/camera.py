@@ -7,7 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from pebal_perception.core.postprocess import GroundModel, check_mounting
+from pebal_perception.core.postprocess import GroundModel
+from pebal_perception.core.postprocess_config import check_mounting
 from pebal_perception.geometry import valid_intrinsics
 
 # Largest camera_info width/height accepted [px]; beyond it the message is garbage (e.g. 2^32 - 1).

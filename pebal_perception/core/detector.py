@@ -24,7 +24,8 @@ import numpy as np
 from pebal_perception.core.camera import check_camera_info, make_ground_model, rescale_warning
 from pebal_perception.core.inference import OomGuardedInference, parse_oom_fallback
 from pebal_perception.core.pipeline import ObstaclePipeline, StreamCounters
-from pebal_perception.core.postprocess import GroundModel, ProcessedFrame, calibrated_postprocess, process_frame
+from pebal_perception.core.postprocess import GroundModel, ProcessedFrame, process_frame
+from pebal_perception.core.postprocess_config import calibrated_postprocess
 from pebal_perception.core.settings import DEVICES, PARAMETERS, PARAMETERS_BY_NAME, RuntimeSettings, \
     initial_settings
 

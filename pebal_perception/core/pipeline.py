@@ -10,7 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from pebal_perception.core.postprocess import GroundModel, PostProcessConfig, ProcessedFrame, process_frame
+from pebal_perception.core.postprocess import GroundModel, ProcessedFrame, process_frame
+from pebal_perception.core.postprocess_config import PostProcessConfig
 
 #: Camera streams (frame_id and image size) an ObstaclePipeline tracks at once; the least recently seen
 #: one is forgotten beyond this (counted), so a stream of ever-new frame_ids cannot grow memory.

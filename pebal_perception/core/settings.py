@@ -21,8 +21,8 @@ from pebal_perception.core.backends import BACKENDS
 from pebal_perception.core.backends import help_text as backends_help_text
 from pebal_perception.core.fields import declared, parameters_of, product_value
 from pebal_perception.core.limits import check_threshold
-from pebal_perception.core.postprocess import (MAX_CAMERA_HEIGHT_M, PostProcessConfig, check_mounting,
-                                               fill_from_calibration, validate_roi)
+from pebal_perception.core.postprocess_config import (MAX_CAMERA_HEIGHT_M, PostProcessConfig, check_mounting,
+                                                      fill_from_calibration, validate_roi)
 from pebal_perception.core.tracking import TrackingConfig
 
 NODE_NAME = "pebal_detector"

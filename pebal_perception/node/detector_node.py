@@ -74,16 +74,14 @@ import rclpy
 from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Point
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType, SetParametersResult
+from rcl_interfaces.msg import SetParametersResult
 from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.clock import Clock, ClockType
-from rclpy.exceptions import (InvalidParameterTypeException, ParameterNotDeclaredException,
-                              ParameterUninitializedException)
+from rclpy.exceptions import (InvalidParameterTypeException, ParameterUninitializedException)
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.node import Node
 from rclpy.parameter import Parameter
-from rclpy.parameter_service import ParameterService
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.qos_overriding_options import QoSOverridingOptions
 from rclpy.signals import SignalHandlerOptions
@@ -98,8 +96,11 @@ from pebal_perception.node.outputs import OUTPUTS, MessageClasses, build_output_
 from pebal_perception.core.detector import CameraInfo as CameraModel
 from pebal_perception.core.detector import Detector, DetectorError
 from pebal_perception.core.inference import FrameOutOfMemory
-from pebal_perception.core.settings import (NODE_NAME, PARAMETERS, PARAMETERS_BY_NAME, ParamSpec,
-                                            plan_parameter_batch, type_mismatch)
+from pebal_perception.core.settings import (NODE_NAME, PARAMETERS, PARAMETERS_BY_NAME, plan_parameter_batch,
+                                            type_mismatch)
+from pebal_perception.node import diagnostics
+from pebal_perception.node.parameters import (TYPE_NAMES, AllOrNoneParameterService, parameter_descriptor,
+                                              qos_override_problem)
 from pebal_perception.node.processing import LatestFrameMailbox, RecentEvents
 
 PROG = "detector_node"
@@ -108,33 +109,6 @@ LAZY_INPUT_CHECK_S = 0.5  # how often lazy_input looks at the outputs' subscribe
 DEACTIVATE_WAIT_S = 10.0  # a deactivation waits this long for the frame in progress
 ROS_MESSAGES = MessageClasses(Image=Image, AnomalyResult=AnomalyResult, Obstacle=Obstacle, Point=Point, Time=Time,
                               Float32=Float32, Marker=Marker, MarkerArray=MarkerArray)
-PARAMETER_TYPES = {"string": ParameterType.PARAMETER_STRING, "integer": ParameterType.PARAMETER_INTEGER,
-                   "double": ParameterType.PARAMETER_DOUBLE, "bool": ParameterType.PARAMETER_BOOL,
-                   "double_array": ParameterType.PARAMETER_DOUBLE_ARRAY}
-#: Type names for messages: the table's own, and the other ROS parameter types a request may carry.
-TYPE_NAMES = {**{kind: name for name, kind in PARAMETER_TYPES.items()},
-              ParameterType.PARAMETER_NOT_SET: "not set", ParameterType.PARAMETER_BYTE_ARRAY: "byte_array",
-              ParameterType.PARAMETER_BOOL_ARRAY: "bool_array", ParameterType.PARAMETER_INTEGER_ARRAY: "integer_array",
-              ParameterType.PARAMETER_STRING_ARRAY: "string_array"}
-
-
-#: Values a QoS override may take, per policy (rclpy's enum names, lower case).
-QOS_OVERRIDE_CHOICES = {"reliability": ("reliable", "best_effort", "system_default"),
-                        "history": ("keep_last", "keep_all", "system_default")}
-
-
-def qos_override_problem(policy: str, value: Any) -> str | None:
-    """Why ``value`` cannot be the ``policy`` of a subscription's QoS override, or None."""
-    if policy == "depth":
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            return f"expected a non-negative integer, got {value!r}"
-        return None
-    choices = QOS_OVERRIDE_CHOICES[policy]
-    if not isinstance(value, str) or value.lower() not in choices:
-        return f"expected one of {', '.join(choices)}, got {value!r}"
-    return None
-
-
 class StartupError(Exception):
     """Configuration or model problem at start-up: reported as one line, exit status 1."""
 
@@ -142,66 +116,6 @@ class StartupError(Exception):
 def lost_frames_profile() -> str:
     """The large-image Fast DDS profile named in the lost-frames warning: its path, else its file name."""
     return str(find_profile() or PROFILE_NAME)
-
-
-def parameter_descriptor(spec: ParamSpec) -> ParameterDescriptor:
-    """The descriptor of one entry of the parameter table (params.PARAMETERS)."""
-    descriptor = ParameterDescriptor(description=spec.description, type=PARAMETER_TYPES[spec.type],
-                                     read_only=spec.read_only, dynamic_typing=spec.dynamic_typing)
-    if spec.value_range is not None:
-        low, high = spec.value_range
-        if spec.type == "integer":
-            descriptor.integer_range = [IntegerRange(from_value=int(low), to_value=int(high), step=1)]
-        else:
-            descriptor.floating_point_range = [FloatingPointRange(from_value=float(low), to_value=float(high),
-                                                                  step=0.0)]
-    return descriptor
-
-
-def type_error(node: Node, parameter: Parameter) -> str | None:
-    """Why ``parameter`` cannot be set on ``node`` for its type, naming both types (rclpy would say
-    "Wrong parameter type, expected 'Type.DOUBLE' got 'Type.INTEGER'"); None when the type fits or the
-    parameter is undeclared or dynamically typed."""
-    if not node.has_parameter(parameter.name) or parameter.type_ == Parameter.Type.NOT_SET:
-        return None
-    descriptor = node.describe_parameter(parameter.name)
-    if descriptor.dynamic_typing or parameter.type_.value == descriptor.type:
-        return None
-    return type_mismatch(parameter.name, TYPE_NAMES.get(descriptor.type, str(descriptor.type)),
-                         TYPE_NAMES.get(parameter.type_.value, parameter.type_.name.lower()), parameter.value)
-
-
-class AllOrNoneParameterService(ParameterService):
-    """rclpy's parameter services, except that a SetParameters request is checked and applied as a
-    whole (rclpy sets its parameters one by one: a valid threshold would be applied next to a refused
-    roi): the whole list goes through set_parameters_atomically, and every result in the reply is the
-    request's. A wrong type is refused with both types named (:func:`type_error`)."""
-
-    def _apply(self, msgs) -> SetParametersResult:
-        node = self._get_node()
-        try:
-            params = [Parameter.from_parameter_msg(p) for p in msgs]
-            wrong = next((text for text in (type_error(node, p) for p in params) if text), None)
-            if wrong:
-                return SetParametersResult(successful=False, reason=wrong)
-            return node.set_parameters_atomically(params) if params else SetParametersResult(successful=True)
-        except ParameterNotDeclaredException as exc:
-            return SetParametersResult(successful=False, reason=str(exc))
-        except Exception as exc:  # noqa: BLE001 - a malformed request gets a reason, not a dead service
-            return SetParametersResult(successful=False, reason=f"{type(exc).__name__}: {exc}")
-
-    def _set_parameters_callback(self, request, response):
-        result = self._apply(request.parameters)
-        reason = result.reason
-        if not result.successful and len(request.parameters) > 1:
-            reason = f"{reason} (a request applies whole or not at all: none of its parameters was changed)"
-        response.results = [SetParametersResult(successful=result.successful, reason=reason)
-                            for _ in request.parameters]
-        return response
-
-    def _set_parameters_atomically_callback(self, request, response):
-        response.result = self._apply(request.parameters)
-        return response
 
 
 class DetectorBehaviour:
@@ -581,96 +495,24 @@ class DetectorBehaviour:
             now = time.monotonic()
             with self._lock:
                 t0, received0, processed0 = self._last_diag
-                received, processed, failed = self._received, self._processed, self._failed
-                discarded = self._discarded
-                images_built = self._images_built
-                lost = self._lost_in_transport
-                self._last_diag = (now, received, processed)
-                proc = list(self._proc_times)
-                infer = list(self._infer_times)
+                counts = diagnostics.NodeCounters(
+                    received=self._received, processed=self._processed, failed=self._failed,
+                    discarded=self._discarded, images_built=self._images_built,
+                    lost_in_transport=self._lost_in_transport, dropped=self.mailbox.dropped,
+                    rejected=dict(self._rejected), input_subscribed=bool(self._input_subscriptions),
+                    seconds=now - t0, received_before=received0, processed_before=processed0,
+                    processing_ms=list(self._proc_times), inference_ms=list(self._infer_times))
+                self._last_diag = (now, counts.received, counts.processed)
                 self._proc_times.clear()
                 self._infer_times.clear()
-                rejected = dict(self._rejected)
-            dt = max(now - t0, 1e-6)
-            dropped = self.mailbox.dropped
-            status = DiagnosticStatus(name=f"{self.get_fully_qualified_name()}: anomaly detection",
-                                      hardware_id=str(engine.device))
             # The level reflects the last diagnostics.window_s seconds (module docstring).
-            events = self._events
-            failure = events.recent("processing_failed")
-            oom_dropped = events.recent("out_of_memory_dropped")
-            rejection = events.recent("rejected")
-            lost_recently = events.recent("lost_in_transport")
-            tracking_forgot = events.recent("tracking_forgot")
-            capped = events.recent("regions_over_cap")
-            tracked = detected.tracking
-            status.level, status.message = DiagnosticStatus.OK, "running"
-            if failure:
-                status.level = DiagnosticStatus.ERROR
-                status.message = f"processing failed {failure[0]:.0f} s ago: {failure[1]}"
-            elif detected.degraded:
-                status.level = DiagnosticStatus.WARN
-                status.message = f"out of device memory: now {engine.precision} on {engine.device}"
-            elif oom_dropped:
-                status.level = DiagnosticStatus.WARN
-                status.message = f"out of device memory: frames dropped (last {oom_dropped[0]:.0f} s ago)"
-            elif received == 0:
-                status.level, status.message = DiagnosticStatus.WARN, "no input images yet"
-            elif rejection:
-                status.level = DiagnosticStatus.WARN
-                status.message = f"input images rejected (last {rejection[0]:.0f} s ago: {rejection[1]})"
-            elif lost_recently:
-                status.level = DiagnosticStatus.WARN
-                status.message = (f"input frames lost in transport (last {lost_recently[0]:.0f} s ago, "
-                                  f"{lost_recently[1]}): see the node's log for the remedy")
-            elif capped:
-                status.level = DiagnosticStatus.WARN
-                status.message = f"too many candidate regions {capped[0]:.0f} s ago: {capped[1]}"
-            elif tracking_forgot:
-                status.level = DiagnosticStatus.WARN
-                status.message = f"tracking forgot obstacles {tracking_forgot[0]:.0f} s ago: {tracking_forgot[1]}"
-            elif detected.camera_info_problem and settings.positions_wanted:
-                status.level = DiagnosticStatus.WARN
-                status.message = f"no ground positions: camera_info ignored ({detected.camera_info_problem})"
-
-            def fmt(values):
-                return f"{sum(values) / len(values):.2f}" if values else "nan"
-
-            pairs = [
-                ("input_rate_hz", f"{(received - received0) / dt:.2f}"),
-                ("output_rate_hz", f"{(processed - processed0) / dt:.2f}"),
-                ("processing_time_ms", fmt(proc)),
-                ("processing_time_max_ms", f"{max(proc):.2f}" if proc else "nan"),
-                ("inference_time_ms", fmt(infer)),
-                ("frames_received", str(received)),
-                ("frames_processed", str(processed)),
-                ("images_built", str(images_built)),
-                ("input_subscribed", "yes" if self._input_subscriptions else "no"),
-                ("dropped_frames", str(dropped)),
-                ("frames_failed", str(failed)),
-                ("frames_discarded_at_deactivation", str(discarded)),
-                ("frames_lost_in_transport", str(lost)),
-                ("rejected_total", str(sum(rejected.values()))),
-                ("camera_info_rejected", str(detected.camera_info_rejected)),
-                ("regions_over_cap", str(detected.regions_over_cap)),
-                ("tracking_streams", str(tracked.streams)),
-                ("tracking_restarts", str(tracked.jump_back_resets)),
-                ("tracking_streams_forgotten", str(tracked.streams_forgotten)),
-                ("tracking_obstacles_forgotten", str(tracked.obstacles_forgotten)),
-                *((f"rejected.{reason}", str(count)) for reason, count in sorted(rejected.items())),
-                ("out_of_memory_frames", str(detected.out_of_memory_frames)),
-                ("out_of_memory_dropped", str(detected.out_of_memory_dropped)),
-                ("degraded", ",".join(detected.degraded) or "no"),
-                ("device", str(engine.device)),
-                ("precision", str(engine.precision)),
-                ("backend", str(engine.backend)),
-                ("cpu_threads", str(torch.get_num_threads())),
-                ("model_id", detector.model_id),
-                ("network_input", self._input_size_text()),
-                ("threshold", f"{settings.config.threshold:g}"),
-                ("status_window_s", f"{events.window_s:g}"),
-            ]
-            status.values = [KeyValue(key=k, value=v) for k, v in pairs]
+            level, message = diagnostics.status(self._events, counts, detected, engine, settings.positions_wanted)
+            pairs = diagnostics.values(counts, detected, engine, model_id=detector.model_id,
+                                       network_input=self._input_size_text(), threshold=settings.config.threshold,
+                                       cpu_threads=torch.get_num_threads(), window_s=self._events.window_s)
+            status = DiagnosticStatus(name=f"{self.get_fully_qualified_name()}: anomaly detection",
+                                      hardware_id=str(engine.device), level=getattr(DiagnosticStatus, level),
+                                      message=message, values=[KeyValue(key=k, value=v) for k, v in pairs])
             self.pub_diag.publish(DiagnosticArray(header=Header(stamp=self.get_clock().now().to_msg()),
                                                   status=[status]))
         except Exception as exc:  # noqa: BLE001

@@ -62,7 +62,7 @@ def _per_pixel_params() -> tuple[str, ...]:
     import math
     from dataclasses import fields
 
-    from pebal_perception.core.postprocess import PLANNER_DEFAULTS, PostProcessConfig
+    from pebal_perception.core.postprocess_config import PLANNER_DEFAULTS, PostProcessConfig
     from pebal_perception.core.settings import CONFIG_PARAMETERS
 
     plain = {f.name: f.default for f in fields(PostProcessConfig)}

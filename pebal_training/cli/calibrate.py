@@ -276,7 +276,8 @@ def _found_thresholds(semantic, score, label, threshold: float) -> list[float]:
     """Per labelled obstacle of one frame (8-connected components of label 1), the highest threshold at which
     the product's post-processing (single image, no calibrated ego mask or horizon: another camera) finds
     it; at the post-processing's analysis width, where the regions are found anyway."""
-    from pebal_perception.core.postprocess import PLANNER_DEFAULTS, at_analysis_width, planner_config
+    from pebal_perception.core.postprocess import at_analysis_width
+    from pebal_perception.core.postprocess_config import PLANNER_DEFAULTS, planner_config
     from pebal_training.evaluate import instance_components
     from pebal_training.normal_calibration import found_thresholds
 
@@ -437,7 +438,7 @@ def _calibrate_normal(args, dest: Path, engine=None, model=None, meta=None, ours
     from pebal_perception.bag import BagError
     from pebal_perception.core.checkpoint import CheckpointError
     from pebal_perception.core.limits import MAX_ABS_THRESHOLD
-    from pebal_perception.core.postprocess import planner_config
+    from pebal_perception.core.postprocess_config import planner_config
     from pebal_perception.frame_sources import FootageError
     from pebal_training.normal_calibration import MIN_ROAD_SHARE, TOLERANCE, false_frame_rate, threshold_for_rate
 

@@ -82,7 +82,7 @@ def node_regions(engine):
     from dataclasses import replace
 
     from pebal_perception.core.postprocess import process_frame
-    from pebal_perception.core.postprocess import planner_config
+    from pebal_perception.core.postprocess_config import planner_config
 
     config = planner_config(engine.threshold, engine.meta)
 
@@ -98,7 +98,7 @@ def planner_sweep(engine, dataset, output: Path, threshold: float, limit: int | 
     through the node's post-processing (``pebal_training.normal_calibration``: per frame the highest
     threshold at which it still reports, per object the highest at which it is still found); plotted to
     ``output/planner.png``."""
-    from pebal_perception.core.postprocess import planner_config
+    from pebal_perception.core.postprocess_config import planner_config
     from pebal_training import evaluate as ev
     from pebal_training.normal_calibration import clean_threshold, false_frame_rate, found_thresholds, recall_at
     from pebal_training.planner_metrics import plot_planner_sweep

@@ -220,7 +220,7 @@ def road_geometry(road: np.ndarray, road_width_m: float = 7.0, horizon_row: floa
     road = np.asarray(road, dtype=bool)
     if road.ndim != 2:
         raise ValueError(f"road mask must be 2-D, got shape {road.shape}")
-    from pebal_perception.core.postprocess import road_width_rows, robust_line
+    from pebal_perception.core.road import road_width_rows, robust_line
 
     h = road.shape[0]
     selected = road_width_rows(road, HOOD_FRACTION, min_rows)

@@ -166,7 +166,7 @@ def normal_threshold(engine, meta, assets: Path) -> dict[str, Any]:
     """The normal-driving rule on the eight highway frames (as ``pebal-calibrate --normal``)."""
     import cv2
 
-    from pebal_perception.core.postprocess import planner_config
+    from pebal_perception.core.postprocess_config import planner_config
     from pebal_perception.frame_sources import open_source
     from pebal_training.normal_calibration import clean_threshold, threshold_for_rate
 

@@ -216,7 +216,7 @@ def _road_pastes(inliers: Sequence[dict[str, Any]], cutouts: Sequence, pastes: i
     ``(name, scene, base item, rgb, instances, meta)``; frames without usable road are left out."""
     import zlib
 
-    from pebal_perception.core.postprocess import drivable_mask
+    from pebal_perception.core.road import drivable_mask
     from pebal_training.data.road_pastes import paste_on_road
 
     by_scene: dict[str, list[dict[str, Any]]] = {}
@@ -311,7 +311,7 @@ def evaluation_frames(assets: Path) -> list:
 
 def held_out_samples(engine, assets: Path, seed: int, pastes: int, normals: int) -> tuple[list, dict]:
     """Normal and pasted evaluation samples (held-out objects on the road ``engine`` predicts)."""
-    from pebal_perception.core.postprocess import drivable_mask
+    from pebal_perception.core.road import drivable_mask
     from pebal_perception.core.engine import infer_maps
     from pebal_training.data.road_pastes import (EVALUATION_RENDER_SEED, HELD_OUT_COCO, build_road_benchmark,
                                                  coco_cutouts, rendered_obstacle_cutouts)
@@ -354,14 +354,14 @@ def anomaly_metrics(engine, samples: Sequence) -> dict[str, Any]:
 
 def node_config():
     """The node's default post-processing (its parameter table), threshold 0 (scanned below)."""
-    from pebal_perception.core.postprocess import planner_config
+    from pebal_perception.core.postprocess_config import planner_config
 
     return planner_config(0.0)
 
 
 def region_gap(engine, samples: Sequence, cameras: dict[str, str]) -> dict[str, Any]:
     """Found thresholds of the pasted objects vs clean thresholds of the normal frames (see the docstring)."""
-    from pebal_perception.core.postprocess import drivable_mask, fit_road_scale
+    from pebal_perception.core.road import drivable_mask, fit_road_scale
     from pebal_perception.core.engine import infer_maps
     from pebal_training.normal_calibration import clean_threshold, ego_polygon, found_thresholds
 
