@@ -84,7 +84,7 @@ class FramePipeline:
         from pebal_perception.core import scoring
         from pebal_perception.core.obstacles import extract_obstacles
         from pebal_perception.core.preprocess import normalize, to_uint8_batch
-        from pebal_perception.image_conversion import image_to_rgb, rgb_to_image_fields
+        from pebal_perception.core.image_conversion import image_to_rgb, rgb_to_image_fields
 
         t = timer or StageTimer()
         eng = self.engine
@@ -124,7 +124,7 @@ class FramePipeline:
         import numpy as np
 
         from pebal_perception.core.obstacles import extract_obstacles
-        from pebal_perception.image_conversion import image_to_rgb, rgb_to_image_fields
+        from pebal_perception.core.image_conversion import image_to_rgb, rgb_to_image_fields
 
         rgb = image_to_rgb(msg["encoding"], msg["height"], msg["width"], msg["step"], msg["is_bigendian"], msg["data"])
         res = self.engine.infer(rgb[None])[0]
@@ -141,7 +141,7 @@ class NodePathPipeline:
     ``process_frame`` and ``build_output_messages``."""
 
     def __init__(self, engine, threshold: float | None = None) -> None:
-        from pebal_perception.image_conversion import ImageConverter
+        from pebal_perception.core.image_conversion import ImageConverter
         from pebal_perception.node.outputs import MessageClasses
 
         self.engine = engine

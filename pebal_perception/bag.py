@@ -401,7 +401,7 @@ class AtomicBagWriter:
 # --------------------------------------------------------------------------------------- image messages
 
 def image_msg(fields: dict[str, Any], stamp: int | Any, frame_id: str = "") -> Any:
-    """``sensor_msgs/msg/Image`` (rosbags) from :func:`~pebal_perception.image_conversion.rgb_to_image_fields`
+    """``sensor_msgs/msg/Image`` (rosbags) from :func:`~pebal_perception.core.image_conversion.rgb_to_image_fields`
     output; ``stamp`` is nanoseconds or a header to copy."""
     import numpy as np
 

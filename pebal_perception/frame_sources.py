@@ -7,7 +7,7 @@ Shared by ``pebal-bag from-video`` (writes a bag) and ``pebal-camera`` (publishe
 * :func:`open_source` - a video OpenCV reads, one PNG/JPEG image, or a folder of PNG/JPEG images in name
   order (other entries, such as a LICENSE or a calibration file beside the frames, are left out with a
   note: they are listed in :attr:`FrameSource.skipped` and logged; each image is read with
-  :func:`~pebal_perception.image_conversion.read_image_file`, which checks its header before
+  :func:`~pebal_perception.core.image_conversion.read_image_file`, which checks its header before
   decoding). ``every`` keeps every N-th frame, ``size`` resizes; :meth:`FrameSource.frames` yields
   ``(source index, H x W x 3 uint8 BGR)``. All frames of a folder must have one size (unless resized).
 * :func:`load_calibration` - a ``camera_calibration_parsers`` YAML file (``image_width``,
@@ -256,7 +256,8 @@ def _checked_frame(frame: np.ndarray, path: Path, index: int) -> np.ndarray:
 def _read_image(path: Path) -> np.ndarray:
     """A PNG/JPEG file as BGR: its header is checked (pixels, aspect ratio) before it is decoded, the
     shortest side once it is decoded (a tiny image costs nothing to decode)."""
-    from pebal_perception.image_conversion import ImageRejected, read_image_file
+    from pebal_perception.core.compressed_images import read_image_file
+    from pebal_perception.core.image_conversion import ImageRejected
 
     try:
         rgb = read_image_file(path)
@@ -329,7 +330,7 @@ def _input_is_folder(path: Path) -> bool:
 
 
 def _sniff_file(path: Path) -> str | None:
-    from pebal_perception.image_conversion import sniff_format
+    from pebal_perception.core.compressed_images import sniff_format
 
     try:
         with open(path, "rb") as f:

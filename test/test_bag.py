@@ -31,7 +31,7 @@ pytest.importorskip("rosbags")
 from pebal_perception.bag import (AtomicBagWriter, BagError, deserialize, image_msg, open_bag,  # noqa: E402
                                   read_all_messages, serialize)
 from pebal_perception.cli import bag as bag_cli  # noqa: E402
-from pebal_perception.image_conversion import image_to_rgb, rgb_to_image_fields  # noqa: E402
+from pebal_perception.core.image_conversion import image_to_rgb, rgb_to_image_fields  # noqa: E402
 from pebal_training.recipes.drive_bag import (GT_TOPIC, IMAGE_TOPIC, INFO_TOPIC, INSTANCES_TOPIC,  # noqa: E402
                                              write_drive_bag)
 

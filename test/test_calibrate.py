@@ -372,7 +372,7 @@ IMAGE_TOPIC = "/camera/image_raw"
 def write_bag(path, topics: dict[str, list[np.ndarray]]) -> Path:
     pytest.importorskip("rosbags")
     from pebal_perception.bag import AtomicBagWriter, image_msg
-    from pebal_perception.image_conversion import rgb_to_image_fields
+    from pebal_perception.core.image_conversion import rgb_to_image_fields
 
     with AtomicBagWriter(path) as writer:
         for topic, frames in topics.items():
@@ -435,9 +435,9 @@ def test_normal_calibration_keeps_no_frames(road_checkpoint, tmp_path, monkeypat
     while the next frame is scored, at most those of the previous one (still named by the loop) remain."""
     import weakref
 
-    from pebal_perception.core import engine as engine_module
+    from pebal_perception.core import inference as inference_module  # where the detector's inference calls it
 
-    score_frame = engine_module.infer_maps
+    score_frame = inference_module.infer_maps
     alive: list = []
     most_alive = []
 
@@ -449,7 +449,7 @@ def test_normal_calibration_keeps_no_frames(road_checkpoint, tmp_path, monkeypat
         alive.extend(weakref.ref(m) for m in maps)
         return (*maps, ms)
 
-    monkeypatch.setattr(engine_module, "infer_maps", followed)
+    monkeypatch.setattr(inference_module, "infer_maps", followed)
     folder = write_folder(tmp_path / "long", synthetic_frames(3) * 10)
     assert calibrate.main(["--checkpoint", str(road_checkpoint), "--normal", str(folder), "--max-false-frames",
                            "0.2", "--quiet"]) == 0
@@ -575,7 +575,9 @@ def test_the_plot_it_writes_carries_its_tag(tmp_path):
     fig = Figure()
     fig.add_subplot(1, 1, 1).plot([0, 1], [1, 0])
     calibrate._save_plot(tmp_path / "plot.png", fig)
-    assert calibrate.png_text(tmp_path / "plot.png", "Software") == "pebal-calibrate"
+    from pebal_training.figures import png_text
+
+    assert png_text(tmp_path / "plot.png", "Software") == "pebal-calibrate"
 
 
 @pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs /proc, where no file can be created")

@@ -624,7 +624,7 @@ def test_fuzzed_images_over_dds_are_processed_or_counted_and_the_node_keeps_serv
     frame is accounted for in /diagnostics, and a valid frame afterwards is still served.
     ``PEBAL_DDS_FUZZ_EXAMPLES`` (default 4 batches of 12; the first is hypothesis' minimal one) raises
     the count locally."""
-    from pebal_perception.image_conversion import ImageConverter, ImageRejected
+    from pebal_perception.core.image_conversion import ImageConverter, ImageRejected
 
     outputs = peer.outputs(NODE)
     converter = ImageConverter()

@@ -1,4 +1,4 @@
-"""Tests for pebal_perception.image_conversion (ROS-free image message conversion).
+"""Tests for pebal_perception.core.image_conversion and core.compressed_images (ROS-free image conversion).
 
 No ROS node is started: where ``sensor_msgs``/``rclpy`` are importable, messages are only built and
 (de)serialised in-process. Fuzzing is bounded; ``PEBAL_FUZZ_EXAMPLES=5000`` raises it locally.
@@ -19,17 +19,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pebal_perception import image_conversion as ic
-from pebal_perception.image_conversion import (
-    REJECT_REASONS,
-    SUPPORTED_ENCODINGS,
-    ImageConverter,
-    ImageRejected,
-    compressed_to_rgb,
-    image_to_rgb,
-    parse_compressed_format,
-    rgb_to_image_fields,
-)
+from pebal_perception.core import compressed_images as ci
+from pebal_perception.core import image_conversion as ic
+from pebal_perception.core.compressed_images import compressed_to_rgb, parse_compressed_format
+from pebal_perception.core.image_conversion import (REJECT_REASONS, SUPPORTED_ENCODINGS, ImageConverter,
+                                                    ImageRejected, image_to_rgb, rgb_to_image_fields)
 
 FUZZ_EXAMPLES = int(os.environ.get("PEBAL_FUZZ_EXAMPLES", "300"))
 FUZZ = settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -632,7 +626,7 @@ def test_gif_bomb_is_refused_before_decoding(no_decoding):
 def test_other_formats_labelled_jpeg_or_png_are_refused_by_their_magic_bytes(kind, no_decoding):
     for fmt in ("jpeg", "png", ""):
         rejected("unsupported_format", compressed_to_rgb, fmt, OTHER_FORMATS[kind])
-    rejected("unsupported_format", ic.encoded_image_info, OTHER_FORMATS[kind])
+    rejected("unsupported_format", ci.encoded_image_info, OTHER_FORMATS[kind])
 
 
 @pytest.mark.parametrize("fmt", ["gif", "webp", "tiff", "bmp", "jp2", "jpeg2000", "rgb8; tiff compressed bgr8",
@@ -646,7 +640,7 @@ def test_accepted_format_strings():
     rgb = random_rgb(6, 10)
     png = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))[1].tobytes()
     jpeg = cv2.imencode(".jpg", rgb)[1].tobytes()
-    assert ic.ACCEPTED_CODECS == ("jpeg", "png")
+    assert ci.ACCEPTED_CODECS == ("jpeg", "png")
     for fmt in ("png", "PNG", "jpeg", "jpg", "", "  ", "bgr8; png compressed bgr8", "rgb8; jpeg compressed bgr8",
                 "mono8; png compressed "):
         np.testing.assert_array_equal(compressed_to_rgb(fmt, png), rgb)  # the payload decides png vs jpeg
@@ -658,7 +652,7 @@ def test_accepted_format_strings():
 def test_png_bomb_is_refused_from_its_header(no_decoding):
     bomb = png_bytes(100_000, 100_000)
     assert len(bomb) < 100
-    assert ic.encoded_image_info(bomb, max_pixels=10**12) == ("png", 100_000, 100_000)
+    assert ci.encoded_image_info(bomb, max_pixels=10**12) == ("png", 100_000, 100_000)
     err = rejected("too_large", compressed_to_rgb, "png", bomb)
     assert "100000x100000" in str(err)
     rejected("too_large", compressed_to_rgb, "png", png_bytes(30, 20), max_pixels=599)
@@ -701,14 +695,14 @@ def _with_size(jpeg: bytes, width: int, height: int, marker: bytes = b"\xff\xc0"
 def test_jpeg_header_gives_the_size_baseline_and_progressive(progressive):
     jpeg = _jpeg(20, 30, progressive)
     assert (b"\xff\xc2" if progressive else b"\xff\xc0") in jpeg
-    assert ic.encoded_image_info(jpeg) == ("jpeg", 30, 20)
+    assert ci.encoded_image_info(jpeg) == ("jpeg", 30, 20)
     assert compressed_to_rgb("jpeg", jpeg).shape == (20, 30, 3)
 
 
 @pytest.mark.parametrize("progressive", [False, True])
 def test_jpeg_bomb_is_refused_from_its_frame_header(progressive, no_decoding):
     bomb = _with_size(_jpeg(20, 30, progressive), 60000, 60000, b"\xff\xc2" if progressive else b"\xff\xc0")
-    assert ic.encoded_image_info(bomb, max_pixels=10**12) == ("jpeg", 60000, 60000)
+    assert ci.encoded_image_info(bomb, max_pixels=10**12) == ("jpeg", 60000, 60000)
     rejected("too_large", compressed_to_rgb, "jpeg", bomb)
     rejected("too_large", compressed_to_rgb, "jpeg", _jpeg(20, 30, progressive), max_pixels=599)
 
@@ -717,15 +711,15 @@ def test_jpeg_header_skips_app_segments_fill_bytes_and_stuffing():
     jpeg = _jpeg(7, 11)
     app1 = b"\xff\xe1" + (2 + 300).to_bytes(2, "big") + b"\xff\xc0" * 150  # an EXIF-like segment with fake SOFs
     with_app = jpeg[:2] + app1 + jpeg[2:]
-    assert ic.encoded_image_info(with_app) == ("jpeg", 11, 7)
+    assert ci.encoded_image_info(with_app) == ("jpeg", 11, 7)
     assert compressed_to_rgb("jpeg", with_app).shape == (7, 11, 3)
     # Large metadata pushing the frame header past the first MiB (e.g. multi-picture APP2 blocks).
     big = b"".join(b"\xff\xe2" + (65535).to_bytes(2, "big") + bytes(65533) for _ in range(20))
-    assert ic.encoded_image_info(jpeg[:2] + big + jpeg[2:]) == ("jpeg", 11, 7)
+    assert ci.encoded_image_info(jpeg[:2] + big + jpeg[2:]) == ("jpeg", 11, 7)
     # Fill bytes (0xFF padding) and garbage between segments, as libjpeg tolerates.
     after_app0 = 4 + int.from_bytes(jpeg[4:6], "big")
     padded = jpeg[:after_app0] + b"junk\xff\x00" + b"\xff" * 50 + jpeg[after_app0:]
-    assert ic.encoded_image_info(padded) == ("jpeg", 11, 7)
+    assert ci.encoded_image_info(padded) == ("jpeg", 11, 7)
     assert compressed_to_rgb("jpeg", padded).shape == (7, 11, 3)
 
 
@@ -873,7 +867,7 @@ def test_official_cv_bridge_is_detected_and_used(fake_cv_bridge_root, monkeypatc
 
 
 def test_module_is_ros_free():
-    code = ("import sys; import pebal_perception.image_conversion as m; m.ImageConverter(official='never'); "
+    code = ("import sys; import pebal_perception.core.image_conversion as m; m.ImageConverter(official='never'); "
             "bad = [n for n in sys.modules if n.split('.')[0] in ('rclpy', 'sensor_msgs', 'std_msgs', 'cv_bridge')]; "
             "assert not bad, bad")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -94,7 +94,7 @@ def process(args: argparse.Namespace) -> int:
     from pebal_perception.bag import AtomicBagWriter, BagError, check_bag_output, deserialize, msg_class, open_bag, \
         qos_profile, stamp_ns
     from pebal_perception.core.detector import CameraInfo
-    from pebal_perception.image_conversion import ImageConverter, ImageRejected
+    from pebal_perception.core.image_conversion import ImageConverter, ImageRejected
     from pebal_perception.node.outputs import OUTPUTS, MessageClasses, build_output_messages, uint8_array
 
     image_topic = args.topic

@@ -134,7 +134,8 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _read_image(path: Path, check: Callable[[int, int], None] | None) -> np.ndarray | InputError:
-    from pebal_perception.image_conversion import ImageRejected, read_image_file
+    from pebal_perception.core.compressed_images import read_image_file
+    from pebal_perception.core.image_conversion import ImageRejected
 
     try:
         image = read_image_file(path)
@@ -147,7 +148,7 @@ def _read_image(path: Path, check: Callable[[int, int], None] | None) -> np.ndar
 
 def _video_frames(path: Path, base: str, every: int,
                   check: Callable[[int, int], None] | None) -> Iterator[tuple[str, np.ndarray | InputError]]:
-    from pebal_perception.image_conversion import ImageRejected, check_image_shape
+    from pebal_perception.core.image_conversion import ImageRejected, check_image_shape
 
     cap = None
     try:

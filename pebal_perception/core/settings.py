@@ -234,7 +234,8 @@ def ego_mask_from_image(path: str) -> tuple[float, ...]:
     """The ego mask image at ``path`` (non-black pixels = ego vehicle) as a normalised polygon (its largest
     region); ValueError naming the file when it cannot be read or holds no ego pixel."""
     from pebal_perception.core.postprocess import mask_to_polygon
-    from pebal_perception.image_conversion import ImageRejected, read_image_file
+    from pebal_perception.core.compressed_images import read_image_file
+    from pebal_perception.core.image_conversion import ImageRejected
 
     try:
         rgb = read_image_file(path)

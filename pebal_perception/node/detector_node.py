@@ -38,22 +38,14 @@ not finite, K all zeros = uncalibrated) makes the camera unknown: ground positio
 usable one arrives; each is counted (``camera_info_rejected``). Images of another size than the
 camera_info's get rescaled intrinsics; different x and y factors are warned about once per size pair.
 
-Threading
----------
-The executor thread only converts incoming messages to RGB and drops them into a one-slot mailbox
-(the newest frame wins; replacing a frame that was never processed counts as a drop). A dedicated
-worker thread runs inference + post-processing on the newest frame and publishes. Nothing queues.
+Threading: the executor thread only converts incoming messages to RGB and drops them into a one-slot
+mailbox (the newest frame wins; replacing a frame never processed counts as a drop); a worker thread
+steps the detector (:class:`pebal_perception.core.detector.Detector`) on the newest frame and publishes.
+``detector_lifecycle_node`` (:class:`LifecycleDetectorNode`) is the same node as a managed node.
 
-Managed variant
----------------
-``detector_lifecycle_node`` (:class:`LifecycleDetectorNode`) is the same node as a lifecycle node for
-orchestrated start-up: configure loads the model, activate creates subscriptions and publishers,
-deactivate destroys them, cleanup releases the model. ``detector_node`` stays the default.
-
-Parameters: one table, ``core/settings.py`` (PARAMETERS: name, type, default, range, read-only,
-description), from which the node builds its descriptors; ``config/detector.yaml`` documents every one.
-Camera mounting, smoothing, threshold and post-processing form one immutable ``RuntimeSettings``: a
-parameter change replaces it whole, and the worker reads it once per frame.
+Parameters: one table, ``core/settings.py``, from which the node builds its descriptors and
+``config/detector.yaml`` is made. Camera mounting, smoothing, threshold and post-processing form one
+immutable ``RuntimeSettings``: a parameter change replaces it whole; each frame reads it once.
 ``threshold`` is a double; NaN (YAML ``.nan``) means "the checkpoint's calibrated threshold". The
 parameter is dynamically typed so that a set-parameters request may also pass a string: '' / 'nan' /
 'auto' (= calibrated) or a number. Start-up overrides should stay doubles: rcl silently drops a
@@ -61,8 +53,6 @@ parameter is dynamically typed so that a set-parameters request may also pass a 
 """
 from __future__ import annotations
 
-import os
-import signal
 import sys
 import threading
 import time
@@ -70,7 +60,6 @@ from collections import deque
 from typing import Any
 
 import numpy as np
-import rclpy
 from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Point
@@ -78,19 +67,17 @@ from rcl_interfaces.msg import SetParametersResult
 from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.clock import Clock, ClockType
 from rclpy.exceptions import (InvalidParameterTypeException, ParameterUninitializedException)
-from rclpy.executors import SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.qos_overriding_options import QoSOverridingOptions
-from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Float32, Header
 from visualization_msgs.msg import Marker, MarkerArray
 
 from pebal_perception.dds import PROFILE_NAME, PROFILE_VARIABLE, find_profile
-from pebal_perception.image_conversion import REJECT_REASONS, ImageConverter, ImageRejected
+from pebal_perception.core.image_conversion import REJECT_REASONS, ImageConverter, ImageRejected
 from pebal_perception.msg import AnomalyResult, Obstacle
 from pebal_perception.node.outputs import OUTPUTS, MessageClasses, build_output_messages, message_class
 from pebal_perception.core.detector import CameraInfo as CameraModel
@@ -590,89 +577,17 @@ class LifecycleDetectorNode(DetectorBehaviour, LifecycleNode):
 
 
 def main(args: list[str] | None = None, *, fast_exit: bool | None = None) -> int:
-    """Runs the node until SIGINT/SIGTERM; returns the exit status (0, or 1 after a start-up error).
+    """Runs the node until SIGINT/SIGTERM (:func:`pebal_perception.node.run.run_node`)."""
+    from pebal_perception.node.run import run_node
 
-    As a program (``args`` None, e.g. the ``detector_node`` launcher) the process ends with
-    ``os._exit`` once the node, its worker and ROS are shut down: the interpreter's own teardown
-    (PyTorch's alone takes over a second) would break the 2 s shutdown budget. ``fast_exit`` forces
-    either behaviour.
-    """
-    return _finish(_run(args), args is None if fast_exit is None else fast_exit)
+    return run_node(args, fast_exit=fast_exit)
 
 
 def lifecycle_main(args: list[str] | None = None, *, fast_exit: bool | None = None) -> int:
-    """The managed node (``detector_lifecycle_node``): as :func:`main`, but it starts unconfigured and is
-    driven through its lifecycle services (:class:`LifecycleDetectorNode`)."""
-    return _finish(_run(args, lifecycle=True), args is None if fast_exit is None else fast_exit)
+    """The managed node (``detector_lifecycle_node``), driven through its lifecycle services."""
+    from pebal_perception.node.run import run_node
 
-
-def _finish(status: int, fast_exit: bool) -> int:
-    if fast_exit:
-        try:
-            sys.stdout.flush()
-            sys.stderr.flush()
-        finally:
-            os._exit(status)
-    return status
-
-
-def _run(args: list[str] | None, lifecycle: bool = False) -> int:
-    from pebal_perception.core.settings import help_text, wants_help
-
-    prog = LIFECYCLE_PROG if lifecycle else PROG
-    argv = list(sys.argv[1:] if args is None else args[1:])
-    if wants_help(argv):
-        summary, _, rest = (__doc__ or "").partition("\n\n")
-        topics = rest.split("\nDiagnostics\n")[0]
-        if lifecycle:
-            summary = (f"{summary.strip()}\n\nThe managed (lifecycle) variant: it starts unconfigured; "
-                       "~/change_state configure loads the model, activate creates the subscriptions and "
-                       "publishers, deactivate destroys them, cleanup releases the model.")
-        sys.stdout.write(help_text(prog, summary, topics))
-        return 0
-    stop = threading.Event()
-
-    def on_signal(signum, _frame):
-        stop.set()
-
-    # Our own handlers (rclpy installs none: SignalHandlerOptions.NO): a signal only sets ``stop``,
-    # and the loop below shuts the node, its worker and ROS down in order.
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, on_signal)
-    try:
-        rclpy.init(args=args if args is not None else sys.argv, signal_handler_options=SignalHandlerOptions.NO)
-    except Exception as exc:  # noqa: BLE001 - e.g. malformed --ros-args: one line, no traceback
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        sys.stderr.write(f"{prog}: error: cannot initialise ROS ({type(exc).__name__}: {first})\n")
-        return 1
-    node = None
-    status = 0
-    try:
-        try:
-            node = LifecycleDetectorNode(stop) if lifecycle else DetectorNode(stop)
-        except StartupError as exc:
-            sys.stderr.write(f"{prog}: error: {exc}\n")
-            return 1
-        executor = SingleThreadedExecutor()
-        executor.add_node(node)
-        while not stop.is_set() and rclpy.ok():
-            executor.spin_once(timeout_sec=0.1)
-        executor.remove_node(node)
-    except Exception as exc:  # noqa: BLE001 - one line, no traceback
-        sys.stderr.write(f"{prog}: error: {type(exc).__name__}: {exc}\n")
-        status = 1
-    finally:
-        if node is not None:
-            try:
-                node.stop()
-                node.destroy_node()
-            except Exception:  # noqa: BLE001
-                pass
-        try:
-            rclpy.try_shutdown()
-        except Exception:  # noqa: BLE001
-            pass
-    return status
+    return run_node(args, lifecycle=True, fast_exit=fast_exit)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from typing import Any, Callable, Collection
 import numpy as np
 
 from pebal_perception.core.obstacles import Obstacle
-from pebal_perception.image_conversion import rgb_to_image_fields
+from pebal_perception.core.image_conversion import rgb_to_image_fields
 from pebal_perception.core.postprocess import ProcessedFrame
 
 @dataclass(frozen=True)

@@ -57,10 +57,8 @@ import argparse
 import datetime as _dt
 import math
 import os
-import struct
 import sys
 import tempfile
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -360,7 +358,7 @@ def _normal_frames(inputs: list[Path], every: int, topics: dict[Path, str]):
     for path in inputs:
         if _is_bag(path):
             from pebal_perception.bag import deserialize, open_bag
-            from pebal_perception.image_conversion import ImageConverter, ImageRejected
+            from pebal_perception.core.image_conversion import ImageConverter, ImageRejected
 
             converter = ImageConverter()
             topic = topics[path]
@@ -381,6 +379,14 @@ def _normal_frames(inputs: list[Path], every: int, topics: dict[Path, str]):
                 yield str(path), index, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
+def _detector(engine):
+    """The node's detector around ``engine``: its frames are inferred as the node infers them (the
+    out-of-memory fallback included); the thresholds are searched on the maps."""
+    from pebal_perception.core.detector import Detector
+
+    return Detector.for_engine(engine, {"threshold": engine.threshold, "smoothing": engine.smoothing})
+
+
 def _progress(iterable, desc: str, quiet: bool, total: int | None = None):
     from tqdm import tqdm
 
@@ -390,15 +396,15 @@ def _progress(iterable, desc: str, quiet: bool, total: int | None = None):
 def _survey(args, engine):
     """First pass: every frame through the engine into a :class:`DriveSurvey` (usable frames, ego
     statistics, horizon rows), keeping none of them."""
-    from pebal_perception.core.engine import infer_maps
     from pebal_training.normal_calibration import DriveSurvey
 
+    detector = _detector(engine)
     survey = DriveSurvey()
     frames = _normal_frames(list(args.normal), args.every, args.topics)
     for source, _, rgb in _progress(frames, f"{PROG} --normal", args.quiet):
         if args.limit is not None and survey.num_frames >= args.limit:
             break
-        semantic, score, _ = infer_maps(engine, rgb)
+        semantic, score, _ = detector.infer(rgb)
         survey.add(source, semantic, score)
     return survey
 
@@ -406,16 +412,16 @@ def _survey(args, engine):
 def _clean_thresholds(args, engine, usable: list[bool], config) -> list[float]:
     """Second pass: the clean threshold of each usable frame (the frames in the order of the first pass),
     with the ego mask and horizon estimated from all of them; one frame in memory at a time."""
-    from pebal_perception.core.engine import infer_maps
     from pebal_training.normal_calibration import clean_threshold
 
+    detector = _detector(engine)
     clean = []
     frames = _normal_frames(list(args.normal), args.every, args.topics)
     for ordinal, (_, _, rgb) in enumerate(_progress(frames, f"{PROG} thresholds", args.quiet, len(usable))):
         if ordinal >= len(usable):
             break
         if usable[ordinal]:
-            semantic, score, _ = infer_maps(engine, rgb)
+            semantic, score, _ = detector.infer(rgb)
             clean.append(clean_threshold(semantic, score, config))
     return clean
 
@@ -523,46 +529,12 @@ def _calibrate_normal(args, dest: Path, engine=None, model=None, meta=None, ours
 
 
 PLOT_SOFTWARE = "pebal-calibrate"
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-# The text chunks a plot's tag is in come before the image data, within the first bytes of the file.
-PNG_TEXT_BYTES = 1 << 20
-
-
-def png_text(path: Path, keyword: str, limit: int = PNG_TEXT_BYTES) -> str | None:
-    """The ``tEXt`` value of ``keyword`` in the PNG at ``path``, from the chunks before its image data
-    within its first ``limit`` bytes; no image is decoded, whatever size its header claims. None when
-    the keyword is not there or the file is not a well-formed PNG (another signature, a chunk cut short
-    or with a wrong CRC) or cannot be read."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read(limit)
-    except OSError:
-        return None
-    if not data.startswith(PNG_SIGNATURE):
-        return None
-    wanted, pos = keyword.encode("latin-1"), len(PNG_SIGNATURE)
-    while pos + 12 <= len(data):  # length, type, data, CRC
-        length, kind = struct.unpack_from(">I4s", data, pos)
-        end = pos + 8 + length
-        if end + 4 > len(data):
-            return None
-        body = data[pos + 8:end]
-        if zlib.crc32(kind + body) != struct.unpack_from(">I", data, end)[0]:
-            return None
-        if kind in (b"IDAT", b"IEND"):
-            return None
-        if kind == b"tEXt":
-            name, sep, value = body.partition(b"\0")
-            if sep and name == wanted:
-                return value.decode("latin-1")
-        pos = end + 4
-    return None
-
-
 def check_plot_path(path: Path) -> Path:
     """``path`` may take the plot: absent, or a PNG pebal-calibrate wrote (its ``Software`` text); a user's
     file of that name, or anything that is not a regular file, raises :class:`OutputPathError`."""
     path = check_output_file(path)
+    from pebal_training.figures import png_text
+
     if path.exists() and png_text(path, "Software") != PLOT_SOFTWARE:
         raise OutputPathError(f"{path}: exists and was not written by {PLOT_SOFTWARE} (choose --plot)")
     return path

@@ -150,8 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     except OutputPathError as exc:
         return _error(exc)
 
-    from pebal_perception.core.checkpoint import CheckpointError
-    from pebal_perception.core.engine import InferenceEngine
+    from pebal_perception.core.detector import DetectorError, open_engine
     from pebal_training import evaluate as ev
     from pebal_training.data.datasets import CityscapesSegmentation, DatasetError, open_anomaly_dataset
 
@@ -170,11 +169,10 @@ def main(argv: list[str] | None = None) -> int:
     except DatasetError as exc:
         return _error(exc)
     try:
-        engine = InferenceEngine.from_checkpoint(args.checkpoint, args.model, device=args.device,
-                                                 input_size=args.input_size, threshold=args.threshold,
-                                                 smoothing=not args.no_smoothing)
-    except (CheckpointError, KeyError, ValueError) as exc:
-        return _error(exc.args[0] if isinstance(exc, KeyError) and exc.args else exc)
+        engine = open_engine(args.checkpoint, args.model, device=args.device, input_size=args.input_size,
+                             threshold=args.threshold, smoothing=not args.no_smoothing, backend="torch")
+    except DetectorError as exc:
+        return _error(exc)
     try:
         prepare_output_folder(args.output, OUTPUT_LAYOUT)
     except OutputPathError as exc:

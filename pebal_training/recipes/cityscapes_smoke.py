@@ -102,7 +102,7 @@ def _prepare_inliers(model, assets: Path, root: Path, min_conf: float) -> list[n
 
     from pebal_perception.core.constants import IGNORE_LABEL, IMAGENET_MEAN, IMAGENET_STD, NUM_INLIER_CLASSES
     from pebal_perception.core.io import atomic_save_image
-    from pebal_perception.image_conversion import read_image_file
+    from pebal_perception.core.compressed_images import read_image_file
 
     frames = []
     mean = np.asarray(IMAGENET_MEAN, np.float32)

@@ -100,7 +100,7 @@ def write_drive_bag(output: Path, frames: int = 30, fps: float = 10.0, size: tup
                     overwrite: bool = False) -> dict:
     """Renders the drive and writes the bag; returns the drive description (also ``drive.json``)."""
     from pebal_perception.bag import AtomicBagWriter, image_msg, qos_profile
-    from pebal_perception.image_conversion import rgb_to_image_fields
+    from pebal_perception.core.image_conversion import rgb_to_image_fields
     from pebal_training.data.synthetic import SceneConfig, generate_drive
 
     width, height = size
