@@ -128,7 +128,7 @@ def obstacle_frames(key: str, limit: int | None) -> Iterator[Frame]:
 def normal_frames(key: str, limit: int | None) -> Iterator[Frame]:
     import cv2
 
-    from pebal_perception.frame_sources import open_source
+    from pebal_perception.core.frame_sources import open_source
 
     source = open_source(SHARED / "assets" / NORMAL_SETS[key][0])
     for n, (index, bgr) in enumerate(source.frames()):

@@ -28,7 +28,7 @@ from pebal_perception.testing import ros_harness
 ros_harness.use_loopback()
 pytest.importorskip("rosbags")
 
-from pebal_perception.bag import (AtomicBagWriter, BagError, deserialize, image_msg, open_bag,  # noqa: E402
+from pebal_perception.core.bag import (AtomicBagWriter, BagError, deserialize, image_msg, open_bag,  # noqa: E402
                                   read_all_messages, serialize)
 from pebal_perception.cli import bag as bag_cli  # noqa: E402
 from pebal_perception.core.image_conversion import image_to_rgb, rgb_to_image_fields  # noqa: E402
@@ -144,7 +144,7 @@ def test_drive_bag_reads_back(drive_bags, storage):
 
 
 def test_custom_message_hashes_match_rosidl():
-    from pebal_perception.bag import typestore
+    from pebal_perception.core.bag import typestore
 
     share = Path(sys.prefix) / "share" / "pebal_perception" / "msg"
     if not (share / "AnomalyResult.json").is_file():
@@ -564,7 +564,7 @@ def test_play_qos_follows_the_recording_unless_reliable_is_asked():
     pytest.importorskip("rclpy")
     from rclpy.qos import ReliabilityPolicy
 
-    from pebal_perception.bag import qos_profile
+    from pebal_perception.core.bag import qos_profile
 
     best_effort = [qos_profile(reliable=False, depth=5)]
     assert bag_cli._rclpy_qos(best_effort).reliability == ReliabilityPolicy.BEST_EFFORT

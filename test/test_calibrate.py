@@ -371,7 +371,7 @@ IMAGE_TOPIC = "/camera/image_raw"
 
 def write_bag(path, topics: dict[str, list[np.ndarray]]) -> Path:
     pytest.importorskip("rosbags")
-    from pebal_perception.bag import AtomicBagWriter, image_msg
+    from pebal_perception.core.bag import AtomicBagWriter, image_msg
     from pebal_perception.core.image_conversion import rgb_to_image_fields
 
     with AtomicBagWriter(path) as writer:

@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 import pytest
 
-from pebal_perception.geometry import pixel_to_ground_point, scale_intrinsics
+from pebal_perception.core.geometry import pixel_to_ground_point, scale_intrinsics
 from pebal_perception.core.postprocess import bottom_centre_pixel, process_frame
 from pebal_perception.core.postprocess_config import PostProcessConfig
 from pebal_perception.testing import ros_harness

@@ -21,9 +21,9 @@ ros_harness.use_loopback()
 pytest.importorskip("rosbags")
 cv2 = pytest.importorskip("cv2")
 
-from pebal_perception.bag import read_all_messages  # noqa: E402
+from pebal_perception.core.bag import read_all_messages  # noqa: E402
 from pebal_perception.cli import bag as bag_cli  # noqa: E402
-from pebal_perception.frame_sources import FootageError, load_calibration, open_source  # noqa: E402
+from pebal_perception.core.frame_sources import FootageError, load_calibration, open_source  # noqa: E402
 
 from tiny_models import write_tiny_checkpoint  # noqa: E402
 
@@ -531,7 +531,7 @@ def test_loop_over_a_source_without_frames_stops():
     """``--loop`` over a pass that gives no frame would spin: the pacing stops with a FootageError."""
     import threading
 
-    from pebal_perception.frame_sources import paced_frames
+    from pebal_perception.core.frame_sources import paced_frames
 
     source, stop = EmptyPasses(), threading.Event()
     with pytest.raises(FootageError, match="gone.avi: .*no frame"):
@@ -543,7 +543,7 @@ def test_loop_over_a_source_without_frames_stops():
 def test_loop_warns_about_a_short_pass_once(tmp_path):
     import threading
 
-    from pebal_perception.frame_sources import paced_frames
+    from pebal_perception.core.frame_sources import paced_frames
 
     whole = write_video(tmp_path / "whole.avi", (64, 48), 50, noise=True)
     cut = tmp_path / "cut.avi"
@@ -562,7 +562,7 @@ def test_camera_loop_without_frames_exits_1(monkeypatch, capsys, folder):
     reason = ros_harness.ros_unavailable(("rclpy", "sensor_msgs.msg"), executables=())
     if reason:
         pytest.skip(reason)
-    from pebal_perception import frame_sources
+    from pebal_perception.core import frame_sources
     from pebal_perception.cli import camera as camera_cli
 
     real_open = frame_sources.open_source

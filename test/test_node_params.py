@@ -205,8 +205,8 @@ def test_rclpy_and_rosbags_messages_are_the_same():
         from std_msgs.msg import Header
     except ImportError as exc:  # pragma: no cover - messages not built
         pytest.skip(f"detector node not importable: {exc}")
-    from pebal_perception.bag import header as bag_header
-    from pebal_perception.bag import deserialize, msg_class, serialize
+    from pebal_perception.core.bag import header as bag_header
+    from pebal_perception.core.bag import deserialize, msg_class, serialize
 
     rgb, semantic, score, frame = _frame()
     bag_classes = MessageClasses(

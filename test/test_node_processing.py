@@ -1,6 +1,6 @@
 """ROS-free parts of the detector node: flat-ground geometry and frame post-processing.
 
-* ``pebal_perception.geometry``: back-projection checked against the synthetic scene generator's
+* ``pebal_perception.core.geometry``: back-projection checked against the synthetic scene generator's
   independent camera model (``pebal_training.data.synthetic.Camera``) and by projecting back.
 * ``pebal_perception.core``: drivable-area restriction, ROI, small-blob removal, obstacles and their
   ground positions (postprocess, camera), parameter validation (settings), and the device out-of-memory
@@ -14,7 +14,7 @@ import math
 import numpy as np
 import pytest
 
-from pebal_perception.geometry import (camera_to_pixel, pixel_to_ground, pixel_to_ground_point, scale_intrinsics,
+from pebal_perception.core.geometry import (camera_to_pixel, pixel_to_ground, pixel_to_ground_point, scale_intrinsics,
                                        valid_intrinsics)
 from pebal_perception.core.camera import check_camera_info, make_ground_model, rescale_warning
 from pebal_perception.core.inference import (FrameOutOfMemory, OomGuardedInference, is_out_of_memory,
@@ -340,7 +340,7 @@ def test_processing_core_is_ros_free():
     import sys
     from pathlib import Path
 
-    probe = ("import json, sys; import pebal_perception.geometry, pebal_perception.node.processing, "
+    probe = ("import json, sys; import pebal_perception.core.geometry, pebal_perception.node.processing, "
              "pebal_perception.core.detector, "
              "pebal_perception.core.settings, pebal_perception.node.outputs; "
              "print(json.dumps(sorted(m for m in sys.modules if "

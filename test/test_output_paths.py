@@ -225,7 +225,7 @@ def test_bag_process_overwrite_refuses_what_it_did_not_write(capsys, input_bag, 
 
 
 def _own_bag(path: Path, summary: str = "summary.json", **keys) -> Path:
-    from pebal_perception.bag import AtomicBagWriter
+    from pebal_perception.core.bag import AtomicBagWriter
 
     with AtomicBagWriter(path, summary=summary) as writer:
         writer.add_topic("/x", "std_msgs/msg/String")
@@ -235,7 +235,7 @@ def _own_bag(path: Path, summary: str = "summary.json", **keys) -> Path:
 
 
 def test_bag_writer_overwrite_replaces_only_its_own_bag(tmp_path, input_bag):
-    from pebal_perception.bag import AtomicBagWriter, BagError
+    from pebal_perception.core.bag import AtomicBagWriter, BagError
 
     out = _own_bag(tmp_path / "out")
     with AtomicBagWriter(out, overwrite=True) as writer:
@@ -273,7 +273,7 @@ def test_bag_writer_overwrite_replaces_only_its_own_bag(tmp_path, input_bag):
 
 def test_bag_writer_rechecks_at_commit(tmp_path):
     """A file dropped into the old bag while the new one is being written stops the replacement."""
-    from pebal_perception.bag import AtomicBagWriter, BagError
+    from pebal_perception.core.bag import AtomicBagWriter, BagError
 
     out = _own_bag(tmp_path / "out")
     writer = AtomicBagWriter(out, overwrite=True)

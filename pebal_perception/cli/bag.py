@@ -34,7 +34,7 @@ recorded bag, a file, a device, a fifo) is refused before any work, with one lin
 ``pebal-bag: error: OUT: what is there``, and left untouched.
 
 ``from-video`` turns a user's own footage (a video OpenCV reads, a PNG/JPEG image, or a folder of them in
-name order; :mod:`pebal_perception.frame_sources`) into a version-8 bag: one ``sensor_msgs/Image`` (bgr8) per
+name order; :mod:`pebal_perception.core.frame_sources`) into a version-8 bag: one ``sensor_msgs/Image`` (bgr8) per
 kept frame on ``--topic`` (``--compressed``: a JPEG ``sensor_msgs/CompressedImage`` on ``<topic>/compressed``
 instead), stamped ``start + source frame index / fps`` (``--fps``: the source's rate, by default the
 video's own, 10 for a folder), plus with ``--camera-info`` a ``sensor_msgs/CameraInfo`` of the same stamp on
@@ -133,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
                            "complete); anything else at --output is refused")
     proc.add_argument("--quiet", "-q", action="store_true")
 
-    from pebal_perception.frame_sources import bag_topic_argument
+    from pebal_perception.core.frame_sources import bag_topic_argument
 
     video = sub.add_parser("from-video", help="write a bag of camera images from a video or a folder of images")
     video.add_argument("input", type=Path, help="a video file OpenCV reads, a PNG/JPEG image, or a folder of them "
@@ -179,7 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(f"{PROG}: interrupted\n")
         return 130
     except Exception as exc:  # noqa: BLE001 - BagError and anything unexpected: one line
-        from pebal_perception.bag import BagError
+        from pebal_perception.core.bag import BagError
 
         if isinstance(exc, BagError):
             sys.stderr.write(f"{PROG}: error: {exc}\n")

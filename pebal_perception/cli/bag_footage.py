@@ -14,13 +14,13 @@ JPEG_QUALITY = 90
 
 
 def from_video(args: argparse.Namespace) -> int:
-    """A bag of the frames of a video or an image folder (see :mod:`pebal_perception.frame_sources`)."""
+    """A bag of the frames of a video or an image folder (see :mod:`pebal_perception.core.frame_sources`)."""
     import cv2
     import numpy as np
     from tqdm import tqdm
 
-    from pebal_perception.bag import AtomicBagWriter, check_bag_output, header, msg_class, qos_profile
-    from pebal_perception.frame_sources import FootageError, camera_info_topic, load_calibration, open_source
+    from pebal_perception.core.bag import AtomicBagWriter, check_bag_output, header, msg_class, qos_profile
+    from pebal_perception.core.frame_sources import FootageError, camera_info_topic, load_calibration, open_source
 
     check_bag_output(args.output, args.overwrite, FOOTAGE_SUMMARY)  # before any work
     try:

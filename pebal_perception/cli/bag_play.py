@@ -88,7 +88,7 @@ class _BagClock:
 
     def wait_until(self, deadline: float, stop: threading.Event) -> bool:
         """``frame_sources.wait_until`` that publishes the clock at every tick on the way."""
-        from pebal_perception.frame_sources import wait_until
+        from pebal_perception.core.frame_sources import wait_until
 
         while True:
             now = time.monotonic()
@@ -104,8 +104,8 @@ class _BagClock:
 
 
 def play(args: argparse.Namespace) -> int:
-    from pebal_perception.bag import open_bag, qos_of
-    from pebal_perception.frame_sources import wait_until
+    from pebal_perception.core.bag import open_bag, qos_of
+    from pebal_perception.core.frame_sources import wait_until
 
     remap = dict(args.remap)
     with open_bag(args.bag) as reader:

@@ -14,7 +14,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _default_params_file() -> Path | None:
-    from pebal_perception.bag import find_msg_dir
+    from pebal_perception.core.bag import find_msg_dir
 
     candidates = [REPO_ROOT / "config" / "detector.yaml"]
     msg_dir = find_msg_dir()
@@ -91,8 +91,8 @@ def _percentile(values: list[float], q: float) -> float | None:
 def process(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from pebal_perception.bag import AtomicBagWriter, BagError, check_bag_output, deserialize, msg_class, open_bag, \
-        qos_profile, stamp_ns
+    from pebal_perception.core.bag import (AtomicBagWriter, BagError, check_bag_output, deserialize, msg_class,
+                                           open_bag, qos_profile, stamp_ns)
     from pebal_perception.core.detector import CameraInfo
     from pebal_perception.core.image_conversion import ImageConverter, ImageRejected
     from pebal_perception.node.outputs import OUTPUTS, MessageClasses, build_output_messages, uint8_array

@@ -3,7 +3,7 @@
     pebal-camera INPUT [--topic /camera/image_raw] [--rate F] [--loop] [--every N] [--size WxH]
                        [--frame-id camera] [--camera-info YAML]
 
-Frames come from :mod:`pebal_perception.frame_sources` (the same as ``pebal-bag from-video``): a video
+Frames come from :mod:`pebal_perception.core.frame_sources` (the same as ``pebal-bag from-video``): a video
 OpenCV reads, or a folder of PNG/JPEG images in name order. Each kept frame is published as a
 ``sensor_msgs/Image`` (bgr8, stamped with the current time, ``--frame-id``) with the sensor-data QoS of
 camera drivers (best effort, keep last 5), at the source's rate (``--rate``: frames per second of the
@@ -13,7 +13,7 @@ source frames). With ``--camera-info`` a ``sensor_msgs/CameraInfo`` of the same 
 (:func:`pebal_perception.dds.apply_default_profile`) before rclpy starts.
 
 Frames are held to the limits of ``pebal-detect`` and the node where they come in, before they are
-decoded (:mod:`pebal_perception.frame_sources`): at most 64 M pixels, an aspect ratio within 1:8..8:1, at
+decoded (:mod:`pebal_perception.core.frame_sources`): at most 64 M pixels, an aspect ratio within 1:8..8:1, at
 least 16 pixels on a side; ``--size`` too. INPUT and ``--camera-info`` must be regular files (or a folder);
 ``--topic`` must be a valid ROS 2 topic name.
 
@@ -35,7 +35,7 @@ PROG = "pebal-camera"
 
 def build_parser() -> argparse.ArgumentParser:
     from pebal_perception.core.cli_args import frame_size, positive_int, positive_number
-    from pebal_perception.frame_sources import topic_argument
+    from pebal_perception.core.frame_sources import topic_argument
 
     parser = argparse.ArgumentParser(prog=PROG, description="Publish a video or an image folder as a live camera.")
     parser.add_argument("input", type=Path, help="a video file OpenCV reads, a PNG/JPEG image, or a folder of them "
@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from pebal_perception.cli.bag import _Interrupt
-    from pebal_perception.frame_sources import (FootageError, camera_info_topic, load_calibration, open_source,
+    from pebal_perception.core.frame_sources import (FootageError, camera_info_topic, load_calibration, open_source,
                                                 paced_frames)
 
     args = build_parser().parse_args(argv)

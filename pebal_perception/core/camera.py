@@ -1,5 +1,5 @@
 """The camera behind a stream of frames: checks of a camera_info (intrinsics and their size) and the
-flat-ground model that places obstacles on the road from it (:mod:`pebal_perception.geometry`)."""
+flat-ground model that places obstacles on the road from it (:mod:`pebal_perception.core.geometry`)."""
 from __future__ import annotations
 
 import math
@@ -9,7 +9,7 @@ import numpy as np
 
 from pebal_perception.core.postprocess import GroundModel
 from pebal_perception.core.postprocess_config import check_mounting
-from pebal_perception.geometry import valid_intrinsics
+from pebal_perception.core.geometry import valid_intrinsics
 
 # Largest camera_info width/height accepted [px]; beyond it the message is garbage (e.g. 2^32 - 1).
 MAX_IMAGE_SIDE = 100_000
@@ -50,7 +50,7 @@ def rescale_warning(info_size: tuple[int, int], image_size: tuple[int, int]) -> 
     different x and y factors; None when the sizes are equal or scale uniformly (binning, resizing).
     The intrinsics are then still scaled per axis (right for an anamorphic resize), but such a pair is
     often a camera_info that belongs to another stream."""
-    from pebal_perception.geometry import is_uniform_rescale, scale_factors
+    from pebal_perception.core.geometry import is_uniform_rescale, scale_factors
 
     info_size, image_size = tuple(info_size), tuple(image_size)
     if info_size == image_size or is_uniform_rescale(info_size, image_size):
@@ -65,7 +65,7 @@ def make_ground_model(k: np.ndarray, info_size: tuple[int, int], image_size: tup
     """Ground model for an image of ``image_size`` (w, h) from camera_info intrinsics ``k`` calibrated
     at ``info_size`` (w, h; rescaled to the image's size per axis), or None when unknown or unusable:
     NaN or refused mounting (check_mounting), refused camera_info (check_camera_info)."""
-    from pebal_perception.geometry import scale_intrinsics
+    from pebal_perception.core.geometry import scale_intrinsics
 
     if math.isnan(height_m) or math.isnan(pitch_rad):
         return None

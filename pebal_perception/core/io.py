@@ -16,7 +16,7 @@ What an output may replace (the one rule every command follows; its checks are t
   refused (:func:`check_output_folder`). No marker file is written: the layout is the recognition.
 * **Removing** a folder happens only where a tool must start afresh, and only for a folder that
   passes :func:`check_output_folder` (:func:`remove_output_folder`); a bag is replaced only when it is
-  exactly a bag the tool wrote (:func:`pebal_perception.bag.check_bag_output`).
+  exactly a bag the tool wrote (:func:`pebal_perception.core.bag.check_bag_output`).
 
 A refusal is an :class:`OutputPathError` whose message is one line, ``PATH: what is there``.
 """

@@ -65,7 +65,7 @@ from pebal_perception.core.limits import MAX_REGIONS_PER_FRAME
 from pebal_perception.core.obstacles import DRIVABLE_TRAIN_IDS, ROAD_USER_TRAIN_IDS, Obstacle
 from pebal_perception.core.postprocess_config import FULL_ROI, PostProcessConfig
 from pebal_perception.core.road import drivable_mask, fit_road_scale, lateral_erode, road_extent
-from pebal_perception.geometry import pixel_to_ground, valid_intrinsics, valid_mounting
+from pebal_perception.core.geometry import pixel_to_ground, valid_intrinsics, valid_mounting
 
 FOOTPRINT_ROWS = 3  # rows below a region's lower boundary that make up its footprint
 REJECT_REASONS = ("small", "score", "off_road", "narrow", "thin", "too_large", "too_wide", "off_extent",
@@ -318,7 +318,7 @@ def process_frame(semantic: np.ndarray | None, score: np.ndarray, config: PostPr
     h, w = score.shape
     if not 0 < config.analysis_width < w:
         return _process(semantic, score, config, ground, horizon_hint)
-    from pebal_perception.geometry import pixel_to_ground_point, scale_intrinsics
+    from pebal_perception.core.geometry import pixel_to_ground_point, scale_intrinsics
 
     score_s, semantic_s = at_analysis_width(config.analysis_width, score, semantic)
     small = score_s.shape
@@ -369,7 +369,7 @@ def _largest_components(components: np.ndarray, areas: np.ndarray) -> tuple[np.n
 def _process(semantic: np.ndarray | None, score: np.ndarray, config: PostProcessConfig,
              ground: GroundModel | None, horizon_hint: float) -> ProcessedFrame:
     """:func:`process_frame` at the score's own resolution."""
-    from pebal_perception.geometry import pixel_to_ground_point
+    from pebal_perception.core.geometry import pixel_to_ground_point
 
     shape = score.shape
     raw = score > config.threshold  # NaN scores compare False: never obstacles

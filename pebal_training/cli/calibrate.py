@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     except OutputPathError as exc:
         return _error(exc)
     if args.normal:
-        from pebal_perception.bag import BagError
+        from pebal_perception.core.bag import BagError
 
         try:  # before any work too: which image topic of each bag is read
             args.topics = {path: bag_image_topic(path, args.topic) for path in args.normal if _is_bag(path)}
@@ -327,7 +327,7 @@ def bag_image_topic(path: Path, topic: str | None = None) -> str:
     the camera's default (:data:`DEFAULT_IMAGE_TOPIC`, or its /compressed), else the bag's only image
     topic. Ground-truth and debug images recorded beside the camera are not normal frames. ValueError
     (one line, naming the bag's image topics) when ``topic`` is not one of them or the choice is unclear."""
-    from pebal_perception.bag import open_bag
+    from pebal_perception.core.bag import open_bag
 
     with open_bag(path) as reader:
         images = sorted(t for t, kind in reader.topics().items() if kind in IMAGE_TYPES)
@@ -353,11 +353,11 @@ def _normal_frames(inputs: list[Path], every: int, topics: dict[Path, str]):
     the input name is ``BAG:TOPIC``), videos and image folders. A fresh pass over them at each call."""
     import cv2
 
-    from pebal_perception.frame_sources import open_source
+    from pebal_perception.core.frame_sources import open_source
 
     for path in inputs:
         if _is_bag(path):
-            from pebal_perception.bag import deserialize, open_bag
+            from pebal_perception.core.bag import deserialize, open_bag
             from pebal_perception.core.image_conversion import ImageConverter, ImageRejected
 
             converter = ImageConverter()
@@ -441,11 +441,11 @@ def _calibrate_normal(args, dest: Path, engine=None, model=None, meta=None, ours
     of those obstacles still found at the chosen threshold is printed, stored and plotted."""
     from dataclasses import replace
 
-    from pebal_perception.bag import BagError
+    from pebal_perception.core.bag import BagError
     from pebal_perception.core.checkpoint import CheckpointError
     from pebal_perception.core.limits import MAX_ABS_THRESHOLD
     from pebal_perception.core.postprocess_config import planner_config
-    from pebal_perception.frame_sources import FootageError
+    from pebal_perception.core.frame_sources import FootageError
     from pebal_training.normal_calibration import MIN_ROAD_SHARE, TOLERANCE, false_frame_rate, threshold_for_rate
 
     if engine is None:

@@ -16,7 +16,7 @@ plus ``drive.json`` inside the bag directory (camera incl. mounting height and p
 visible anomalies of every frame with their stamps). The bag is written under a temporary name and
 renamed when complete. ``--output`` must not exist; ``--overwrite`` replaces only a bag this recipe
 wrote (``metadata.yaml``, its storage files and ``drive.json``), never anything else
-(:func:`pebal_perception.bag.check_bag_output`). Nothing here imports ROS (only ``rosbags``).
+(:func:`pebal_perception.core.bag.check_bag_output`). Nothing here imports ROS (only ``rosbags``).
 """
 from __future__ import annotations
 
@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def camera_info_msg(camera, stamp_ns: int):
     """sensor_msgs/msg/CameraInfo (rosbags) of a synthetic scene camera."""
-    from pebal_perception.bag import header, msg_class
+    from pebal_perception.core.bag import header, msg_class
 
     fx, fy, cx, cy = float(camera.fx), float(camera.fy), float(camera.cx), float(camera.cy)
     roi = msg_class("sensor_msgs/msg/RegionOfInterest")(x_offset=0, y_offset=0, height=0, width=0,
@@ -99,7 +99,7 @@ def write_drive_bag(output: Path, frames: int = 30, fps: float = 10.0, size: tup
                     encoding: str = "rgb8", start_time: float = DEFAULT_START, speed: float = 10.0,
                     overwrite: bool = False) -> dict:
     """Renders the drive and writes the bag; returns the drive description (also ``drive.json``)."""
-    from pebal_perception.bag import AtomicBagWriter, image_msg, qos_profile
+    from pebal_perception.core.bag import AtomicBagWriter, image_msg, qos_profile
     from pebal_perception.core.image_conversion import rgb_to_image_fields
     from pebal_training.data.synthetic import SceneConfig, generate_drive
 
@@ -141,7 +141,7 @@ def write_drive_bag(output: Path, frames: int = 30, fps: float = 10.0, size: tup
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from pebal_perception.bag import BagError
+    from pebal_perception.core.bag import BagError
 
     if args.frames < 1 or args.fps <= 0:
         sys.stderr.write(f"{PROG}: error: --frames must be >= 1 and --fps > 0\n")

@@ -167,7 +167,7 @@ def normal_threshold(engine, meta, assets: Path) -> dict[str, Any]:
     import cv2
 
     from pebal_perception.core.postprocess_config import planner_config
-    from pebal_perception.frame_sources import open_source
+    from pebal_perception.core.frame_sources import open_source
     from pebal_training.normal_calibration import clean_threshold, threshold_for_rate
 
     clean = []
