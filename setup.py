@@ -84,7 +84,7 @@ setup(
         "runtimes": ["onnx>=1.15", "onnxruntime>=1.17", "openvino>=2025.0"],
         # backend tensorrt on NVIDIA machines (TensorRT 10's Python API; not in requirements.txt: GPU only)
         "tensorrt": ["tensorrt>=10.0"],
-        # H.264 MP4 videos (core.video; without it: Motion-JPEG AVI)
+        # H.264 MP4 videos (cli.video; without it: Motion-JPEG AVI)
         "video": ["imageio-ffmpeg>=0.5"],
         "test": ["pytest>=7", "hypothesis>=6"],
     },

@@ -35,7 +35,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pebal_perception.core.video import write_video
+from pebal_perception.cli.video import write_video
 from pebal_perception.core.visualize import annotate_obstacles
 
 

@@ -115,7 +115,7 @@ def _imported_names(path: Path) -> set[str]:
     ("pebal_perception/testing", ("pebal_training",)),
 ])
 def test_layering_of_source_imports(top, forbidden):
-    """Training builds on the core only (shared CLI helpers live in ``pebal_perception.core.cli_args``);
+    """Training builds on the core only (and the CLI helpers both packages share, ``pebal_perception.cli_args``);
     the core imports neither perception's CLI/node/testing packages nor training; the test harness
     does not import training (a caller passes in what it needs from there)."""
     bad = []

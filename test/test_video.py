@@ -1,4 +1,4 @@
-"""core.video: H.264 MP4 through imageio-ffmpeg, Motion-JPEG AVI without it; atomic, refuses non-files."""
+"""cli.video: H.264 MP4 through imageio-ffmpeg, Motion-JPEG AVI without it; atomic, refuses non-files."""
 from __future__ import annotations
 
 import os
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from pebal_perception.core.io import OutputPathError
-from pebal_perception.core.video import H264, MJPEG, h264_available, write_video
+from pebal_perception.cli.video import H264, MJPEG, h264_available, write_video
 
 
 def _frames(n=6, h=33, w=65):  # odd sizes: yuv420p needs even ones

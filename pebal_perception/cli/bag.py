@@ -65,7 +65,7 @@ from pebal_perception.cli.bag_footage import from_video
 from pebal_perception.cli.bag_play import _rclpy_qos, play, resolve_message_type
 from pebal_perception.cli.bag_process import process
 from pebal_perception.core.backends import BACKENDS
-from pebal_perception.core.cli_args import frame_size, positive_int, positive_number
+from pebal_perception.cli_args import frame_size, positive_int, positive_number
 
 # Importable from here as before: pebal-camera's Ctrl-C handling and the tests of play's helpers.
 __all__ = ["CliError", "_Interrupt", "_rclpy_qos", "build_parser", "main", "resolve_message_type"]

@@ -34,7 +34,7 @@ PROG = "pebal-camera"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from pebal_perception.core.cli_args import frame_size, positive_int, positive_number
+    from pebal_perception.cli_args import frame_size, positive_int, positive_number
     from pebal_perception.core.frame_sources import topic_argument
 
     parser = argparse.ArgumentParser(prog=PROG, description="Publish a video or an image folder as a live camera.")

@@ -31,7 +31,7 @@ import numpy as np
 
 from pebal_perception.core.backends import BACKENDS
 from pebal_perception.core.backends import help_text as backends_help_text
-from pebal_perception.core.cli_args import image_size_or_native
+from pebal_perception.cli_args import image_size_or_native
 from pebal_perception.core.io import FolderLayout, json_keys, prepare_output_folder
 
 # Read after a header check (image_conversion.read_image_file): the formats cameras write.

@@ -64,8 +64,8 @@ from pathlib import Path
 import numpy as np
 
 from pebal_perception.core.backends import BACKENDS
-from pebal_perception.core.cli_args import Parser as _Parser
-from pebal_perception.core.cli_args import UsageError, image_size_or_native
+from pebal_perception.cli_args import Parser as _Parser
+from pebal_perception.cli_args import UsageError, image_size_or_native
 from pebal_perception.core.io import OutputPathError, check_output_file
 from pebal_training.cli.evaluate import ANOMALY_NAMES
 

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pebal_perception.core.cli_args import Parser as _Parser
-from pebal_perception.core.cli_args import UsageError, image_size_or_native
+from pebal_perception.cli_args import Parser as _Parser
+from pebal_perception.cli_args import UsageError, image_size_or_native
 from pebal_perception.core.io import FolderLayout, OutputPathError, check_output_folder, json_keys, \
     prepare_output_folder
 

@@ -20,8 +20,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from pebal_perception.core.cli_args import Parser as _Parser
-from pebal_perception.core.cli_args import UsageError, image_size
+from pebal_perception.cli_args import Parser as _Parser
+from pebal_perception.cli_args import UsageError, image_size
 from pebal_perception.core.io import OutputPathError, check_output_file, check_output_folder, prepare_output_folder
 
 PROG = "pebal-export"

@@ -25,8 +25,8 @@ import json
 import sys
 from typing import Sequence
 
-from pebal_perception.core.cli_args import Parser as _Parser
-from pebal_perception.core.cli_args import UsageError as _UsageError
+from pebal_perception.cli_args import Parser as _Parser
+from pebal_perception.cli_args import UsageError as _UsageError
 
 PROG = "pebal-finetune"
 DEFAULT_CONFIG = "config/finetune.yaml"

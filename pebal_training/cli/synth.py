@@ -25,9 +25,9 @@ import tempfile
 from pathlib import Path
 from typing import Sequence
 
-from pebal_perception.core.cli_args import Parser as _Parser
-from pebal_perception.core.cli_args import UsageError as _UsageError
-from pebal_perception.core.cli_args import positive_int, positive_number
+from pebal_perception.cli_args import Parser as _Parser
+from pebal_perception.cli_args import UsageError as _UsageError
+from pebal_perception.cli_args import positive_int, positive_number
 from pebal_perception.core.io import FolderLayout, OutputPathError, json_keys, prepare_output_folder, replace_checked
 
 PROG = "pebal-synth"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import math
 
-from .limits import frame_size_problem
+from pebal_perception.core.limits import frame_size_problem
 
 
 def image_size(text: str, allow_native: bool = False) -> tuple[int, int] | str:

@@ -9,7 +9,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from .io import atomic_write_path
+from pebal_perception.core.io import atomic_write_path
 
 H264 = "h264"
 MJPEG = "mjpeg"
