@@ -4,16 +4,13 @@
 argument) is one of :data:`BACKENDS`. ``auto`` picks the fastest runtime installed for the device: on
 the CPU by measurement (:func:`choose_fastest`: PyTorch, OpenVINO and ONNX Runtime each run a few
 frames at the network size, once per machine, CPU model, thread count, size and runtime versions; the
-choice is cached), because which one wins depends on the CPU and on the graph (where issue 15 was
-measured OpenVINO ran our ESPNetv2 1.57x faster than PyTorch; on an AMD EPYC OpenVINO was the slowest
-until its graph form was tuned, and is now the fastest: BENCHMARKS.md figure 8); on CUDA TensorRT when
-it is installed (the field's reference there: Isaac ROS and Autoware build engines from ONNX), else
-PyTorch; a TensorRT engine that cannot be built then falls back to PyTorch, logged.
+choice is cached), because which one wins depends on the CPU and on the graph (BENCHMARKS.md figure 8);
+on CUDA TensorRT when it is installed (the field's reference there: Isaac ROS and Autoware build engines
+from ONNX), else PyTorch; a TensorRT engine that cannot be built then falls back to PyTorch, logged.
 
-**TensorRT has not run yet**: no GPU machine was lent to the sessions that wrote
-:class:`TensorRtRunner` (to TensorRT 10's Python API). Its build, cache and binding logic is tested
-on the CPU against a stand-in of the ``tensorrt`` module (test_backends.py); its outputs and speed
-are not measured (README, BENCHMARKS.md).
+**TensorRT has not run on a GPU yet**: :class:`TensorRtRunner` (TensorRT 10's Python API) is tested on
+the CPU against a stand-in of the ``tensorrt`` module (test_backends.py); its outputs and speed are not
+measured (README, BENCHMARKS.md).
 
 The compiled runtimes run a :class:`~pebal_perception.core.frame_graph.FrameGraph` at the network size,
 each in the form it runs fastest (its :attr:`Backend.graph_form`):
