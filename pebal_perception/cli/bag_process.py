@@ -175,6 +175,7 @@ def process(args: argparse.Namespace) -> int:
                 infer_times.append(step.inference_ms)
             if stats["frames_in"] == 0:
                 raise BagError(f"{args.bag}: no messages on {image_topic}")
+            status = detector.status()
             summary = {
                 "input_bag": str(args.bag), "output_bag": str(args.output), "storage": args.storage,
                 "image_topic": image_topic, "camera_info_topic": info_topic if has_info else None,
@@ -186,8 +187,8 @@ def process(args: argparse.Namespace) -> int:
                 "processing_time_ms": {"mean": round(sum(times) / len(times), 3) if times else None,
                                        "p50": _percentile(times, 50), "p95": _percentile(times, 95)},
                 "inference_time_ms": {"p50": _percentile(infer_times, 50), "p95": _percentile(infer_times, 95)},
-                "regions_over_cap": detector.status().regions_over_cap,
-                "tracking": {**asdict(detector.status().tracking), "notes": tracking_notes[:20]},
+                "regions_over_cap": status.regions_over_cap,
+                "tracking": {**asdict(status.tracking), "notes": tracking_notes[:20]},
                 "wall_s": round(time.monotonic() - started, 3),
             }
             writer.commit(extra_files={"summary.json": json.dumps(summary, indent=1) + "\n"})

@@ -30,6 +30,7 @@ import cv2
 import numpy as np
 
 from pebal_perception.core.backends import BACKENDS
+from pebal_perception.core.errors import first_line
 from pebal_perception.core.backends import help_text as backends_help_text
 from pebal_perception.cli_args import image_size_or_native
 from pebal_perception.core.io import FolderLayout, json_keys, prepare_output_folder
@@ -124,13 +125,8 @@ def _checked(image: np.ndarray, what: str, check: Callable[[int, int], None] | N
         try:
             check(*image.shape[:2])
         except ValueError as exc:
-            return InputError(f"{what}: {_first_line(exc)}")
+            return InputError(f"{what}: {first_line(exc)}")
     return image
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _read_image(path: Path, check: Callable[[int, int], None] | None) -> np.ndarray | InputError:
@@ -142,7 +138,7 @@ def _read_image(path: Path, check: Callable[[int, int], None] | None) -> np.ndar
     except ImageRejected as exc:
         return InputError(f"{exc.message} ({exc.reason})")
     except OSError as exc:
-        return InputError(f"{path}: cannot read ({exc.strerror or _first_line(exc)})")
+        return InputError(f"{path}: cannot read ({exc.strerror or first_line(exc)})")
     return _checked(image, str(path), check)
 
 
@@ -157,7 +153,7 @@ def _video_frames(path: Path, base: str, every: int,
             opened = cap.isOpened()
         except cv2.error as exc:
             opened, cap = False, None
-            yield base, InputError(f"{path}: not a readable video ({_first_line(exc)})")
+            yield base, InputError(f"{path}: not a readable video ({first_line(exc)})")
             return
         if not opened:
             yield base, InputError(f"{path}: not a readable video")
@@ -175,7 +171,7 @@ def _video_frames(path: Path, base: str, every: int,
             try:
                 ok, frame = cap.read()
             except cv2.error as exc:
-                yield name, InputError(f"{path}: frame {index} cannot be decoded ({_first_line(exc)})")
+                yield name, InputError(f"{path}: frame {index} cannot be decoded ({first_line(exc)})")
                 break
             if not ok:
                 break
@@ -240,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
                 records = _run_batch(detector, batch, args)
             except (RuntimeError, MemoryError, ValueError) as exc:  # e.g. out of memory: these frames only
                 for name, _ in batch:
-                    fail(name, f"{name}: inference failed ({_first_line(exc)})")
+                    fail(name, f"{name}: inference failed ({first_line(exc)})")
                 records = []
             bar.update(len(batch))
             return records

@@ -23,6 +23,7 @@ import numpy as np
 
 from pebal_perception.core.camera import check_camera_info, make_ground_model, rescale_warning
 from pebal_perception.core.inference import OomGuardedInference, parse_oom_fallback
+from pebal_perception.core.limits import MAX_REGIONS_PER_FRAME
 from pebal_perception.core.pipeline import ObstaclePipeline, StreamCounters
 from pebal_perception.core.postprocess import GroundModel, ProcessedFrame, process_frame
 from pebal_perception.core.postprocess_config import calibrated_postprocess
@@ -262,8 +263,6 @@ class Detector:
         else:
             frame = process_frame(semantic, score, settings.config, ground)
         if frame.regions_over_cap:
-            from pebal_perception.core.limits import MAX_REGIONS_PER_FRAME
-
             self._regions_over_cap += frame.regions_over_cap
             self._say("regions_over_cap", f"{frame.regions_over_cap} candidate regions left out beyond "
                                           f"{MAX_REGIONS_PER_FRAME} per frame (the smallest)")

@@ -211,16 +211,14 @@ class DetectorBehaviour:
         frame's result is discarded when it is done (counted). A frame still waiting is dropped (counted)."""
         self._worker_stop.set()
         self.mailbox.close()
-        if self._worker is not None and self._worker.is_alive():
+        if self._worker is not None:
             self._worker.join(timeout)
-            if self._worker.is_alive():
+            if self._worker.is_alive():  # kept: the next activation's worker waits for it
                 self.get_logger().warning(
                     f"stopped while a frame has been processing for over {timeout:g} s: its result will be "
                     "discarded, and the next activation starts processing once it is done")
-            else:
-                self._worker = None
-        else:
-            self._worker = None
+                return
+        self._worker = None
 
     def _close(self, timeout: float = 1.5) -> None:
         """Stops the worker and destroys what :meth:`_open` created."""

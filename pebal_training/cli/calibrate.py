@@ -393,12 +393,11 @@ def _progress(iterable, desc: str, quiet: bool, total: int | None = None):
     return tqdm(iterable, desc=desc, unit="frame", total=total, disable=True if quiet else None)
 
 
-def _survey(args, engine):
-    """First pass: every frame through the engine into a :class:`DriveSurvey` (usable frames, ego
-    statistics, horizon rows), keeping none of them."""
+def _survey(args, detector):
+    """First pass: every frame through the detector's inference into a :class:`DriveSurvey` (usable
+    frames, ego statistics, horizon rows), keeping none of them."""
     from pebal_training.normal_calibration import DriveSurvey
 
-    detector = _detector(engine)
     survey = DriveSurvey()
     frames = _normal_frames(list(args.normal), args.every, args.topics)
     for source, _, rgb in _progress(frames, f"{PROG} --normal", args.quiet):
@@ -409,12 +408,11 @@ def _survey(args, engine):
     return survey
 
 
-def _clean_thresholds(args, engine, usable: list[bool], config) -> list[float]:
+def _clean_thresholds(args, detector, usable: list[bool], config) -> list[float]:
     """Second pass: the clean threshold of each usable frame (the frames in the order of the first pass),
     with the ego mask and horizon estimated from all of them; one frame in memory at a time."""
     from pebal_training.normal_calibration import clean_threshold
 
-    detector = _detector(engine)
     clean = []
     frames = _normal_frames(list(args.normal), args.every, args.topics)
     for ordinal, (_, _, rgb) in enumerate(_progress(frames, f"{PROG} thresholds", args.quiet, len(usable))):
@@ -456,7 +454,8 @@ def _calibrate_normal(args, dest: Path, engine=None, model=None, meta=None, ours
     inputs = ", ".join(map(str, args.normal))
     config = planner_config(engine.threshold)  # the node's defaults; ego mask and horizon estimated below
     try:
-        survey = _survey(args, engine)
+        detector = _detector(engine)  # one for both passes: an out-of-memory fallback, once applied, stays
+        survey = _survey(args, detector)
         if not survey.num_frames:
             return _error(f"{inputs}: no frames to calibrate on")
         refusal = survey.refusal()
@@ -464,7 +463,7 @@ def _calibrate_normal(args, dest: Path, engine=None, model=None, meta=None, ours
             return _refuse(refusal)
         learned = survey.learned()
         config = replace(config, **{k: tuple(v) if isinstance(v, list) else v for k, v in learned.items()})
-        clean = _clean_thresholds(args, engine, survey.usable, config)
+        clean = _clean_thresholds(args, detector, survey.usable, config)
     except (FootageError, BagError, ValueError, OSError) as exc:
         return _error(exc)
     # Frames that never report leave the threshold unbounded below: then not below the highest score on
