@@ -70,8 +70,11 @@ NORMAL_SETS = {
 }
 #: which set chooses the pixel threshold (95 % TPR) used for the component metrics of each set
 COMPONENT_CHOOSER = {"fs_laf": "fs_static", "fs_static": "fs_laf", "road_anomaly": "fs_static"}
-SCORES = ("energy", "msp", "maxlogit")
+SCORES = ("energy", "msp", "maxlogit", "road")
 POST_OVERRIDES: dict[str, Any] = {}  # --post NAME=VALUE: post-processing changes for an ablation row
+ROAD_OVERRIDES: dict[str, Any] = {}  # --road NAME=VALUE: road-relative score settings for an ablation row
+BAND: list = []  # --band TOP,BOTTOM,SCALE: core/road_band.BandRefiner for the energy and road scores
+ADAPTATION: dict[str, float] = {}  # --adapt MOMENTUM: test-time BN adaptation per set (momentum, pause threshold)
 STRAY_BUDGET = 0.3
 NORMAL_POINT = "normal rule"
 #: Published PEBAL (WRN38 DeepLabv3+, native resolution) pixel numbers, ../shared/benchmarks/README.md
@@ -160,20 +163,28 @@ def network_size_text(engine) -> str:
 def score_maps(engine, rgb: np.ndarray, kinds: tuple[str, ...]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """(semantic H x W uint8, {score kind: H x W float32}) of one frame, each score upsampled bilinearly
     and smoothed as the product's energy."""
+    import contextlib
+
     import torch
     import torch.nn.functional as F
 
     from pebal_perception.core import scoring
     from pebal_perception.core.constants import NUM_INLIER_CLASSES
     from pebal_perception.core.preprocess import to_uint8_batch
+    from pebal_perception.core.road_score import FeatureTap
 
     h, w = rgb.shape[:2]
     with torch.inference_mode():
-        logits = engine.forward_logits(to_uint8_batch(rgb[None], engine.device))[:, :NUM_INLIER_CLASSES].float()
+        road = "road" in kinds
+        running = engine.model if getattr(engine, "adapter", None) is None else engine.adapter.model
+        with FeatureTap(running, engine.spec.road_features[0]) if road else contextlib.nullcontext() as tap:
+            logits = engine.forward_logits(to_uint8_batch(rgb[None], engine.device))[:, :NUM_INLIER_CLASSES].float()
         maps = {}
         for kind in kinds:
             if kind == "energy":
                 m = -torch.logsumexp(logits, dim=1)
+            elif kind == "road":
+                m = road_score(engine)(logits, -torch.logsumexp(logits, dim=1, keepdim=True), tap.take())[:, 0]
             elif kind == "msp":
                 m = -torch.softmax(logits, dim=1).amax(dim=1)
             else:
@@ -182,9 +193,38 @@ def score_maps(engine, rgb: np.ndarray, kinds: tuple[str, ...]) -> tuple[np.ndar
             if engine.smoothing:
                 m = scoring.gaussian_smooth(m, engine.smoothing_kernel, engine.smoothing_sigma)
             maps[kind] = m[0].numpy()
+        if BAND:
+            for kind in set(kinds) & {"energy", "road"}:
+                config = {} if kind == "energy" else road_config(engine.meta).to_dict()
+                maps[kind] = BAND[0].refine(engine, rgb, maps[kind], bool(engine.smoothing), config)
         semantic = logits.argmax(dim=1, keepdim=True).to(torch.uint8)
         semantic = F.interpolate(semantic, size=(h, w), mode="nearest-exact")[0, 0].numpy()
     return semantic, maps
+
+
+def road_config(meta: Any):
+    """The road-relative score of a row: the checkpoint's own when it has one, else the defaults, with
+    ``--road`` changes."""
+    from dataclasses import replace
+
+    from pebal_perception.core.road_score import RoadScoreConfig, parse_score
+
+    base = parse_score(getattr(meta, "score", None)) or RoadScoreConfig()
+    return replace(base, **ROAD_OVERRIDES)
+
+
+_ROAD_MODULES: dict[int, Any] = {}
+
+
+def road_score(engine):
+    """The road-relative score module of ``engine``'s architecture with :func:`road_config` (one per engine)."""
+    from pebal_perception.core.road_score import RoadRelativeScore
+
+    if id(engine) not in _ROAD_MODULES:
+        if engine.spec.road_features is None:
+            raise SystemExit(f"bench_quality: {engine.spec.name} has no road features for the road score")
+        _ROAD_MODULES[id(engine)] = RoadRelativeScore(engine.spec.road_features[1], road_config(engine.meta))
+    return _ROAD_MODULES[id(engine)]
 
 
 # --------------------------------------------------------------------------------------------- passes
@@ -231,13 +271,41 @@ def pixel_pass(engine, kinds: tuple[str, ...], keep: Path | None, limit: int | N
     frames = list(all_frames(limit)) if limit else None
     source = frames if frames is not None else all_frames(None)
     total = len(frames) if frames is not None else 190 + 8 + 38
-    for frame in tqdm(source, total=total, desc=desc, unit="frame"):
-        t0 = time.perf_counter()
-        semantic, maps = score_maps(engine, frame.rgb, kinds)
-        result.seconds += time.perf_counter() - t0
-        result.frames += 1
-        result.update(frame, semantic, maps, rng)
+    adapter, current_set = None, None
+    if ADAPTATION:
+        from pebal_perception.core.adaptation import BatchNormAdapter
+
+        adapter = BatchNormAdapter(engine.source_model, ADAPTATION["momentum"], device=engine.device)
+        engine.adapter = adapter
+    try:
+        for frame in tqdm(source, total=total, desc=desc, unit="frame"):
+            if adapter is not None and frame.set != current_set:  # each set is another camera: start afresh
+                adapter.reset()
+                current_set = frame.set
+            t0 = time.perf_counter()
+            semantic, maps = score_maps(engine, frame.rgb, kinds)
+            result.seconds += time.perf_counter() - t0
+            result.frames += 1
+            if adapter is not None:
+                adapt_after(adapter, semantic, maps[kinds[0]], engine.meta)
+            result.update(frame, semantic, maps, rng)
+    finally:
+        engine.adapter = None
     return result
+
+
+def adapt_after(adapter, semantic: np.ndarray, score: np.ndarray, meta: Any) -> None:
+    """The detector's rule (``Detector._adapt``, single frames): commit this frame's BN statistics unless the
+    post-processing at the pause threshold (``--adapt-threshold``, else the checkpoint's) detects anything."""
+    from pebal_perception.core.postprocess import process_frame
+    from pebal_perception.core.postprocess_config import planner_config
+
+    threshold = ADAPTATION.get("threshold", meta.effective_threshold)
+    frame = process_frame(semantic, score, planner_config(threshold, meta))
+    if frame.obstacles or any(not r.rejected for r in frame.regions):
+        adapter.discard("detected")
+    else:
+        adapter.commit()
 
 
 def tpr_threshold(acc, tpr: float = 0.95) -> float:
@@ -295,7 +363,7 @@ def hysteresis_for(result: PixelPass, kind: str) -> float:
     from pebal_perception.core.postprocess_config import PLANNER_DEFAULTS
 
     base = float(PLANNER_DEFAULTS["hysteresis"])
-    if kind == "energy" or "energy" not in result.road_samples:
+    if kind in ("energy", "road") or "energy" not in result.road_samples:  # road: energy units
         return base
 
     def iqr(k: str) -> float:
@@ -512,6 +580,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--post", action="append", default=[], metavar="FIELD=VALUE",
                    help="post-processing change (a PostProcessConfig field) for every row of this run; the "
                         "rows are named with it (an ablation)")
+    p.add_argument("--road", action="append", default=[], metavar="FIELD=VALUE",
+                   help="road-relative score change (a RoadScoreConfig field) for the road rows of this run")
+    p.add_argument("--band", metavar="TOP,BOTTOM,SCALE",
+                   help="the road band at a finer resolution (core/road_band.py) for the energy and road scores")
+    p.add_argument("--adapt", type=float, metavar="MOMENTUM",
+                   help="test-time BN adaptation (the detector's): statistics from each set's frames in order, "
+                        "restarted per set, paused on frames with any detection")
+    p.add_argument("--adapt-threshold", type=float, help="the pause rule's threshold (default: the checkpoint's)")
     p.add_argument("--report", action="store_true", help="run nothing: the table and plots of what --output holds")
     p.add_argument("--output", type=Path, default=RESULTS / "quality.json")
     p.add_argument("--plots", type=Path, default=RESULTS, help="folder of the plots")
@@ -532,7 +608,24 @@ def main(argv: list[str] | None = None) -> int:
         if not sep:
             p.error(f"--post takes FIELD=VALUE, got {item!r}")
         POST_OVERRIDES[name] = json.loads(value)
-    suffix = "".join(f" [{k}={v}]" for k, v in POST_OVERRIDES.items())
+    for item in args.road:
+        name, sep, value = item.partition("=")
+        if not sep:
+            p.error(f"--road takes FIELD=VALUE, got {item!r}")
+        ROAD_OVERRIDES[name] = json.loads(value)
+    if args.band:
+        from pebal_perception.core.road_band import BandRefiner, RoadBand
+
+        top, bottom, scale = (float(v) for v in args.band.split(","))
+        BAND.append(BandRefiner(RoadBand(top, bottom, scale)))
+    if args.adapt is not None:
+        ADAPTATION["momentum"] = args.adapt
+        if args.adapt_threshold is not None:
+            ADAPTATION["threshold"] = args.adapt_threshold
+    suffix = "".join(f" [{k}={v}]" for k, v in {**POST_OVERRIDES, **{f"road.{k}": v for k, v in
+                                                                      ROAD_OVERRIDES.items()},
+                                                 **({"adapt": args.adapt} if args.adapt is not None else {}),
+                                                 **({"band": args.band} if args.band else {})}.items())
     for row in rows:
         row.name += suffix
     sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]

@@ -183,6 +183,7 @@ def test_process_writes_complete_bag(capsys, work, checkpoint, drive_bags, stora
     assert summary["tracking"] == {"streams": 1, "jump_back_resets": 0, "streams_forgotten": 0,
                                    "obstacles_forgotten": 0, "notes": []}
     assert summary["regions_over_cap"] == 0
+    assert summary["adaptation"]["status"] == "off" and summary["adaptation"]["frames_adapted"] == 0
     msgs = read_all(out)
     types = {**OUTPUTS, "overlay": "sensor_msgs/msg/Image"}
     with open_bag(out) as reader:
@@ -205,6 +206,20 @@ def test_process_writes_complete_bag(capsys, work, checkpoint, drive_bags, stora
         assert result.threshold == pytest.approx(threshold)
         assert len(result.obstacles) == len(frame.obstacles)
         assert result.model_id
+
+
+def test_process_with_adaptation_reports_it_in_the_summary(capsys, work, checkpoint, drive_bags):
+    """-p adaptation:=true adapts the batch-norm statistics over the bag's frames (none has an obstacle at
+    this threshold) and summary.json says so."""
+    out = work / "processed_adapted"
+    rc, _, err = run_cli(capsys, "process", drive_bags["sqlite3"], "-o", out, "--checkpoint", checkpoint,
+                         "--device", "cpu", "--backend", "torch", "-q", "-p", "adaptation:=true",
+                         "-p", "adaptation_momentum:=0.5", "-p", "threshold:=1000000.0",
+                         *[a for p in COMMON_PARAMS for a in ("-p", p)])
+    assert rc == 0, err
+    adaptation = json.loads((out / "summary.json").read_text())["adaptation"]
+    assert adaptation["status"] == "on" and adaptation["momentum"] == 0.5
+    assert (adaptation["frames_adapted"], adaptation["frames_paused"]) == (FRAMES, 0) and adaptation["drift"] > 0
 
 
 def _ros_or_skip() -> None:

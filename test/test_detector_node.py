@@ -410,6 +410,34 @@ def test_threshold_change_and_consistent_outputs(node, peer):
     send_and_wait(peer, outputs, lambda: image_msg(rgb), predicate=lambda m: m.threshold == pytest.approx(-9.0))
 
 
+def test_adaptation_at_run_time_is_reported_in_diagnostics(node, peer):
+    """adaptation switched on with ros2 param set: /diagnostics reports it (on with backend torch, else
+    unavailable: the compiled graph is fixed) and counts the frames; a momentum outside (0, 1] is refused."""
+    outputs = peer.outputs(NODE)
+    rgb = scene_image()
+    for bad in (0.0, 1.5):
+        (reply,) = peer.set_parameters(NODE, Parameter("adaptation_momentum", value=bad))
+        assert not reply.successful and "adaptation_momentum" in reply.reason, reply.reason
+    replies = peer.set_parameters(NODE, Parameter("adaptation", value=True),
+                                  Parameter("adaptation_momentum", value=0.5))
+    assert all(r.successful for r in replies), [r.reason for r in replies]
+    try:
+        for _ in range(3):
+            send_and_wait(peer, outputs, lambda: image_msg(rgb))
+        values = latest_diag(peer, NODE, lambda v: v.get("adaptation") != "off" and (
+            v["backend"] != "torch" or int(v["adaptation_frames_adapted"]) + int(v["adaptation_frames_paused"]) >= 2),
+            timeout=TIMEOUT)
+        assert values["adaptation_momentum"] == "0.5"
+        if values["backend"] == "torch":
+            assert values["adaptation"] == "on" and float(values["adaptation_drift"]) >= 0.0
+        else:
+            assert values["adaptation"] == f"unavailable: backend {values['backend']} runs a fixed graph"
+            assert values["adaptation_frames_adapted"] == values["adaptation_frames_paused"] == "0"
+    finally:
+        assert peer.set_parameters(NODE, Parameter("adaptation", value=False))[0].successful
+    latest_diag(peer, NODE, lambda v: v.get("adaptation") == "off", timeout=TIMEOUT)
+
+
 def test_run_time_type_errors_name_both_types(node, peer):
     """A set-parameters request of the wrong type is refused with the parameter and both types named
     (rclpy alone says "Wrong parameter type, expected 'Type.DOUBLE' got 'Type.INTEGER'"), also through

@@ -61,8 +61,8 @@ def test_table_entries_are_well_formed():
         assert _same(spec.check(spec.default), spec.default), spec.name  # the default passes its own check
     assert set(READ_ONLY) == {p.name for p in PARAMETERS if p.read_only}
     runtime = {p.name for p in PARAMETERS if not p.read_only}
-    assert runtime == {"threshold", "smoothing", "camera.height_m", "camera.pitch_rad",
-                       *CONFIG_PARAMETERS, *TRACKING_PARAMETERS}
+    assert runtime == {"threshold", "smoothing", "camera.height_m", "camera.pitch_rad", "adaptation",
+                       "adaptation_momentum", *CONFIG_PARAMETERS, *TRACKING_PARAMETERS}
 
 
 def test_resolve_parameters_fills_defaults_and_checks_values():

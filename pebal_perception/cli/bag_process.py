@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -112,8 +113,14 @@ def process(args: argparse.Namespace) -> int:
         params_file = args.params_file or _default_params_file()
         params = load_parameters(params_file, args.param)
         tracking_notes: list[str] = []  # as the node: tracking over the bag's frames, per camera stream
-        detector = _detector(args, params, on_event=lambda kind, text: tracking_notes.append(text)
-                             if kind == "tracking_forgot" else None)
+
+        def on_event(kind: str, text: str) -> None:
+            if kind == "tracking_forgot":
+                tracking_notes.append(text)
+            elif kind == "adaptation_unavailable":  # also in summary.json's adaptation status
+                print(f"{PROG}: note: {text}", file=sys.stderr)
+
+        detector = _detector(args, params, on_event=on_event)
         engine, config = detector.engine, detector.settings.config
         converter = ImageConverter()
         to_rgb = converter.to_rgb if image_type.endswith("/Image") else converter.compressed_to_rgb
@@ -189,6 +196,7 @@ def process(args: argparse.Namespace) -> int:
                 "inference_time_ms": {"p50": _percentile(infer_times, 50), "p95": _percentile(infer_times, 95)},
                 "regions_over_cap": status.regions_over_cap,
                 "tracking": {**asdict(status.tracking), "notes": tracking_notes[:20]},
+                "adaptation": asdict(status.adaptation),
                 "wall_s": round(time.monotonic() - started, 3),
             }
             writer.commit(extra_files={"summary.json": json.dumps(summary, indent=1) + "\n"})

@@ -69,7 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-area", type=int, help="smallest obstacle region in pixels (default: the node's "
                    "min_obstacle_area)")
     p.add_argument("--debug", action="store_true", help="also write NAME_debug.jpg (what the post-processing decided)")
-    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=1, help="frames inferred at once (1 with --adaptation)")
+    p.add_argument("--adaptation", action="store_true",
+                   help="adapt the model's batch-norm statistics to the frames, in the order given (the node's "
+                   "adaptation parameter: frames with obstacles do not count; one frame at a time; needs backend "
+                   "torch, summary.json says whether it ran)")
+    p.add_argument("--adaptation-momentum", type=float, default=0.01,
+                   help="weight of each adapted frame, 0 < M <= 1 (default 0.01)")
     p.add_argument("--every", type=int, default=1, help="process every N-th frame of videos")
     return p
 
@@ -195,6 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.batch_size < 1 or args.every < 1 or (args.min_area is not None and args.min_area < 0):
         print(f"{PROG}: error: --batch-size and --every must be >= 1, --min-area >= 0", file=sys.stderr)
         return 2
+    if not 0.0 < args.adaptation_momentum <= 1.0:
+        print(f"{PROG}: error: --adaptation-momentum must lie in (0, 1]", file=sys.stderr)
+        return 2
     try:
         paths = expand_inputs(args.inputs)
         if not paths:
@@ -217,12 +226,18 @@ def main(argv: list[str] | None = None) -> int:
                              backend=args.backend)
         # The node's post-processing at its defaults; each image on its own (no tracking).
         detector = Detector.for_engine(engine, {"threshold": engine.threshold, "smoothing": not args.no_smoothing,
+                                                "adaptation": args.adaptation,
+                                                "adaptation_momentum": args.adaptation_momentum,
                                                 **({} if args.min_area is None else
-                                                   {"min_obstacle_area": args.min_area})})
+                                                   {"min_obstacle_area": args.min_area})},
+                                       on_event=lambda kind, text: print(f"{PROG}: note: {text}", file=sys.stderr)
+                                       if kind == "adaptation_unavailable" else None)
     except (DetectorError, FileNotFoundError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
 
+    # With adaptation each frame's statistics count (or not) before the next frame is inferred.
+    batch_size = 1 if args.adaptation else args.batch_size
     frames, failures = [], []
     started = time.perf_counter()
     with tqdm(desc=PROG, unit="frame", disable=None) as bar:
@@ -245,12 +260,14 @@ def main(argv: list[str] | None = None) -> int:
             if isinstance(item, InputError):
                 fail(name, str(item))
                 continue
-            if pending and (len(pending) >= args.batch_size or pending[0][1].shape != item.shape):
+            if pending and (len(pending) >= batch_size or pending[0][1].shape != item.shape):
                 frames += run(pending)
                 pending = []
             pending.append((name, item))
         if pending:
             frames += run(pending)
+
+    from dataclasses import asdict
 
     from pebal_perception.core.io import atomic_write_json
 
@@ -263,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         "threshold_source": "command line" if args.threshold is not None else
         ("calibrated" if engine.meta.threshold is not None else "default (uncalibrated)"),
         "frames": frames, "failures": failures, "num_frames": len(frames),
+        "adaptation": asdict(detector.status().adaptation),
         "seconds": round(elapsed, 3),
     }
     atomic_write_json(args.output / "summary.json", summary)
@@ -271,27 +289,36 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run_batch(detector, batch: list[tuple[str, np.ndarray]], args) -> list[dict]:
-    """Inference of the batch at once, then the detector's step after inference for each image."""
+    """Inference of the batch at once, then the detector's step after inference for each image; with
+    adaptation on, the detector's whole step for each image in turn (its statistics are committed or
+    discarded before the next image is inferred)."""
     from pebal_perception.core.io import atomic_save_image, atomic_save_npy
     from pebal_perception.core.visualize import debug_overlay, overlay
 
-    t0 = time.perf_counter()
-    results = detector.engine.infer([img for _, img in batch])
-    per_frame_ms = (time.perf_counter() - t0) * 1000.0 / len(batch)
+    if detector.settings.adaptation:
+        steps = [detector.step(image, track=False) for _, image in batch]
+        maps = [(step.semantic, step.score, step.inference_ms, step.frame) for step in steps]
+    else:
+        t0 = time.perf_counter()
+        results = detector.engine.infer([img for _, img in batch])
+        per_frame_ms = (time.perf_counter() - t0) * 1000.0 / len(batch)
+        maps = [(res.semantic, res.score, per_frame_ms, None) for res in results]
+    threshold = detector.engine.threshold
     records = []
-    for (name, image), res in zip(batch, results):
+    for (name, image), (semantic, score, infer_ms, frame) in zip(batch, maps):
         out = args.output
-        atomic_save_image(out / f"{name}_semantic.png", res.semantic)
-        atomic_save_npy(out / f"{name}_energy.npy", res.score.astype(np.float32, copy=False))
-        frame = detector.finish(res.semantic, res.score, per_frame_ms, track=False).frame
+        atomic_save_image(out / f"{name}_semantic.png", semantic)
+        atomic_save_npy(out / f"{name}_energy.npy", score.astype(np.float32, copy=False))
+        if frame is None:
+            frame = detector.finish(semantic, score, infer_ms, track=False).frame
         atomic_save_image(out / f"{name}_obstacle.png", frame.mask.astype(np.uint8) * 255)
-        atomic_save_image(out / f"{name}_overlay.jpg", overlay(image, res.semantic, frame.mask))
+        atomic_save_image(out / f"{name}_overlay.jpg", overlay(image, semantic, frame.mask))
         if args.debug:
             atomic_save_image(out / f"{name}_debug.jpg", debug_overlay(image, frame))
         records.append({
             "name": name, "height": int(image.shape[0]), "width": int(image.shape[1]),
-            "anomalous_fraction": float(res.obstacle.mean()), "max_score": float(np.nanmax(res.score)),
-            "inference_ms": round(per_frame_ms, 2), "obstacles": [o.to_dict() for o in frame.obstacles],
+            "anomalous_fraction": float((score > threshold).mean()), "max_score": float(np.nanmax(score)),
+            "inference_ms": round(infer_ms, 2), "obstacles": [o.to_dict() for o in frame.obstacles],
             "rejected_regions": dict(Counter(r.rejected for r in frame.regions if r.rejected)),
         })
     return records

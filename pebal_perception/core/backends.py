@@ -56,7 +56,7 @@ if TYPE_CHECKING:  # torch only when a backend is resolved or built: the CLIs im
     from .frame_graph import FrameGraph
 
 BACKENDS: tuple[str, ...] = ("auto",)  # "auto" and the registered names (register_backend keeps it up to date)
-GRAPH_VERSION = 2  # bump when FrameGraph's computation changes: old cache entries are then not used
+GRAPH_VERSION = 3  # bump when FrameGraph's computation changes: old cache entries are then not used
 LOG = logging.getLogger("pebal.backends")
 
 
@@ -334,7 +334,7 @@ class GraphRequest:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     network_hw: tuple[int, int]
-    form: dict[str, str]
+    form: dict[str, Any]  # FrameGraph keyword arguments: the graph form and the score
     threads: int
     precision: str
     device: "torch.device | str | None"
@@ -534,11 +534,13 @@ class TensorRtRunner(GraphRunner):
 
 def build_runner(name: str, model: "torch.nn.Module", mean, std, network_hw: tuple[int, int],
                  threads: int | None = None, digest: str | None = None, precision: str = "fp32",
-                 device: "torch.device | str | None" = None) -> GraphRunner:
+                 device: "torch.device | str | None" = None, score: dict[str, Any] | None = None,
+                 road_features: tuple[str, int] | None = None) -> GraphRunner:
     """The compiled network-size graph of ``model`` for the compiled backend ``name``, from the disk cache
     when it holds one (module docstring). ``digest``: the model's :func:`weights_digest` when the caller
     already has it (hashing a large model's weights takes a while). ``threads``: the CPU runtimes' (default
-    PyTorch's); ``precision`` and ``device``: a CUDA runtime's (the CPU runtimes run fp32 on the CPU)."""
+    PyTorch's); ``precision`` and ``device``: a CUDA runtime's (the CPU runtimes run fp32 on the CPU);
+    ``score`` and ``road_features``: the anomaly score the graph computes (:class:`FrameGraph`)."""
     import torch
 
     backend = get_backend(name)
@@ -547,8 +549,9 @@ def build_runner(name: str, model: "torch.nn.Module", mean, std, network_hw: tup
     form = dict(backend.graph_form)
     key = {"graph_version": GRAPH_VERSION, "weights": digest or weights_digest(model), "network_hw": list(network_hw),
            "mean": [float(v) for v in mean], "std": [float(v) for v in std], "outputs": "semantic,energy",
-           "form": form}
-    request = GraphRequest(model, mean, std, tuple(network_hw), form,
+           "form": form, "score": dict(score or {})}
+    request = GraphRequest(model, mean, std, tuple(network_hw), {**form, "score": dict(score or {}),
+                                                                  "road_features": road_features},
                            threads=torch.get_num_threads() if not threads else int(threads),
                            precision=precision, device=device, key=key)
     try:

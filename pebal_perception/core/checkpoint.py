@@ -63,6 +63,8 @@ class ModelMeta:
     input_size: list[int] = field(default_factory=lambda: [512, 1024])  # height, width
     threshold: float | None = None  # calibrated obstacle threshold on the smoothed energy
     threshold_info: dict[str, Any] = field(default_factory=dict)
+    # the anomaly score the threshold belongs to: {} = PEBAL's free energy; else core/road_score.py's config
+    score: dict[str, Any] = field(default_factory=dict)
     training_config: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     source: str = ""  # where the weights came from (file name or description)
@@ -186,9 +188,16 @@ def _plain_value(value: Any) -> bool:
 
 def _metadata_problem(meta: ModelMeta, spec: ModelSpec) -> str | None:
     """What is wrong with ``meta`` for ``spec`` (one short sentence), or None."""
-    for name in ("model_kwargs", "threshold_info", "training_config", "metrics"):
+    for name in ("model_kwargs", "threshold_info", "training_config", "metrics", "score"):
         if not isinstance(getattr(meta, name), dict):
             return f"metadata {name} must be a dict, got {type(getattr(meta, name)).__name__}"
+    from .road_score import parse_score
+
+    try:
+        if parse_score(meta.score) is not None and spec.road_features is None:
+            return f"metadata score {meta.score.get('kind')!r}: architecture {spec.name} offers only the free energy"
+    except (TypeError, ValueError) as exc:
+        return f"metadata score: {exc}"
     for name in ("source", "model_id"):
         if not isinstance(getattr(meta, name), str):
             return f"metadata {name} must be a string, got {type(getattr(meta, name)).__name__}"

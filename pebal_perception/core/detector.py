@@ -11,6 +11,9 @@ outputs for the same frame.
   camera stream: :class:`~pebal_perception.core.pipeline.ObstaclePipeline`) and the camera model.
   :meth:`Detector.step` runs one frame: inference, post-processing, tracking, ground positions, counters.
   :meth:`Detector.status` reports the counters (the node turns them into ``/diagnostics``).
+* With the ``adaptation`` setting on (and backend torch), the engine runs a
+  :class:`~pebal_perception.core.adaptation.BatchNormAdapter`: each stepped frame's batch-norm statistics
+  are committed after post-processing, or discarded while obstacles are detected or reported (paused).
 
 Not thread-safe: one thread steps a detector (the node's worker).
 """
@@ -21,14 +24,16 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from pebal_perception.core.adaptation import AdaptationState, BatchNormAdapter
 from pebal_perception.core.camera import check_camera_info, make_ground_model, rescale_warning
 from pebal_perception.core.inference import OomGuardedInference, parse_oom_fallback
 from pebal_perception.core.limits import MAX_REGIONS_PER_FRAME
 from pebal_perception.core.pipeline import ObstaclePipeline, StreamCounters
 from pebal_perception.core.postprocess import GroundModel, ProcessedFrame, process_frame
 from pebal_perception.core.postprocess_config import calibrated_postprocess
+from pebal_perception.core.road_score import parse_score
 from pebal_perception.core.settings import DEVICES, PARAMETERS, PARAMETERS_BY_NAME, RuntimeSettings, \
-    initial_settings
+    initial_settings, parse_threshold
 
 
 def default_values() -> dict[str, Any]:
@@ -53,7 +58,7 @@ def load_engine(values: Mapping[str, Any]) -> Any:
     settings own it (one value, changeable at run time). :class:`DetectorError` says what is wrong, in
     one line."""
     try:
-        for name in ("precision", "backend"):
+        for name in ("precision", "backend", "anomaly_score"):
             PARAMETERS_BY_NAME[name].check(values[name])
     except ValueError as exc:
         raise DetectorError(str(exc)) from None
@@ -67,14 +72,32 @@ def load_engine(values: Mapping[str, Any]) -> Any:
         torch.set_num_threads(threads)
     checkpoint = str(values["checkpoint"]).strip()
     try:
-        return open_engine(checkpoint, values["model"], device=values["device"], precision=values["precision"],
-                           input_size=(height, width) if width else None, smoothing=values["smoothing"],
-                           backend=values["backend"])
+        engine = open_engine(checkpoint, values["model"], device=values["device"], precision=values["precision"],
+                             input_size=(height, width) if width else None, smoothing=values["smoothing"],
+                             backend=values["backend"], score=score_setting(values["anomaly_score"]))
+        try:
+            explicit = parse_threshold(values["threshold"]) is not None
+        except ValueError:
+            explicit = True  # the detector's settings say what is wrong with it
+        if parse_score(engine.score) != parse_score(engine.meta.score) and not explicit:
+            raise DetectorError(f"parameter anomaly_score={values['anomaly_score']!r} is not the score the checkpoint "
+                                f"was calibrated on ({engine.meta.score.get('kind', 'energy')}): set threshold too")
+        return engine
     except DetectorError as exc:
         if exc.loading:  # said as the node's start-up error: which model could not be loaded
             where = "" if checkpoint and checkpoint in str(exc) else f" from {checkpoint or 'the default model'}"
             raise DetectorError(f"cannot load model{where}: {exc}") from None
         raise
+
+
+def score_setting(name: str) -> dict[str, Any] | None:
+    """The engine's ``score`` option for parameter ``anomaly_score``: None = the checkpoint's, ``{}`` = free
+    energy, ``{"kind": "road_relative"}`` = the road-relative score with the checkpoint's settings for it when
+    it has them, else the defaults (``InferenceEngine``)."""
+    name = str(name).strip()
+    if not name:
+        return None
+    return {} if name == "energy" else {"kind": name}
 
 
 def open_engine(checkpoint: Any, model: str | None = None, *, device: str = "auto", **options: Any) -> Any:
@@ -128,6 +151,7 @@ class DetectorStatus:
     tracking: StreamCounters
     camera_info_rejected: int
     camera_info_problem: str | None  # why the latest camera_info was refused (None: usable or none yet)
+    adaptation: AdaptationState = AdaptationState()  # batch-norm adaptation to the camera (core/adaptation.py)
 
 
 @dataclass(frozen=True)
@@ -143,7 +167,8 @@ class Detector:
     """Frames in, planner outputs out (module docstring). ``on_event(kind, text)`` hears what the caller
     should log and count as recent: ``"tracking_forgot"`` (reported obstacles dropped by a tracking
     restart), ``"tracking_note"`` (a restart that dropped nothing reported), ``"regions_over_cap"``,
-    ``"camera_rescaled"`` (once per size pair)."""
+    ``"camera_rescaled"`` (once per size pair), ``"adaptation_unavailable"`` (adaptation on with a compiled
+    backend: once per backend)."""
 
     def __init__(self, engine: Any, settings: RuntimeSettings, oom_fallback: Sequence[str] = (),
                  on_event: Callable[[str, str], None] | None = None):
@@ -159,6 +184,8 @@ class Detector:
         self._camera_problem: str | None = None
         self._ground_cache: tuple[Any, GroundModel | None] = (None, None)
         self._rescale_warned: set[tuple[tuple[int, int], tuple[int, int]]] = set()
+        self._adapter: Any = None  # core/adaptation.BatchNormAdapter while adaptation is on and can run
+        self._adaptation_unavailable: str | None = None  # why adaptation is on but cannot run
 
     @classmethod
     def from_values(cls, values: Mapping[str, Any], on_event: Callable[[str, str], None] | None = None
@@ -240,6 +267,7 @@ class Detector:
         out-of-memory guard (:class:`~pebal_perception.core.inference.FrameOutOfMemory` when nothing is
         left to try)."""
         settings = settings or self._settings
+        self._prepare_adaptation(settings)
         return self.inference(rgb, smoothing=settings.smoothing)
 
     def step(self, rgb: np.ndarray, stamp_ns: int = 0, stream: str = "", track: bool = True) -> FrameOutputs:
@@ -252,7 +280,9 @@ class Detector:
 
     def finish(self, semantic: np.ndarray, score: np.ndarray, infer_ms: float, stamp_ns: int = 0, stream: str = "",
                settings: RuntimeSettings | None = None, track: bool = True) -> FrameOutputs:
-        """The part of :meth:`step` after inference (for callers that infer frames in batches)."""
+        """The part of :meth:`step` after inference (for callers that infer frames in batches). With
+        adaptation on, the statistics of the latest inference are committed or discarded here: such callers
+        must then infer one frame at a time, each followed by its ``finish`` (pebal-detect does)."""
         settings = settings or self._settings
         h, w = score.shape
         ground = self._ground_model(w, h, settings)
@@ -266,11 +296,13 @@ class Detector:
             self._regions_over_cap += frame.regions_over_cap
             self._say("regions_over_cap", f"{frame.regions_over_cap} candidate regions left out beyond "
                                           f"{MAX_REGIONS_PER_FRAME} per frame (the smallest)")
+        self._adapt(frame, settings)
         self._frames += 1
         return FrameOutputs(semantic=semantic, score=score, frame=frame, inference_ms=infer_ms, settings=settings)
 
     def reset(self) -> None:
-        """Forgets the stream memory (tracks, horizons); the counts stay."""
+        """Forgets the stream memory (tracks, horizons); the counts stay, and so do the adapted batch-norm
+        statistics (a new stream of the same camera: :meth:`reset_adaptation` forgets them)."""
         self.pipeline.reset()
 
     def status(self) -> DetectorStatus:
@@ -278,7 +310,73 @@ class Detector:
         return DetectorStatus(frames=self._frames, out_of_memory_frames=guard.out_of_memory,
                               out_of_memory_dropped=guard.dropped, degraded=tuple(guard.degraded),
                               regions_over_cap=self._regions_over_cap, tracking=self.pipeline.counters,
-                              camera_info_rejected=self._camera_rejected, camera_info_problem=self._camera_problem)
+                              camera_info_rejected=self._camera_rejected, camera_info_problem=self._camera_problem,
+                              adaptation=self.adaptation_state())
+
+    # ------------------------------------------------------------------------------------ adaptation
+    def adaptation_state(self) -> AdaptationState:
+        """What the batch-norm adaptation does now (core/adaptation.py)."""
+        settings, adapter = self._settings, self._adapter
+        if adapter is not None:
+            return adapter.state()
+        if not settings.adaptation:
+            return AdaptationState(momentum=settings.adaptation_momentum)
+        return AdaptationState(enabled=True, status=self._unavailable_reason() or "on",
+                               momentum=settings.adaptation_momentum)
+
+    def _unavailable_reason(self) -> str | None:
+        """Why the engine cannot run the adapter (a compiled backend), None when it can (or will decide at
+        the first frame: a native-size engine with backend auto)."""
+        backend = str(getattr(self.engine, "backend", "torch"))
+        return None if backend in ("torch", "auto") else f"unavailable: backend {backend} runs a fixed graph"
+
+    def reset_adaptation(self) -> None:
+        """Back to the checkpoint's batch-norm statistics (another camera); adaptation goes on if it is on."""
+        if self._adapter is not None:
+            self._adapter.reset()
+
+    def _prepare_adaptation(self, settings: RuntimeSettings) -> None:
+        """Attaches the adapter to the engine before an inference while ``settings.adaptation`` is on and
+        the engine runs torch; detaches it (dropping the adapted statistics) when adaptation is off."""
+        engine = self.engine
+        if not settings.adaptation:
+            if self._adapter is not None:
+                if getattr(engine, "adapter", None) is self._adapter:
+                    engine.adapter = None
+                self._adapter = None  # the checkpoint's statistics again (the folded model never changed)
+            self._adaptation_unavailable = None
+            return
+        backend = str(getattr(engine, "backend", "torch"))
+        if backend != "torch":
+            if getattr(engine, "adapter", None) is not None:
+                engine.adapter = None
+            self._adapter = None
+            text = self._unavailable_reason()
+            if text is None:  # backend auto: a native-size engine chooses its backend at the first frame
+                return
+            if self._adaptation_unavailable != text:
+                self._adaptation_unavailable = text
+                self._say("adaptation_unavailable", f"adaptation is on but {text}: frames are not adapted "
+                                                    "(it needs backend torch)")
+            return
+        self._adaptation_unavailable = None
+        if self._adapter is None:
+            self._adapter = BatchNormAdapter(engine.source_model, settings.adaptation_momentum, device=engine.device,
+                                             channels_last=bool(getattr(engine, "optimized", False)))
+        self._adapter.momentum = settings.adaptation_momentum
+        engine.adapter = self._adapter
+
+    def _adapt(self, frame: ProcessedFrame, settings: RuntimeSettings) -> None:
+        """After post-processing: commits the frame's statistics, or discards them while obstacles are
+        reported (tracked ones, held ones included) or detected in this frame (not yet confirmed)."""
+        adapter = self._adapter
+        if adapter is None or not settings.adaptation or not adapter.has_pending:
+            return
+        detected = sum(1 for region in frame.regions if not region.rejected)
+        if frame.obstacles or detected:
+            adapter.discard(f"{len(frame.obstacles)} obstacle(s) reported, {detected} detected")
+        else:
+            adapter.commit()
 
     # ------------------------------------------------------------------------------------ events
     def _tracking_forgot(self, text: str, reported_lost: int) -> None:

@@ -18,10 +18,13 @@ from torch import nn
 from . import backends, scoring
 from .backends import build_runner, choose_fastest, resolve_backend, weights_digest
 from .checkpoint import ModelMeta, load_checkpoint
+from .constants import NUM_INLIER_CLASSES
 from .limits import check_threshold
 from .models import get_model_spec
 from .optimize import fold_batchnorm
 from .preprocess import check_image_size, check_resize, network_size, normalize, resize_batch, to_uint8_batch
+from .road_band import BandRefiner, RoadBand
+from .road_score import FeatureTap, RoadRelativeScore, parse_score
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -81,7 +84,8 @@ class InferenceEngine:
                  precision: str = "fp32", input_size: Sequence[int] | str | None = None,
                  threshold: float | None = None, smoothing: bool = True,
                  smoothing_kernel: int = scoring.DEFAULT_KERNEL_SIZE, smoothing_sigma: float = scoring.DEFAULT_SIGMA,
-                 optimize: bool = True, backend: str = "torch"):
+                 optimize: bool = True, backend: str = "torch", score: dict[str, Any] | None = None,
+                 band: RoadBand | None = None):
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
         self.device = resolve_device(device)
@@ -91,10 +95,15 @@ class InferenceEngine:
         self.meta = meta
         self.spec = get_model_spec(meta.architecture)
         model = model.eval()
+        # the pre-fold model, as given (not moved: core/adaptation.py copies it onto the device when needed)
+        self.source_model = model
+        self.adapter: Any = None  # a core/adaptation.BatchNormAdapter: forward_logits runs it instead of model
         self.optimized = optimize
         if optimize:
             model = fold_batchnorm(model).to(memory_format=torch.channels_last)
         self.model = model.to(self.device)
+        self._set_score(meta.score if score is None else score)
+        self.band = None if band is None else BandRefiner(band)  # core/road_band.py: a finer look at the far road
         if input_size is None:
             input_size = meta.input_size
         self.native_size = input_size == "native"
@@ -114,6 +123,21 @@ class InferenceEngine:
                 self._choose_backend(tuple(self.input_size))
             elif self.backend != "torch":
                 self._build_or_fall_back(tuple(self.input_size))
+
+    def _set_score(self, score: dict[str, Any]) -> None:
+        """The anomaly score the engine computes: ``{}`` = PEBAL's free energy, else the road-relative score
+        of ``core/road_score.py`` (its config as a dict); ValueError when the architecture has no road
+        features."""
+        if score and dict(score) == {"kind": self.meta.score.get("kind")}:
+            score = self.meta.score  # the kind alone: the checkpoint's settings for it
+        config = parse_score(score)
+        self.score = {} if config is None else config.to_dict()
+        self._road = None
+        if config is not None:
+            if self.spec.road_features is None:
+                raise ValueError(f"the road-relative score needs road features, which {self.spec.name} does not "
+                                 "name (models registry)")
+            self._road = RoadRelativeScore(self.spec.road_features[1], config).to(self.device)
 
     def _build_or_fall_back(self, size: tuple[int, int]) -> None:
         """Builds the backend's graph for ``size``; when ``auto`` chose it unmeasured (a CUDA runtime) and its
@@ -143,6 +167,8 @@ class InferenceEngine:
         """Moves the model to ``device`` (e.g. the CPU after CUDA ran out of memory); fp32 off CUDA."""
         self.device = resolve_device(device)
         self.model = self.model.to(self.device)
+        if self._road is not None:
+            self._road = self._road.to(self.device)
         if self.device.type != "cuda":
             self.precision = "fp32"
         if not backends.runs_on(self.backend, self.device.type):
@@ -179,7 +205,7 @@ class InferenceEngine:
         if self.optimized:
             x = x.contiguous(memory_format=torch.channels_last)
         with self._autocast():
-            return self.model(x)
+            return self.model(x) if self.adapter is None else self.adapter.forward(x)
 
     @torch.inference_mode()
     def score_tensors(self, batch_uint8: torch.Tensor,
@@ -191,8 +217,15 @@ class InferenceEngine:
         code's 7-pixel meaning at full resolution; the class map is resized with nearest neighbour.
         ``smoothing`` overrides ``self.smoothing`` for this call (None = ``self.smoothing``).
         """
-        logits = self.forward_logits(batch_uint8)
-        energy, semantic = scoring.energy_and_prediction(logits, prediction_dtype=torch.uint8)
+        if self._road is None:
+            logits = self.forward_logits(batch_uint8)
+            energy, semantic = scoring.energy_and_prediction(logits, prediction_dtype=torch.uint8)
+        else:
+            running = self.model if self.adapter is None else self.adapter.model
+            with FeatureTap(running, self.spec.road_features[0]) as tap:
+                logits = self.forward_logits(batch_uint8)
+            energy, semantic = scoring.energy_and_prediction(logits, prediction_dtype=torch.uint8)
+            energy = self._road(logits[:, :NUM_INLIER_CLASSES], energy.unsqueeze(1).float(), tap.take())[:, 0]
         return self._to_image(semantic, energy, tuple(batch_uint8.shape[-2:]), smoothing)
 
     def _to_image(self, semantic: torch.Tensor, energy: torch.Tensor, out_hw: tuple[int, int],
@@ -216,7 +249,8 @@ class InferenceEngine:
             if self._digest is None:  # the weights do not change after construction: hashed once
                 self._digest = weights_digest(self.model)
             runner = build_runner(backend, self.model, self.meta.mean, self.meta.std, size, digest=self._digest,
-                                  precision=self.precision, device=self.device)
+                                  precision=self.precision, device=self.device, score=self.score,
+                                  road_features=self.spec.road_features)
             self._runners[(size, backend)] = runner
         return runner
 
@@ -231,13 +265,13 @@ class InferenceEngine:
         names = ["torch", *compiled_runtimes()]
         frame = np.zeros((size[0], size[1], 3), np.uint8)
         key = {"cpu": cpu_model(), "threads": torch.get_num_threads(), "architecture": self.meta.architecture,
-               "network_hw": list(size), "smoothing": bool(self.smoothing),
+               "network_hw": list(size), "smoothing": bool(self.smoothing), "score": self.score,
                "versions": {name: runtime_version(name) for name in names},
                # a new graph (form) can change the winner: measured again, not the old choice reused
                "graph_version": backends.GRAPH_VERSION}
         left_out: list[str] = []
         while True:
-            choice = choose_fastest(lambda name: self.score_frame(frame, backend=name),
+            choice = choose_fastest(lambda name: self._score_whole(frame, backend=name),
                                     [n for n in names if n not in left_out], {**key, "left_out": left_out})
             if choice["backend"] == "torch":
                 break
@@ -258,7 +292,16 @@ class InferenceEngine:
         """One H x W x 3 uint8 RGB frame -> (semantic H x W uint8, score H x W float32) on the host, through
         the engine's backend. With a compiled runtime the frame is resized on the host (PyTorch's uint8
         kernel, as :func:`normalize`), the graph runs normalisation, network, energy and argmax, and the
-        maps come back to the image size and are smoothed as in :meth:`score_tensors`."""
+        maps come back to the image size and are smoothed as in :meth:`score_tensors`. With a road band
+        (``band``), its finer score replaces the frame's inside the band (core/road_band.py)."""
+        semantic, score = self._score_whole(rgb, smoothing, backend)
+        if self.band is not None and not self.native_size:
+            score = self.band.refine(self, rgb, score, self.smoothing if smoothing is None else smoothing)
+        return semantic, score
+
+    def _score_whole(self, rgb: np.ndarray, smoothing: bool | None = None,
+                     backend: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`score_frame` of the whole frame at the network size (no band)."""
         h, w = rgb.shape[:2]
         if self.backend == "auto" and backend is None:  # a native-size engine: measured at the first frame
             self.check_image(h, w)
@@ -274,7 +317,7 @@ class InferenceEngine:
             if (tuple(size), backend) not in self._runners:
                 self._build_or_fall_back(tuple(size))  # a native-size engine: per size, at its first frame
                 if self.backend == "torch":
-                    return self.score_frame(rgb, smoothing=smoothing)
+                    return self._score_whole(rgb, smoothing=smoothing)
             batch = to_uint8_batch(rgb[None], self.device, pin_memory=True)
             resized = resize_batch(batch, size).permute(0, 2, 3, 1)
             semantic_t, energy_t = self.runner(tuple(size), backend)(resized)

@@ -50,6 +50,7 @@ from torch import nn
 
 from . import scoring
 from .constants import NUM_INLIER_CLASSES
+from .road_score import FeatureTap, RoadRelativeScore, parse_score
 
 ONNX_OPSET = 17
 INPUT_NAME = "rgb"
@@ -227,18 +228,25 @@ class FrameGraph(nn.Module):
     score ``N x H x W`` float32); see the module docstring. ``network_hw`` is the size the network runs
     at; ``smoothing`` applies PEBAL's Gaussian; ``prelu`` (``native`` or ``affine``: :func:`with_affine_prelu`)
     and ``argmax`` (``native`` or ``reduce``: :func:`argmax_by_reduce`) pick the form
-    (a runtime's ``backends.Backend.graph_form``)."""
+    (a runtime's ``backends.Backend.graph_form``); ``score`` (``ModelMeta.score``) and ``road_features`` (the
+    architecture's) add the road-relative term of ``core/road_score.py`` to the energy."""
 
     def __init__(self, model: nn.Module, mean: Sequence[float], std: Sequence[float], image_hw: Sequence[int],
                  network_hw: Sequence[int], smoothing: bool = True,
                  kernel_size: int = scoring.DEFAULT_KERNEL_SIZE, sigma: float = scoring.DEFAULT_SIGMA,
-                 num_classes: int = NUM_INLIER_CLASSES, prelu: str = "native", argmax: str = "native"):
+                 num_classes: int = NUM_INLIER_CLASSES, prelu: str = "native", argmax: str = "native",
+                 score: dict[str, Any] | None = None, road_features: tuple[str, int] | None = None):
         super().__init__()
         if prelu not in ("native", "affine") or argmax not in ("native", "reduce"):
             raise ValueError(f"graph form prelu={prelu!r} argmax={argmax!r}: expected prelu native|affine, "
                              "argmax native|reduce")
         self.model = with_affine_prelu(model) if prelu == "affine" else model
         self.argmax_by_reduce = argmax == "reduce"
+        road = parse_score(score)
+        if road is not None and road_features is None:
+            raise ValueError("the road-relative score needs the architecture's road features")
+        self.road = None if road is None else RoadRelativeScore(road_features[1], road)
+        self.road_module = None if road is None else road_features[0]
         self.image_hw = (int(image_hw[0]), int(image_hw[1]))
         self.network_hw = (int(network_hw[0]), int(network_hw[1]))
         self.num_classes = int(num_classes)
@@ -271,10 +279,16 @@ class FrameGraph(nn.Module):
             x = _resize_axis(x, self.row_idx, self.row_w, -2)
             x = _resize_axis(x, self.col_idx, self.col_w, -1)
         x = (x - self.mean) / self.std
-        logits = self.model(x)[:, :self.num_classes].float()
+        if self.road is None:
+            logits = self.model(x)[:, :self.num_classes].float()
+        else:
+            with FeatureTap(self.model, self.road_module) as tap:
+                logits = self.model(x)[:, :self.num_classes].float()
         semantic = (argmax_by_reduce(logits) if self.argmax_by_reduce
                     else logits.argmax(dim=1, keepdim=True).to(torch.uint8))
         energy = portable_free_energy(logits)
+        if self.road is not None:
+            energy = self.road(logits, energy, tap.take())
         if self.resizes:
             energy = _resize_axis(energy, self.row_up, self.row_up_w, -2)
             energy = _resize_axis(energy, self.col_up, self.col_up_w, -1)

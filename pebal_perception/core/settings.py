@@ -151,14 +151,30 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("input_height", "integer", 0,
               f"Network input height in pixels; 0 = the checkpoint's. {READ_ONLY_TEXT}", read_only=True,
               value_range=(0, 8192)),
+    ParamSpec("anomaly_score", "string", "",
+              "The per-pixel anomaly score: '' = the checkpoint's (the one its threshold was calibrated on); "
+              "'energy' = PEBAL's free energy alone (the faithful score); 'road_relative' = free energy plus how "
+              "unlike the frame's own road each pixel's features are, where road surrounds it (core/road_score.py; "
+              "the checkpoint's settings, else the defaults). A score other than the checkpoint's needs an "
+              f"explicit threshold. {READ_ONLY_TEXT}", read_only=True, choices=("", "energy", "road_relative")),
     ParamSpec("threshold", "double", NAN,
-              "Obstacle threshold on the anomaly score (smoothed free energy; pixels with score > threshold are "
+              "Obstacle threshold on the anomaly score (smoothed; pixels with score > threshold are "
               f"anomalous). NaN, '' or 'auto' = the checkpoint's calibrated threshold. {RUN_TIME}",
               dynamic_typing=True),
     ParamSpec("smoothing", "bool", True,
               f"Apply PEBAL's 7x7 Gaussian (sigma 1) to the energy map. {RUN_TIME}"),
     *_declared_parameters(PostProcessConfig, after={"ego_mask.polygon": EGO_MASK_IMAGE}),
     *_declared_parameters(TrackingConfig),
+    ParamSpec("adaptation", "bool", False,
+              "Test-time adaptation to the camera: the model's batch-norm statistics are re-estimated from this "
+              "camera's own recent frames (a moving average, adaptation_momentum), so that its colours and "
+              "exposure stop looking anomalous. Paused while obstacles are detected or reported (those frames "
+              "are not used); off = the checkpoint's statistics (switching off restores them). Needs backend "
+              "torch (a compiled backend runs a fixed graph: /diagnostics then says unavailable) and runs the "
+              f"model with unfolded batch norm (slower). /diagnostics reports it (adaptation_*). {RUN_TIME}"),
+    ParamSpec("adaptation_momentum", "double", 0.01,
+              "Weight of each adapted frame in the batch-norm statistics, 0 < momentum <= 1 (0.01: about the "
+              f"last 100 frames without obstacles). {RUN_TIME}", value_range=(0.0, 1.0)),
     ParamSpec("qos.depth", "integer", 5,
               "Deprecated: the base history depth of the input subscriptions, which "
               f"qos_overrides.<topic>.subscription.depth overrides. {READ_ONLY_TEXT}",
@@ -265,11 +281,22 @@ class RuntimeSettings:
     pitch_rad: float  # camera.pitch_rad (NaN = unknown)
     smoothing: bool
     tracking: TrackingConfig = TrackingConfig()
+    adaptation: bool = False  # batch-norm statistics adapted to the camera (core/adaptation.py)
+    adaptation_momentum: float = 0.01
 
     @property
     def positions_wanted(self) -> bool:
         """Both mounting values are known (ground positions are configured)."""
         return not (math.isnan(self.height_m) or math.isnan(self.pitch_rad))
+
+
+def check_adaptation_momentum(value: Any) -> float:
+    """adaptation_momentum as a float in (0, 1] (the table's range is [0, 1]: 0 is refused here)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"adaptation_momentum must be a number, got {value!r}")
+    if not (math.isfinite(value) and 0.0 < value <= 1.0):
+        raise ValueError(f"adaptation_momentum must lie in (0, 1], got {value:g}")
+    return float(value)
 
 
 def initial_settings(values: Mapping[str, Any], calibrated_threshold: float,
@@ -289,7 +316,9 @@ def initial_settings(values: Mapping[str, Any], calibrated_threshold: float,
     tracking = TrackingConfig(**{field: values[name] for name, field in TRACKING_PARAMETERS.items()})
     height_m, pitch_rad = check_mounting(values["camera.height_m"], values["camera.pitch_rad"])
     return RuntimeSettings(config=config, threshold_param=threshold_param, height_m=height_m, pitch_rad=pitch_rad,
-                           smoothing=bool(values["smoothing"]), tracking=tracking)
+                           smoothing=bool(values["smoothing"]), tracking=tracking,
+                           adaptation=bool(values.get("adaptation", False)),
+                           adaptation_momentum=check_adaptation_momentum(values.get("adaptation_momentum", 0.01)))
 
 
 def plan_parameter_batch(current: RuntimeSettings, changes: Sequence[tuple[str, Any]],
@@ -306,6 +335,7 @@ def plan_parameter_batch(current: RuntimeSettings, changes: Sequence[tuple[str, 
     tracking_changes: dict[str, Any] = {}
     threshold_param = current.threshold_param
     height_m, pitch_rad, smoothing = current.height_m, current.pitch_rad, current.smoothing
+    adaptation, momentum = current.adaptation, current.adaptation_momentum
     for name, value in changes:
         if name == "threshold":
             threshold_param = parse_threshold(value)
@@ -319,6 +349,10 @@ def plan_parameter_batch(current: RuntimeSettings, changes: Sequence[tuple[str, 
             height_m = value
         elif name == "camera.pitch_rad":
             pitch_rad = value
+        elif name == "adaptation":
+            adaptation = bool(value)
+        elif name == "adaptation_momentum":
+            momentum = check_adaptation_momentum(value)
         else:
             raise ValueError(f"{name} cannot be changed at run time")
     height_m, pitch_rad = check_mounting(height_m, pitch_rad)
@@ -326,7 +360,8 @@ def plan_parameter_batch(current: RuntimeSettings, changes: Sequence[tuple[str, 
     config = current.config.with_changes(**config_changes)  # validates every field
     tracking = replace(current.tracking, **tracking_changes)  # validates k <= n and the ranges
     return RuntimeSettings(config=config, threshold_param=threshold_param, height_m=height_m, pitch_rad=pitch_rad,
-                           smoothing=bool(smoothing), tracking=tracking)
+                           smoothing=bool(smoothing), tracking=tracking, adaptation=adaptation,
+                           adaptation_momentum=momentum)
 
 
 # ------------------------------------------------------------------------------------------------ --help
@@ -404,6 +439,7 @@ PARAMS_FILE_SECTIONS: dict[str, tuple[str, tuple[str, ...]]] = {
     "threshold": ("scoring (changeable at run time, e.g. `ros2 param set`)", ()),
     "restrict_to_drivable": ("what a planner receives (changeable at run time; core/postprocess.py)", ()),
     "tracking.enabled": ("tracking over frames (changeable at run time; core/tracking.py)", ()),
+    "adaptation": ("test-time adaptation to the camera (changeable at run time; core/adaptation.py)", ()),
     "subscribe_compressed": ("inputs (read-only)", (
         "Input QoS: the standard ROS 2 overrides, one set per input subscription (rclpy declares them,",
         "read-only), named after the topic as resolved after remapping. Default: sensor data (best_effort,",

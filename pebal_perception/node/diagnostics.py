@@ -56,11 +56,25 @@ def status(events: Any, counts: NodeCounters, detected: Any, engine: Any, positi
         return WARN, f"tracking forgot obstacles {forgot[0]:.0f} s ago: {forgot[1]}"
     if detected.camera_info_problem and positions_wanted:
         return WARN, f"no ground positions: camera_info ignored ({detected.camera_info_problem})"
+    adaptation = getattr(detected, "adaptation", None)
+    if adaptation is not None and adaptation.status.startswith("unavailable"):
+        return WARN, f"adaptation {adaptation.status}"
     return OK, "running"
 
 
 def _mean(values: list[float]) -> str:
     return f"{sum(values) / len(values):.2f}" if values else "nan"
+
+
+def _adaptation(state: Any) -> list[tuple[str, str]]:
+    """The batch-norm adaptation's keys (core/adaptation.py): adaptation is off, on or 'unavailable: ...'."""
+    if state is None:
+        return []
+    return [("adaptation", str(state.status)),
+            ("adaptation_momentum", f"{state.momentum:g}"),
+            ("adaptation_frames_adapted", str(state.frames_adapted)),
+            ("adaptation_frames_paused", str(state.frames_paused)),
+            ("adaptation_drift", f"{state.drift:.4f}")]
 
 
 def values(counts: NodeCounters, detected: Any, engine: Any, *, model_id: str, network_input: str,
@@ -90,6 +104,7 @@ def values(counts: NodeCounters, detected: Any, engine: Any, *, model_id: str, n
         ("tracking_restarts", str(tracked.jump_back_resets)),
         ("tracking_streams_forgotten", str(tracked.streams_forgotten)),
         ("tracking_obstacles_forgotten", str(tracked.obstacles_forgotten)),
+        *_adaptation(getattr(detected, "adaptation", None)),
         *((f"rejected.{reason}", str(count)) for reason, count in sorted(counts.rejected.items())),
         ("out_of_memory_frames", str(detected.out_of_memory_frames)),
         ("out_of_memory_dropped", str(detected.out_of_memory_dropped)),

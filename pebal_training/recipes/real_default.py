@@ -102,6 +102,13 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--energy-weight", type=float, default=0.1, help="loss.energy_weight (0.1 = the reference)")
     p.add_argument("--trainable", nargs="+", default=list(DECODER_PREFIXES), help="trained parameter prefixes")
     p.add_argument("--bn-mode", choices=("frozen", "eval", "train"), default="eval")
+    p.add_argument("--scenes", choices=("train", "all"), default="train",
+                   help="real inlier frames: the train scenes only, or every real frame of the assets (the eight "
+                        "highway frames and both Cityscapes frames; the highway clip stays held out)")
+    p.add_argument("--min-confidence", type=float, default=0.0,
+                   help="pseudo-label confidence filter: pixels whose top probability is below it are void")
+    p.add_argument("--all-coco", action="store_true",
+                   help="COCO outliers from every coco128_seg image without a Cityscapes class (HELD_OUT_COCO too)")
     p.add_argument("--variants", type=int, default=4, help="photometric variants per real train frame")
     p.add_argument("--pastes", type=int, default=6, help="frames with objects pasted on the road, per real scene")
     p.add_argument("--renders", type=int, default=24, help="rendered training obstacles (training seeds)")
@@ -109,6 +116,8 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--calibration-scenes", type=int, default=24, help="held-out synthetic scenes for the threshold")
     p.add_argument("--oe-fraction", type=float, default=0.5, help="COCO AnomalyMix samples per frame and epoch")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--device", default="cpu", help="training device: cpu (the recipe's own), cuda, auto")
+    p.add_argument("--workers", type=int, default=0, help="data-loading worker processes")
     p.add_argument("--seed", type=int, default=666)
     p.add_argument("--install", action="store_true", help="copy the result into the package as the default model")
     return p.parse_args(argv)
@@ -147,15 +156,16 @@ def prepare_synthetic(root: Path, count: int, seed: int) -> list[str]:
     return names
 
 
-def coco_outlier_images(coco_root: Path) -> list[str]:
-    """coco128_seg images usable as outliers: at least one instance, none of an inlier class, not held out."""
+def coco_outlier_images(coco_root: Path, hold_out: bool = True) -> list[str]:
+    """coco128_seg images usable as outliers: at least one instance, none of an inlier class, not held out
+    (``hold_out``: HELD_OUT_COCO is left out)."""
     from pebal_training.data.datasets import parse_yolo_seg
     from pebal_training.data.road_pastes import HELD_OUT_COCO
 
     names = []
     for label in sorted((coco_root / "labels" / "train2017").glob("*.txt")):
         classes = {int(c) for c, _ in parse_yolo_seg(label)}
-        if (classes and not classes & INLIER_COCO80 and label.stem not in HELD_OUT_COCO
+        if (classes and not classes & INLIER_COCO80 and not (hold_out and label.stem in HELD_OUT_COCO)
                 and (coco_root / "images" / "train2017" / f"{label.stem}.jpg").is_file()):
             names.append(label.stem)
     return names
@@ -213,8 +223,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pebal_perception.core.io import (OutputPathError, atomic_write_bytes, atomic_write_json,
                                           prepare_output_folder, remove_output_folder)
     from pebal_training.config import config_from_dict
-    from pebal_training.recipes.real_roads import (prepare_inliers, prepare_pasted_inliers, train_frames,
-                                                   training_cutouts)
+    from pebal_training.recipes.real_roads import (all_real_frames, prepare_inliers, prepare_pasted_inliers,
+                                                   train_frames, training_cutouts)
     from pebal_training.run_folder import RUN_FOLDER
     from pebal_training.trainer import train
 
@@ -231,11 +241,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         base, _ = load_checkpoint(ckpt, "espnetv2")
         root = out / "data" / "cityscapes"
-        inliers = prepare_inliers(base, train_frames(args.assets), root, 0.0, args.variants, args.seed)
+        frames = train_frames(args.assets) if args.scenes == "train" else all_real_frames(args.assets)
+        inliers = prepare_inliers(base, frames, root, args.min_confidence, args.variants, args.seed)
         pasted = prepare_pasted_inliers(inliers, training_cutouts(args.assets, args.renders), root, args.pastes,
                                         args.seed)
         synthetic = prepare_synthetic(root, args.synthetic, args.seed)
-        coco = coco_outlier_images(coco_root)
+        coco = coco_outlier_images(coco_root, hold_out=not args.all_coco)
         n_frames = len(inliers) + len(pasted) + len(synthetic)
         t_data = time.time() - t0
         print(f"{TOOL}: {len(inliers)} real inlier frames, {len(pasted)} with road pastes, {len(synthetic)} "
@@ -248,14 +259,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = config_from_dict({
             "model": {"name": "espnetv2", "init_checkpoint": str(ckpt), "trainable_prefixes": list(args.trainable)},
             "data": {"kind": "cityscapes", "root": str(root), "split": "train", "crop_size": list(args.crop),
-                     "inlier_outlier_label": True,
+                     "inlier_outlier_label": True, "num_workers": args.workers,
                      "outliers": ({"kind": "yolo", "root": str(coco_root), "split": "train2017", "min_size": 0,
                                    "fraction": args.oe_fraction, "include": coco, "scale": COCO_SCALE}
                                   if n_oe else {"kind": "none"})},
             "optim": {"lr": args.lr},
             "loss": {"objective": "pebal", "energy_weight": args.energy_weight},
             "train": {"epochs": epochs, "batch_size": args.batch, "iters_per_epoch": iters_per_epoch,
-                      "seed": args.seed, "bn_mode": args.bn_mode, "device": "cpu", "log_every": 10,
+                      "seed": args.seed, "bn_mode": args.bn_mode, "device": args.device, "log_every": 10,
                       "image_every": 0, "keep_checkpoints": 1, "progress": False},
             "output": str(out / "run"),
         })

@@ -173,6 +173,14 @@ def train_frames(assets: Path) -> list:
     return [RealFrame(fr.name, to_deployment_scale(fr.rgb), fr.camera) for fr in frames]
 
 
+def all_real_frames(assets: Path) -> list:
+    """Every real frame of the assets (``load_real_frames``: the eight highway frames and both Cityscapes
+    frames) at deployment scale, as ``RealFrame``s."""
+    from pebal_training.data.road_pastes import RealFrame, load_real_frames
+
+    return [RealFrame(fr.name, to_deployment_scale(fr.rgb), fr.camera) for fr in load_real_frames(assets)]
+
+
 def prepare_inliers(model, frames: Sequence, root: Path, min_confidence: float, variants: int,
                     seed: int) -> list[dict[str, Any]]:
     """Writes each frame and its ``variants`` (pseudo-labelled) as ``<root>`` (official Cityscapes layout);

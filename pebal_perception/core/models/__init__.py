@@ -33,6 +33,9 @@ class ModelSpec:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     extra: Mapping[str, Any] = field(default_factory=dict)
+    # (submodule name, output channels) whose output the road-relative score reads (core/road_score.py);
+    # None: the architecture offers only the free energy
+    road_features: tuple[str, int] | None = None
 
 
 _REGISTRY: dict[str, ModelSpec] = {}

@@ -384,4 +384,5 @@ register_model(ModelSpec(
     input_size=(512, 1024),
     size_divisor=SIZE_DIVISOR,
     head_prefixes=("bu_dec_l4.",),
+    road_features=(f"base_net.level3.{_LEVEL3_BLOCKS - 1}", _LEVEL_WIDTHS[2]),  # encoder level 3, 1/8 size
 ))
