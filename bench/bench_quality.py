@@ -104,8 +104,8 @@ def parse_row(spec: str) -> Row:
     """``base``, ``default`` or ``NAME=CHECKPOINT[@ARCH][:score,score]``."""
     if spec == "base":
         return Row("espnetv2-base", str(SHARED / "assets" / BASE_CHECKPOINT), "espnetv2", SCORES)
-    if spec == "default":
-        return Row("default", None, None, ("energy",))
+    if spec == "default":  # PEBAL's free energy and the road-relative score the default ships with
+        return Row("default", None, None, ("energy", "road"))
     name, sep, rest = spec.partition("=")
     if not sep or not name or not rest:
         raise argparse.ArgumentTypeError(f"{spec!r}: expected base, default or NAME=CHECKPOINT[@ARCH][:scores]")

@@ -8,8 +8,10 @@ One command (CPU, 2 threads; wall time in ``<output>/real_default.json``) does:
    ``data.inlier_outlier_label: true``):
 
    * the real train scenes (:data:`pebal_training.data.road_pastes.TRAIN_SCENES`: three Udacity highway
-     frames and one Cityscapes frame, at the network's deployment scale) and ``--variants`` photometric /
-     mild geometric variants of each, pseudo-labelled by the base weights (argmax, every pixel);
+     frames and one Cityscapes frame, at the network's deployment scale; ``--scenes all``: every real frame
+     of the assets, the eight highway frames and both Cityscapes frames, the highway clip held out) and
+     ``--variants`` photometric / mild geometric variants of each, pseudo-labelled by the base weights
+     (argmax; pixels whose top probability is below ``--min-confidence`` are void);
    * ``--pastes`` frames per real scene with objects pasted on its road at perspective scale (COCO sample
      cutouts except ``HELD_OUT_COCO`` and pebal's rendered crates/tyres/debris from training seeds), the
      base pseudo-label with 254 (outlier) on the objects;
@@ -19,7 +21,8 @@ One command (CPU, 2 threads; wall time in ``<output>/real_default.json``) does:
 
 2. **Outlier exposure** (the trainer's AnomalyMix, as PEBAL): objects of ``coco128_seg`` images holding no
    Cityscapes class (person, rider, car, truck, bus, train, motorcycle, bicycle, traffic light, stop sign)
-   and not in ``HELD_OUT_COCO``, resized by 0.5, ``--oe-fraction`` of them per frame and epoch.
+   and not in ``HELD_OUT_COCO`` (``--all-coco``: those too), resized by 0.5, ``--oe-fraction`` of them per
+   frame and epoch.
 
 3. **PEBAL fine-tuning** with :func:`pebal_training.trainer.train` (the ``pebal-finetune`` code path, the
    reference losses: PAL + energy hinge + smoothness/sparsity), the abstention row re-initialised, the
@@ -40,7 +43,10 @@ One command (CPU, 2 threads; wall time in ``<output>/real_default.json``) does:
 
 ``--output`` must be new, empty or written by this recipe; ``data/`` and ``run/`` are rebuilt on every run.
 Quality on the real benchmarks is measured by ``bench/bench_quality.py`` (BENCHMARKS.md, figure 10), never
-here: nothing in this recipe reads ``../shared/benchmarks``. Nothing here imports ROS.
+here: nothing in this recipe reads ``../shared/benchmarks``. Nothing here imports ROS. The embedded default
+is this recipe with ``--scenes all --min-confidence 0.5 --all-coco --iters 1500 --threads 1`` (49 minutes on
+2 shared CPU cores), then :mod:`pebal_training.recipes.road_default` (its score and its threshold);
+``scripts/finetune_gpu.sh`` runs the same data and losses on one GPU at full resolution.
 """
 from __future__ import annotations
 
@@ -218,9 +224,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     import torch
 
     from pebal_perception.core.checkpoint import load_checkpoint, save_checkpoint
-    from pebal_perception.core.default_model import DEFAULT_MODEL_PATH
     from pebal_perception.core.engine import InferenceEngine
-    from pebal_perception.core.io import (OutputPathError, atomic_write_bytes, atomic_write_json,
+    from pebal_perception.core.io import (OutputPathError, atomic_write_json,
                                           prepare_output_folder, remove_output_folder)
     from pebal_training.config import config_from_dict
     from pebal_training.recipes.real_roads import (all_real_frames, prepare_inliers, prepare_pasted_inliers,
@@ -309,13 +314,22 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"{synthetic_thr['threshold']:.4g}); {summary['global_step']} iterations, "
           f"{record['wall_seconds']['total']} s; {out / 'real_default.pt'}")
     if args.install:
-        DEFAULT_MODEL_PATH.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(DEFAULT_MODEL_PATH, (out / "real_default.pt").read_bytes())  # the package's own files
-        atomic_write_bytes(DEFAULT_MODEL_PATH.with_suffix(".json"), (out / "real_default.json").read_bytes())
-        atomic_write_bytes(DEFAULT_MODEL_PATH.parent / LICENSE_FILE,
-                           (args.assets / CHECKPOINT).parent.joinpath(LICENSE_FILE).read_bytes())
-        print(f"{TOOL}: installed {DEFAULT_MODEL_PATH} (with {LICENSE_FILE})")
+        install_default(out / "real_default.pt", out / "real_default.json", args.assets, TOOL)
     return 0
+
+
+def install_default(checkpoint: Path, record: Path, assets: Path, tool: str) -> None:
+    """Copies ``checkpoint`` and its ``record`` into the package as the embedded default model (the package's
+    own files), with the EdgeNets licence file beside them (the weights derive from MIT-licensed weights)."""
+    from pebal_perception.core.default_model import DEFAULT_MODEL_PATH
+    from pebal_perception.core.io import atomic_write_bytes
+
+    DEFAULT_MODEL_PATH.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(DEFAULT_MODEL_PATH, checkpoint.read_bytes())
+    atomic_write_bytes(DEFAULT_MODEL_PATH.with_suffix(".json"), record.read_bytes())
+    atomic_write_bytes(DEFAULT_MODEL_PATH.parent / LICENSE_FILE,
+                       (assets / CHECKPOINT).parent.joinpath(LICENSE_FILE).read_bytes())
+    print(f"{tool}: installed {DEFAULT_MODEL_PATH} (with {LICENSE_FILE})")
 
 
 if __name__ == "__main__":
