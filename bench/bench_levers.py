@@ -46,7 +46,7 @@ def frames(count: int) -> tuple[list[np.ndarray], str]:
         return out, f"{CLIP.name} ({len(out)} frames)"
     from pebal_training.data.synthetic import SceneConfig, generate_scene
 
-    scene = generate_scene(SceneConfig(height=720, width=1280), seed=0)
+    scene = generate_scene(0, SceneConfig(height=720, width=1280))
     return [scene.image] * count, "synthetic street scene (assets absent)"
 
 

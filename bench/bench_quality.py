@@ -103,7 +103,7 @@ class Frame:
 def parse_row(spec: str) -> Row:
     """``base``, ``default`` or ``NAME=CHECKPOINT[@ARCH][:score,score]``."""
     if spec == "base":
-        return Row("espnetv2-base", str(SHARED / "assets" / BASE_CHECKPOINT), "espnetv2", SCORES)
+        return Row("espnetv2-base", str(SHARED / "assets" / BASE_CHECKPOINT), "espnetv2", ("energy", "msp", "maxlogit"))
     if spec == "default":  # PEBAL's free energy and the road-relative score the default ships with
         return Row("default", None, None, ("energy", "road"))
     name, sep, rest = spec.partition("=")

@@ -274,3 +274,14 @@ def test_quality_on_two_frames_per_set(tmp_path):
     assert energy["planner"]["operating_points"]["normal rule"]["chosen_on"] == "highway_frames"
     assert (tmp_path / "quality_found_vs_stray_fs_laf.png").is_file()
     assert (tmp_path / "quality_found_vs_false_frames.png").is_file()
+
+
+def test_levers_quick(tmp_path, capsys):
+    """Figure 11's module on three frames: every configuration runs through the detector, ratios printed."""
+    from bench import bench_levers
+
+    assert bench_levers.main(["--quick", "--backends", "torch", "--output", str(tmp_path / "levers.json")]) == 0
+    out = capsys.readouterr().out
+    for config in bench_levers.CONFIGS:
+        assert f"| torch (torch) | {config} |" in out
+    assert not (tmp_path / "levers.json").exists()  # a quick run is not a result

@@ -543,6 +543,8 @@ def test_ground_positions_with_camera_info(node, peer):
             _, result = send_and_wait(peer, outputs, squeezed_camera, retry=0.5, predicate=lambda m: (
                 any(math.isfinite(o.ground_position.z) for o in m.obstacles)))
             check_positions(result, K, height_m, pitch)
+        # the warning is logged before the result is published, but the node's log pipe may deliver it later
+        ros_harness.wait_for(lambda: "intrinsics rescaled by x 1, y 0.5" in node.output(), TIMEOUT)
         assert node.output().count("intrinsics rescaled by x 1, y 0.5") == 1, node.output()[-3000:]
     finally:
         peer.set_parameters(NODE, Parameter("camera.height_m", value=float("nan")),
