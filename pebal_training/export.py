@@ -3,8 +3,9 @@
 :class:`ScoringModel` wraps a registry model: *normalised* image ``N x 3 x H x W`` float32 (RGB,
 ``(x / 255 - mean) / std``, mean/std in the sidecar) -> ``(semantic N x H x W int64, energy
 N x H x W float32)``, where ``semantic`` is the argmax over the 19 inlier classes and ``energy`` the
-free energy ``-logsumexp`` of the inlier logits, optionally with PEBAL's 7x7 sigma-1 Gaussian
-(reflect padding). Higher energy = more anomalous; obstacle = ``energy > threshold``.
+free energy ``-logsumexp`` of the inlier logits (plus the road-relative term of ``core/road_score.py``
+when the checkpoint's score is that one: the sidecar's ``score``), optionally with PEBAL's 7x7 sigma-1
+Gaussian (reflect padding). Higher energy = more anomalous; obstacle = ``energy > threshold``.
 
 Both exports are for one fixed input size (the network's ``H x W``; images must be resized to it
 first, as the engine does), batch 1 by default (``dynamic_batch=True`` keeps the ONNX batch axis
@@ -34,6 +35,7 @@ from pebal_perception.core import scoring
 from pebal_perception.core.checkpoint import ModelMeta
 from pebal_perception.core.frame_graph import onnx_friendly_adaptive_pool, portable_free_energy, portable_smooth
 from pebal_perception.core.io import FolderLayout, atomic_write_bytes, atomic_write_json
+from pebal_perception.core.road_score import FeatureTap, RoadRelativeScore, parse_score
 
 DEFAULT_OPSET = 17
 SIDECAR_FORMAT = "pebal-export"
@@ -62,27 +64,44 @@ class ScoringModel(nn.Module):
 
     def __init__(self, model: nn.Module, smoothing: bool = True,
                  kernel_size: int = scoring.DEFAULT_KERNEL_SIZE, sigma: float = scoring.DEFAULT_SIGMA,
-                 num_classes: int = scoring.NUM_INLIER_CLASSES):
+                 num_classes: int = scoring.NUM_INLIER_CLASSES, score: dict[str, Any] | None = None,
+                 road_features: tuple[str, int] | None = None):
         super().__init__()
         self.model = model
+        road = parse_score(score)  # the checkpoint's anomaly score: the free energy, or the road-relative one
+        if road is not None and road_features is None:
+            raise ValueError("the road-relative score needs the architecture's road features")
+        self.road = None if road is None else RoadRelativeScore(road_features[1], road)
+        self.road_module = None if road is None else road_features[0]
         self.smoothing = bool(smoothing)
         self.num_classes = int(num_classes)
         self.kernel_size = int(kernel_size)
         self.register_buffer("kernel", scoring.gaussian_kernel_1d(kernel_size, sigma).clone(), persistent=False)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self.model(x)[:, : self.num_classes].float()
+        if self.road is None:
+            logits = self.model(x)[:, : self.num_classes].float()
+        else:
+            with FeatureTap(self.model, self.road_module) as tap:
+                logits = self.model(x)[:, : self.num_classes].float()
         semantic = logits.argmax(dim=1)
         # The portable forms of core/frame_graph.py: OpenVINO reads them (it refused the exporter's
         # reflect Pad and ran its ReduceLogSumExp wrongly); equal to logsumexp / reflect padding.
         energy = portable_free_energy(logits)
+        if self.road is not None:
+            energy = self.road(logits, energy, tap.take())
         if self.smoothing and self.kernel_size > 1:
             energy = portable_smooth(energy, self.kernel)
         return semantic, energy.squeeze(1)
 
 
-def scoring_model(model: nn.Module, smoothing: bool = True) -> ScoringModel:
-    return ScoringModel(model.eval().cpu(), smoothing=smoothing).eval()
+def scoring_model(model: nn.Module, smoothing: bool = True, meta: ModelMeta | None = None) -> ScoringModel:
+    """The export module of ``model`` with ``meta``'s anomaly score (None: the free energy)."""
+    from pebal_perception.core.models import get_model_spec
+
+    score = meta.score if meta is not None else {}
+    features = get_model_spec(meta.architecture).road_features if meta is not None else None
+    return ScoringModel(model.eval().cpu(), smoothing=smoothing, score=score, road_features=features).eval()
 
 
 def example_input(size_hw: tuple[int, int], batch: int = 1, seed: int = 0) -> torch.Tensor:
@@ -147,7 +166,10 @@ def sidecar(meta: ModelMeta, size_hw: tuple[int, int], smoothing: bool, files: d
         "outputs": {"semantic": {"dtype": "int64", "shape": [batch, int(size_hw[0]), int(size_hw[1])],
                                  "meaning": "argmax over the 19 Cityscapes trainIds"},
                     "energy": {"dtype": "float32", "shape": [batch, int(size_hw[0]), int(size_hw[1])],
-                               "meaning": "free energy -logsumexp(logits[:19]), higher = more anomalous"}},
+                               "meaning": ("free energy -logsumexp(logits[:19]), higher = more anomalous"
+                                           if not meta.score else "free energy -logsumexp(logits[:19]) plus the "
+                                           "road-relative term (score), higher = more anomalous")}},
+        "score": dict(meta.score),
         "smoothing": {"enabled": bool(smoothing), "kernel_size": scoring.DEFAULT_KERNEL_SIZE,
                       "sigma": scoring.DEFAULT_SIGMA, "padding": "reflect"},
         "threshold": meta.effective_threshold, "threshold_calibrated": meta.threshold is not None,
@@ -170,7 +192,10 @@ def export_model(model: nn.Module, meta: ModelMeta, out_dir: str | Path, name: s
         raise ValueError(f"input size {size_hw[1]}x{size_hw[0]} (WxH) must be positive multiples of {div} "
                          f"for {meta.architecture}")
     out = Path(out_dir)
-    module = scoring_model(model, smoothing)
+    if dynamic_batch and meta.score:
+        raise ValueError("a dynamic batch axis cannot hold the road-relative score (per-frame statistics of "
+                         "fixed size): export with a fixed batch")
+    module = scoring_model(model, smoothing, meta)
     data: dict[str, tuple[Path, bytes]] = {}
     if "torchscript" in formats:
         data["torchscript"] = out / f"{name}.pt", torchscript_bytes(module, size_hw)

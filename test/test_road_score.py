@@ -149,3 +149,27 @@ def test_anomaly_score_parameter_picks_the_score_and_a_changed_score_needs_a_thr
     assert load_engine({**values, "anomaly_score": "energy", "threshold": -5.0}).score == {}
     with pytest.raises(DetectorError, match="anomaly_score"):
         load_engine({**values, "anomaly_score": "mahalanobis"})
+
+
+@pytest.mark.skipif(not backends.installed("onnxruntime"), reason="onnxruntime not installed")
+def test_pebal_export_carries_the_checkpoints_score(espnetv2, tmp_path):
+    """An exported road-score checkpoint computes what the engine computes (the sidecar names the score)."""
+    import json
+
+    import onnxruntime as ort
+
+    from pebal_training.export import export_model
+
+    model, _ = espnetv2
+    meta = ModelMeta.for_architecture("espnetv2", input_size=list(NETWORK), score=dict(LOW_BAR))
+    files = export_model(model, meta, tmp_path, "road", formats=("onnx",), smoothing=False)
+    assert json.loads(files["sidecar"].read_text())["score"]["kind"] == "road_relative"
+    rgb = _frame(*NETWORK, seed=5)
+    x = ((rgb / 255.0 - np.array(meta.mean)) / np.array(meta.std)).astype(np.float32).transpose(2, 0, 1)[None]
+    session = ort.InferenceSession(str(files["onnx"]), providers=["CPUExecutionProvider"])
+    _, energy = session.run(None, {session.get_inputs()[0].name: x})
+    engine = InferenceEngine(model, meta, device="cpu", smoothing=False)
+    _, score = engine.score_frame(rgb)
+    assert np.abs(energy[0] - score).max() <= 1e-3
+    with pytest.raises(ValueError, match="dynamic batch"):
+        export_model(model, meta, tmp_path / "dyn", "road", formats=("onnx",), dynamic_batch=True)
