@@ -53,6 +53,7 @@ parameter is dynamically typed so that a set-parameters request may also pass a 
 """
 from __future__ import annotations
 
+import math
 import sys
 import threading
 import time
@@ -94,6 +95,7 @@ PROG = "detector_node"
 LIFECYCLE_PROG = "detector_lifecycle_node"
 LAZY_INPUT_CHECK_S = 0.5  # how often lazy_input looks at the outputs' subscriber counts
 DEACTIVATE_WAIT_S = 10.0  # a deactivation waits this long for the frame in progress
+EVENT_LOG_INTERVAL_S = 5.0  # each kind of detector event is logged at most this often
 ROS_MESSAGES = MessageClasses(Image=Image, AnomalyResult=AnomalyResult, Obstacle=Obstacle, Point=Point, Time=Time,
                               Float32=Float32, Marker=Marker, MarkerArray=MarkerArray)
 class StartupError(Exception):
@@ -147,6 +149,7 @@ class DetectorBehaviour:
         self._last_diag = (time.monotonic(), 0, 0)
         # What happened within the last window sets the diagnostics level (the counters stay cumulative).
         self._events = RecentEvents(self._value("diagnostics.window_s"))
+        self._event_logged: dict[str, float] = {}  # detector event kind -> when it was last logged (monotonic)
         self.mailbox = LatestFrameMailbox()
         self.converter = ImageConverter()
         # The frame step (model, settings, tracks, camera), from configure to cleanup; stepped by the worker only.
@@ -413,7 +416,11 @@ class DetectorBehaviour:
             return
         if kind in ("tracking_forgot", "regions_over_cap"):
             self._events.note(kind, text)
-        self.get_logger().warning(text, throttle_duration_sec=5.0)
+        # rate-limited per kind (rclpy's throttle is per call site: one kind would silence the others)
+        now = time.monotonic()
+        if now - self._event_logged.get(kind, -math.inf) >= EVENT_LOG_INTERVAL_S:
+            self._event_logged[kind] = now
+            self.get_logger().warning(text)
 
     # ---------------------------------------------------------------------------------- worker
     def _work(self, stop: threading.Event, previous: threading.Thread | None) -> None:
