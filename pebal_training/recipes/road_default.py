@@ -16,12 +16,14 @@ development set.
    obstacles (>= 25 % covered) at no more than :data:`STRAY_BUDGET` stray regions per frame (ties: the
    higher threshold). That is the operating point of issue 26's targets; normal driving is measured there by
    ``bench/bench_quality.py`` (the 38-frame highway clip is never used here).
-3. ``<output>/road_default.pt`` + ``.json`` (the sweep, the chosen point, wall time); ``--install`` copies
+3. ``<output>/road_default.pt`` + ``.json`` (the sweep, the chosen point, wall time, and the fine-tuning's
+   own record when it lies beside the checkpoint); ``--install`` copies
    them into the package as the default model, with the EdgeNets licence file.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -159,6 +161,12 @@ def main(argv: Sequence[str] | None = None) -> int:
               "checkpoint": str(args.checkpoint), "score": meta.score, "threshold": point["threshold"],
               "chosen": {k: v for k, v in point.items() if k != "sweep"}, "sweep": point["sweep"],
               "wall_seconds": round(time.time() - t0, 1)}
+    training = args.checkpoint.with_suffix(".json")  # real_default's record beside its checkpoint
+    if training.is_file():
+        try:
+            record["fine_tuning"] = json.loads(training.read_text())
+        except ValueError:
+            record["fine_tuning"] = f"{training}: not JSON"
     atomic_write_json(args.output / "road_default.json", record)
     print(f"{TOOL}: threshold {point['threshold']:.4g}: {point['found']:.2f} of the FS L&F obstacles found at "
           f"{point['stray_per_frame']:.2f} stray regions per frame; {args.output / 'road_default.pt'}")
