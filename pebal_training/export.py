@@ -35,7 +35,7 @@ from pebal_perception.core import scoring
 from pebal_perception.core.checkpoint import ModelMeta
 from pebal_perception.core.frame_graph import onnx_friendly_adaptive_pool, portable_free_energy, portable_smooth
 from pebal_perception.core.io import FolderLayout, atomic_write_bytes, atomic_write_json
-from pebal_perception.core.road_score import FeatureTap, RoadRelativeScore, parse_score
+from pebal_perception.core.road_score import FeatureTap, road_score_module
 
 DEFAULT_OPSET = 17
 SIDECAR_FORMAT = "pebal-export"
@@ -68,11 +68,9 @@ class ScoringModel(nn.Module):
                  road_features: tuple[str, int] | None = None):
         super().__init__()
         self.model = model
-        road = parse_score(score)  # the checkpoint's anomaly score: the free energy, or the road-relative one
-        if road is not None and road_features is None:
-            raise ValueError("the road-relative score needs the architecture's road features")
-        self.road = None if road is None else RoadRelativeScore(road_features[1], road)
-        self.road_module = None if road is None else road_features[0]
+        # the checkpoint's anomaly score: the free energy, or the road-relative one
+        self.road = road_score_module(score, road_features)
+        self.road_module = None if self.road is None else road_features[0]
         self.smoothing = bool(smoothing)
         self.num_classes = int(num_classes)
         self.kernel_size = int(kernel_size)

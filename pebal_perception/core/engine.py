@@ -24,7 +24,7 @@ from .models import get_model_spec
 from .optimize import fold_batchnorm
 from .preprocess import check_image_size, check_resize, network_size, normalize, resize_batch, to_uint8_batch
 from .road_band import BandRefiner, RoadBand
-from .road_score import FeatureTap, RoadRelativeScore, parse_score
+from .road_score import FeatureTap, road_score_module
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -130,14 +130,10 @@ class InferenceEngine:
         features."""
         if score and dict(score) == {"kind": self.meta.score.get("kind")}:
             score = self.meta.score  # the kind alone: the checkpoint's settings for it
-        config = parse_score(score)
-        self.score = {} if config is None else config.to_dict()
-        self._road = None
-        if config is not None:
-            if self.spec.road_features is None:
-                raise ValueError(f"the road-relative score needs road features, which {self.spec.name} does not "
-                                 "name (models registry)")
-            self._road = RoadRelativeScore(self.spec.road_features[1], config).to(self.device)
+        self._road = road_score_module(score, self.spec.road_features, self.spec.name)
+        self.score = {} if self._road is None else self._road.config.to_dict()
+        if self._road is not None:
+            self._road = self._road.to(self.device)
 
     def _build_or_fall_back(self, size: tuple[int, int]) -> None:
         """Builds the backend's graph for ``size``; when ``auto`` chose it unmeasured (a CUDA runtime) and its

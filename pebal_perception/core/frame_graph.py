@@ -50,7 +50,7 @@ from torch import nn
 
 from . import scoring
 from .constants import NUM_INLIER_CLASSES
-from .road_score import FeatureTap, RoadRelativeScore, parse_score
+from .road_score import FeatureTap, road_score_module
 
 ONNX_OPSET = 17
 INPUT_NAME = "rgb"
@@ -242,11 +242,8 @@ class FrameGraph(nn.Module):
                              "argmax native|reduce")
         self.model = with_affine_prelu(model) if prelu == "affine" else model
         self.argmax_by_reduce = argmax == "reduce"
-        road = parse_score(score)
-        if road is not None and road_features is None:
-            raise ValueError("the road-relative score needs the architecture's road features")
-        self.road = None if road is None else RoadRelativeScore(road_features[1], road)
-        self.road_module = None if road is None else road_features[0]
+        self.road = road_score_module(score, road_features)
+        self.road_module = None if self.road is None else road_features[0]
         self.image_hw = (int(image_hw[0]), int(image_hw[1]))
         self.network_hw = (int(network_hw[0]), int(network_hw[1]))
         self.num_classes = int(num_classes)

@@ -77,6 +77,20 @@ def parse_score(score: Mapping[str, Any] | None) -> RoadScoreConfig | None:
     return RoadScoreConfig.from_dict(score)
 
 
+def road_score_module(score: Mapping[str, Any] | None, road_features: tuple[str, int] | None,
+                      architecture: str = "the architecture") -> "RoadRelativeScore | None":
+    """The module that adds ``score``'s road-relative term (``ModelMeta.score`` form) to the free energy, from
+    the architecture's ``road_features`` (submodule name, channels); None for the free energy alone.
+    ValueError when the score needs road features that ``architecture`` does not name."""
+    config = parse_score(score)
+    if config is None:
+        return None
+    if road_features is None:
+        raise ValueError(f"the road-relative score needs road features, which {architecture} does not name "
+                         "(models registry)")
+    return RoadRelativeScore(road_features[1], config)
+
+
 def newton_schulz_inverse(a: torch.Tensor, steps: int = NEWTON_SCHULZ_STEPS,
                           eye: torch.Tensor | None = None) -> torch.Tensor:
     """Inverse of a batch of symmetric positive-definite ``N x D x D`` matrices from matrix products only:
