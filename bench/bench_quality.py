@@ -178,8 +178,8 @@ def score_maps(engine, rgb: np.ndarray, kinds: tuple[str, ...]) -> tuple[np.ndar
     h, w = rgb.shape[:2]
     with torch.inference_mode():
         road = "road" in kinds
-        running = engine.model if getattr(engine, "adapter", None) is None else engine.adapter.model
-        with FeatureTap(running, engine.spec.road_features[0]) if road else contextlib.nullcontext() as tap:
+        with (FeatureTap(engine.running_model, engine.spec.road_features[0]) if road
+              else contextlib.nullcontext()) as tap:
             logits = engine.forward_logits(to_uint8_batch(rgb[None], engine.device))[:, :NUM_INLIER_CLASSES].float()
         maps = {}
         for kind in kinds:
@@ -297,17 +297,14 @@ def pixel_pass(engine, kinds: tuple[str, ...], keep: Path | None, limit: int | N
 
 
 def adapt_after(adapter, semantic: np.ndarray, score: np.ndarray, meta: Any) -> None:
-    """The detector's rule (``Detector._adapt``, single frames): commit this frame's BN statistics unless the
+    """The detector's rule (``core.adaptation.settle``, single frames): commit this frame's BN statistics unless the
     post-processing at the pause threshold (``--adapt-threshold``, else the checkpoint's) detects anything."""
+    from pebal_perception.core.adaptation import settle
     from pebal_perception.core.postprocess import process_frame
     from pebal_perception.core.postprocess_config import planner_config
 
     threshold = ADAPTATION.get("threshold", meta.effective_threshold)
-    frame = process_frame(semantic, score, planner_config(threshold, meta))
-    if frame.obstacles or any(not r.rejected for r in frame.regions):
-        adapter.discard("detected")
-    else:
-        adapter.commit()
+    settle(adapter, process_frame(semantic, score, planner_config(threshold, meta)))
 
 
 def tpr_threshold(acc, tpr: float = 0.95) -> float:

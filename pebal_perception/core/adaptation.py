@@ -38,6 +38,25 @@ DEFAULT_MOMENTUM = 0.01
 BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 
+def pause_reason(frame: Any) -> str | None:
+    """Why a post-processed frame (``core.postprocess.ProcessedFrame``) must not adapt the statistics: obstacles
+    reported (tracked ones, held ones included) or regions detected in it (not yet confirmed), so that an
+    obstacle never becomes "normal"; None when it may."""
+    detected = sum(1 for region in frame.regions if not region.rejected)
+    if frame.obstacles or detected:
+        return f"{len(frame.obstacles)} obstacle(s) reported, {detected} detected"
+    return None
+
+
+def settle(adapter: "BatchNormAdapter", frame: Any) -> None:
+    """Commits the adapter's pending statistics after ``frame``, or discards them (:func:`pause_reason`)."""
+    reason = pause_reason(frame)
+    if reason is None:
+        adapter.commit()
+    else:
+        adapter.discard(reason)
+
+
 @dataclass(frozen=True)
 class AdaptationState:
     """What the adaptation does now (``/diagnostics``, ``summary.json``)."""

@@ -24,7 +24,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from pebal_perception.core.adaptation import AdaptationState, BatchNormAdapter
+from pebal_perception.core.adaptation import AdaptationState, BatchNormAdapter, settle
 from pebal_perception.core.camera import check_camera_info, make_ground_model, rescale_warning
 from pebal_perception.core.inference import OomGuardedInference, parse_oom_fallback
 from pebal_perception.core.limits import MAX_REGIONS_PER_FRAME
@@ -372,11 +372,7 @@ class Detector:
         adapter = self._adapter
         if adapter is None or not settings.adaptation or not adapter.has_pending:
             return
-        detected = sum(1 for region in frame.regions if not region.rejected)
-        if frame.obstacles or detected:
-            adapter.discard(f"{len(frame.obstacles)} obstacle(s) reported, {detected} detected")
-        else:
-            adapter.commit()
+        settle(adapter, frame)
 
     # ------------------------------------------------------------------------------------ events
     def _tracking_forgot(self, text: str, reported_lost: int) -> None:

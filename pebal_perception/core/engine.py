@@ -124,6 +124,11 @@ class InferenceEngine:
             elif self.backend != "torch":
                 self._build_or_fall_back(tuple(self.input_size))
 
+    @property
+    def running_model(self) -> nn.Module:
+        """The model :meth:`forward_logits` runs: the BN-folded one, or the adapter's while one is attached."""
+        return self.model if self.adapter is None else self.adapter.model
+
     def _set_score(self, score: dict[str, Any]) -> None:
         """The anomaly score the engine computes: ``{}`` = PEBAL's free energy, else the road-relative score
         of ``core/road_score.py`` (its config as a dict); ValueError when the architecture has no road
@@ -217,8 +222,7 @@ class InferenceEngine:
             logits = self.forward_logits(batch_uint8)
             energy, semantic = scoring.energy_and_prediction(logits, prediction_dtype=torch.uint8)
         else:
-            running = self.model if self.adapter is None else self.adapter.model
-            with FeatureTap(running, self.spec.road_features[0]) as tap:
+            with FeatureTap(self.running_model, self.spec.road_features[0]) as tap:
                 logits = self.forward_logits(batch_uint8)
             energy, semantic = scoring.energy_and_prediction(logits, prediction_dtype=torch.uint8)
             energy = self._road(logits[:, :NUM_INLIER_CLASSES], energy.unsqueeze(1).float(), tap.take())[:, 0]
