@@ -34,6 +34,7 @@ from pebal_perception.core.errors import first_line
 from pebal_perception.core.backends import help_text as backends_help_text
 from pebal_perception.cli_args import image_size_or_native
 from pebal_perception.core.io import FolderLayout, json_keys, prepare_output_folder
+from pebal_perception.core.settings import check_adaptation_momentum
 
 # Read after a header check (image_conversion.read_image_file): the formats cameras write.
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
@@ -201,8 +202,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.batch_size < 1 or args.every < 1 or (args.min_area is not None and args.min_area < 0):
         print(f"{PROG}: error: --batch-size and --every must be >= 1, --min-area >= 0", file=sys.stderr)
         return 2
-    if not 0.0 < args.adaptation_momentum <= 1.0:
-        print(f"{PROG}: error: --adaptation-momentum must lie in (0, 1]", file=sys.stderr)
+    try:
+        check_adaptation_momentum(args.adaptation_momentum)  # the node parameter's own check
+    except ValueError as exc:
+        print(f"{PROG}: error: --adaptation-momentum: {exc}", file=sys.stderr)
         return 2
     try:
         paths = expand_inputs(args.inputs)
